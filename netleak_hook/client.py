@@ -1,0 +1,102 @@
+"""Talking to the daemon of this network namespace; starting it if absent.
+
+Kept light (no pyroute2, no BCC): it is on netleak-exec's warm path.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+
+from .errors import NetleakError
+from .store import Store
+
+START_TIMEOUT = 20.0     # a first start may compile the BPF programs
+REQUEST_TIMEOUT = 30.0
+
+
+def request(store: Store, msg: dict, timeout: float = REQUEST_TIMEOUT) -> dict:
+    """Send one request, return the reply; NetleakError on a refusal."""
+    reply = _roundtrip(store.socket_path, msg, timeout)
+    if not reply.get("ok"):
+        raise NetleakError(reply.get("error") or "the netleak daemon refused the request")
+    return reply
+
+
+def request_starting_daemon(store: Store, msg: dict) -> dict:
+    """Like request(), but start the daemon first when none listens."""
+    try:
+        return request(store, msg)
+    except (FileNotFoundError, ConnectionRefusedError):
+        ensure_daemon(store)
+    return request(store, msg)
+
+
+def _roundtrip(path: str, msg: dict, timeout: float) -> dict:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(json.dumps(msg).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    except socket.timeout:
+        raise NetleakError(
+            f"the netleak daemon did not answer within {timeout:.0f}s: see "
+            f"{os.path.dirname(path)}/daemon.log") from None
+    finally:
+        s.close()
+    try:
+        return json.loads(buf)
+    except ValueError:
+        raise NetleakError(
+            f"the netleak daemon closed the connection: see "
+            f"{os.path.dirname(path)}/daemon.log") from None
+
+
+def ping(store: Store) -> bool:
+    try:
+        return bool(_roundtrip(store.socket_path, {"op": "ping"}, 2.0).get("ok"))
+    except (OSError, NetleakError):
+        return False
+
+
+def ensure_daemon(store: Store, idle_exit: float = 60.0) -> None:
+    """Start the daemon of this namespace when none answers, and wait for it."""
+    if ping(store):
+        return
+    store.ensure_dir()
+    _spawn(store, idle_exit)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if ping(store):
+            return
+        time.sleep(0.02)
+    raise NetleakError(f"the netleak daemon did not start: see {store.log_file}")
+
+
+def _spawn(store: Store, idle_exit: float) -> None:
+    """Double fork, so the daemon is nobody's child and outlives us."""
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)
+        return
+    try:
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        env = dict(os.environ, NETLEAK_RUN_DIR=store.path)
+        os.execve(sys.executable,
+                  [sys.executable, "-m", "netleak_hook.daemon",
+                   "--idle-exit", str(idle_exit)], env)
+    finally:
+        os._exit(125)

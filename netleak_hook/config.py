@@ -1,0 +1,102 @@
+"""Tunable values, read from the environment (pure).
+
+A plain class rather than a dataclass: this module is on netleak-exec's
+warm path, and importing dataclasses (with inspect) costs ~9 ms there.
+"""
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~3 ms at import: only for checkers
+    from typing import Mapping
+
+from .errors import NetleakError
+
+# Defaults chosen clear of what other tools use: wg-quick (mark/table 51820),
+# Tailscale (mark 0x80000/0xff0000, table 52, rules 5210-5310), Mullvad
+# (mark 0x6d6f6c65, table 1836018789), systemd-networkd and NetworkManager
+# (small table numbers, rules at 0/32766/32767).
+DEFAULT_MARK_BASE = 0x6E6C0000      # "nl" in the high half; slot in the low half
+DEFAULT_TABLE_BASE = 28200
+DEFAULT_RULE_PRIORITY = 1700        # before main (32766) and before Tailscale
+DEFAULT_MAX_INTERFACES = 64
+
+# (environment variable, attribute, is a number)
+_ENV = (
+    ("NETLEAK_RUN_DIR", "run_dir", False),
+    ("NETLEAK_BPF_DIR", "bpf_dir", False),
+    ("NETLEAK_CGROUP_PARENT", "cgroup_parent", False),
+    ("NETLEAK_MARK_BASE", "mark_base", True),
+    ("NETLEAK_TABLE_BASE", "table_base", True),
+    ("NETLEAK_RULE_PRIORITY", "rule_priority", True),
+    ("NETLEAK_LOG_FILE", "log_file", False),
+)
+
+
+class Config:
+    """Everything an operator may tune; see README "Configuration"."""
+
+    __slots__ = ("run_dir", "bpf_dir", "cgroup_parent", "mark_base", "table_base",
+                 "rule_priority", "max_interfaces", "log_file")
+
+    def __init__(self, run_dir: str | None = None, bpf_dir: str = "/sys/fs/bpf/netleak",
+                 cgroup_parent: str = "netleak", mark_base: int = DEFAULT_MARK_BASE,
+                 table_base: int = DEFAULT_TABLE_BASE,
+                 rule_priority: int = DEFAULT_RULE_PRIORITY,
+                 max_interfaces: int = DEFAULT_MAX_INTERFACES,
+                 log_file: str | None = None) -> None:
+        self.run_dir = run_dir            # None: /run/netleak/net-<netns inode>
+        self.bpf_dir = bpf_dir
+        self.cgroup_parent = cgroup_parent  # under the cgroup2 mount
+        self.mark_base = mark_base
+        self.table_base = table_base
+        self.rule_priority = rule_priority
+        self.max_interfaces = max_interfaces
+        self.log_file = log_file          # None: <run dir>/daemon.log
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
+        return f"Config({fields})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Config) and all(
+            getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "Config":
+        """Read NETLEAK_* variables; bad values raise NetleakError."""
+        kw: dict = {}
+        for name, attr, numeric in _ENV:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            if numeric:
+                try:
+                    kw[attr] = int(raw, 0)
+                except ValueError:
+                    raise NetleakError(
+                        f"{name}={raw!r} is not a number: set it to an integer "
+                        f"(0x... allowed) or unset it") from None
+            else:
+                kw[attr] = raw
+        cfg = cls(**kw)
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        if self.mark_base & 0xFFFF or not 0 < self.mark_base <= 0xFFFF0000:
+            raise NetleakError(
+                f"NETLEAK_MARK_BASE={self.mark_base:#x} must have its low 16 bits "
+                f"clear (e.g. 0x6e6c0000)")
+        if not 256 <= self.table_base <= 0xFFFFFFFF - self.max_interfaces:
+            raise NetleakError(
+                f"NETLEAK_TABLE_BASE={self.table_base} must be between 256 and "
+                f"{0xFFFFFFFF - self.max_interfaces} (0-255 are the kernel's)")
+        if not 1 <= self.rule_priority <= 32000:
+            raise NetleakError(
+                f"NETLEAK_RULE_PRIORITY={self.rule_priority} must be between 1 and "
+                f"32000, before the main table's rule")
+        rel = self.cgroup_parent.strip("/")
+        if not rel or ".." in rel.split("/"):
+            raise NetleakError(
+                f"NETLEAK_CGROUP_PARENT={self.cgroup_parent!r} must be a relative "
+                f"cgroup path such as 'netleak'")

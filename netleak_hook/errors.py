@@ -1,0 +1,27 @@
+"""One error type for users, and the exit statuses netleak uses."""
+from __future__ import annotations
+
+import enum
+
+
+class Exit(enum.IntEnum):
+    """Exit statuses, as `env` and `podman run` use them."""
+
+    OK = 0
+    FAILURE = 1          # a netleak command (not a wrapped one) failed a check
+    USAGE = 2            # bad command line
+    NETLEAK = 125        # netleak itself failed
+    CANNOT_EXEC = 126    # COMMAND found but could not be executed
+    NOT_FOUND = 127      # COMMAND not found
+
+
+class NetleakError(Exception):
+    """A failure to report as one line: what is wrong, and what to do."""
+
+    def __init__(self, message: str, exit_status: int = Exit.NETLEAK) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_status = int(exit_status)
+
+    def __str__(self) -> str:
+        return self.message

@@ -1,0 +1,180 @@
+"""netleak-exec IFACE COMMAND...: run COMMAND with its traffic pinned to IFACE.
+
+This is the hot path: it imports neither click nor pyroute2 nor BCC (each
+would cost more than the whole warm start). The daemon owns netlink and the
+maps; this process creates the cgroup, asks the daemon to protect it, joins
+it, drops privileges, and execs COMMAND.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+from . import __version__, validate
+from .config import Config
+from .errors import Exit, NetleakError
+
+PROG = "netleak-exec"
+
+USAGE = f"{PROG} [OPTIONS] IFACE [--] COMMAND [ARG]..."
+
+HELP = f"""\
+usage: {USAGE}
+
+Run COMMAND so that everything it and its descendants send leaves through
+IFACE, or is dropped. COMMAND is exec'd once protection is in place.
+
+options:
+  -u, --user USER  run COMMAND as USER (groups set, privileges dropped)
+  --via ADDR       gateway on IFACE, once per IP family (default: learned from
+                   the system's routes; point-to-point links need none)
+  --version        print the version
+  -h, --help       this help
+
+examples:
+  netleak-exec wg0 curl https://example.org    one command through wg0
+  netleak-exec -u alice tun0 firefox           as alice, through tun0
+  netleak-exec --via 192.0.2.1 eth1 -- ping -c1 203.0.113.5
+
+COMMAND keeps this process's PID, exit status and terminal. Exit status is
+125 when netleak fails, 126 when COMMAND cannot run, 127 when not found.
+"""
+
+
+class Args:
+    """The parsed command line."""
+
+    def __init__(self) -> None:
+        self.user: str | None = None
+        self.via: list[str] = []
+        self.iface = ""
+        self.command: list[str] = []
+        self.action = "run"     # or "help", "version", "dump-bpf"
+
+
+def parse(argv: list[str]) -> Args:
+    """Options, then IFACE, then COMMAND untouched (like env and sudo).
+
+    getopt, not click or argparse: importing either costs more than half of
+    the whole warm start of netleak-exec.
+    """
+    import getopt
+    a = Args()
+    try:
+        opts, rest = getopt.getopt(argv, "hu:", ["help", "user=", "via=", "version",
+                                                  "dump-bpf"])
+    except getopt.GetoptError as e:
+        raise NetleakError(f"{e.msg} (see '{PROG} --help')") from None
+    for opt, val in opts:
+        if opt in ("-h", "--help"):
+            a.action = "help"
+        elif opt == "--version":
+            a.action = "version"
+        elif opt == "--dump-bpf":
+            a.action = "dump-bpf"
+        elif opt in ("-u", "--user"):
+            a.user = val
+        elif opt == "--via":
+            a.via.append(val)
+    if a.action != "run":
+        return a
+    if not rest:
+        raise NetleakError(f"no IFACE given: {USAGE}")
+    a.iface, a.command = rest[0], rest[1:]
+    if a.command and a.command[0] == "--":
+        a.command = a.command[1:]
+    if not a.command:
+        raise NetleakError(f"no COMMAND given: {USAGE}")
+    return a
+
+
+def resolve_command(name: str, path_env: str | None) -> str:
+    """The file execv would run, or NetleakError with status 127/126."""
+    if "/" in name:
+        candidates = [name]
+    else:
+        candidates = [os.path.join(d or ".", name)
+                      for d in (path_env or os.defpath).split(os.pathsep)]
+    found_not_exec = None
+    for c in candidates:
+        if os.path.isfile(c):
+            if os.access(c, os.X_OK):
+                return c
+            found_not_exec = found_not_exec or c
+        elif os.path.isdir(c) and "/" in name:
+            raise NetleakError(f"{name}: is a directory", Exit.CANNOT_EXEC)
+    if found_not_exec:
+        raise NetleakError(f"{found_not_exec}: permission denied (not executable)",
+                           Exit.CANNOT_EXEC)
+    raise NetleakError(f"{name}: command not found", Exit.NOT_FOUND)
+
+
+def resolve_user(spec: str | None):
+    if spec is None:
+        return None
+    import pwd
+    try:
+        return pwd.getpwuid(int(spec)) if spec.isdigit() else pwd.getpwnam(spec)
+    except KeyError:
+        raise NetleakError(f"no such user {spec!r}: give a name or uid from /etc/passwd") from None
+
+
+def drop_privileges(pw) -> None:
+    """Become USER for good: supplementary groups, gid, then uid."""
+    os.initgroups(pw.pw_name, pw.pw_gid)
+    os.setresgid(pw.pw_gid, pw.pw_gid, pw.pw_gid)
+    os.setresuid(pw.pw_uid, pw.pw_uid, pw.pw_uid)
+    if os.geteuid() != pw.pw_uid or os.getuid() != pw.pw_uid:
+        raise NetleakError(f"could not drop privileges to {pw.pw_name}")
+    os.environ.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
+
+
+def run(argv: list[str]) -> int:
+    a = parse(argv)
+    if a.action == "help":
+        sys.stdout.write(HELP)
+        return 0
+    if a.action == "version":
+        sys.stdout.write(f"{PROG} {__version__}\n")
+        return 0
+    if a.action == "dump-bpf":
+        from .kernel.programs import render_source
+        sys.stdout.write(render_source())
+        return 0
+    cfg = Config.from_env(os.environ)
+    iface = validate.interface_name(a.iface)
+    via4, via6 = validate.gateways(a.via)
+    target = resolve_command(a.command[0], os.environ.get("PATH"))
+    pw = resolve_user(a.user)
+    if os.geteuid() != 0:
+        raise NetleakError(f"{PROG} needs root (cgroups, BPF, routing): run it with sudo")
+    try:
+        socket.if_nametoindex(iface)
+    except OSError:
+        raise NetleakError(
+            f"no interface named {iface} in this network namespace: "
+            f"check 'ip -br link'") from None
+
+    from .session import open_exec_session
+    open_exec_session(cfg, iface, via4, via6)
+
+    if pw is not None:
+        drop_privileges(pw)
+    try:
+        os.execv(target, a.command)
+    except FileNotFoundError:
+        raise NetleakError(f"{a.command[0]}: command not found", Exit.NOT_FOUND) from None
+    except OSError as e:
+        raise NetleakError(f"{a.command[0]}: {e.strerror}", Exit.CANNOT_EXEC) from None
+    return 0  # not reached
+
+
+def main() -> None:
+    try:
+        sys.exit(run(sys.argv[1:]))
+    except NetleakError as e:
+        sys.stderr.write(f"{PROG}: {e.message}\n")
+        sys.exit(e.exit_status)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,178 @@
+"""The few bpf(2) commands netleak needs, through ctypes.
+
+This keeps BCC (and LLVM) off the warm path: once the programs are pinned,
+opening the pins, attaching and updating maps are plain syscalls.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+
+_SYS_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361,
+            "s390x": 351, "riscv64": 280}
+
+BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
+BPF_MAP_GET_NEXT_KEY = 4
+BPF_OBJ_PIN = 6
+BPF_OBJ_GET = 7
+BPF_PROG_ATTACH = 8
+BPF_PROG_DETACH = 9
+BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_PROG_QUERY = 16
+
+BPF_CGROUP_INET_EGRESS = 1
+BPF_CGROUP_INET_SOCK_CREATE = 2
+
+BPF_F_ALLOW_MULTI = 2
+BPF_ANY = 0
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class BpfError(OSError):
+    """A bpf(2) call failed; errno is kept."""
+
+
+def _bpf(cmd: int, attr: ctypes.Structure) -> int:
+    nr = _SYS_BPF.get(platform.machine())
+    if nr is None:
+        raise BpfError(errno.ENOSYS, f"bpf(2) number unknown on {platform.machine()}")
+    ret = _libc.syscall(nr, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise BpfError(err, f"bpf cmd {cmd}: {os.strerror(err)}")
+    return ret
+
+
+class _MapElem(ctypes.Structure):
+    _fields_ = [("map_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32),
+                ("key", ctypes.c_uint64), ("value", ctypes.c_uint64),
+                ("flags", ctypes.c_uint64)]
+
+
+class _ObjPin(ctypes.Structure):
+    _fields_ = [("pathname", ctypes.c_uint64), ("bpf_fd", ctypes.c_uint32),
+                ("file_flags", ctypes.c_uint32)]
+
+
+class _Attach(ctypes.Structure):
+    _fields_ = [("target_fd", ctypes.c_uint32), ("attach_bpf_fd", ctypes.c_uint32),
+                ("attach_type", ctypes.c_uint32), ("attach_flags", ctypes.c_uint32),
+                ("replace_bpf_fd", ctypes.c_uint32)]
+
+
+class _Query(ctypes.Structure):
+    _fields_ = [("target_fd", ctypes.c_uint32), ("attach_type", ctypes.c_uint32),
+                ("query_flags", ctypes.c_uint32), ("attach_flags", ctypes.c_uint32),
+                ("prog_ids", ctypes.c_uint64), ("prog_cnt", ctypes.c_uint32),
+                ("pad", ctypes.c_uint32)]
+
+
+class _InfoByFd(ctypes.Structure):
+    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32),
+                ("info", ctypes.c_uint64)]
+
+
+def obj_get(path: str) -> int:
+    """Open a pinned object; returns a new fd."""
+    p = ctypes.create_string_buffer(os.fsencode(path))
+    return _bpf(BPF_OBJ_GET, _ObjPin(pathname=ctypes.addressof(p)))
+
+
+def obj_pin(fd: int, path: str) -> None:
+    p = ctypes.create_string_buffer(os.fsencode(path))
+    _bpf(BPF_OBJ_PIN, _ObjPin(pathname=ctypes.addressof(p), bpf_fd=fd))
+
+
+def prog_attach(prog_fd: int, cgroup_fd: int, attach_type: int) -> None:
+    _bpf(BPF_PROG_ATTACH, _Attach(target_fd=cgroup_fd, attach_bpf_fd=prog_fd,
+                                  attach_type=attach_type,
+                                  attach_flags=BPF_F_ALLOW_MULTI))
+
+
+def prog_detach(prog_fd: int, cgroup_fd: int, attach_type: int) -> None:
+    _bpf(BPF_PROG_DETACH, _Attach(target_fd=cgroup_fd, attach_bpf_fd=prog_fd,
+                                  attach_type=attach_type))
+
+
+def prog_query(cgroup_fd: int, attach_type: int, max_progs: int = 64) -> list[int]:
+    """IDs of the programs attached directly to the cgroup for that hook."""
+    ids = (ctypes.c_uint32 * max_progs)()
+    q = _Query(target_fd=cgroup_fd, attach_type=attach_type,
+               prog_ids=ctypes.addressof(ids), prog_cnt=max_progs)
+    _bpf(BPF_PROG_QUERY, q)
+    return list(ids[: q.prog_cnt])
+
+
+def prog_id(prog_fd: int) -> int:
+    """The kernel's id of a loaded program (first field of bpf_prog_info)."""
+    buf = (ctypes.c_uint8 * 256)()
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, _InfoByFd(bpf_fd=prog_fd, info_len=256,
+                                           info=ctypes.addressof(buf)))
+    return int.from_bytes(bytes(buf[4:8]), "little")
+
+
+def map_update(map_fd: int, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
+    k = ctypes.create_string_buffer(key, len(key))
+    v = ctypes.create_string_buffer(value, len(value))
+    _bpf(BPF_MAP_UPDATE_ELEM, _MapElem(map_fd=map_fd, key=ctypes.addressof(k),
+                                       value=ctypes.addressof(v), flags=flags))
+
+
+def map_lookup(map_fd: int, key: bytes, value_size: int) -> bytes | None:
+    k = ctypes.create_string_buffer(key, len(key))
+    v = ctypes.create_string_buffer(value_size)
+    try:
+        _bpf(BPF_MAP_LOOKUP_ELEM, _MapElem(map_fd=map_fd, key=ctypes.addressof(k),
+                                           value=ctypes.addressof(v)))
+    except BpfError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        raise
+    return v.raw
+
+
+def map_delete(map_fd: int, key: bytes) -> bool:
+    """Delete a key; False when it was already gone."""
+    k = ctypes.create_string_buffer(key, len(key))
+    try:
+        _bpf(BPF_MAP_DELETE_ELEM, _MapElem(map_fd=map_fd, key=ctypes.addressof(k)))
+    except BpfError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def map_keys(map_fd: int, key_size: int) -> list[bytes]:
+    keys: list[bytes] = []
+    cur = None
+    while True:
+        k = ctypes.create_string_buffer(cur, key_size) if cur else None
+        nxt = ctypes.create_string_buffer(key_size)
+        try:
+            _bpf(BPF_MAP_GET_NEXT_KEY, _MapElem(
+                map_fd=map_fd, key=ctypes.addressof(k) if k else 0,
+                value=ctypes.addressof(nxt)))
+        except BpfError as e:
+            if e.errno == errno.ENOENT:
+                return keys
+            raise
+        cur = nxt.raw
+        keys.append(cur)
+
+
+def possible_cpus() -> int:
+    """Number of possible CPUs: the stride of per-CPU map values."""
+    with open("/sys/devices/system/cpu/possible") as f:
+        text = f.read().strip()
+    n = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        n += (int(hi) if hi else int(lo)) - int(lo) + 1
+    return n

@@ -1,0 +1,102 @@
+"""cgroup v2 through its filesystem."""
+from __future__ import annotations
+
+import errno
+import os
+
+from ..errors import NetleakError
+from ..mounts import cgroup2_mount
+
+
+def find_cgroup2() -> str:
+    with open("/proc/self/mountinfo") as f:
+        point = cgroup2_mount(f.read())
+    if point is None:
+        raise NetleakError(
+            "no cgroup v2 mount found: mount one with "
+            "'mount -t cgroup2 none /sys/fs/cgroup/unified' or boot with "
+            "systemd.unified_cgroup_hierarchy=1")
+    return point
+
+
+def abspath(root: str, rel: str) -> str:
+    return os.path.join(root, rel.strip("/"))
+
+
+def cgroup_id(path: str) -> int:
+    """The kernel's id of a cgroup: the inode of its directory."""
+    return os.stat(path).st_ino
+
+
+def make(path: str) -> None:
+    """Create a cgroup (and its parents); it must not exist yet."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.mkdir(path, 0o755)
+
+
+def join(path: str, pid: int = 0) -> None:
+    with open(os.path.join(path, "cgroup.procs"), "w") as f:
+        f.write(f"{pid or os.getpid()}\n")
+
+
+def of_pid(pid: int) -> str:
+    """cgroup v2 path (relative to the mount) of a process."""
+    with open(f"/proc/{pid}/cgroup") as f:
+        for line in f:
+            hier, _, rest = line.rstrip("\n").partition(":")
+            ctrl, _, path = rest.partition(":")
+            if hier == "0" and ctrl == "":
+                return path.lstrip("/")
+    raise NetleakError(f"process {pid} has no cgroup v2 membership")
+
+
+def populated(path: str) -> bool | None:
+    """Whether the cgroup or a descendant holds a process; None if gone."""
+    try:
+        with open(os.path.join(path, "cgroup.events")) as f:
+            for line in f:
+                key, _, val = line.partition(" ")
+                if key == "populated":
+                    return val.strip() == "1"
+    except FileNotFoundError:
+        return None
+    return None
+
+
+def procs(path: str) -> list[int]:
+    try:
+        with open(os.path.join(path, "cgroup.procs")) as f:
+            return [int(x) for x in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def remove_tree(path: str) -> bool:
+    """Remove an empty cgroup and its (empty) descendants, deepest first.
+    True when it is gone (already gone counts)."""
+    if not os.path.isdir(path):
+        return True
+    for dirpath, dirnames, _ in os.walk(path, topdown=False):
+        for d in dirnames:
+            _rmdir(os.path.join(dirpath, d))
+    return _rmdir(path)
+
+
+def _rmdir(path: str) -> bool:
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return True
+    except OSError as e:
+        if e.errno in (errno.EBUSY, errno.ENOTEMPTY):
+            return False
+        raise
+    return True
+
+
+def remove_if_empty(path: str) -> None:
+    """Remove a parent cgroup netleak made once nothing is left in it."""
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass

@@ -1,0 +1,193 @@
+"""Links, addresses, rules and routes through pyroute2 (rtnetlink).
+
+Only values from `plan` cross this boundary; pyroute2's messages and errors
+stay here.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR,
+                                   RTMGRP_LINK)
+
+from ..plan import Link, Route, Rule
+
+log = logging.getLogger(__name__)
+
+IFF_UP = 0x1
+IFF_POINTOPOINT = 0x10
+IFF_NOARP = 0x80
+IFF_LOWER_UP = 0x10000
+RTN_UNICAST = 1
+RTN_UNREACHABLE = 7
+FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
+ANY = {4: "0.0.0.0/0", 6: "::/0"}
+
+
+def _fam(af: int) -> int:
+    return 4 if af == socket.AF_INET else 6
+
+
+def open_ipr() -> IPRoute:
+    return IPRoute()
+
+
+def open_events() -> IPRoute:
+    """A netlink socket that receives link and address changes."""
+    ev = IPRoute()
+    ev.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
+    return ev
+
+
+def event_names(msgs) -> tuple[set[str], set[int]]:
+    """Interface names and indexes that a batch of events touched."""
+    names: set[str] = set()
+    indexes: set[int] = set()
+    for m in msgs:
+        ev = m.get("event", "")
+        if ev in ("RTM_NEWLINK", "RTM_DELLINK"):
+            n = m.get_attr("IFLA_IFNAME")
+            if n:
+                names.add(n)
+            indexes.add(m["index"])
+        elif ev in ("RTM_NEWADDR", "RTM_DELADDR"):
+            indexes.add(m["index"])
+    return names, indexes
+
+
+def read_link(ipr: IPRoute, name: str) -> Link | None:
+    try:
+        msgs = ipr.get_links(ifname=name)
+    except NetlinkError as e:
+        if e.code in (errno.ENODEV, errno.ENOENT):
+            return None
+        raise
+    if not msgs:
+        return None
+    m = msgs[0]
+    flags = m["flags"]
+    index = m["index"]
+    a4, a6 = [], []
+    for a in ipr.get_addr(index=index):
+        addr = a.get_attr("IFA_ADDRESS") if a["family"] == socket.AF_INET6 else (
+            a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS"))
+        if addr:
+            (a4 if a["family"] == socket.AF_INET else a6).append(addr)
+    return Link(name=name, index=index, admin_up=bool(flags & IFF_UP),
+                carrier=bool(flags & IFF_LOWER_UP),
+                pointopoint=bool(flags & IFF_POINTOPOINT),
+                noarp=bool(flags & IFF_NOARP),
+                addrs4=tuple(sorted(a4)), addrs6=tuple(sorted(a6)))
+
+
+def link_names(ipr: IPRoute) -> dict[int, str]:
+    return {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
+
+
+def default_gateways(ipr: IPRoute, ifindex: int) -> tuple[str | None, str | None]:
+    """Gateways of default routes through IFINDEX in the main table (what a
+    DHCP client or NetworkManager installed), best metric first."""
+    found: dict[int, str | None] = {4: None, 6: None}
+    for fam in (4, 6):
+        best = None
+        for r in ipr.get_routes(family=FAMILY[fam], table=254):
+            if r["dst_len"] != 0 or r.get_attr("RTA_OIF") != ifindex:
+                continue
+            gw = r.get_attr("RTA_GATEWAY")
+            metric = r.get_attr("RTA_PRIORITY") or 0
+            if gw and (best is None or metric < best[0]):
+                best = (metric, gw)
+        if best:
+            found[fam] = best[1]
+    return found[4], found[6]
+
+
+def current_rules(ipr: IPRoute, priority: int, tables: set[int]) -> set[Rule]:
+    """Our rules: those at our priority that point at one of our tables."""
+    rules: set[Rule] = set()
+    for af in (socket.AF_INET, socket.AF_INET6):
+        for r in ipr.get_rules(family=af):
+            prio = r.get_attr("FRA_PRIORITY") or 0
+            table = r.get_attr("FRA_TABLE") or r["table"]
+            if prio != priority or table not in tables:
+                continue
+            src = r.get_attr("FRA_SRC") if r["src_len"] else None
+            rules.add(Rule(_fam(af), prio, table, fwmark=r.get_attr("FRA_FWMARK"), src=src))
+    return rules
+
+
+def add_rule(ipr: IPRoute, rule: Rule) -> None:
+    kw = dict(family=FAMILY[rule.family], priority=rule.priority, table=rule.table,
+              action="FR_ACT_TO_TBL")
+    if rule.fwmark is not None:
+        kw.update(fwmark=rule.fwmark, fwmask=0xFFFFFFFF)
+    if rule.src is not None:
+        kw.update(src=rule.src, src_len=32 if rule.family == 4 else 128)
+    try:
+        ipr.rule("add", **kw)
+    except NetlinkError as e:
+        if e.code != errno.EEXIST:
+            raise
+
+
+def del_rule(ipr: IPRoute, rule: Rule) -> None:
+    kw = dict(family=FAMILY[rule.family], priority=rule.priority, table=rule.table)
+    if rule.fwmark is not None:
+        kw.update(fwmark=rule.fwmark, fwmask=0xFFFFFFFF)
+    if rule.src is not None:
+        kw.update(src=rule.src, src_len=32 if rule.family == 4 else 128)
+    try:
+        ipr.rule("del", **kw)
+    except NetlinkError as e:
+        if e.code not in (errno.ENOENT, errno.ESRCH):
+            raise
+
+
+def current_routes(ipr: IPRoute, table: int) -> set[Route]:
+    routes: set[Route] = set()
+    for af in (socket.AF_INET, socket.AF_INET6):
+        for r in ipr.get_routes(family=af, table=table):
+            if (r.get_attr("RTA_TABLE") or r["table"]) != table or r["dst_len"] != 0:
+                continue
+            kind = {RTN_UNICAST: "unicast", RTN_UNREACHABLE: "unreachable"}.get(r["type"])
+            if kind is None:
+                continue
+            metric = r.get_attr("RTA_PRIORITY") or 0
+            if af == socket.AF_INET6 and kind == "unreachable" and metric == 0:
+                metric = 0  # kept as read; the plan's metric is explicit
+            routes.add(Route(_fam(af), table, kind, metric,
+                             oif=r.get_attr("RTA_OIF") if kind == "unicast" else None,
+                             gateway=r.get_attr("RTA_GATEWAY")))
+    return routes
+
+
+def add_route(ipr: IPRoute, route: Route) -> None:
+    kw = dict(family=FAMILY[route.family], dst=ANY[route.family], table=route.table,
+              priority=route.metric, type=route.kind)
+    if route.oif is not None:
+        kw["oif"] = route.oif
+    if route.gateway:
+        kw["gateway"] = route.gateway
+    try:
+        ipr.route("replace", **kw)
+    except NetlinkError as e:
+        if e.code != errno.EEXIST:
+            raise
+
+
+def del_route(ipr: IPRoute, route: Route) -> None:
+    kw = dict(family=FAMILY[route.family], dst=ANY[route.family], table=route.table,
+              priority=route.metric, type=route.kind)
+    if route.oif is not None:
+        kw["oif"] = route.oif
+    if route.gateway:
+        kw["gateway"] = route.gateway
+    try:
+        ipr.route("del", **kw)
+    except NetlinkError as e:
+        if e.code not in (errno.ENOENT, errno.ESRCH, errno.ENODEV):
+            raise

@@ -1,0 +1,62 @@
+"""Binary layouts of the BPF maps (mirrors bpf/netleak.h), pure."""
+from __future__ import annotations
+
+import dataclasses
+import struct
+
+FLAG_KILL = 0x1
+
+_KEY = struct.Struct("<Q")
+_POLICY = struct.Struct("<IIII")
+_STATS = struct.Struct("<QQQQ")
+
+KEY_SIZE = _KEY.size
+POLICY_SIZE = _POLICY.size
+STATS_SIZE = _STATS.size
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """The map entry of one controlled cgroup."""
+
+    ifindex: int
+    mark: int
+    killed: bool
+
+    def pack(self) -> bytes:
+        return _POLICY.pack(self.ifindex, self.mark, FLAG_KILL if self.killed else 0, 0)
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> "Policy":
+        ifindex, mark, flags, _ = _POLICY.unpack(raw[: _POLICY.size])
+        return cls(ifindex=ifindex, mark=mark, killed=bool(flags & FLAG_KILL))
+
+
+@dataclasses.dataclass(frozen=True)
+class Stats:
+    """Packet counters of one cgroup, summed over CPUs."""
+
+    passed: int = 0
+    drop_device: int = 0
+    drop_kill: int = 0
+    drop_nopolicy: int = 0
+
+    @property
+    def dropped(self) -> int:
+        return self.drop_device + self.drop_kill + self.drop_nopolicy
+
+    @classmethod
+    def unpack_percpu(cls, raw: bytes, ncpus: int) -> "Stats":
+        totals = [0, 0, 0, 0]
+        for cpu in range(ncpus):
+            vals = _STATS.unpack_from(raw, cpu * _STATS.size)
+            totals = [a + b for a, b in zip(totals, vals)]
+        return cls(*totals)
+
+
+def pack_key(cgroup_id: int) -> bytes:
+    return _KEY.pack(cgroup_id)
+
+
+def unpack_key(raw: bytes) -> int:
+    return _KEY.unpack(raw)[0]

@@ -1,0 +1,55 @@
+"""Putting a new cgroup under control for netleak-exec (service layer).
+
+Kept free of heavy imports: it is on netleak-exec's warm path.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+from . import client
+from .config import Config
+from .errors import NetleakError
+from .kernel import cgroupfs
+from .store import Store, run_dir
+
+
+def new_session_id() -> str:
+    return os.urandom(5).hex()
+
+
+def open_exec_session(cfg: Config, iface: str, via4: str | None,
+                      via6: str | None) -> str:
+    """Create a cgroup, have the daemon protect it, and move this process in.
+
+    On any failure before the move, everything made here is undone; after
+    the move the daemon's reaper owns the clean-up.
+    """
+    root = cgroupfs.find_cgroup2()
+    store = Store(run_dir(cfg))
+    sid = new_session_id()
+    rel = f"{cfg.cgroup_parent.strip('/')}/exec-{sid}"
+    path = cgroupfs.abspath(root, rel)
+    try:
+        cgroupfs.make(path)
+    except OSError as e:
+        raise NetleakError(f"cannot create cgroup {path}: {e.strerror}") from None
+    msg = {"op": "open", "id": sid, "iface": iface, "via4": via4, "via6": via6,
+           "cgroup": rel, "cgroup_id": cgroupfs.cgroup_id(path), "pid": os.getpid(),
+           "owned": True, "join": True}
+    try:
+        # The daemon protects the cgroup, then moves this process into it:
+        # one round trip, and the session counts as committed only once the
+        # workload is inside.
+        client.request_starting_daemon(store, msg)
+        if cgroupfs.of_pid(os.getpid()) != rel:
+            raise NetleakError(f"this process did not land in cgroup {rel}")
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.request(store, {"op": "abort", "id": sid}, timeout=5)
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(path))
+        raise
+    return sid

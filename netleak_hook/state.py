@@ -1,0 +1,81 @@
+"""Session bookkeeping as values, and their JSON form (pure)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from .plan import Binding
+
+STATE_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Session:
+    """One controlled cgroup."""
+
+    id: str
+    iface: str
+    cgroup: str            # path relative to the cgroup2 mount, no leading '/'
+    cgroup_id: int
+    pinset: str            # the pin directory the programs came from
+    owned: bool = True     # netleak made the cgroup and removes it
+    pid: int = 0           # the process that asked for it
+    created: float = 0.0
+    committed: bool = False  # the workload is in the cgroup (or was)
+
+
+@dataclasses.dataclass(frozen=True)
+class State:
+    bindings: dict[str, Binding] = dataclasses.field(default_factory=dict)
+    sessions: dict[str, Session] = dataclasses.field(default_factory=dict)
+
+    def sessions_on(self, iface: str) -> list[Session]:
+        return [s for s in self.sessions.values() if s.iface == iface]
+
+    def with_session(self, s: Session) -> "State":
+        return dataclasses.replace(self, sessions={**self.sessions, s.id: s})
+
+    def without_session(self, sid: str) -> "State":
+        return dataclasses.replace(
+            self, sessions={k: v for k, v in self.sessions.items() if k != sid})
+
+    def with_binding(self, b: Binding) -> "State":
+        return dataclasses.replace(self, bindings={**self.bindings, b.iface: b})
+
+    def without_binding(self, iface: str) -> "State":
+        return dataclasses.replace(
+            self, bindings={k: v for k, v in self.bindings.items() if k != iface})
+
+    def unused_bindings(self) -> list[str]:
+        """Interfaces no session uses any more: their rules and routes go."""
+        used = {s.iface for s in self.sessions.values()}
+        return sorted(set(self.bindings) - used)
+
+
+def to_json(state: State) -> str:
+    doc = {
+        "version": STATE_VERSION,
+        "bindings": {k: dataclasses.asdict(v) for k, v in sorted(state.bindings.items())},
+        "sessions": {k: dataclasses.asdict(v) for k, v in sorted(state.sessions.items())},
+    }
+    return json.dumps(doc, indent=1, sort_keys=True) + "\n"
+
+
+def from_json(text: str) -> State:
+    """Parse a state file; unknown fields are ignored, a bad file is empty."""
+    try:
+        doc: dict[str, Any] = json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError:
+        return State()
+    if doc.get("version") != STATE_VERSION:
+        return State()
+
+    def build(cls, raw: dict) -> Any:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in names})
+
+    return State(
+        bindings={k: build(Binding, v) for k, v in doc.get("bindings", {}).items()},
+        sessions={k: build(Session, v) for k, v in doc.get("sessions", {}).items()},
+    )
