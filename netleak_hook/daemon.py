@@ -32,7 +32,7 @@ from .store import Store, run_dir
 log = logging.getLogger("netleak.daemon")
 
 TICK = 0.25            # seconds between reaper passes
-RECONCILE_EVERY = 2.0  # full reconcile, in case an event was missed
+RECONCILE_EVERY = 1.0  # full reconcile, in case an event was missed
 
 
 class Daemon:
@@ -134,10 +134,11 @@ class Daemon:
         except Exception:  # pyroute2 may raise on a truncated batch
             log.exception("reading netlink events")
             msgs = []
-        names, indexes = netlink.event_names(msgs)
-        for iface in list(self.state.bindings):
-            if iface in names or self.ifindex.get(iface) in indexes:
-                self.reconcile(iface)
+        # pyroute2 may keep part of a burst in its own buffer, where select()
+        # cannot see it: reconcile every bound interface, not just the ones
+        # these messages name (a handful of netlink dumps).
+        if msgs:
+            self.reconcile_all()
 
     # ---------- requests ----------
 
@@ -303,7 +304,11 @@ class Daemon:
         b = self.state.bindings[iface]
         link = netlink.read_link(self.ipr, iface)
         usable = link is not None and link.up
+        before = self.live.get(iface)
         if not usable:
+            if before is None or not before.killed:
+                log.info("%s %s: kill switch on", iface,
+                         "is gone" if link is None else "is down")
             self.live[iface] = Policy(ifindex=link.index if link else 0, mark=b.mark,
                                       killed=True)
             self._write_policies(iface, self.live[iface])
@@ -315,6 +320,9 @@ class Daemon:
         if usable:
             assert link is not None
             self.live[iface] = Policy(ifindex=link.index, mark=b.mark, killed=False)
+            if before is None or before != self.live[iface]:
+                log.info("%s is up (ifindex %d): routes in table %d, kill switch off",
+                         iface, link.index, b.table)
             self._write_policies(iface, self.live[iface])
 
     def _refresh_gateways(self, b: plan.Binding, link: plan.Link) -> plan.Binding:

@@ -178,3 +178,7 @@ def main() -> None:
         sys.exit(e.exit_status)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -43,22 +43,6 @@ def open_events() -> IPRoute:
     return ev
 
 
-def event_names(msgs) -> tuple[set[str], set[int]]:
-    """Interface names and indexes that a batch of events touched."""
-    names: set[str] = set()
-    indexes: set[int] = set()
-    for m in msgs:
-        ev = m.get("event", "")
-        if ev in ("RTM_NEWLINK", "RTM_DELLINK"):
-            n = m.get_attr("IFLA_IFNAME")
-            if n:
-                names.add(n)
-            indexes.add(m["index"])
-        elif ev in ("RTM_NEWADDR", "RTM_DELADDR"):
-            indexes.add(m["index"])
-    return names, indexes
-
-
 def read_link(ipr: IPRoute, name: str) -> Link | None:
     try:
         msgs = ipr.get_links(ifname=name)

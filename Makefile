@@ -1,0 +1,51 @@
+# netleak: `make demo` and `make test` on a fresh Debian/Ubuntu machine, as root.
+SHELL := /bin/sh
+VENV := .venv
+PY := $(VENV)/bin/python
+SYSPY := /usr/bin/python3
+PREFIX ?= /usr/local
+OPT ?= /opt/netleak
+
+.PHONY: deps venv demo test test-unit test-privileged bench install uninstall clean
+
+deps: .stamp-deps
+.stamp-deps: scripts/install-deps.sh
+	sh scripts/install-deps.sh
+	touch $@
+
+# A venv from the system interpreter with --system-site-packages, so the
+# distribution's BCC module is importable. Installed editable ("compat": a
+# plain .pth entry, no import hook on netleak-exec's hot path).
+venv: $(VENV)/.stamp
+$(VENV)/.stamp: .stamp-deps pyproject.toml
+	[ -x $(PY) ] || $(SYSPY) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]' \
+		--config-settings editable_mode=compat
+	touch $@
+
+demo: venv
+	$(VENV)/bin/netleak demo
+
+test: venv
+	$(PY) -m pytest -ra tests
+
+test-unit: venv
+	$(PY) -m pytest -q tests/unit
+
+bench: venv
+	$(PY) tests/bench.py
+
+# System-wide: a venv under $(OPT), its commands linked into $(PREFIX)/bin.
+install: deps
+	[ -x $(OPT)/venv/bin/python ] || $(SYSPY) -m venv --system-site-packages $(OPT)/venv
+	$(OPT)/venv/bin/pip install -q --disable-pip-version-check .
+	for c in netleak netleak-exec netleak-hook; do \
+		ln -sfn $(OPT)/venv/bin/$$c $(PREFIX)/bin/$$c; done
+	@echo "installed: $(PREFIX)/bin/netleak, netleak-exec, netleak-hook"
+
+uninstall:
+	rm -f $(PREFIX)/bin/netleak $(PREFIX)/bin/netleak-exec $(PREFIX)/bin/netleak-hook
+	rm -rf $(OPT)
+
+clean:
+	rm -rf $(VENV) .stamp-deps .pytest_cache build *.egg-info

@@ -1,0 +1,251 @@
+"""Throwaway network namespaces for the demo and the tests.
+
+Two namespaces joined by two veth pairs: HOST (where the workload runs) has
+`up0`, its default route, and `vpn0`, the interface to pin traffic to; NET
+plays the world and holds a server that answers with the client's address.
+Only documentation addresses are used, and nothing is routed off the
+machine. Everything is made with `ip` and removed by `close()`.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+SERVER4 = "203.0.113.10"
+SERVER6 = "2001:db8:ff::10"
+PORT = 8080
+
+# (name in HOST, HOST address v4, peer v4, HOST v6, peer v6)
+LINKS = {
+    "up0": ("192.0.2.2/26", "192.0.2.1", "2001:db8:1::2/64", "2001:db8:1::1"),
+    "vpn0": ("198.51.100.2/26", "198.51.100.1", "2001:db8:2::2/64", "2001:db8:2::1"),
+}
+
+SERVER_CODE = r"""
+import select, socket, sys
+port = int(sys.argv[1])
+socks = []
+for fam, addr in ((socket.AF_INET, sys.argv[2]), (socket.AF_INET6, sys.argv[3])):
+    t = socket.socket(fam, socket.SOCK_STREAM)
+    t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    t.bind((addr, port)); t.listen(64)
+    u = socket.socket(fam, socket.SOCK_DGRAM); u.bind((addr, port))
+    socks += [t, u]
+print("ready", flush=True)
+while True:
+    for s in select.select(socks, [], [])[0]:
+        if s.type == socket.SOCK_STREAM:
+            c, a = s.accept()
+            try:
+                c.sendall(a[0].encode() + b"\n")
+            except OSError:
+                pass
+            c.close()
+        else:
+            data, a = s.recvfrom(2048)
+            s.sendto(a[0].encode() + b"\n", a)
+"""
+
+CLIENT_CODE = r"""
+import socket, sys, time
+host, port, proto, tries = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+for i in range(tries):
+    try:
+        if proto == "tcp":
+            s = socket.socket(fam, socket.SOCK_STREAM); s.settimeout(1.0)
+            s.connect((host, port)); reply = s.recv(200)
+        else:
+            s = socket.socket(fam, socket.SOCK_DGRAM); s.settimeout(1.0)
+            s.sendto(b"hi", (host, port)); reply = s.recv(200)
+        print("ok", reply.decode().strip(), flush=True)
+    except OSError as e:
+        print("refused", e.strerror or e, flush=True)
+    if i + 1 < tries:
+        time.sleep(0.2)
+"""
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, check=check, capture_output=True, text=True)
+
+
+class Lab:
+    """The two namespaces; use as a context manager."""
+
+    def __init__(self, prefix: str) -> None:
+        self.host = f"{prefix}-host"
+        self.net = f"{prefix}-net"
+        self.procs: list[subprocess.Popen] = []
+
+    # ----- building -----
+
+    def __enter__(self) -> "Lab":
+        try:
+            self.build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def ip(self, ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return sh("ip", "-n", ns, *args, check=check)
+
+    def build(self) -> None:
+        for ns in (self.host, self.net):
+            sh("ip", "netns", "add", ns)
+            self.ip(ns, "link", "set", "lo", "up")
+        for name in LINKS:
+            self.add_veth(name)
+        self.ip(self.net, "addr", "add", f"{SERVER4}/32", "dev", "lo")
+        self.ip(self.net, "addr", "add", f"{SERVER6}/128", "dev", "lo", "nodad")
+        self.ip(self.host, "route", "add", "default", "via", LINKS["up0"][1])
+        self.ip(self.host, "-6", "route", "add", "default", "via", LINKS["up0"][3])
+        self.add_backup_default("vpn0")
+
+    def add_veth(self, name: str) -> None:
+        a4, p4, a6, p6 = LINKS[name]
+        peer = f"{name}p"
+        sh("ip", "link", "add", name, "netns", self.host, "type", "veth",
+           "peer", "name", peer, "netns", self.net)
+        plen4, plen6 = a4.split("/")[1], a6.split("/")[1]
+        self.ip(self.host, "addr", "add", a4, "dev", name)
+        self.ip(self.host, "addr", "add", a6, "dev", name, "nodad")
+        self.ip(self.net, "addr", "add", f"{p4}/{plen4}", "dev", peer)
+        self.ip(self.net, "addr", "add", f"{p6}/{plen6}", "dev", peer, "nodad")
+        self.ip(self.host, "link", "set", name, "up")
+        self.ip(self.net, "link", "set", peer, "up")
+
+    def add_backup_default(self, name: str) -> None:
+        """A default route through NAME with a worse metric, as a DHCP
+        client or NetworkManager installs for a second uplink."""
+        _, p4, _, p6 = LINKS[name]
+        self.ip(self.host, "route", "replace", "default", "via", p4, "dev", name,
+                "metric", "500")
+        self.ip(self.host, "-6", "route", "replace", "default", "via", p6, "dev", name,
+                "metric", "500")
+
+    def recreate(self, name: str) -> None:
+        """Delete NAME and make it again (a new ifindex, like ppp0 on reconnect)."""
+        self.ip(self.host, "link", "del", name, check=False)
+        self.add_veth(name)
+        self.add_backup_default(name)
+
+    # ----- running -----
+
+    def nsenter(self, ns: str) -> list[str]:
+        # not `ip netns exec`: it remounts /sys and hides the cgroup mounts
+        return ["nsenter", f"--net=/run/netns/{ns}"]
+
+    def run(self, argv: list[str], env: dict | None = None, timeout: float = 60,
+            ns: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(self.nsenter(ns or self.host) + argv, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def spawn(self, argv: list[str], ns: str | None = None, env: dict | None = None,
+              **kw) -> subprocess.Popen:
+        p = subprocess.Popen(self.nsenter(ns or self.host) + argv, env=env, **kw)
+        self.procs.append(p)
+        return p
+
+    def start_server(self) -> None:
+        p = self.spawn([sys.executable, "-c", SERVER_CODE, str(PORT), SERVER4, SERVER6],
+                       ns=self.net, stdout=subprocess.PIPE, text=True)
+        assert p.stdout is not None
+        if p.stdout.readline().strip() != "ready":
+            raise RuntimeError("lab server did not start")
+
+    @staticmethod
+    def client(host: str = SERVER4, proto: str = "tcp", tries: int = 1) -> list[str]:
+        return [sys.executable, "-c", CLIENT_CODE, host, str(PORT), proto, str(tries)]
+
+    def capture(self, iface: str = "up0") -> "Capture":
+        return Capture(self, iface)
+
+    # ----- tearing down -----
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        self.procs = []
+        for ns in (self.host, self.net):
+            sh("ip", "netns", "del", ns, check=False)
+
+
+class Capture:
+    """tcpdump on a HOST interface, counting packets to or from the server:
+    the path a leak would take."""
+
+    FILTER = f"host {SERVER4} or host {SERVER6}"
+
+    def __init__(self, lab: Lab, iface: str) -> None:
+        self.lab = lab
+        self.iface = iface
+        self.proc: subprocess.Popen | None = None
+        self.lines: list[str] = []
+
+    def __enter__(self) -> "Capture":
+        self.proc = subprocess.Popen(
+            self.lab.nsenter(self.lab.host) + ["tcpdump", "-i", self.iface, "-n", "-l",
+                                               "-U", self.FILTER],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:   # wait until it really listens
+            line = self.proc.stderr.readline()
+            if "listening on" in line:
+                return self
+            if not line and self.proc.poll() is not None:
+                break
+        self.proc.kill()
+        raise RuntimeError(f"tcpdump did not start on {self.iface}")
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> int:
+        if self.proc is not None:
+            time.sleep(0.3)   # let the last packets be written
+            self.proc.send_signal(signal.SIGINT)
+            out, _ = self.proc.communicate(timeout=10)
+            self.lines = [ln for ln in out.splitlines() if ln.strip()]
+            self.proc = None
+        return len(self.lines)
+
+    @property
+    def count(self) -> int:
+        return len(self.lines)
+
+
+def stop_daemon(run_dir: str) -> None:
+    """Stop the daemon of a run directory (the lab's own, by PID)."""
+    try:
+        with open(os.path.join(run_dir, "daemon.pid")) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

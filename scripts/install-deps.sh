@@ -1,0 +1,61 @@
+#!/bin/sh
+# Install what netleak needs on a Debian/Ubuntu machine, as root; idempotent.
+# Says what it does; installs nothing that is already there.
+set -eu
+
+say() { echo "deps: $*"; }
+
+[ "$(id -u)" = 0 ] || { echo "deps: run as root (sudo make ...)" >&2; exit 125; }
+command -v apt-get >/dev/null || {
+    echo "deps: no apt-get: install BCC's Python module, iproute2, tcpdump and" \
+         "kernel headers with your package manager" >&2; exit 125; }
+
+release=$(uname -r)
+arch=$(dpkg --print-architecture)
+want="python3-bpfcc python3-venv python3-pip iproute2 tcpdump util-linux procps"
+missing=""
+for p in $want; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" \
+        || missing="$missing $p"
+done
+
+updated=""
+apt_update() {
+    [ -n "$updated" ] && return 0
+    say "apt-get update"
+    apt-get update -qq
+    updated=1
+}
+
+if [ -n "$missing" ]; then
+    apt_update
+    say "installing$missing"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+# Kernel headers for BCC: the running kernel's own package when it exists,
+# otherwise the distribution's generic headers linked in (the programs use
+# only stable UAPI structures, so another version's headers work).
+if [ ! -e "/lib/modules/$release/build/Makefile" ]; then
+    apt_update
+    if apt-cache show "linux-headers-$release" >/dev/null 2>&1; then
+        say "installing linux-headers-$release"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "linux-headers-$release" >/dev/null
+    else
+        generic="linux-headers-$arch"
+        apt-cache show "$generic" >/dev/null 2>&1 || generic=linux-headers-generic
+        say "no headers package for kernel $release: using $generic instead"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$generic" >/dev/null
+        build=$(ls -d /usr/src/linux-headers-*-"$arch" /usr/src/linux-headers-*-generic \
+                2>/dev/null | sort -V | tail -1)
+        [ -n "$build" ] || { echo "deps: no headers found under /usr/src" >&2; exit 125; }
+        common=$(grep -o '/usr/src/linux-headers-[^ ]*-common' "$build/Makefile" 2>/dev/null \
+                 | head -1 || true)
+        [ -n "$common" ] || common="${build%-*}-common"
+        [ -d "$common" ] || common="$build"
+        mkdir -p "/lib/modules/$release"
+        ln -sfn "$build" "/lib/modules/$release/build"
+        ln -sfn "$common" "/lib/modules/$release/source"
+        say "linked /lib/modules/$release/build -> $build"
+    fi
+fi
