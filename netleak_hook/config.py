@@ -96,7 +96,7 @@ class Config:
                 f"NETLEAK_RULE_PRIORITY={self.rule_priority} must be between 1 and "
                 f"32000, before the main table's rule")
         rel = self.cgroup_parent.strip("/")
-        if not rel or ".." in rel.split("/"):
+        if not rel or {".", ".."} & set(rel.split("/")):
             raise NetleakError(
                 f"NETLEAK_CGROUP_PARENT={self.cgroup_parent!r} must be a relative "
                 f"cgroup path such as 'netleak'")

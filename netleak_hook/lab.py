@@ -100,6 +100,9 @@ class Lab:
     def build(self) -> None:
         for ns in (self.host, self.net):
             sh("ip", "netns", "add", ns)
+            # no duplicate address detection: IPv6 is usable at once
+            self.sysctl(ns, "net.ipv6.conf.all.accept_dad", "0")
+            self.sysctl(ns, "net.ipv6.conf.default.accept_dad", "0")
             self.ip(ns, "link", "set", "lo", "up")
         for name in LINKS:
             self.add_veth(name)
@@ -108,6 +111,22 @@ class Lab:
         self.ip(self.host, "route", "add", "default", "via", LINKS["up0"][1])
         self.ip(self.host, "-6", "route", "add", "default", "via", LINKS["up0"][3])
         self.add_backup_default("vpn0")
+
+    def sysctl(self, ns: str, key: str, value: str) -> None:
+        """Set a sysctl of one of the lab's own namespaces."""
+        sh(*self.nsenter(ns), "sysctl", "-q", "-w", f"{key}={value}")
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Until both families reach the server by the default route."""
+        deadline = time.monotonic() + timeout
+        for server in (SERVER4, SERVER6):
+            while True:
+                r = self.run(self.client(server, "udp"))
+                if r.stdout.startswith("ok"):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"lab: {server} unreachable: {r.stdout}{r.stderr}")
+                time.sleep(0.1)
 
     def add_veth(self, name: str) -> None:
         a4, p4, a6, p6 = LINKS[name]
@@ -160,6 +179,7 @@ class Lab:
         assert p.stdout is not None
         if p.stdout.readline().strip() != "ready":
             raise RuntimeError("lab server did not start")
+        self.wait_ready()
 
     @staticmethod
     def client(host: str = SERVER4, proto: str = "tcp", tries: int = 1) -> list[str]:

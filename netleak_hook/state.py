@@ -65,17 +65,20 @@ def to_json(state: State) -> str:
 def from_json(text: str) -> State:
     """Parse a state file; unknown fields are ignored, a bad file is empty."""
     try:
-        doc: dict[str, Any] = json.loads(text) if text.strip() else {}
+        doc: Any = json.loads(text) if text.strip() else {}
     except json.JSONDecodeError:
         return State()
-    if doc.get("version") != STATE_VERSION:
+    if not isinstance(doc, dict) or doc.get("version") != STATE_VERSION:
         return State()
 
-    def build(cls, raw: dict) -> Any:
+    def build(cls, raw: Any) -> Any:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in names})
 
-    return State(
-        bindings={k: build(Binding, v) for k, v in doc.get("bindings", {}).items()},
-        sessions={k: build(Session, v) for k, v in doc.get("sessions", {}).items()},
-    )
+    try:
+        return State(
+            bindings={k: build(Binding, v) for k, v in (doc.get("bindings") or {}).items()},
+            sessions={k: build(Session, v) for k, v in (doc.get("sessions") or {}).items()},
+        )
+    except (AttributeError, TypeError):
+        return State()

@@ -10,9 +10,9 @@ def interface_name(name: str) -> str:
     """Return NAME if the kernel could accept it as an interface name."""
     if not name:
         raise NetleakError("interface name is empty: give one such as wg0 or tun0")
-    if len(name) >= IFNAMSIZ:
+    if len(name.encode("utf-8", "surrogateescape")) >= IFNAMSIZ:
         raise NetleakError(
-            f"invalid interface name {name!r}: at most {IFNAMSIZ - 1} characters")
+            f"invalid interface name {name!r}: at most {IFNAMSIZ - 1} bytes")
     if name in (".", "..") or any(c in name for c in "/:") or any(
             c.isspace() or not c.isprintable() for c in name):
         raise NetleakError(

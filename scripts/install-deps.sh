@@ -12,7 +12,7 @@ command -v apt-get >/dev/null || {
 
 release=$(uname -r)
 arch=$(dpkg --print-architecture)
-want="python3-bpfcc python3-venv python3-pip iproute2 tcpdump util-linux procps"
+want="python3-bpfcc python3-venv python3-pip iproute2 tcpdump util-linux procps iputils-ping"
 missing=""
 for p in $want; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" \

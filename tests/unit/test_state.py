@@ -97,17 +97,11 @@ def test_from_json_missing_sections_are_empty():
     assert s == State()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "state.from_json promises 'a bad file is empty' but valid JSON that is not an "
-    "object (e.g. [] or null) raises AttributeError on doc.get"))
 @pytest.mark.parametrize("text", ["[]", "null", "42", '"text"'])
 def test_from_json_non_object_json_is_empty_state(text):
     assert st.from_json(text) == State()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "state.from_json raises TypeError/AttributeError when an entry is malformed "
-    "(missing required field, not an object) instead of treating the file as bad"))
 @pytest.mark.parametrize("doc", [
     {"version": 1, "bindings": {"wg0": {"iface": "wg0"}}, "sessions": {}},
     {"version": 1, "bindings": {}, "sessions": {"x": "not an object"}},

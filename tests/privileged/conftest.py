@@ -1,0 +1,111 @@
+"""Fixtures for privileged tests: a lab of two namespaces per test, its own
+run directory and cgroup parent, and a check that nothing is left behind."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from netleak_hook import lab
+from netleak_hook.config import DEFAULT_RULE_PRIORITY, DEFAULT_TABLE_BASE
+from netleak_hook.kernel import bpfsys, cgroupfs, programs
+from tests.conftest import require_root
+
+EXEC = [sys.executable, "-m", "netleak_hook.execcmd"]
+
+
+class World:
+    """A lab plus the environment netleak runs with inside it."""
+
+    def __init__(self, the_lab: lab.Lab, run_dir: str, parent: str) -> None:
+        self.lab = the_lab
+        self.run_dir = run_dir
+        self.parent = parent
+        self.env = dict(os.environ, NETLEAK_RUN_DIR=run_dir, NETLEAK_CGROUP_PARENT=parent)
+
+    def netleak(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run `netleak-exec ARGS` inside the lab's HOST namespace."""
+        return self.lab.run(EXEC + list(args), env=self.env, timeout=timeout)
+
+    def spawn(self, *args: str) -> subprocess.Popen:
+        return self.lab.spawn(EXEC + list(args), env=self.env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+
+    def rules(self) -> str:
+        return self.lab.ip(self.lab.host, "rule").stdout + \
+            self.lab.ip(self.lab.host, "-6", "rule").stdout
+
+    def our_rules(self) -> list[str]:
+        return [ln for ln in self.rules().splitlines()
+                if ln.startswith(f"{DEFAULT_RULE_PRIORITY}:")]
+
+    def our_routes(self) -> str:
+        out = ""
+        for fam in ("-4", "-6"):
+            for t in range(DEFAULT_TABLE_BASE, DEFAULT_TABLE_BASE + 4):
+                out += self.lab.ip(self.lab.host, fam, "route", "show", "table", str(t),
+                                   check=False).stdout
+        return out
+
+    def cgroups(self) -> list[str]:
+        root = cgroupfs.abspath(cgroupfs.find_cgroup2(), self.parent)
+        if not os.path.isdir(root):
+            return []
+        return [d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))]
+
+    def sessions(self) -> int:
+        from netleak_hook.store import Store
+        return len(Store(self.run_dir).load().sessions)
+
+
+def policy_keys() -> set[int]:
+    """cgroup ids in the policy map of the current pin set."""
+    pins = programs.Pinset(os.path.join("/sys/fs/bpf/netleak", programs.pinset_name()))
+    if not pins.complete():
+        return set()
+    m = programs.Maps(pins)
+    try:
+        return {int.from_bytes(k, "little") for k in bpfsys.map_keys(m.policy, 8)}
+    finally:
+        m.close()
+
+
+def wait_until(pred, timeout: float = 5.0, step: float = 0.05) -> bool:
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
+
+
+@pytest.fixture
+def world(request):
+    require_root()
+    tag = f"nlt{os.getpid() % 10000}{abs(hash(request.node.name)) % 1000}"
+    run_dir = tempfile.mkdtemp(prefix="netleak-test-")
+    parent = f"netleak-test-{tag}"
+    keys_before = policy_keys()
+    the_lab = lab.Lab(tag)
+    try:
+        the_lab.build()
+        the_lab.start_server()
+        w = World(the_lab, run_dir, parent)
+        yield w
+        # Nothing left behind once the workload is gone and the reaper ran.
+        assert wait_until(lambda: w.sessions() == 0), "sessions not reaped"
+        assert wait_until(lambda: not w.our_rules()), w.rules()
+        assert w.our_routes() == ""
+        assert w.cgroups() == []
+        assert policy_keys() <= keys_before, "policy map entries left behind"
+    finally:
+        lab.stop_daemon(run_dir)
+        the_lab.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+        root = cgroupfs.abspath(cgroupfs.find_cgroup2(), parent)
+        cgroupfs.remove_tree(root)

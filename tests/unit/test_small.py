@@ -1,0 +1,202 @@
+"""Small pure modules: reaper, mounts, policy, errors."""
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from netleak_hook import mounts, policy, reaper
+from netleak_hook.errors import Exit, NetleakError
+from netleak_hook.policy import Policy, Stats
+from netleak_hook.state import Session
+
+# ---------- reaper.should_reap ----------
+
+T0 = 1_700_000_000.0
+
+
+def sess(committed: bool, created: float = T0) -> Session:
+    return Session(id="a", iface="wg0", cgroup="netleak/exec-a", cgroup_id=1,
+                   pinset="/p", pid=123, created=created, committed=committed)
+
+
+@pytest.mark.parametrize("committed", [True, False])
+@pytest.mark.parametrize("alive", [True, False])
+def test_reap_cgroup_gone(committed, alive):
+    assert reaper.should_reap(sess(committed), None, alive, T0 + 1) is True
+
+
+@pytest.mark.parametrize("committed", [True, False])
+@pytest.mark.parametrize("alive", [True, False])
+@pytest.mark.parametrize("age", [0.0, 1e6])
+def test_reap_never_while_populated(committed, alive, age):
+    assert reaper.should_reap(sess(committed), True, alive, T0 + age) is False
+
+
+def test_reap_empty_committed():
+    assert reaper.should_reap(sess(True), False, True, T0 + 1) is True
+
+
+def test_reap_empty_uncommitted_young_alive_requester_kept():
+    assert reaper.should_reap(sess(False), False, True, T0 + 1) is False
+    assert reaper.should_reap(sess(False), False, True, T0 + reaper.SETUP_GRACE) is False
+
+
+def test_reap_empty_uncommitted_requester_dead():
+    assert reaper.should_reap(sess(False), False, False, T0 + 1) is True
+
+
+def test_reap_empty_uncommitted_too_old():
+    assert reaper.SETUP_GRACE > 0
+    assert reaper.should_reap(sess(False), False, True,
+                              T0 + reaper.SETUP_GRACE + 0.5) is True
+
+
+# ---------- mounts ----------
+
+PURE_V2 = """\
+22 28 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:13 - proc proc rw
+25 28 0:23 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+26 28 0:24 / /sys/fs/bpf rw,nosuid,nodev,noexec,relatime shared:10 - bpf bpf rw,mode=700
+"""
+
+HYBRID = """\
+31 23 0:28 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
+32 31 0:29 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate
+33 31 0:30 / /sys/fs/cgroup/systemd rw,nosuid,nodev,noexec,relatime shared:11 - cgroup cgroup rw,xattr,name=systemd
+34 31 0:31 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid shared:12 - cgroup cgroup rw,cpu,cpuacct
+"""
+
+V1_ONLY = """\
+31 23 0:28 / /sys/fs/cgroup ro,nosuid shared:9 - tmpfs tmpfs ro,mode=755
+33 31 0:30 / /sys/fs/cgroup/systemd rw,nosuid shared:11 - cgroup cgroup rw,name=systemd
+"""
+
+ODD = r"""40 23 0:50 / /mnt/my\040cgroup rw,relatime - cgroup2 cgroup2 rw
+41 23 0:51 / /mnt/back\134slash\011tab rw,relatime shared:1 master:2 - cgroup2 none rw
+"""
+
+
+def test_find_mounts_pure_v2():
+    assert mounts.find_mounts(PURE_V2, "cgroup2") == ["/sys/fs/cgroup"]
+    assert mounts.find_mounts(PURE_V2, "bpf") == ["/sys/fs/bpf"]
+    assert mounts.find_mounts(PURE_V2, "tmpfs") == []
+
+
+def test_find_mounts_hybrid_in_order():
+    assert mounts.find_mounts(HYBRID, "cgroup") == ["/sys/fs/cgroup/systemd",
+                                                    "/sys/fs/cgroup/cpu,cpuacct"]
+    assert mounts.find_mounts(HYBRID, "cgroup2") == ["/sys/fs/cgroup/unified"]
+
+
+def test_find_mounts_escapes():
+    assert mounts.find_mounts(ODD, "cgroup2") == ["/mnt/my cgroup", "/mnt/back\\slash\ttab"]
+
+
+def test_find_mounts_skips_malformed_lines():
+    text = "garbage\n\n1 2 3 - cgroup2 x rw\n" + PURE_V2
+    assert mounts.find_mounts(text, "cgroup2") == ["/sys/fs/cgroup"]
+
+
+def test_cgroup2_mount_pure_v2():
+    assert mounts.cgroup2_mount(PURE_V2) == "/sys/fs/cgroup"
+
+
+def test_cgroup2_mount_hybrid():
+    assert mounts.cgroup2_mount(HYBRID) == "/sys/fs/cgroup/unified"
+
+
+@pytest.mark.parametrize("text", [V1_ONLY, "", "no dash here\n"])
+def test_cgroup2_mount_none(text):
+    assert mounts.cgroup2_mount(text) is None
+
+
+def test_cgroup2_mount_escaped_space():
+    assert mounts.cgroup2_mount(ODD) == "/mnt/my cgroup"
+
+
+def test_cgroup2_mount_prefers_sys_fs_cgroup_over_earlier_ones():
+    text = ODD + PURE_V2
+    assert mounts.cgroup2_mount(text) == "/sys/fs/cgroup"
+
+
+# ---------- policy ----------
+
+def test_sizes():
+    assert policy.POLICY_SIZE == 16
+    assert policy.KEY_SIZE == 8
+    assert policy.STATS_SIZE == 32
+
+
+@pytest.mark.parametrize("killed", [False, True])
+def test_policy_round_trip(killed):
+    p = Policy(ifindex=7, mark=0x6E6C0001, killed=killed)
+    raw = p.pack()
+    assert len(raw) == 16
+    assert Policy.unpack(raw) == p
+
+
+def test_policy_layout():
+    raw = Policy(ifindex=0x01020304, mark=0xAABBCCDD, killed=True).pack()
+    assert raw == struct.pack("<IIII", 0x01020304, 0xAABBCCDD, 1, 0)
+    assert Policy(ifindex=1, mark=2, killed=False).pack()[8:12] == b"\0\0\0\0"
+
+
+def test_policy_unpack_flag_bit0_only():
+    raw = struct.pack("<IIII", 3, 4, 0b110, 0)
+    assert Policy.unpack(raw).killed is False
+    raw = struct.pack("<IIII", 3, 4, 0b111, 0)
+    assert Policy.unpack(raw) == Policy(3, 4, True)
+
+
+def test_policy_unpack_ignores_trailing_bytes():
+    raw = Policy(5, 6, True).pack() + b"\xff" * 8
+    assert Policy.unpack(raw) == Policy(5, 6, True)
+
+
+def test_stats_unpack_percpu_sums():
+    raw = struct.pack("<QQQQ", 1, 2, 3, 4) + struct.pack("<QQQQ", 10, 20, 30, 2**40)
+    s = Stats.unpack_percpu(raw, 2)
+    assert s == Stats(passed=11, drop_device=22, drop_kill=33, drop_nopolicy=4 + 2**40)
+    assert s.dropped == 22 + 33 + 4 + 2**40
+
+
+def test_stats_unpack_percpu_only_ncpus():
+    raw = struct.pack("<QQQQ", 1, 2, 3, 4) + struct.pack("<QQQQ", 10, 20, 30, 40)
+    assert Stats.unpack_percpu(raw, 1) == Stats(1, 2, 3, 4)
+    assert Stats.unpack_percpu(b"", 0) == Stats()
+
+
+def test_stats_defaults():
+    assert Stats().dropped == 0 and Stats().passed == 0
+
+
+@pytest.mark.parametrize("cid", [0, 1, 12345, 2**63 + 5, 2**64 - 1])
+def test_key_round_trip(cid):
+    raw = policy.pack_key(cid)
+    assert len(raw) == 8
+    assert policy.unpack_key(raw) == cid
+
+
+def test_key_little_endian():
+    assert policy.pack_key(1) == b"\x01" + b"\0" * 7
+
+
+# ---------- errors ----------
+
+def test_exit_values():
+    assert Exit.NETLEAK == 125
+    assert Exit.CANNOT_EXEC == 126
+    assert Exit.NOT_FOUND == 127
+    assert Exit.OK == 0
+
+
+def test_netleak_error_defaults_to_125():
+    e = NetleakError("boom")
+    assert e.exit_status == 125 and type(e.exit_status) is int
+    assert str(e) == "boom" == e.message
+
+
+def test_netleak_error_status_is_plain_int():
+    e = NetleakError("x", Exit.NOT_FOUND)
+    assert e.exit_status == 127 and type(e.exit_status) is int
