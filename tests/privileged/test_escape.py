@@ -1,0 +1,72 @@
+"""A workload that tries to leave by another interface is dropped in the
+kernel: SO_BINDTODEVICE, IP_UNICAST_IF, SO_MARK, from a nested cgroup."""
+from __future__ import annotations
+
+import pytest
+
+from netleak_hook import lab as labmod
+
+pytestmark = pytest.mark.privileged
+
+ESCAPE = r"""
+import socket, struct, sys
+how = sys.argv[1]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(1.0)
+if how == "bindtodevice":
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"up0")
+elif how == "unicast_if":
+    idx = socket.if_nametoindex("up0")
+    s.setsockopt(socket.IPPROTO_IP, 50, struct.pack("!I", idx))   # IP_UNICAST_IF
+elif how == "mark":
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, 0)
+sent = 0
+for _ in range(5):
+    try:
+        s.sendto(b"leak?", (sys.argv[2], 8080)); sent += 1
+        print("ok", s.recv(100).decode().strip())
+    except OSError as e:
+        print("refused", e.strerror or e)
+"""
+
+NESTED = r"""
+import os, sys
+cg = open("/proc/self/cgroup").read().split("0::", 1)[1].strip()
+child = os.path.join(sys.argv[1], cg.lstrip("/"), "inner")
+os.mkdir(child)
+with open(os.path.join(child, "cgroup.procs"), "w") as f:
+    f.write(str(os.getpid()))
+os.execv(sys.executable, [sys.executable, "-c", sys.argv[2]] + sys.argv[3:])
+"""
+
+
+@pytest.mark.parametrize("how", ["bindtodevice", "unicast_if", "mark"])
+def test_escape_attempts_are_dropped(world, how):
+    import sys
+    with world.lab.capture("up0") as cap:
+        r = world.netleak("vpn0", sys.executable, "-c", ESCAPE, how, labmod.SERVER4)
+        leaked = cap.stop()
+    assert r.returncode == 0, r.stderr
+    assert "ok 192.0.2.2" not in r.stdout
+    assert leaked == 0
+    # control: the same trick without netleak does leave by up0
+    with world.lab.capture("up0") as cap:
+        r = world.lab.run([sys.executable, "-c", ESCAPE, how, labmod.SERVER4])
+        assert cap.stop() > 0
+    if how != "mark":
+        assert "ok 192.0.2.2" in r.stdout
+
+
+def test_nested_child_cgroup_is_covered(world):
+    import sys
+    from netleak_hook.kernel import cgroupfs
+    root = cgroupfs.find_cgroup2()
+    with world.lab.capture("up0") as cap:
+        r = world.netleak("vpn0", sys.executable, "-c", NESTED, root,
+                          labmod.CLIENT_CODE, labmod.SERVER4, "8080", "tcp", "1")
+        r2 = world.netleak("vpn0", sys.executable, "-c", NESTED, root,
+                           ESCAPE, "bindtodevice", labmod.SERVER4)
+        leaked = cap.stop()
+    assert r.stdout.strip() == "ok 198.51.100.2", r.stderr
+    assert "ok" not in r2.stdout, r2.stdout
+    assert leaked == 0

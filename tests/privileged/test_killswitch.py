@@ -1,0 +1,112 @@
+"""No packet leaves by the default uplink while vpn0 flaps, is deleted and
+re-created, or while no netleak process is alive. Each test counts packets
+on up0 (the leak path) and proves the capture sees a plain request."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+pytestmark = pytest.mark.privileged
+
+
+def _trace(out: str) -> str:
+    return "".join("+" if ln.startswith("ok") else "x"
+                   for ln in out.splitlines() if ln.strip())
+
+
+def _control(world) -> None:
+    with world.lab.capture("up0") as cap:
+        world.lab.run(world.lab.client())
+        assert cap.stop() > 0, "the capture on up0 sees nothing: it proves nothing"
+
+
+@pytest.mark.parametrize("event", ["down", "delete"])
+def test_flap_never_leaks_and_resumes(world, event):
+    lab = world.lab
+    with lab.capture("up0") as cap:
+        p = world.spawn("vpn0", *lab.client(tries=25))
+        time.sleep(1.0)
+        if event == "down":
+            lab.ip(lab.host, "link", "set", "vpn0", "down")
+            time.sleep(1.5)
+            lab.ip(lab.host, "link", "set", "vpn0", "up")
+        else:
+            lab.ip(lab.host, "link", "del", "vpn0")
+            time.sleep(1.5)
+            lab.recreate("vpn0")       # same name, new ifindex
+        back = time.monotonic()
+        out, err = p.communicate(timeout=90)
+        leaked = cap.stop()
+    trace = _trace(out)
+    assert leaked == 0
+    assert "x" in trace, f"the interface loss was not seen: {trace}"
+    assert trace.startswith("+") and trace.endswith("++"), trace
+    assert p.returncode == 0, err
+    _control(world)
+    del back
+
+
+def test_resumes_within_two_seconds(world):
+    lab = world.lab
+    p = world.spawn("vpn0", *lab.client(tries=60))
+    time.sleep(0.8)
+    lab.ip(lab.host, "link", "set", "vpn0", "down")
+    time.sleep(1.0)
+    lab.ip(lab.host, "link", "set", "vpn0", "up")
+    t_up = time.monotonic()
+    # a second client started now must get through within 2 s
+    deadline = t_up + 2.0
+    ok = False
+    while time.monotonic() < deadline and not ok:
+        r = world.netleak("vpn0", *lab.client())
+        ok = r.stdout.startswith("ok 198.51.100.2")
+    p.kill()
+    p.wait()
+    assert ok, "traffic did not resume within 2 s of vpn0 coming back"
+
+
+def test_no_leak_with_no_netleak_process_alive(world):
+    """SIGKILL the daemon, then take vpn0 down and delete it: the kernel side
+    alone (unreachable fallback, ifindex check) keeps the cgroup in."""
+    lab = world.lab
+    p = world.spawn("vpn0", *lab.client(tries=20))
+    time.sleep(1.0)
+    with open(os.path.join(world.run_dir, "daemon.pid")) as f:
+        daemon = int(f.read())
+    os.kill(daemon, signal.SIGKILL)
+    with lab.capture("up0") as cap:
+        lab.ip(lab.host, "link", "set", "vpn0", "down")
+        time.sleep(1.0)
+        lab.ip(lab.host, "link", "del", "vpn0")
+        out, _ = p.communicate(timeout=90)
+        leaked = cap.stop()
+    assert leaked == 0
+    assert "x" in _trace(out)
+    _control(world)
+    # a new netleak command brings a daemon back, which cleans up
+    lab.recreate("vpn0")
+    r = world.netleak("vpn0", *lab.client())
+    assert r.stdout.strip() == "ok 198.51.100.2", r.stderr
+
+
+def test_down_before_start_blocks_until_up(world):
+    """A session started while vpn0 is administratively down is blocked from
+    its first packet, then routed once vpn0 comes up. (A down link has no
+    routes to learn its gateway from: --via gives it.)"""
+    lab = world.lab
+    lab.ip(lab.host, "link", "set", "vpn0", "down")
+    r = world.netleak("vpn0", "true")
+    assert r.returncode == 125 and "--via" in r.stderr, r.stderr
+    with lab.capture("up0") as cap:
+        p = world.spawn("--via", "198.51.100.1", "vpn0", *lab.client(tries=15))
+        time.sleep(1.5)
+        lab.ip(lab.host, "link", "set", "vpn0", "up")
+        lab.add_backup_default("vpn0")
+        out, err = p.communicate(timeout=90)
+        leaked = cap.stop()
+    trace = _trace(out)
+    assert leaked == 0
+    assert trace.startswith("x") and trace.endswith("+"), (trace, err)
