@@ -104,28 +104,26 @@ def current_rules(ipr: IPRoute, priority: int, tables: set[int]) -> set[Rule]:
     return rules
 
 
-def add_rule(ipr: IPRoute, rule: Rule) -> None:
-    kw = dict(family=FAMILY[rule.family], priority=rule.priority, table=rule.table,
-              action="FR_ACT_TO_TBL")
+def _rule_kw(rule: Rule) -> dict:
+    kw: dict = dict(family=FAMILY[rule.family], priority=rule.priority, table=rule.table)
     if rule.fwmark is not None:
         kw.update(fwmark=rule.fwmark, fwmask=0xFFFFFFFF)
     if rule.src is not None:
         kw.update(src=rule.src, src_len=32 if rule.family == 4 else 128)
+    return kw
+
+
+def add_rule(ipr: IPRoute, rule: Rule) -> None:
     try:
-        ipr.rule("add", **kw)
+        ipr.rule("add", action="FR_ACT_TO_TBL", **_rule_kw(rule))
     except NetlinkError as e:
         if e.code != errno.EEXIST:
             raise
 
 
 def del_rule(ipr: IPRoute, rule: Rule) -> None:
-    kw = dict(family=FAMILY[rule.family], priority=rule.priority, table=rule.table)
-    if rule.fwmark is not None:
-        kw.update(fwmark=rule.fwmark, fwmask=0xFFFFFFFF)
-    if rule.src is not None:
-        kw.update(src=rule.src, src_len=32 if rule.family == 4 else 128)
     try:
-        ipr.rule("del", **kw)
+        ipr.rule("del", **_rule_kw(rule))
     except NetlinkError as e:
         if e.code not in (errno.ENOENT, errno.ESRCH):
             raise
@@ -141,37 +139,33 @@ def current_routes(ipr: IPRoute, table: int) -> set[Route]:
             if kind is None:
                 continue
             metric = r.get_attr("RTA_PRIORITY") or 0
-            if af == socket.AF_INET6 and kind == "unreachable" and metric == 0:
-                metric = 0  # kept as read; the plan's metric is explicit
             routes.add(Route(_fam(af), table, kind, metric,
                              oif=r.get_attr("RTA_OIF") if kind == "unicast" else None,
                              gateway=r.get_attr("RTA_GATEWAY")))
     return routes
 
 
-def add_route(ipr: IPRoute, route: Route) -> None:
-    kw = dict(family=FAMILY[route.family], dst=ANY[route.family], table=route.table,
-              priority=route.metric, type=route.kind)
+def _route_kw(route: Route) -> dict:
+    kw: dict = dict(family=FAMILY[route.family], dst=ANY[route.family], table=route.table,
+                    priority=route.metric, type=route.kind)
     if route.oif is not None:
         kw["oif"] = route.oif
     if route.gateway:
         kw["gateway"] = route.gateway
+    return kw
+
+
+def add_route(ipr: IPRoute, route: Route) -> None:
     try:
-        ipr.route("replace", **kw)
+        ipr.route("replace", **_route_kw(route))
     except NetlinkError as e:
         if e.code != errno.EEXIST:
             raise
 
 
 def del_route(ipr: IPRoute, route: Route) -> None:
-    kw = dict(family=FAMILY[route.family], dst=ANY[route.family], table=route.table,
-              priority=route.metric, type=route.kind)
-    if route.oif is not None:
-        kw["oif"] = route.oif
-    if route.gateway:
-        kw["gateway"] = route.gateway
     try:
-        ipr.route("del", **kw)
+        ipr.route("del", **_route_kw(route))
     except NetlinkError as e:
         if e.code not in (errno.ENOENT, errno.ESRCH, errno.ENODEV):
             raise
