@@ -11,7 +11,7 @@ import time
 from . import lab
 from .config import Config
 from .errors import NetleakError
-from .kernel import cgroupfs
+from .kernel import cgroupfs, programs
 
 
 def _say(text: str = "") -> None:
@@ -32,7 +32,11 @@ def run(cfg: Config) -> int:
     tag = f"nldemo{os.getpid() % 100000}"
     run_dir = tempfile.mkdtemp(prefix="netleak-demo-")
     parent = f"netleak-demo-{os.getpid()}"
-    env = dict(os.environ, NETLEAK_RUN_DIR=run_dir, NETLEAK_CGROUP_PARENT=parent)
+    # pins of its own, removed at the end: the demo leaves nothing behind
+    bpf_dir = f"/sys/fs/bpf/netleak-demo-{os.getpid()}"
+    bpffs_before = os.path.ismount("/sys/fs/bpf")
+    env = dict(os.environ, NETLEAK_RUN_DIR=run_dir, NETLEAK_CGROUP_PARENT=parent,
+               NETLEAK_BPF_DIR=bpf_dir)
     exec_cmd = [sys.executable, "-m", "netleak_hook.execcmd"]
     ok = True
     _say("netleak demo: two throwaway network namespaces stand in for this machine")
@@ -62,14 +66,15 @@ def run(cfg: Config) -> int:
             _say("   counts every packet that would leak by the default route:")
             p = world.spawn(exec_cmd + ["vpn0"] + world.client(tries=20), env=env,
                             stdout=subprocess.PIPE, text=True)
-            time.sleep(0.8)
+            assert p.stdout is not None
+            first = p.stdout.readline()     # the session is up and answering
             with world.capture("up0") as cap:
                 world.ip(world.host, "link", "del", "vpn0")
                 time.sleep(1.5)
                 world.recreate("vpn0")
                 out, _ = p.communicate(timeout=60)
                 leaked = cap.stop()
-            answers = [ln for ln in out.splitlines() if ln.strip()]
+            answers = [ln for ln in (first + out).splitlines() if ln.strip()]
             trace = "".join("+" if a.startswith("ok") else "x" for a in answers)
             _say(f"   answers: {trace}   (+ via vpn0, x refused)")
             resumed = bool(answers) and answers[-1].startswith("ok")
@@ -77,6 +82,11 @@ def run(cfg: Config) -> int:
                                   else "did NOT resume"))
             _say(f"   packets leaked on up0: {leaked}")
             ok &= leaked == 0 and resumed and "x" in trace
+            with world.capture("up0") as cap:
+                world.run(world.client())
+                control = cap.stop()
+            _say(f"   (control: the same capture sees a plain request: {control} packets)")
+            ok &= control > 0
             _say()
             _say("4. Starting a program while vpn0 is absent is refused up front:")
             world.ip(world.host, "link", "del", "vpn0")
@@ -84,15 +94,12 @@ def run(cfg: Config) -> int:
             _say(f"   {(r.stderr.strip().splitlines() or ['(nothing)'])[-1]}  "
                  f"(exit status {r.returncode})")
             ok &= r.returncode == 125
-            with world.capture("up0") as cap:
-                world.run(world.client())
-                control = cap.stop()
-            _say(f"   (control: the same capture sees a plain request: {control} packets)")
-            ok &= control > 0
-            lab.stop_daemon(run_dir)
     finally:
         lab.stop_daemon(run_dir)
         shutil.rmtree(run_dir, ignore_errors=True)
+        programs.remove_pins(bpf_dir)
+        if not bpffs_before:     # the daemon mounted it for the demo
+            subprocess.run(["umount", "/sys/fs/bpf"], check=False)
         try:
             cgroupfs.remove_tree(cgroupfs.abspath(cgroupfs.find_cgroup2(), parent))
         except (OSError, NetleakError):

@@ -12,7 +12,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from netleak_hook import lab  # noqa: E402
-from netleak_hook.kernel import cgroupfs  # noqa: E402
+from netleak_hook.kernel import cgroupfs, programs  # noqa: E402
 
 ROUNDS = 40
 
@@ -26,7 +26,9 @@ def timed(argv: list[str], env: dict) -> float:
 def main() -> int:
     run_dir = tempfile.mkdtemp(prefix="netleak-bench-")
     parent = f"netleak-bench-{os.getpid()}"
-    env = dict(os.environ, NETLEAK_RUN_DIR=run_dir, NETLEAK_CGROUP_PARENT=parent)
+    bpf_dir = f"/sys/fs/bpf/netleak-bench-{os.getpid()}"
+    env = dict(os.environ, NETLEAK_RUN_DIR=run_dir, NETLEAK_CGROUP_PARENT=parent,
+               NETLEAK_BPF_DIR=bpf_dir)
     venv_bin = os.path.dirname(sys.executable)
     exec_bin = os.path.join(venv_bin, "netleak-exec")
     try:
@@ -44,6 +46,7 @@ def main() -> int:
     finally:
         lab.stop_daemon(run_dir)
         shutil.rmtree(run_dir, ignore_errors=True)
+        programs.remove_pins(bpf_dir)
         cgroupfs.remove_tree(cgroupfs.abspath(cgroupfs.find_cgroup2(), parent))
     ma, mb, mc = (statistics.median(x) * 1000 for x in (a, b, c))
     print(f"warm start, median of {ROUNDS} (each under nsenter):")

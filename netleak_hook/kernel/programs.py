@@ -35,7 +35,7 @@ def _find_sources() -> str:
 BPF_SRC_DIR = _find_sources()
 SOURCES = ("netleak.h", "netleak.c")
 PINS = ("prog_egress", "prog_sock_create", "map_policy", "map_stats")
-COMPILE_LOCK = "/run/lock/netleak-bpf.lock"
+BPF_FS_MAGIC = 0xCAFE4A11
 
 
 def cflags(max_entries: int = 4096, max_depth: int = 16) -> list[str]:
@@ -91,13 +91,11 @@ def ensure_bpffs(bpf_dir: str) -> None:
 
 
 def _is_bpffs(path: str) -> bool:
-    try:
-        return os.statvfs(path) and _fs_magic(path) == 0xCAFE4A11
-    except OSError:
-        return False
+    return _fs_magic(path) == BPF_FS_MAGIC
 
 
 def _fs_magic(path: str) -> int:
+    """statfs(2) f_type of PATH; 0 when it cannot be read."""
     import ctypes
 
     class StatFs(ctypes.Structure):
@@ -111,9 +109,11 @@ def _fs_magic(path: str) -> int:
 
 
 @contextlib.contextmanager
-def _compile_lock() -> Iterator[None]:
-    os.makedirs(os.path.dirname(COMPILE_LOCK), exist_ok=True)
-    fd = os.open(COMPILE_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def _compile_lock(bpf_dir: str) -> Iterator[None]:
+    """Serialize compiles into BPF_DIR between daemons of all namespaces.
+    The lock is on the directory itself: bpffs holds no regular files, and
+    a lock file elsewhere would be one more thing left on the machine."""
+    fd = os.open(bpf_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -126,7 +126,7 @@ def ensure_pinned(bpf_dir: str) -> Pinset:
     pins = Pinset(os.path.join(bpf_dir, pinset_name()))
     if pins.complete():
         return pins
-    with _compile_lock():
+    with _compile_lock(bpf_dir):
         if not pins.complete():
             compile_and_pin(pins)
     return pins
@@ -169,6 +169,17 @@ def compile_and_pin(pins: Pinset) -> None:
     _remove_dir(pins.path)
     os.rename(tmp, pins.path)
     b.cleanup()
+
+
+def remove_pins(bpf_dir: str) -> None:
+    """Remove every pin set under BPF_DIR, and BPF_DIR itself. Programs stay
+    attached to live cgroups until those go; only the names go now."""
+    if not os.path.isdir(bpf_dir):
+        return
+    for name in os.listdir(bpf_dir):
+        _remove_dir(os.path.join(bpf_dir, name))
+    with contextlib.suppress(OSError):
+        os.rmdir(bpf_dir)
 
 
 def _remove_dir(path: str) -> None:

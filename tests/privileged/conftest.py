@@ -62,9 +62,34 @@ class World:
         return len(Store(self.run_dir).load().sessions)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def test_pins():
+    """The suite pins its programs in a folder of its own and removes it at
+    the end: a user's pins under /sys/fs/bpf/netleak are never touched, and
+    nothing of the suite's stays on the machine."""
+    if os.geteuid() != 0:
+        yield None
+        return
+    bpf_dir = f"/sys/fs/bpf/netleak-test-{os.getpid()}"
+    mounted_before = os.path.ismount("/sys/fs/bpf")
+    old = os.environ.get("NETLEAK_BPF_DIR")
+    os.environ["NETLEAK_BPF_DIR"] = bpf_dir
+    try:
+        yield bpf_dir
+    finally:
+        if old is None:
+            del os.environ["NETLEAK_BPF_DIR"]
+        else:
+            os.environ["NETLEAK_BPF_DIR"] = old
+        programs.remove_pins(bpf_dir)
+        if not mounted_before:   # netleak mounted bpffs for the suite: undo it
+            subprocess.run(["umount", "/sys/fs/bpf"], check=False)
+    assert not os.path.exists(bpf_dir)
+
+
 def policy_keys() -> set[int]:
-    """cgroup ids in the policy map of the current pin set."""
-    pins = programs.Pinset(os.path.join("/sys/fs/bpf/netleak", programs.pinset_name()))
+    """cgroup ids in the policy map of the suite's current pin set."""
+    pins = programs.Pinset(os.path.join(os.environ["NETLEAK_BPF_DIR"], programs.pinset_name()))
     if not pins.complete():
         return set()
     m = programs.Maps(pins)
