@@ -59,9 +59,8 @@ def doctor(env: Env, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--keep-going", is_flag=True, hidden=True)
 @click.pass_obj
-def demo(env: Env, keep_going: bool) -> None:
+def demo(env: Env) -> None:
     """Show netleak at work in throwaway network namespaces."""
     from . import demo as dm
     try:

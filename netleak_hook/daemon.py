@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import errno
 import fcntl
 import json
 import logging
@@ -47,7 +46,6 @@ class Daemon:
         self.pins = programs.Pinset("")
         self.maps: dict[str, programs.Maps] = {}
         self.progs: dict[str, programs.Programs] = {}
-        self.ifindex: dict[str, int] = {}    # last seen ifindex per bound interface
         self.live: dict[str, Policy] = {}    # policy last written per interface
         self.stopping = False
         self.listener: socket.socket | None = None
@@ -58,7 +56,7 @@ class Daemon:
         programs.ensure_bpffs(self.cfg.bpf_dir)
         self.pins = programs.ensure_pinned(self.cfg.bpf_dir)
         self.state = self.store.load()
-        self.reap(force_check=True)
+        self.reap()
         self.reconcile_all()
         self.listener = _listen(self.store.socket_path)
         log.info("daemon %d ready in %s (pins %s)", os.getpid(), self.store.path,
@@ -176,20 +174,11 @@ class Daemon:
             return {"ok": True, "pid": os.getpid()}
         if op == "open":
             return self.op_open(msg)
-        if op == "commit":
-            s = self.state.sessions.get(msg.get("id", ""))
-            if s:
-                self.state = self.state.with_session(dataclasses.replace(s, committed=True))
-                self.save()
-            return {"ok": True}
         if op == "abort":
             s = self.state.sessions.get(msg.get("id", ""))
             if s:
                 self.remove_session(s)
                 self.save()
-            return {"ok": True}
-        if op == "stop":
-            self.stopping = True
             return {"ok": True}
         raise NetleakError(f"unknown request {op!r}")
 
@@ -197,21 +186,19 @@ class Daemon:
         """Bind the interface (if new), write the policy, attach the programs."""
         iface = str(msg["iface"])
         via4, via6 = msg.get("via4"), msg.get("via6")
-        known = iface in self.live and not (via4 or via6)
-        link = None if known else netlink.read_link(self.ipr, iface)
-        if link is None and not known:
-            raise NetleakError(
-                f"no interface named {iface} in this network namespace: check "
-                f"'ip link' (netleak follows it once a session exists)")
-        fresh = iface not in self.state.bindings
-        binding = self.state.bindings.get(iface) or self._new_binding(iface, link, via4, via6)  # type: ignore[arg-type]
-        changed = fresh or iface not in self.live
-        if not fresh and ((via4 and via4 != binding.via4) or (via6 and via6 != binding.via6)):
-            changed = True
-            binding = dataclasses.replace(
-                binding, via4=via4 or binding.via4, via6=via6 or binding.via6,
-                user_via4=binding.user_via4 or bool(via4),
-                user_via6=binding.user_via6 or bool(via6))
+        binding = self.state.bindings.get(iface)
+        if binding is None:
+            link = netlink.read_link(self.ipr, iface)
+            if link is None:
+                raise NetleakError(
+                    f"no interface named {iface} in this network namespace: check "
+                    f"'ip -br link'")
+            binding = self._new_binding(iface, link, via4, via6)
+        elif via4 or via6:
+            binding = plan.with_user_gateways(binding, via4, via6)
+        # routes and rules of a known, unchanged binding are in place and
+        # followed by events: only this session's entry is new
+        changed = binding != self.state.bindings.get(iface) or iface not in self.live
         s = Session(id=str(msg["id"]), iface=iface, cgroup=str(msg["cgroup"]).strip("/"),
                     cgroup_id=int(msg["cgroup_id"]), pinset=self.pins.path,
                     owned=bool(msg.get("owned", True)), pid=int(msg.get("pid", 0)),
@@ -222,10 +209,8 @@ class Daemon:
         self.state = self.state.with_binding(binding).with_session(s)
         try:
             if changed:
-                self.reconcile(iface)
+                self.reconcile_all()
             else:
-                # routes and rules are in place and followed by events: only
-                # this session's entry is new
                 self._write_policies(iface, self.live[iface])
             maps = self.maps_for(s.pinset)
             progs = self.progs_for(s.pinset)
@@ -242,12 +227,11 @@ class Daemon:
             self.save()
             raise
         self.save()
-        pol = self._policy(s)
+        pol = self.live[iface]
         log.info("session %s: %s on %s (mark %#x, table %d)", s.id, s.cgroup, iface,
                  binding.mark, binding.table)
         return {"ok": True, "id": s.id, "mark": binding.mark, "table": binding.table,
-                "ifindex": pol.ifindex if pol else 0,
-                "killed": pol.killed if pol else True}
+                "ifindex": pol.ifindex, "killed": pol.killed}
 
     def _new_binding(self, iface: str, link: plan.Link, via4: str | None,
                      via6: str | None) -> plan.Binding:
@@ -270,13 +254,6 @@ class Daemon:
 
     # ---------- kernel state ----------
 
-    def _policy(self, s: Session) -> Policy | None:
-        maps = self.maps_for(s.pinset)
-        if maps is None:
-            return None
-        raw = bpfsys.map_lookup(maps.policy, pack_key(s.cgroup_id), POLICY_SIZE)
-        return Policy.unpack(raw) if raw else None
-
     def _write_policies(self, iface: str, pol: Policy) -> None:
         for s in self.state.sessions_on(iface):
             maps = self.maps_for(s.pinset)
@@ -287,50 +264,53 @@ class Daemon:
             if raw is None or Policy.unpack(raw) != pol:
                 bpfsys.map_update(maps.policy, key, pol.pack())
 
+    def _read_links(self) -> dict[str, plan.Link | None]:
+        return {iface: netlink.read_link(self.ipr, iface) for iface in self.state.bindings}
+
     def reconcile_all(self) -> None:
-        for iface in list(self.state.bindings):
+        """Make rules, routes and map entries of every bound interface match
+        what the interface is now.
+
+        Order matters: the kill switch goes on before anything else when an
+        interface is unusable, and comes off only after its routes and rules
+        are back and the map holds its (possibly new) ifindex.
+        """
+        links = self._read_links()
+        for iface, link in links.items():
             try:
-                self.reconcile(iface)
+                self._kill_if_unusable(iface, link)
+                self._apply_routes(self._refresh_gateways(iface, link), link)
             except Exception:
                 log.exception("reconciling %s", iface)
+        self._apply_rules(links)
+        for iface, link in links.items():
+            if link is not None and link.up:
+                self._release_kill(iface, link)
 
-    def reconcile(self, iface: str) -> None:
-        """Make rules, routes and map entries of IFACE match what it is now.
-
-        Order matters: the kill switch goes on before anything else when
-        the interface is unusable, and comes off only after its routes are
-        back and the map holds its (possibly new) ifindex.
-        """
-        b = self.state.bindings[iface]
-        link = netlink.read_link(self.ipr, iface)
-        usable = link is not None and link.up
+    def _kill_if_unusable(self, iface: str, link: plan.Link | None) -> None:
+        if link is not None and link.up:
+            return
         before = self.live.get(iface)
-        if not usable:
-            if before is None or not before.killed:
-                log.info("%s %s: kill switch on", iface,
-                         "is gone" if link is None else "is down")
-            self.live[iface] = Policy(ifindex=link.index if link else 0, mark=b.mark,
-                                      killed=True)
-            self._write_policies(iface, self.live[iface])
-        if link is not None:
-            self.ifindex[iface] = link.index
-            b = self._refresh_gateways(b, link)
-        self._apply_routes(b, link)
-        self._apply_rules()
-        if usable:
-            assert link is not None
-            self.live[iface] = Policy(ifindex=link.index, mark=b.mark, killed=False)
-            if before is None or before != self.live[iface]:
-                log.info("%s is up (ifindex %d): routes in table %d, kill switch off",
-                         iface, link.index, b.table)
-            self._write_policies(iface, self.live[iface])
+        if before is None or not before.killed:
+            log.info("%s %s: kill switch on", iface, "is gone" if link is None else "is down")
+        self.live[iface] = Policy(ifindex=link.index if link else 0,
+                                  mark=self.state.bindings[iface].mark, killed=True)
+        self._write_policies(iface, self.live[iface])
 
-    def _refresh_gateways(self, b: plan.Binding, link: plan.Link) -> plan.Binding:
-        if link.layer3 or (b.user_via4 and b.user_via6) or not link.up:
+    def _release_kill(self, iface: str, link: plan.Link) -> None:
+        b = self.state.bindings[iface]
+        pol = Policy(ifindex=link.index, mark=b.mark, killed=False)
+        if self.live.get(iface) != pol:
+            log.info("%s is up (ifindex %d): routes in table %d, kill switch off",
+                     iface, link.index, b.table)
+        self.live[iface] = pol
+        self._write_policies(iface, pol)
+
+    def _refresh_gateways(self, iface: str, link: plan.Link | None) -> plan.Binding:
+        b = self.state.bindings[iface]
+        if link is None or link.layer3 or (b.user_via4 and b.user_via6) or not link.up:
             return b
-        gw4, gw6 = netlink.default_gateways(self.ipr, link.index)
-        nb = dataclasses.replace(b, via4=b.via4 if b.user_via4 else (gw4 or b.via4),
-                                 via6=b.via6 if b.user_via6 else (gw6 or b.via6))
+        nb = plan.with_learned_gateways(b, *netlink.default_gateways(self.ipr, link.index))
         if nb != b:
             self.state = self.state.with_binding(nb)
             self.save()
@@ -350,11 +330,10 @@ class Daemon:
     def _our_tables(self) -> set[int]:
         return {self.cfg.table_base + i for i in range(self.cfg.max_interfaces)}
 
-    def _apply_rules(self) -> None:
+    def _apply_rules(self, links: dict[str, plan.Link | None]) -> None:
         desired: set[plan.Rule] = set()
         for b in self.state.bindings.values():
-            link = netlink.read_link(self.ipr, b.iface)
-            desired |= plan.rules_for(b, self.cfg.rule_priority, link)
+            desired |= plan.rules_for(b, self.cfg.rule_priority, links.get(b.iface))
         current = netlink.current_rules(self.ipr, self.cfg.rule_priority, self._our_tables())
         add, remove = plan.diff(current, desired)
         for r in sorted(remove, key=str):
@@ -364,7 +343,7 @@ class Daemon:
 
     # ---------- reaper ----------
 
-    def reap(self, force_check: bool = False) -> None:
+    def reap(self) -> None:
         now = time.time()
         changed = False
         for s in list(self.state.sessions.values()):
@@ -404,11 +383,10 @@ class Daemon:
     def remove_binding(self, iface: str) -> None:
         b = self.state.bindings[iface]
         self.state = self.state.without_binding(iface)
-        _step(f"rules of {iface}", self._apply_rules)
+        _step(f"rules of {iface}", lambda: self._apply_rules(self._read_links()))
         routes = _step(f"routes of {iface}", netlink.current_routes, self.ipr, b.table)
         for r in sorted(routes or (), key=str):
             _step(f"route {r}", netlink.del_route, self.ipr, r)
-        self.ifindex.pop(iface, None)
         self.live.pop(iface, None)
         log.info("released %s (mark %#x, table %d)", iface, b.mark, b.table)
 

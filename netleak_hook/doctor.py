@@ -314,7 +314,7 @@ def check_headers(facts: Facts) -> Check:
     where = facts.headers_path
     if facts.headers_from_env:
         where = f"BCC_KERNEL_SOURCE={where}"
-    fix = (f"point BCC_KERNEL_SOURCE at a kernel header tree, or unset it"
+    fix = ("point BCC_KERNEL_SOURCE at a kernel header tree, or unset it"
            if facts.headers_from_env else FIX_HEADERS)
     if not facts.headers_dir:
         detail = f"missing at {where}"

@@ -9,7 +9,6 @@ class Exit(enum.IntEnum):
 
     OK = 0
     FAILURE = 1          # a netleak command (not a wrapped one) failed a check
-    USAGE = 2            # bad command line
     NETLEAK = 125        # netleak itself failed
     CANNOT_EXEC = 126    # COMMAND found but could not be executed
     NOT_FOUND = 127      # COMMAND not found

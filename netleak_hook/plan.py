@@ -132,3 +132,19 @@ def make_binding(iface: str, used_slots: set[int], mark_base: int, table_base: i
     return Binding(iface=iface, slot=slot, mark=mark_base + slot + 1,
                    table=table_base + slot, via4=via4, via6=via6,
                    user_via4=user_via4, user_via6=user_via6)
+
+
+def with_user_gateways(b: Binding, via4: str | None, via6: str | None) -> Binding:
+    """B with gateways given by --via; they are never replaced by discovery."""
+    return dataclasses.replace(
+        b, via4=via4 or b.via4, via6=via6 or b.via6,
+        user_via4=b.user_via4 or bool(via4), user_via6=b.user_via6 or bool(via6))
+
+
+def with_learned_gateways(b: Binding, gw4: str | None, gw6: str | None) -> Binding:
+    """B with gateways learned from the system's routes, where --via did not
+    set them; a gateway that is no longer seen is kept (the link may be
+    down and its routes gone)."""
+    return dataclasses.replace(
+        b, via4=b.via4 if b.user_via4 else (gw4 or b.via4),
+        via6=b.via6 if b.user_via6 else (gw6 or b.via6))

@@ -48,8 +48,7 @@ def open_exec_session(cfg: Config, iface: str, via4: str | None,
         with contextlib.suppress(Exception):
             client.request(store, {"op": "abort", "id": sid}, timeout=5)
         with contextlib.suppress(OSError):
-            os.rmdir(path)
-        with contextlib.suppress(OSError):
-            os.rmdir(os.path.dirname(path))
+            cgroupfs.remove_tree(path)
+        cgroupfs.remove_if_empty(os.path.dirname(path))
         raise
     return sid

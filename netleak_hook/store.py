@@ -1,4 +1,8 @@
-"""The run directory: state file (atomic writes), lock, socket paths."""
+"""The run directory: state file, daemon lock and socket, log.
+
+Only the daemon writes the state file (it holds daemon.lock for life), so
+writes are serialized by construction; readers see whole files, since each
+write is a rename."""
 from __future__ import annotations
 
 import contextlib
@@ -10,8 +14,6 @@ from .errors import NetleakError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~3 ms at import: only for checkers
-    from typing import Iterator
-
     from .state import State
 
 DEFAULT_RUN_ROOT = "/run/netleak"
@@ -32,7 +34,6 @@ class Store:
     def __init__(self, path: str) -> None:
         self.path = path
         self.state_file = os.path.join(path, "state.json")
-        self.lock_file = os.path.join(path, "lock")
         self.socket_path = os.path.join(path, "daemon.sock")
         self.daemon_lock = os.path.join(path, "daemon.lock")
         self.pid_file = os.path.join(path, "daemon.pid")
@@ -70,17 +71,6 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Serialize state changes between netleak processes."""
-        self.ensure_dir()
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
 
     def daemon_pid(self) -> int | None:
         """PID of the live daemon of this run directory, if any."""

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
 
 from netleak_hook import lab as labmod
+from tests.privileged.conftest import wait_until
 
 pytestmark = pytest.mark.privileged
 
@@ -34,16 +36,15 @@ def test_tun_point_to_point(world):
     assert r4.stdout.strip() == "ok 198.51.100.66", r4.stderr
     assert r6.stdout.strip() == "ok 2001:db8:3::2", r6.stderr
     assert leaked == 0
-    routes = ""
     p2 = world.spawn("tun0", "sleep", "20")
     try:
-        from tests.privileged.conftest import wait_until
         assert wait_until(lambda: "dev tun0" in world.our_routes())
         routes = world.our_routes()
     finally:
         p2.kill()
         p2.wait()
-    assert "via" not in routes.split("dev tun0")[0].splitlines()[-1]
+    tun_routes = [ln for ln in routes.splitlines() if "dev tun0" in ln]
+    assert tun_routes and not any(" via " in ln for ln in tun_routes), routes
 
 
 def test_strict_rp_filter(world):
@@ -56,3 +57,29 @@ def test_strict_rp_filter(world):
     assert r.stdout.splitlines() == ["ok 198.51.100.2"] * 2, r.stdout + r.stderr
     got = lab.run(["sysctl", "-n", "net.ipv4.conf.all.rp_filter", "net.ipv4.conf.vpn0.rp_filter"])
     assert got.stdout.split() == ["1", "1"]
+
+
+def test_strict_rp_filter_needs_the_from_rule(world):
+    """Control for the test above: with the daemon paused (so it does not
+    restore it) and vpn0's `from` rule removed, strict rp_filter drops the
+    replies; with the rule back, they pass again."""
+    lab = world.lab
+    for key in ("all", "vpn0"):
+        lab.sysctl(lab.host, f"net.ipv4.conf.{key}.rp_filter", "1")
+    p = world.spawn("vpn0", *lab.client(tries=40))
+    assert p.stdout.readline().startswith("ok 198.51.100.2")
+    with open(os.path.join(world.run_dir, "daemon.pid")) as f:
+        daemon = int(f.read())
+    rule = ["rule", "del", "priority", "1700", "from", "198.51.100.2", "lookup", "28200"]
+    os.kill(daemon, signal.SIGSTOP)
+    try:
+        lab.ip(lab.host, *rule)
+        answers = [p.stdout.readline() for _ in range(3)]
+        assert all(a.startswith("refused") for a in answers[1:]), answers
+    finally:
+        os.kill(daemon, signal.SIGCONT)    # it puts the rule back
+    assert wait_until(lambda: any("from 198.51.100.2" in r for r in world.our_rules()))
+    later = [p.stdout.readline() for _ in range(4)]
+    assert later[-1].startswith("ok 198.51.100.2"), later
+    p.kill()
+    p.wait()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from netleak_hook import lab
+from tests.privileged.conftest import wait_until
 
 pytestmark = pytest.mark.privileged
 
@@ -40,7 +41,6 @@ def test_icmp_leaves_by_iface(world):
 def test_rules_and_table(world):
     p = world.spawn("vpn0", "sleep", "30")
     try:
-        from tests.privileged.conftest import wait_until
         assert wait_until(lambda: len(world.our_rules()) >= 4), world.rules()
         rules = "\n".join(world.our_rules())
         assert "fwmark 0x6e6c0001" in rules
@@ -60,8 +60,11 @@ def test_exec_keeps_pid_status_and_signals(world):
     assert p.returncode == 7, err
     assert int(out.strip()) == p.pid
     p = world.spawn("vpn0", "sleep", "30")
-    import time
-    time.sleep(1.0)
+
+    def is_sleep() -> bool:   # netleak-exec has exec'd the command
+        with open(f"/proc/{p.pid}/comm") as f:
+            return f.read().strip() == "sleep"
+    assert wait_until(is_sleep)
     p.terminate()
     p.wait(timeout=10)
     assert p.returncode == -15
@@ -83,7 +86,6 @@ def test_second_session_reuses_binding(world):
     try:
         r = world.netleak("vpn0", *world.lab.client())
         assert r.stdout.strip() == "ok 198.51.100.2"
-        from tests.privileged.conftest import wait_until
         assert wait_until(lambda: world.sessions() == 1)
         # the surviving session still routes
         assert len([x for x in world.our_rules() if "fwmark" in x]) == 2
