@@ -209,3 +209,14 @@ def test_make_binding_distinct_marks_and_tables():
     assert len({b.mark for b in seen}) == 5
     assert len({b.table for b in seen}) == 5
     assert plan.make_binding("x", used, 0x10000, 1000, 5, None, None, False, False) is None
+
+
+def test_user_gateways_stick_and_learned_ones_fill_in():
+    b = plan.Binding(iface="eth1", slot=0, mark=1, table=300, via4="192.0.2.1")
+    u = plan.with_user_gateways(b, None, "2001:db8::1")
+    assert (u.via4, u.via6, u.user_via4, u.user_via6) == ("192.0.2.1", "2001:db8::1",
+                                                          False, True)
+    learned = plan.with_learned_gateways(u, "192.0.2.9", "2001:db8::9")
+    assert (learned.via4, learned.via6) == ("192.0.2.9", "2001:db8::1")
+    # a gateway no longer seen (link down, routes gone) is kept
+    assert plan.with_learned_gateways(learned, None, None) == learned
