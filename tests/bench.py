@@ -27,6 +27,7 @@ def main() -> int:
     run_dir = tempfile.mkdtemp(prefix="netleak-bench-")
     parent = f"netleak-bench-{os.getpid()}"
     bpf_dir = f"/sys/fs/bpf/netleak-bench-{os.getpid()}"
+    bpffs_before = os.path.ismount("/sys/fs/bpf")
     env = dict(os.environ, NETLEAK_RUN_DIR=run_dir, NETLEAK_CGROUP_PARENT=parent,
                NETLEAK_BPF_DIR=bpf_dir)
     venv_bin = os.path.dirname(sys.executable)
@@ -47,6 +48,8 @@ def main() -> int:
         lab.stop_daemon(run_dir)
         shutil.rmtree(run_dir, ignore_errors=True)
         programs.remove_pins(bpf_dir)
+        if not bpffs_before:     # the daemon mounted it for the bench
+            subprocess.run(["umount", "/sys/fs/bpf"], check=False)
         cgroupfs.remove_tree(cgroupfs.abspath(cgroupfs.find_cgroup2(), parent))
     ma, mb, mc = (statistics.median(x) * 1000 for x in (a, b, c))
     print(f"warm start, median of {ROUNDS} (each under nsenter):")
