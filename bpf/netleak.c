@@ -10,7 +10,7 @@
 BPF_HASH(policy, u64, struct nl_policy, NL_MAX_ENTRIES);
 BPF_PERCPU_HASH(stats, u64, struct nl_stats, NL_MAX_ENTRIES);
 
-enum nl_verdict { V_PASS, V_DEVICE, V_KILL, V_NOPOLICY };
+enum nl_verdict { V_PASS, V_DEVICE, V_KILL, V_NOPOLICY, V_NETNS };
 
 static __always_inline void count(u64 cgid, enum nl_verdict v)
 {
@@ -28,6 +28,7 @@ static __always_inline void count(u64 cgid, enum nl_verdict v)
     case V_DEVICE:   s->drop_device++; break;
     case V_KILL:     s->drop_kill++; break;
     case V_NOPOLICY: s->drop_nopolicy++; break;
+    case V_NETNS:    s->refused_netns++; break;
     }
 }
 
@@ -79,7 +80,11 @@ int nl_egress(struct __sk_buff *skb)
 /* Socket creation: give the socket the interface's fwmark so policy routing
  * sends it to the interface's table. Runs in the creating task's context,
  * so the task's cgroup (and its ancestors) identify the session. A socket
- * left unmarked is still caught by nl_egress. */
+ * left unmarked is still caught by nl_egress.
+ *
+ * A socket opened in another network namespace (after unshare -n or setns)
+ * is refused: there, neither our rules nor the interface's ifindex mean
+ * anything, and interface numbers of two namespaces may coincide. */
 int nl_sock_create(struct bpf_sock *sk)
 {
     u64 key = bpf_get_current_cgroup_id();
@@ -98,7 +103,12 @@ int nl_sock_create(struct bpf_sock *sk)
                 break;
         }
     }
-    if (p)
-        sk->mark = p->mark;
-    return 1;   /* never refuse a socket: egress decides */
+    if (!p)
+        return 1;   /* egress decides (and fails closed) */
+    if (p->netns && bpf_get_netns_cookie(sk) != p->netns) {
+        count(key, V_NETNS);
+        return 0;   /* EPERM to the caller */
+    }
+    sk->mark = p->mark;
+    return 1;
 }

@@ -18,6 +18,8 @@ struct nl_policy {
     u32 mark;       /* fwmark given to every socket created in the cgroup */
     u32 flags;      /* NL_FLAG_* */
     u32 reserved;
+    u64 netns;      /* cookie of the network namespace the session lives in;
+                     * sockets opened in any other one are refused (0: any) */
 };
 
 /* Per-cgroup packet counters (per CPU), keyed like the policy. Packets of a
@@ -27,6 +29,7 @@ struct nl_stats {
     u64 drop_device;    /* would have left by another interface */
     u64 drop_kill;      /* kill switch on */
     u64 drop_nopolicy;  /* program attached but no policy found: fail closed */
+    u64 refused_netns;  /* sockets refused: opened in another network namespace */
 };
 
 #define LOOPBACK_IFINDEX 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 
 import click
 
@@ -84,30 +83,144 @@ def daemon(env: Env, foreground: bool, idle_exit: float) -> None:
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("--json", "as_json", is_flag=True, help="complete, machine-readable output")
 @click.pass_obj
 def status(env: Env, as_json: bool) -> None:
-    """Sessions of this network namespace."""
-    from .store import Store, run_dir
+    """Sessions of this network namespace: one row each.
+
+    STATE is routed, kill-switch (interface down), waiting (interface
+    absent), starting, or no-policy (fail closed).
+    """
+    from . import status as st
     try:
-        store = Store(run_dir(env.config()))
+        data = st.gather(env.config())
     except NetleakError as e:
         _fail(e)
-    st = store.load()
-    now = time.time()
-    rows = []
-    for s in sorted(st.sessions.values(), key=lambda s: s.created):
-        b = st.bindings.get(s.iface)
-        rows.append({"id": s.id, "iface": s.iface, "cgroup": s.cgroup,
-                     "cgroup_id": s.cgroup_id, "mark": b.mark if b else None,
-                     "table": b.table if b else None, "age": round(now - s.created, 1),
-                     "committed": s.committed})
     if as_json:
-        click.echo(json.dumps({"daemon_pid": store.daemon_pid(), "sessions": rows}, indent=1))
+        click.echo(json.dumps(data, indent=1))
+    else:
+        click.echo(st.render(data["sessions"]))
+
+
+_TARGET_HELP = """\b
+Name the cgroup in one of three ways:
+  --cgroup PATH  as /proc/PID/cgroup or systemd print it, or its full path
+  --pid PID      the cgroup a process is in
+  --unit UNIT    a systemd unit's cgroup (the unit must be running)"""
+
+
+def _target(env: Env, cgroup: str | None, pid: int | None, unit: str | None) -> str:
+    from . import targets
+    if sum(x is not None for x in (cgroup, pid, unit)) != 1:
+        raise click.UsageError("give exactly one of --cgroup PATH, --pid PID, --unit UNIT")
+    from .kernel import cgroupfs
+    return targets.resolve(cgroupfs.find_cgroup2(), cgroup=cgroup, pid=pid, unit=unit)
+
+
+def _target_options(f):
+    f = click.option("--unit", metavar="UNIT", help="a running systemd unit")(f)
+    f = click.option("--pid", type=int, metavar="PID", help="a process in the cgroup")(f)
+    f = click.option("--cgroup", "cgroup", metavar="PATH", help="the cgroup's path")(f)
+    return f
+
+
+def _store(env: Env):
+    from .store import Store, run_dir
+    return Store(run_dir(env.config()))
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        raise NetleakError("needs root (cgroups, BPF, routing): run it with sudo")
+
+
+@main.command(epilog=_TARGET_HELP)
+@click.argument("iface")
+@_target_options
+@click.option("--via", multiple=True, metavar="ADDR",
+              help="gateway on IFACE, once per IP family (as for netleak-exec)")
+@click.pass_obj
+def attach(env: Env, iface: str, cgroup: str | None, pid: int | None, unit: str | None,
+           via: tuple[str, ...]) -> None:
+    """Put an existing cgroup's traffic on IFACE (or drop it).
+
+    Its processes keep running; sockets they opened before are dropped from
+    now on, not leaked. Release it with 'netleak detach'.
+    """
+    from . import client, validate
+    from .kernel import cgroupfs
+    from .session import new_session_id
+    try:
+        name = validate.interface_name(iface)
+        via4, via6 = validate.gateways(list(via))
+        rel = _target(env, cgroup, pid, unit)
+        _need_root()
+        path = cgroupfs.abspath(cgroupfs.find_cgroup2(), rel)
+        if rel and not os.path.isfile(os.path.join(path, "cgroup.procs")):
+            raise NetleakError(f"no cgroup /{rel} (looked for {path}): check the path")
+        cid = cgroupfs.cgroup_id(path)
+        reply = client.request_starting_daemon(_store(env), {
+            "op": "open", "id": new_session_id(), "iface": name, "via4": via4,
+            "via6": via6, "cgroup": rel, "cgroup_id": cid, "pid": os.getpid(),
+            "owned": False, "join": False})
+    except NetleakError as e:
+        _fail(e)
+    state = "kill switch on until it is up" if reply.get("killed") else "routed"
+    click.echo(f"/{rel}: on {name} ({state}), session {reply['id']}")
+
+
+@main.command(epilog=_TARGET_HELP)
+@_target_options
+@click.option("--id", "sid", metavar="ID", help="a session id from 'netleak status'")
+@click.pass_obj
+def detach(env: Env, cgroup: str | None, pid: int | None, unit: str | None,
+           sid: str | None) -> None:
+    """Release a cgroup put under control with 'netleak attach'."""
+    from . import client
+    try:
+        msg: dict = {"op": "detach"}
+        if sid is not None:
+            if cgroup or pid is not None or unit:
+                raise NetleakError("give --id or one of --cgroup/--pid/--unit, not both")
+            msg["id"] = sid
+        else:
+            msg["cgroup"] = _target(env, cgroup, pid, unit)
+        _need_root()
+        store = _store(env)
+        if store.daemon_pid() is None:
+            raise NetleakError("no netleak daemon runs in this network namespace, so "
+                               "nothing is attached here: see 'netleak status'")
+        reply = client.request(store, msg)
+    except NetleakError as e:
+        _fail(e)
+    click.echo(f"/{reply['cgroup']}: released from {reply['iface']} "
+               f"(session {reply['id']})")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_obj
+def gc(env: Env, as_json: bool) -> None:
+    """Collect what crashes or a reboot left: sessions of empty cgroups,
+    half-done set-ups, stale map entries, rules, routes and pins."""
+    from . import client
+    try:
+        _need_root()
+        reply = client.request_starting_daemon(_store(env), {"op": "gc"})
+    except NetleakError as e:
+        _fail(e)
+    report = reply["report"]
+    if as_json:
+        click.echo(json.dumps(report, indent=1, sort_keys=True))
         return
-    if not rows:
-        click.echo("no sessions")
-        return
-    click.echo(f"{'ID':<10} {'IFACE':<10} {'AGE':>7}  CGROUP")
-    for r in rows:
-        click.echo(f"{r['id']:<10} {r['iface']:<10} {r['age']:>6.0f}s  {r['cgroup']}")
+    parts = [f"{len(report['reaped'])} sessions reaped",
+             f"{len(report['adopted'])} adopted",
+             f"{report['entries_removed']} map entries",
+             f"{report['routes_removed']} routes",
+             f"{len(report['cgroups_removed'])} cgroups",
+             f"{len(report['pinsets_removed'])} pin sets removed"]
+    click.echo("gc: " + ", ".join(parts) + f"; {report['sessions']} sessions remain")
+
+
+if __name__ == "__main__":
+    main()

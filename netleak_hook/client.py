@@ -97,6 +97,6 @@ def _spawn(store: Store, idle_exit: float) -> None:
         env = dict(os.environ, NETLEAK_RUN_DIR=store.path)
         os.execve(sys.executable,
                   [sys.executable, "-m", "netleak_hook.daemon",
-                   "--idle-exit", str(idle_exit)], env)
+                   "--idle-exit", str(idle_exit), "--own-cgroup"], env)
     finally:
         os._exit(125)

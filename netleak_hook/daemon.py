@@ -24,14 +24,65 @@ from . import plan, reaper
 from .config import Config
 from .errors import NetleakError
 from .kernel import bpfsys, cgroupfs, netlink, programs
-from .policy import POLICY_SIZE, Policy, pack_key
+from .policy import KEY_SIZE, POLICY_SIZE, Policy, pack_key, unpack_key
 from .state import Session, State
 from .store import Store, run_dir
 
 log = logging.getLogger("netleak.daemon")
 
-TICK = 0.25            # seconds between reaper passes
+TICK = 0.25            # longest sleep of the main loop
 RECONCILE_EVERY = 1.0  # full reconcile, in case an event was missed
+DAEMON_CGROUP = "daemon"  # under the cgroup parent: an auto-started daemon's home
+
+
+class CgroupWatch:
+    """cgroup.events of every session, kept open in one epoll set: the
+    kernel reports a change (populated 1 -> 0) as EPOLLPRI at once."""
+
+    def __init__(self) -> None:
+        self.ep = select.epoll()
+        self.files: dict[str, object] = {}   # session id -> open cgroup.events
+        self.by_fd: dict[int, str] = {}
+
+    def fileno(self) -> int:
+        return self.ep.fileno()
+
+    def sync(self, paths: dict[str, str]) -> None:
+        """Watch exactly these sessions (id -> cgroup directory)."""
+        for sid in [k for k in self.files if k not in paths]:
+            self._close(sid)
+        for sid, path in paths.items():
+            if sid in self.files:
+                continue
+            try:
+                f = open(os.path.join(path, "cgroup.events"), "rb")
+                f.read()    # arms the notification
+            except OSError:
+                continue    # gone: the reaper sees it
+            self.ep.register(f.fileno(), select.EPOLLPRI | select.EPOLLERR)
+            self.files[sid] = f
+            self.by_fd[f.fileno()] = sid
+
+    def drain(self) -> None:
+        """Acknowledge reported changes (a read re-arms the file)."""
+        for fd, _ in self.ep.poll(0):
+            sid = self.by_fd.get(fd)
+            if sid is None:
+                continue
+            f = self.files[sid]
+            try:
+                f.seek(0)
+                f.read()
+            except OSError:     # the cgroup was removed
+                self._close(sid)
+
+    def _close(self, sid: str) -> None:
+        f = self.files.pop(sid)
+        fd = f.fileno()
+        self.by_fd.pop(fd, None)
+        with contextlib.suppress(OSError):
+            self.ep.unregister(fd)
+        f.close()
 
 
 class Daemon:
@@ -47,20 +98,50 @@ class Daemon:
         self.maps: dict[str, programs.Maps] = {}
         self.progs: dict[str, programs.Programs] = {}
         self.live: dict[str, Policy] = {}    # policy last written per interface
+        self.netns = netlink.netns_cookie()
+        self.watch = CgroupWatch()
+        self.parent = cgroupfs.abspath(self.cgroot, cfg.cgroup_parent)
         self.stopping = False
         self.listener: socket.socket | None = None
+        self.unreported: dict = {}      # the start-up gc, until someone asks
 
     # ---------- start-up ----------
 
-    def start(self) -> None:
+    def start(self, own_cgroup: bool = False) -> None:
+        """Rebuild the view from the state file and the kernel: finish or
+        roll back what a crash interrupted, collect what is left over (also
+        after a reboot, when run directory and bpffs start empty)."""
+        if own_cgroup:
+            self._leave_callers_cgroup()
         programs.ensure_bpffs(self.cfg.bpf_dir)
         self.pins = programs.ensure_pinned(self.cfg.bpf_dir)
         self.state = self.store.load()
-        self.reap()
-        self.reconcile_all()
+        report = self.unreported = self.gc()
         self.listener = _listen(self.store.socket_path)
-        log.info("daemon %d ready in %s (pins %s)", os.getpid(), self.store.path,
-                 self.pins.path)
+        log.info("daemon %d ready in %s (pins %s); start-up gc: %s", os.getpid(),
+                 self.store.path, self.pins.path, json.dumps(report, sort_keys=True))
+
+    def _leave_callers_cgroup(self) -> None:
+        """An auto-started daemon would otherwise live in the cgroup of
+        whoever ran netleak first: a unit's stop would kill it, and that
+        cgroup could never be attached."""
+        path = os.path.join(self.parent, DAEMON_CGROUP)
+        try:
+            os.makedirs(path, exist_ok=True)
+            cgroupfs.join(path)
+        except OSError as e:
+            log.warning("staying in the caller's cgroup (cannot join %s: %s)", path,
+                        e.strerror)
+
+    def leave_own_cgroup(self) -> None:
+        """On the way out: back to the root cgroup, so the daemon's own (and
+        the parent, once empty) can go."""
+        path = os.path.join(self.parent, DAEMON_CGROUP)
+        with contextlib.suppress(OSError, NetleakError):
+            if cgroupfs.of_pid(os.getpid()) == os.path.relpath(path, self.cgroot):
+                cgroupfs.join(self.cgroot)
+        cgroupfs.remove_if_empty(path)
+        cgroupfs.remove_if_empty(self.parent)
 
     def save(self) -> None:
         self.store.save(self.state)
@@ -88,15 +169,16 @@ class Daemon:
         last_reconcile = time.monotonic()
         idle_since = time.monotonic()
         while not self.stopping:
-            watched = self._cgroup_event_files()
+            self.watch.sync({sid: cgroupfs.abspath(self.cgroot, s.cgroup)
+                             for sid, s in self.state.sessions.items()})
             try:
-                r, _, x = select.select([self.listener, self.events], [],
-                                        list(watched), TICK)
+                r, _, _ = select.select([self.listener, self.events, self.watch], [], [],
+                                        TICK)
             except InterruptedError:
                 continue
-            for f in watched:
-                f.close()
             try:
+                if self.watch in r:
+                    self.watch.drain()
                 if self.events in r:
                     self.on_netlink()
                 if self.listener in r:
@@ -105,6 +187,7 @@ class Daemon:
                 now = time.monotonic()
                 if now - last_reconcile >= RECONCILE_EVERY:
                     self.reconcile_all()
+                    self.sweep_orphan_cgroups()
                     last_reconcile = now
             except Exception:  # keep monitoring whatever one pass hit
                 log.exception("daemon loop")
@@ -114,17 +197,6 @@ class Daemon:
             elif self.idle_exit and now - idle_since > self.idle_exit:
                 log.info("no sessions for %.0fs: exiting", self.idle_exit)
                 break
-
-    def _cgroup_event_files(self) -> list:
-        """cgroup.events of every session: poll() reports a change as PRI."""
-        files = []
-        for s in self.state.sessions.values():
-            with contextlib.suppress(OSError):
-                f = open(os.path.join(cgroupfs.abspath(self.cgroot, s.cgroup),
-                                      "cgroup.events"), "rb")
-                f.read()
-                files.append(f)
-        return files
 
     def on_netlink(self) -> None:
         try:
@@ -180,33 +252,44 @@ class Daemon:
                 self.remove_session(s)
                 self.save()
             return {"ok": True}
+        if op == "detach":
+            return self.op_detach(msg)
+        if op == "gc":
+            # what this daemon's start-up pass collected counts too: a gc
+            # request is often what started it
+            report = reaper.merge_reports(self.unreported, self.gc())
+            self.unreported = {}
+            return {"ok": True, "report": report}
         raise NetleakError(f"unknown request {op!r}")
 
     def op_open(self, msg: dict) -> dict:
-        """Bind the interface (if new), write the policy, attach the programs."""
+        """Put a cgroup under control: bind the interface (if new), write the
+        policy, attach the programs; for netleak-exec, move the requester in.
+
+        The session is recorded before any kernel change (write-ahead), so a
+        crash at any point leaves a record the next daemon finishes (the
+        cgroup holds the workload) or rolls back (it does not).
+        """
         iface = str(msg["iface"])
-        via4, via6 = msg.get("via4"), msg.get("via6")
-        binding = self.state.bindings.get(iface)
-        if binding is None:
-            link = netlink.read_link(self.ipr, iface)
-            if link is None:
-                raise NetleakError(
-                    f"no interface named {iface} in this network namespace: check "
-                    f"'ip -br link'")
-            binding = self._new_binding(iface, link, via4, via6)
-        elif via4 or via6:
-            binding = plan.with_user_gateways(binding, via4, via6)
+        owned = bool(msg.get("owned", True))
+        s = Session(id=str(msg["id"]), iface=iface, cgroup=str(msg["cgroup"]).strip("/"),
+                    cgroup_id=int(msg["cgroup_id"]), pinset=self.pins.path, owned=owned,
+                    pid=int(msg.get("pid", 0)), created=time.time())
+        path = cgroupfs.abspath(self.cgroot, s.cgroup)
+        if not owned:
+            self._check_attachable(s)
+        try:
+            if cgroupfs.cgroup_id(path) != s.cgroup_id:
+                raise FileNotFoundError
+        except FileNotFoundError:
+            raise NetleakError(f"cgroup {s.cgroup} changed or vanished while being set "
+                               f"up: retry") from None
+        binding = self._binding_for(iface, msg.get("via4"), msg.get("via6"))
         # routes and rules of a known, unchanged binding are in place and
         # followed by events: only this session's entry is new
         changed = binding != self.state.bindings.get(iface) or iface not in self.live
-        s = Session(id=str(msg["id"]), iface=iface, cgroup=str(msg["cgroup"]).strip("/"),
-                    cgroup_id=int(msg["cgroup_id"]), pinset=self.pins.path,
-                    owned=bool(msg.get("owned", True)), pid=int(msg.get("pid", 0)),
-                    created=time.time())
-        path = cgroupfs.abspath(self.cgroot, s.cgroup)
-        if cgroupfs.cgroup_id(path) != s.cgroup_id:
-            raise NetleakError(f"cgroup {s.cgroup} changed while being set up: retry")
         self.state = self.state.with_binding(binding).with_session(s)
+        self.save()
         try:
             if changed:
                 self.reconcile_all()
@@ -220,6 +303,7 @@ class Daemon:
             if msg.get("join") and s.pid:
                 # move the requester in only now that the cgroup is protected
                 cgroupfs.join(path, s.pid)
+            if msg.get("join") or cgroupfs.populated(path):
                 s = dataclasses.replace(s, committed=True)
                 self.state = self.state.with_session(s)
         except BaseException:
@@ -228,10 +312,54 @@ class Daemon:
             raise
         self.save()
         pol = self.live[iface]
-        log.info("session %s: %s on %s (mark %#x, table %d)", s.id, s.cgroup, iface,
-                 binding.mark, binding.table)
+        log.info("session %s: %s %s on %s (mark %#x, table %d)", s.id,
+                 "made" if owned else "attached", s.cgroup, iface, binding.mark,
+                 binding.table)
         return {"ok": True, "id": s.id, "mark": binding.mark, "table": binding.table,
                 "ifindex": pol.ifindex, "killed": pol.killed}
+
+    def _binding_for(self, iface: str, via4: str | None, via6: str | None) -> plan.Binding:
+        binding = self.state.bindings.get(iface)
+        if binding is None:
+            link = netlink.read_link(self.ipr, iface)
+            if link is None:
+                raise NetleakError(
+                    f"no interface named {iface} in this network namespace: check "
+                    f"'ip -br link'")
+            return self._new_binding(iface, link, via4, via6)
+        if via4 or via6:
+            return plan.with_user_gateways(binding, via4, via6)
+        return binding
+
+    def _check_attachable(self, s: Session) -> None:
+        """Refusals for a cgroup the user names (netleak-exec makes its own)."""
+        for other in self.state.sessions.values():
+            if other.cgroup_id == s.cgroup_id:
+                raise NetleakError(
+                    f"cgroup /{s.cgroup} is already under netleak control (session "
+                    f"{other.id} on {other.iface}): detach it first")
+        mine = cgroupfs.of_pid(os.getpid())
+        problem = plan.attach_refusal(s.cgroup, mine)
+        if problem:
+            raise NetleakError(problem)
+
+    def op_detach(self, msg: dict) -> dict:
+        """Release a cgroup attached with `netleak attach`."""
+        sid, rel = msg.get("id"), str(msg.get("cgroup") or "").strip("/")
+        found = [s for s in self.state.sessions.values()
+                 if s.id == sid or (rel and s.cgroup == rel)]
+        if not found:
+            what = f"session {sid}" if sid else f"cgroup /{rel}"
+            raise NetleakError(f"{what} is not under netleak control: see 'netleak status'")
+        s = found[0]
+        if s.owned:
+            raise NetleakError(
+                f"session {s.id} was started by netleak-exec and ends with its "
+                f"processes: stop them instead (PIDs in "
+                f"{cgroupfs.abspath(self.cgroot, s.cgroup)}/cgroup.procs)")
+        self.remove_session(s)
+        self.save()
+        return {"ok": True, "id": s.id, "cgroup": s.cgroup, "iface": s.iface}
 
     def _new_binding(self, iface: str, link: plan.Link, via4: str | None,
                      via6: str | None) -> plan.Binding:
@@ -294,12 +422,13 @@ class Daemon:
         if before is None or not before.killed:
             log.info("%s %s: kill switch on", iface, "is gone" if link is None else "is down")
         self.live[iface] = Policy(ifindex=link.index if link else 0,
-                                  mark=self.state.bindings[iface].mark, killed=True)
+                                  mark=self.state.bindings[iface].mark, killed=True,
+                                  netns=self.netns)
         self._write_policies(iface, self.live[iface])
 
     def _release_kill(self, iface: str, link: plan.Link) -> None:
         b = self.state.bindings[iface]
-        pol = Policy(ifindex=link.index, mark=b.mark, killed=False)
+        pol = Policy(ifindex=link.index, mark=b.mark, killed=False, netns=self.netns)
         if self.live.get(iface) != pol:
             log.info("%s is up (ifindex %d): routes in table %d, kill switch off",
                      iface, link.index, b.table)
@@ -343,9 +472,10 @@ class Daemon:
 
     # ---------- reaper ----------
 
-    def reap(self) -> None:
+    def reap(self) -> list[str]:
+        """End sessions whose cgroup is empty or gone; returns their ids."""
         now = time.time()
-        changed = False
+        ended = []
         for s in list(self.state.sessions.values()):
             path = cgroupfs.abspath(self.cgroot, s.cgroup)
             populated = cgroupfs.populated(path)
@@ -355,11 +485,16 @@ class Daemon:
                         populated = None   # same path, another cgroup: ours is gone
                 except FileNotFoundError:
                     populated = None
-            if reaper.should_reap(s, populated, _alive(s.pid), now):
+            if populated and not s.committed:
+                # the workload is in: a set-up a crash interrupted is complete
+                self.state = self.state.with_session(dataclasses.replace(s, committed=True))
+                ended.append("")
+            elif reaper.should_reap(s, populated, _alive(s.pid), now):
                 self.remove_session(s)
-                changed = True
-        if changed:
+                ended.append(s.id)
+        if ended:
             self.save()
+        return [sid for sid in ended if sid]
 
     def remove_session(self, s: Session) -> None:
         """Undo one session, step by step; each step tolerates 'already gone'."""
@@ -389,6 +524,162 @@ class Daemon:
             _step(f"route {r}", netlink.del_route, self.ipr, r)
         self.live.pop(iface, None)
         log.info("released %s (mark %#x, table %d)", iface, b.mark, b.table)
+
+
+    # ---------- garbage collection ----------
+
+    def sweep_orphan_cgroups(self) -> list[str]:
+        """Remove exec cgroups no session claims and nobody will: their
+        netleak-exec died before handing them over."""
+        claimed = {os.path.basename(s.cgroup) for s in self.state.sessions.values()
+                   if os.path.dirname(s.cgroup) == self.cfg.cgroup_parent.strip("/")}
+        removed = []
+        try:
+            names = os.listdir(self.parent)
+        except OSError:
+            return removed
+        now = time.time()
+        for name in names:
+            path = os.path.join(self.parent, name)
+            creator = reaper.exec_cgroup_creator(name)
+            if creator is None or not os.path.isdir(path):
+                continue
+            try:
+                age = now - os.stat(path).st_mtime
+            except FileNotFoundError:
+                continue
+            if reaper.orphan_cgroup_removable(name, name in claimed,
+                                              cgroupfs.populated(path), _alive(creator), age):
+                if _step(f"remove orphan cgroup {name}", cgroupfs.remove_tree, path):
+                    removed.append(name)
+        if removed:
+            log.info("removed orphan cgroups: %s", " ".join(sorted(removed)))
+            cgroupfs.remove_if_empty(self.parent)
+        return removed
+
+    def gc(self) -> dict:
+        """One pass over everything a crash or a reboot can leave: sessions
+        whose cgroup is empty or gone, half-done set-ups, orphan cgroups, map
+        entries of cgroups that no longer exist (or adopted, when the state
+        file lost them but their cgroup still runs), rules and routes of
+        interfaces no session uses, and pin sets no program needs."""
+        report: dict = {"reaped": self.reap()}
+        self._ensure_attached()
+        report["adopted"], report["entries_removed"] = self._gc_entries()
+        if report["adopted"]:
+            self.save()
+        self.reconcile_all()            # rules: only those of bound interfaces stay
+        report["routes_removed"] = self._gc_routes()
+        report["cgroups_removed"] = self.sweep_orphan_cgroups()
+        report["pinsets_removed"] = self._gc_pinsets()
+        report["sessions"] = len(self.state.sessions)
+        log.info("gc: %s", json.dumps(report, sort_keys=True))
+        return report
+
+    def _ensure_attached(self) -> None:
+        """A set-up a crash interrupted may lack its programs: attach them
+        (attaching what is attached already is a no-op)."""
+        for s in self.state.sessions.values():
+            progs = self.progs_for(s.pinset)
+            if progs is not None:
+                _step(f"attach to {s.cgroup}", progs.attach,
+                      cgroupfs.abspath(self.cgroot, s.cgroup))
+
+    def _gc_entries(self) -> tuple[list[str], int]:
+        claimed = {s.cgroup_id for s in self.state.sessions.values()}
+        ids: dict[int, str] | None = None
+        adopted, removed = [], 0
+        for pinset in self._pinsets():
+            maps = self.maps_for(pinset)
+            if maps is None:
+                continue
+            for key in bpfsys.map_keys(maps.policy, KEY_SIZE):
+                cid = unpack_key(key)
+                if cid in claimed:
+                    continue
+                if ids is None:
+                    ids = cgroupfs.index_ids(self.cgroot)
+                if cid not in ids:      # the cgroup is gone: so is the need
+                    _step("stale policy entry", bpfsys.map_delete, maps.policy, key)
+                    _step("stale stats entry", bpfsys.map_delete, maps.stats, key)
+                    removed += 1
+                    continue
+                raw = bpfsys.map_lookup(maps.policy, key, POLICY_SIZE)
+                if raw is None or pinset != self.pins.path:
+                    continue
+                sid = self._adopt(cid, ids[cid], Policy.unpack(raw))
+                if sid:
+                    adopted.append(sid)
+                    claimed.add(cid)
+            for key in bpfsys.map_keys(maps.stats, KEY_SIZE):
+                cid = unpack_key(key)
+                if cid in claimed:
+                    continue
+                if ids is None:
+                    ids = cgroupfs.index_ids(self.cgroot)
+                if cid not in ids:
+                    _step("stale stats entry", bpfsys.map_delete, maps.stats, key)
+        return adopted, removed
+
+    def _adopt(self, cid: int, rel: str, pol: Policy) -> str | None:
+        """Take back a controlled cgroup the state file does not know (it was
+        lost while the cgroup ran): its entry names the interface by index.
+        Entries of other network namespaces belong to their own daemon."""
+        if pol.netns != self.netns or not pol.ifindex:
+            return None
+        iface = netlink.link_names(self.ipr).get(pol.ifindex)
+        if not iface:
+            return None     # the entry keeps the cgroup blocked: fail closed
+        try:
+            binding = self._binding_for(iface, None, None)
+        except NetleakError as e:
+            log.warning("cannot adopt /%s: %s", rel, e)
+            return None
+        parent = self.cfg.cgroup_parent.strip("/")
+        owned = os.path.dirname(rel) == parent and \
+            reaper.exec_cgroup_creator(os.path.basename(rel)) is not None
+        from .session import new_session_id
+        s = Session(id=new_session_id(), iface=iface, cgroup=rel, cgroup_id=cid,
+                    pinset=self.pins.path, owned=owned, created=time.time(),
+                    committed=bool(cgroupfs.populated(cgroupfs.abspath(self.cgroot, rel))))
+        self.state = self.state.with_binding(binding).with_session(s)
+        log.info("adopted /%s on %s as session %s", rel, iface, s.id)
+        return s.id
+
+    def _gc_routes(self) -> int:
+        bound = {b.table for b in self.state.bindings.values()}
+        stale = [r for r in netlink.routes_in_tables(self.ipr, self._our_tables())
+                 if r.table not in bound]
+        for r in sorted(stale, key=str):
+            _step(f"route {r}", netlink.del_route, self.ipr, r)
+        return len(stale)
+
+    def _pinsets(self) -> list[str]:
+        try:
+            names = sorted(os.listdir(self.cfg.bpf_dir))
+        except OSError:
+            return []
+        return [os.path.join(self.cfg.bpf_dir, n) for n in names
+                if programs.Pinset(os.path.join(self.cfg.bpf_dir, n)).complete()]
+
+    def _gc_pinsets(self) -> list[str]:
+        """Pins of another netleak version that no entry refers to any more
+        (programs still attached somewhere keep their own reference)."""
+        used = {s.pinset for s in self.state.sessions.values()} | {self.pins.path}
+        removed = []
+        for pinset in self._pinsets():
+            if pinset in used:
+                continue
+            maps = self.maps_for(pinset)
+            if maps is not None and bpfsys.map_keys(maps.policy, KEY_SIZE):
+                continue
+            for cache in (self.maps, self.progs):
+                obj = cache.pop(pinset, None)
+                if obj is not None:
+                    obj.close()
+            programs.remove_pinset(pinset)
+            removed.append(os.path.basename(pinset))
+        return removed
 
 
 def _step(what: str, fn, *args):
@@ -447,8 +738,13 @@ def setup_logging(store: Store, cfg: Config, foreground: bool) -> None:
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
 
 
-def serve(cfg: Config, idle_exit: float = 0.0, foreground: bool = False) -> int:
-    """Run the daemon of this network namespace until stopped."""
+def serve(cfg: Config, idle_exit: float = 0.0, foreground: bool = False,
+          own_cgroup: bool = False) -> int:
+    """Run the daemon of this network namespace until stopped.
+
+    own_cgroup: move into a cgroup of its own under the cgroup parent (for a
+    daemon netleak starts on demand; one run by systemd stays in its unit).
+    """
     store = Store(run_dir(cfg))
     store.ensure_dir()
     setup_logging(store, cfg, foreground)
@@ -463,7 +759,7 @@ def serve(cfg: Config, idle_exit: float = 0.0, foreground: bool = False) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        d.start()
+        d.start(own_cgroup=own_cgroup)
         d.run()
     except NetleakError as e:
         log.error("%s", e)
@@ -473,6 +769,8 @@ def serve(cfg: Config, idle_exit: float = 0.0, foreground: bool = False) -> int:
             os.unlink(store.socket_path)
         with contextlib.suppress(OSError):
             os.unlink(store.pid_file)
+        if own_cgroup:
+            d.leave_own_cgroup()
     return 0
 
 
@@ -480,13 +778,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="netleak daemon")
     p.add_argument("--idle-exit", type=float, default=0.0)
     p.add_argument("--foreground", action="store_true")
+    p.add_argument("--own-cgroup", action="store_true")
     a = p.parse_args(argv)
     try:
         cfg = Config.from_env(os.environ)
     except NetleakError as e:
         print(f"netleak daemon: {e}", file=sys.stderr)
         return 125
-    return serve(cfg, idle_exit=a.idle_exit, foreground=a.foreground)
+    return serve(cfg, idle_exit=a.idle_exit, foreground=a.foreground,
+                 own_cgroup=a.own_cgroup)
 
 
 if __name__ == "__main__":

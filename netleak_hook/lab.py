@@ -187,8 +187,8 @@ class Lab:
     def client(host: str = SERVER4, proto: str = "tcp", tries: int = 1) -> list[str]:
         return [sys.executable, "-c", CLIENT_CODE, host, str(PORT), proto, str(tries)]
 
-    def capture(self, iface: str = "up0") -> "Capture":
-        return Capture(self, iface)
+    def capture(self, iface: str = "up0", ns: str | None = None) -> "Capture":
+        return Capture(self, iface, ns)
 
     # ----- tearing down -----
 
@@ -206,20 +206,21 @@ class Lab:
 
 
 class Capture:
-    """tcpdump on a HOST interface, counting packets to or from the server:
+    """tcpdump on an interface (of HOST by default), counting packets to or from the server:
     the path a leak would take."""
 
     FILTER = f"host {SERVER4} or host {SERVER6}"
 
-    def __init__(self, lab: Lab, iface: str) -> None:
+    def __init__(self, lab: Lab, iface: str, ns: str | None = None) -> None:
         self.lab = lab
         self.iface = iface
+        self.ns = ns or lab.host
         self.proc: subprocess.Popen | None = None
         self.lines: list[str] = []
 
     def __enter__(self) -> "Capture":
         self.proc = subprocess.Popen(
-            self.lab.nsenter(self.lab.host) + ["tcpdump", "-i", self.iface, "-n", "-l",
+            self.lab.nsenter(self.ns) + ["tcpdump", "-i", self.iface, "-n", "-l",
                                                "-U", self.FILTER],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self.proc.stderr is not None

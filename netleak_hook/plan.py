@@ -148,3 +148,16 @@ def with_learned_gateways(b: Binding, gw4: str | None, gw6: str | None) -> Bindi
     return dataclasses.replace(
         b, via4=b.via4 if b.user_via4 else (gw4 or b.via4),
         via6=b.via6 if b.user_via6 else (gw6 or b.via6))
+
+
+def attach_refusal(target: str, daemon_cgroup: str) -> str | None:
+    """Why a cgroup may not be attached, or None. Paths are relative to the
+    cgroup2 mount, without leading '/'."""
+    target, daemon_cgroup = target.strip("/"), daemon_cgroup.strip("/")
+    if not target:
+        return ("refusing the root cgroup: it holds every process of the machine, "
+                "netleak's daemon included; name a unit's or a job's cgroup")
+    if daemon_cgroup == target or daemon_cgroup.startswith(target + "/"):
+        return (f"cgroup /{target} contains netleak's own daemon (in /{daemon_cgroup}): "
+                f"attach a cgroup below it, or run 'netleak daemon' elsewhere")
+    return None

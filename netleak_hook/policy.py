@@ -7,8 +7,8 @@ import struct
 FLAG_KILL = 0x1
 
 _KEY = struct.Struct("<Q")
-_POLICY = struct.Struct("<IIII")
-_STATS = struct.Struct("<QQQQ")
+_POLICY = struct.Struct("<IIIIQ")
+_STATS = struct.Struct("<QQQQQ")
 
 KEY_SIZE = _KEY.size
 POLICY_SIZE = _POLICY.size
@@ -22,14 +22,16 @@ class Policy:
     ifindex: int
     mark: int
     killed: bool
+    netns: int = 0     # netns cookie; 0 lets sockets of any namespace through
 
     def pack(self) -> bytes:
-        return _POLICY.pack(self.ifindex, self.mark, FLAG_KILL if self.killed else 0, 0)
+        return _POLICY.pack(self.ifindex, self.mark, FLAG_KILL if self.killed else 0, 0,
+                            self.netns)
 
     @classmethod
     def unpack(cls, raw: bytes) -> "Policy":
-        ifindex, mark, flags, _ = _POLICY.unpack(raw[: _POLICY.size])
-        return cls(ifindex=ifindex, mark=mark, killed=bool(flags & FLAG_KILL))
+        ifindex, mark, flags, _, netns = _POLICY.unpack(raw[: _POLICY.size])
+        return cls(ifindex=ifindex, mark=mark, killed=bool(flags & FLAG_KILL), netns=netns)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Stats:
     drop_device: int = 0
     drop_kill: int = 0
     drop_nopolicy: int = 0
+    refused_netns: int = 0
 
     @property
     def dropped(self) -> int:
@@ -47,7 +50,7 @@ class Stats:
 
     @classmethod
     def unpack_percpu(cls, raw: bytes, ncpus: int) -> "Stats":
-        totals = [0, 0, 0, 0]
+        totals = [0] * len(dataclasses.fields(cls))
         for cpu in range(ncpus):
             vals = _STATS.unpack_from(raw, cpu * _STATS.size)
             totals = [a + b for a, b in zip(totals, vals)]

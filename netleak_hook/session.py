@@ -11,6 +11,7 @@ from . import client
 from .config import Config
 from .errors import NetleakError
 from .kernel import cgroupfs
+from .reaper import exec_cgroup_name
 from .store import Store, run_dir
 
 
@@ -28,7 +29,7 @@ def open_exec_session(cfg: Config, iface: str, via4: str | None,
     root = cgroupfs.find_cgroup2()
     store = Store(run_dir(cfg))
     sid = new_session_id()
-    rel = f"{cfg.cgroup_parent.strip('/')}/exec-{sid}"
+    rel = f"{cfg.cgroup_parent.strip('/')}/{exec_cgroup_name(sid, os.getpid())}"
     path = cgroupfs.abspath(root, rel)
     try:
         cgroupfs.make(path)

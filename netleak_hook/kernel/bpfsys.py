@@ -89,10 +89,10 @@ def obj_pin(fd: int, path: str) -> None:
     _bpf(BPF_OBJ_PIN, _ObjPin(pathname=ctypes.addressof(p), bpf_fd=fd))
 
 
-def prog_attach(prog_fd: int, cgroup_fd: int, attach_type: int) -> None:
+def prog_attach(prog_fd: int, cgroup_fd: int, attach_type: int,
+                flags: int = BPF_F_ALLOW_MULTI) -> None:
     _bpf(BPF_PROG_ATTACH, _Attach(target_fd=cgroup_fd, attach_bpf_fd=prog_fd,
-                                  attach_type=attach_type,
-                                  attach_flags=BPF_F_ALLOW_MULTI))
+                                  attach_type=attach_type, attach_flags=flags))
 
 
 def prog_detach(prog_fd: int, cgroup_fd: int, attach_type: int) -> None:

@@ -100,3 +100,15 @@ def remove_if_empty(path: str) -> None:
         os.rmdir(path)
     except OSError:
         pass
+
+
+def index_ids(root: str) -> dict[int, str]:
+    """Every cgroup under the mount: id -> path relative to it."""
+    ids: dict[int, str] = {}
+    for dirpath, _, _ in os.walk(root):
+        try:
+            ids[os.stat(dirpath).st_ino] = "" if dirpath == root else \
+                os.path.relpath(dirpath, root)
+        except FileNotFoundError:
+            continue
+    return ids

@@ -130,10 +130,17 @@ def del_rule(ipr: IPRoute, rule: Rule) -> None:
 
 
 def current_routes(ipr: IPRoute, table: int) -> set[Route]:
+    return routes_in_tables(ipr, {table})
+
+
+def routes_in_tables(ipr: IPRoute, tables: set[int]) -> set[Route]:
+    """Default routes (unicast and unreachable) in any of TABLES: one dump
+    per family."""
     routes: set[Route] = set()
     for af in (socket.AF_INET, socket.AF_INET6):
-        for r in ipr.get_routes(family=af, table=table):
-            if (r.get_attr("RTA_TABLE") or r["table"]) != table or r["dst_len"] != 0:
+        for r in ipr.get_routes(family=af, table=None):
+            table = r.get_attr("RTA_TABLE") or r["table"]
+            if table not in tables or r["dst_len"] != 0:
                 continue
             kind = {RTN_UNICAST: "unicast", RTN_UNREACHABLE: "unreachable"}.get(r["type"])
             if kind is None:
@@ -143,6 +150,18 @@ def current_routes(ipr: IPRoute, table: int) -> set[Route]:
                              oif=r.get_attr("RTA_OIF") if kind == "unicast" else None,
                              gateway=r.get_attr("RTA_GATEWAY")))
     return routes
+
+
+def netns_cookie() -> int:
+    """The kernel's cookie of this network namespace (0 if unsupported):
+    the BPF programs refuse sockets opened in any other namespace."""
+    so_netns_cookie = 71
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, so_netns_cookie, 8),
+                                  "little")
+    except OSError:
+        return 0
 
 
 def _route_kw(route: Route) -> dict:

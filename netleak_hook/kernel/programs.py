@@ -182,6 +182,11 @@ def remove_pins(bpf_dir: str) -> None:
         os.rmdir(bpf_dir)
 
 
+def remove_pinset(path: str) -> None:
+    """Remove one pin set (its names only; see remove_pins)."""
+    _remove_dir(path)
+
+
 def _remove_dir(path: str) -> None:
     if not os.path.isdir(path):
         return
@@ -230,6 +235,11 @@ class Programs:
                     # the same program attached twice is EINVAL/EEXIST
                     if e.errno in (errno.EINVAL, errno.EEXIST) and self.attached(cfd, name, atype):
                         continue
+                    if e.errno == errno.EPERM:
+                        raise NetleakError(
+                            f"another tool holds {cgroup_path} exclusively (a BPF program "
+                            f"attached without BPF_F_ALLOW_MULTI): netleak cannot add its "
+                            f"own; have that tool attach with BPF_F_ALLOW_MULTI") from None
                     raise NetleakError(
                         f"cannot attach {name} to {cgroup_path}: {e.strerror}") from None
         finally:

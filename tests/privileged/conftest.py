@@ -16,6 +16,7 @@ from netleak_hook.kernel import bpfsys, cgroupfs, programs
 from tests.conftest import require_root
 
 EXEC = [sys.executable, "-m", "netleak_hook.execcmd"]
+CLI = [sys.executable, "-m", "netleak_hook.cli"]
 
 
 class World:
@@ -30,6 +31,15 @@ class World:
     def netleak(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         """Run `netleak-exec ARGS` inside the lab's HOST namespace."""
         return self.lab.run(EXEC + list(args), env=self.env, timeout=timeout)
+
+    def cli(self, *args: str, env: dict | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run `netleak ARGS` inside the lab's HOST namespace."""
+        return self.lab.run(CLI + list(args), env=env or self.env, timeout=timeout)
+
+    def daemon_pid(self) -> int:
+        with open(os.path.join(self.run_dir, "daemon.pid")) as f:
+            return int(f.read())
 
     def spawn(self, *args: str) -> subprocess.Popen:
         return self.lab.spawn(EXEC + list(args), env=self.env, stdout=subprocess.PIPE,
@@ -51,11 +61,16 @@ class World:
                                    check=False).stdout
         return out
 
+    def parent_path(self) -> str:
+        return cgroupfs.abspath(cgroupfs.find_cgroup2(), self.parent)
+
     def cgroups(self) -> list[str]:
-        root = cgroupfs.abspath(cgroupfs.find_cgroup2(), self.parent)
+        """Cgroups under the parent, but the auto-started daemon's own."""
+        root = self.parent_path()
         if not os.path.isdir(root):
             return []
-        return [d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))]
+        return [d for d in os.listdir(root)
+                if os.path.isdir(os.path.join(root, d)) and d != "daemon"]
 
     def sessions(self) -> int:
         from netleak_hook.store import Store
@@ -128,6 +143,9 @@ def world(request):
         assert w.our_routes() == ""
         assert w.cgroups() == []
         assert policy_keys() <= keys_before, "policy map entries left behind"
+        # a daemon that exits takes its own cgroup and the parent along
+        lab.stop_daemon(run_dir)
+        assert not os.path.exists(w.parent_path()), os.listdir(w.parent_path())
     finally:
         lab.stop_daemon(run_dir)
         the_lab.close()

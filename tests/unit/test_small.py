@@ -123,29 +123,29 @@ def test_cgroup2_mount_prefers_sys_fs_cgroup_over_earlier_ones():
 # ---------- policy ----------
 
 def test_sizes():
-    assert policy.POLICY_SIZE == 16
+    assert policy.POLICY_SIZE == 24
     assert policy.KEY_SIZE == 8
-    assert policy.STATS_SIZE == 32
+    assert policy.STATS_SIZE == 40
 
 
 @pytest.mark.parametrize("killed", [False, True])
 def test_policy_round_trip(killed):
-    p = Policy(ifindex=7, mark=0x6E6C0001, killed=killed)
+    p = Policy(ifindex=7, mark=0x6E6C0001, killed=killed, netns=2**40 + 3)
     raw = p.pack()
-    assert len(raw) == 16
+    assert len(raw) == 24
     assert Policy.unpack(raw) == p
 
 
 def test_policy_layout():
-    raw = Policy(ifindex=0x01020304, mark=0xAABBCCDD, killed=True).pack()
-    assert raw == struct.pack("<IIII", 0x01020304, 0xAABBCCDD, 1, 0)
+    raw = Policy(ifindex=0x01020304, mark=0xAABBCCDD, killed=True, netns=9).pack()
+    assert raw == struct.pack("<IIIIQ", 0x01020304, 0xAABBCCDD, 1, 0, 9)
     assert Policy(ifindex=1, mark=2, killed=False).pack()[8:12] == b"\0\0\0\0"
 
 
 def test_policy_unpack_flag_bit0_only():
-    raw = struct.pack("<IIII", 3, 4, 0b110, 0)
+    raw = struct.pack("<IIIIQ", 3, 4, 0b110, 0, 0)
     assert Policy.unpack(raw).killed is False
-    raw = struct.pack("<IIII", 3, 4, 0b111, 0)
+    raw = struct.pack("<IIIIQ", 3, 4, 0b111, 0, 0)
     assert Policy.unpack(raw) == Policy(3, 4, True)
 
 
@@ -155,15 +155,16 @@ def test_policy_unpack_ignores_trailing_bytes():
 
 
 def test_stats_unpack_percpu_sums():
-    raw = struct.pack("<QQQQ", 1, 2, 3, 4) + struct.pack("<QQQQ", 10, 20, 30, 2**40)
+    raw = struct.pack("<QQQQQ", 1, 2, 3, 4, 5) + struct.pack("<QQQQQ", 10, 20, 30, 2**40, 6)
     s = Stats.unpack_percpu(raw, 2)
-    assert s == Stats(passed=11, drop_device=22, drop_kill=33, drop_nopolicy=4 + 2**40)
+    assert s == Stats(passed=11, drop_device=22, drop_kill=33, drop_nopolicy=4 + 2**40,
+                      refused_netns=11)
     assert s.dropped == 22 + 33 + 4 + 2**40
 
 
 def test_stats_unpack_percpu_only_ncpus():
-    raw = struct.pack("<QQQQ", 1, 2, 3, 4) + struct.pack("<QQQQ", 10, 20, 30, 40)
-    assert Stats.unpack_percpu(raw, 1) == Stats(1, 2, 3, 4)
+    raw = struct.pack("<QQQQQ", 1, 2, 3, 4, 5) + struct.pack("<QQQQQ", 10, 20, 30, 40, 50)
+    assert Stats.unpack_percpu(raw, 1) == Stats(1, 2, 3, 4, 5)
     assert Stats.unpack_percpu(b"", 0) == Stats()
 
 

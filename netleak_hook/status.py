@@ -1,0 +1,145 @@
+"""`netleak status`: what each session is doing now.
+
+`rows` and `render` are pure; `gather` reads the state file and the kernel
+(policy map, links, cgroups) without the daemon, so status works even when
+the daemon is down.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from .policy import Policy, Stats
+from .state import State
+
+# short state -> what it means (JSON carries both)
+STATES = {
+    "routed": "traffic leaves through the interface",
+    "kill-switch": "interface down: everything but loopback is dropped",
+    "waiting": "interface absent: everything but loopback is dropped until it returns",
+    "starting": "being set up: the workload has not entered the cgroup yet",
+    "no-policy": "no policy entry: everything is dropped (fail closed); run 'netleak gc'",
+    "unknown": "the BPF maps cannot be read (is bpffs mounted?)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Facts:
+    """What the kernel says about one session."""
+
+    policy: Policy | None = None
+    maps_readable: bool = True
+    link_index: int | None = None   # None: no such interface
+    link_up: bool = False
+    procs: int = 0
+    stats: Stats | None = None
+
+
+def session_state(committed: bool, f: Facts) -> str:
+    if not f.maps_readable:
+        return "unknown"
+    if f.policy is None:
+        return "no-policy"
+    if not committed:
+        return "starting"
+    if f.link_index is None:
+        return "waiting"
+    if f.policy.killed or not f.link_up:
+        return "kill-switch"
+    return "routed"
+
+
+def rows(state: State, facts: dict[str, Facts], now: float) -> list[dict]:
+    """One complete row per session, oldest first."""
+    out = []
+    for s in sorted(state.sessions.values(), key=lambda s: (s.created, s.id)):
+        f = facts.get(s.id, Facts(maps_readable=False))
+        b = state.bindings.get(s.iface)
+        st = session_state(s.committed, f)
+        out.append({
+            "id": s.id, "iface": s.iface, "ifindex": f.link_index, "state": st,
+            "state_detail": STATES[st], "cgroup": "/" + s.cgroup, "cgroup_id": s.cgroup_id,
+            "procs": f.procs, "age": round(max(0.0, now - s.created), 1),
+            "created": s.created, "started_by": "netleak-exec" if s.owned else "attach",
+            "pid": s.pid or None, "mark": b.mark if b else None,
+            "table": b.table if b else None,
+            "killed": f.policy.killed if f.policy else None,
+            "counters": dataclasses.asdict(f.stats) if f.stats else None,
+        })
+    return out
+
+
+def age_text(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def _fit(text: str, width: int) -> str:
+    """Keep the end of a path, which names the unit or job."""
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
+def render(table: list[dict], width: int = 79) -> str:
+    if not table:
+        return "no sessions"
+    head = f"{'ID':<10} {'IFACE':<8} {'IDX':>4} {'STATE':<11} {'PROCS':>5} {'AGE':>4}  "
+    room = max(8, width - len(head))
+    lines = [head + "CGROUP"]
+    for r in table:
+        idx = "-" if r["ifindex"] is None else str(r["ifindex"])
+        lines.append(f"{r['id']:<10.10} {_fit(r['iface'], 8):<8} {idx:>4} "
+                     f"{r['state']:<11} {r['procs']:>5} {age_text(r['age']):>4}  "
+                     f"{_fit(r['cgroup'], room)}")
+    return "\n".join(lines)
+
+
+def gather(cfg) -> dict:
+    """The state file and the kernel's view, as JSON-ready data."""
+    import os
+
+    from .kernel import bpfsys, cgroupfs, netlink, programs
+    from .policy import POLICY_SIZE, STATS_SIZE, pack_key
+    from .store import Store, run_dir
+
+    store = Store(run_dir(cfg))
+    state = store.load()
+    root = cgroupfs.find_cgroup2()
+    ipr = netlink.open_ipr()
+    maps: dict[str, programs.Maps | None] = {}
+    links = {}
+    facts = {}
+    try:
+        for iface in {s.iface for s in state.sessions.values()}:
+            links[iface] = netlink.read_link(ipr, iface)
+        for s in state.sessions.values():
+            if s.pinset not in maps:
+                try:
+                    maps[s.pinset] = programs.Maps(programs.Pinset(s.pinset))
+                except OSError:
+                    maps[s.pinset] = None
+            m = maps[s.pinset]
+            link = links.get(s.iface)
+            pol = stats = None
+            if m is not None:
+                raw = bpfsys.map_lookup(m.policy, pack_key(s.cgroup_id), POLICY_SIZE)
+                pol = Policy.unpack(raw) if raw else None
+                raws = bpfsys.map_lookup(m.stats, pack_key(s.cgroup_id),
+                                         STATS_SIZE * m.ncpus)
+                stats = Stats.unpack_percpu(raws, m.ncpus) if raws else Stats()
+            path = cgroupfs.abspath(root, s.cgroup)
+            nprocs = sum(len(cgroupfs.procs(d)) for d, _, _ in os.walk(path))
+            facts[s.id] = Facts(policy=pol, maps_readable=m is not None,
+                                link_index=link.index if link else None,
+                                link_up=bool(link and link.up), procs=nprocs, stats=stats)
+    finally:
+        ipr.close()
+        for m in maps.values():
+            if m is not None:
+                m.close()
+    return {"daemon_pid": store.daemon_pid(), "run_dir": store.path,
+            "bindings": [{"iface": b.iface, "mark": b.mark, "table": b.table,
+                          "ifindex": links[b.iface].index if links.get(b.iface) else None}
+                         for b in sorted(state.bindings.values(), key=lambda b: b.slot)],
+            "sessions": rows(state, facts, time.time())}

@@ -1,0 +1,234 @@
+"""A session lasts as long as its cgroup holds a process, survives the crash
+of every netleak process without a leak, and whatever a crash or a reboot
+leaves is collected by the next daemon or by `netleak gc`."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shlex
+import signal
+import subprocess
+import time
+
+import pytest
+
+from netleak_hook.kernel import cgroupfs, programs
+from tests.privileged.conftest import EXEC, wait_until
+
+pytestmark = pytest.mark.privileged
+
+
+def _lines(path: str) -> list[str]:
+    try:
+        with open(path) as f:
+            return [ln.strip() for ln in f if ln.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def _start_orphan(world, tmp_path, tries: int = 600) -> tuple[int, str]:
+    """netleak-exec runs a shell that starts a client in the background and
+    exits 0 at once: the client, orphaned, is the session's only process."""
+    out, pidfile = str(tmp_path / "orphan.out"), str(tmp_path / "orphan.pid")
+    client = shlex.join(world.lab.client(tries=tries))
+    t0 = time.monotonic()
+    r = world.netleak("vpn0", "sh", "-c", f"{client} >{out} 2>&1 & echo $! >{pidfile}")
+    took = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    assert took < 5, f"netleak-exec waited for its orphan ({took:.1f}s)"
+    assert wait_until(lambda: bool(_lines(out)), timeout=10), "the orphan never answered"
+    assert _lines(out)[0] == "ok 198.51.100.2", _lines(out)
+    return int(_lines(pidfile)[0]), out
+
+
+def _status(world) -> list[dict]:
+    r = world.cli("status", "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["sessions"]
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _netleak_pids(run_dir: str) -> list[int]:
+    """netleak processes (daemon, netleak-exec) working for RUN_DIR."""
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read()
+            with open(f"/proc/{d}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        if b"netleak_hook" in cmd and f"NETLEAK_RUN_DIR={run_dir}".encode() in env:
+            found.append(int(d))
+    return found
+
+
+def _control(world) -> None:
+    with world.lab.capture("up0") as cap:
+        world.lab.run(world.lab.client())
+        assert cap.stop() > 0, "the capture on up0 sees nothing: it proves nothing"
+
+
+def _reap_time(world, pid: int) -> float:
+    """Kill the session's last process; seconds until nothing is left of it."""
+    _kill(pid)
+    t0 = time.monotonic()
+    assert wait_until(lambda: world.sessions() == 0 and not world.our_rules()
+                      and world.cgroups() == [], timeout=10, step=0.01)
+    return time.monotonic() - t0
+
+
+def test_orphan_keeps_the_session_routed_blocked_then_reaped(world, tmp_path):
+    lab = world.lab
+    pid, out = _start_orphan(world, tmp_path)
+    rows = _status(world)
+    assert [(r["state"], r["procs"], r["iface"]) for r in rows] == [("routed", 1, "vpn0")]
+
+    # still under control after its parent is gone: blocked while vpn0 is down
+    with lab.capture("up0") as cap:
+        lab.ip(lab.host, "link", "set", "vpn0", "down")
+        n = len(_lines(out))
+        assert wait_until(lambda: any(not ln.startswith("ok") for ln in _lines(out)[n:]),
+                          timeout=10)
+        assert [r["state"] for r in _status(world)] == ["kill-switch"]
+        time.sleep(1.0)
+        leaked = cap.stop()
+    assert leaked == 0
+    _control(world)
+    lab.ip(lab.host, "link", "set", "vpn0", "up")
+    lab.add_backup_default("vpn0")
+    n = len(_lines(out))
+    assert wait_until(lambda: "ok 198.51.100.2" in _lines(out)[n:], timeout=10)
+
+    took = _reap_time(world, pid)
+    print(f"reaped {took * 1000:.0f} ms after the last process died")
+    assert took < 1.0, f"reaping took {took:.2f}s"
+
+
+def test_reaped_within_a_second_of_populated_0(world):
+    """The common case: the main command exits, the session goes at once."""
+    lab = world.lab
+    p = world.spawn("vpn0", "sleep", "30")
+    assert wait_until(lambda: world.sessions() == 1 and bool(world.our_rules()))
+    took = _reap_time(world, p.pid)
+    p.wait()
+    print(f"reaped {took * 1000:.0f} ms after the main command died")
+    assert took < 1.0
+    del lab
+
+
+def test_sigkill_of_every_netleak_process_then_link_down_leaks_nothing(world, tmp_path):
+    """The daemon and netleak-exec runs killed mid-set-up (at random points:
+    while starting a daemon, while asking it, while joining), then the
+    daemon they started killed too; vpn0 goes down with no netleak process
+    alive. Then the next command repairs everything."""
+    lab = world.lab
+    pid, out = _start_orphan(world, tmp_path)
+    _kill(world.daemon_pid())
+    rnd = random.Random(7)
+    for i in range(8):
+        p = world.spawn("vpn0", "sleep", "30")
+        time.sleep(rnd.uniform(0.0, 0.25))
+        _kill(p.pid)
+        p.wait()
+    # whichever daemon those started dies too (they run for our run directory)
+    def all_dead() -> bool:
+        for pid_ in _netleak_pids(world.run_dir):
+            _kill(pid_)
+        return _netleak_pids(world.run_dir) == []
+    assert wait_until(all_dead, timeout=5, step=0.2)
+
+    with lab.capture("up0") as cap:
+        lab.ip(lab.host, "link", "set", "vpn0", "down")
+        n = len(_lines(out))
+        assert wait_until(lambda: len(_lines(out)) >= n + 3, timeout=15)
+        leaked = cap.stop()
+    assert leaked == 0
+    assert not any(ln.startswith("ok") for ln in _lines(out)[n:])
+    _control(world)
+
+    lab.ip(lab.host, "link", "set", "vpn0", "up")
+    lab.add_backup_default("vpn0")
+    r = world.cli("gc", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["sessions"] == 1, report          # the orphan's, finished
+    n = len(_lines(out))
+    assert wait_until(lambda: "ok 198.51.100.2" in _lines(out)[n:], timeout=10)
+    assert world.cgroups() == [_status(world)[0]["cgroup"].rsplit("/", 1)[1]]
+    _reap_time(world, pid)
+
+
+def _pinset() -> str:
+    return os.path.join(os.environ["NETLEAK_BPF_DIR"], programs.pinset_name())
+
+
+def test_gc_after_a_simulated_reboot(world, tmp_path):
+    """Every netleak process and the workload SIGKILLed, the run directory
+    and the pins gone (as after a reboot), while the namespace keeps our
+    rules and routes and the cgroup stays: `netleak gc` collects it all."""
+    lab = world.lab
+    pid, _ = _start_orphan(world, tmp_path)
+    _kill(world.daemon_pid())
+    _kill(pid)
+    for name in os.listdir(world.run_dir):
+        os.unlink(os.path.join(world.run_dir, name))
+    programs.remove_pinset(_pinset())
+    assert world.our_rules() and world.our_routes() and world.cgroups()
+
+    r = world.cli("gc", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["routes_removed"] >= 2 and len(report["cgroups_removed"]) == 1, report
+    assert not world.our_rules() and world.our_routes() == "" and world.cgroups() == []
+    assert programs.Pinset(_pinset()).complete()
+    # and netleak works as before
+    r = world.netleak("vpn0", *lab.client())
+    assert r.stdout.strip() == "ok 198.51.100.2", r.stderr
+
+
+def test_half_done_setups_finished_or_rolled_back(world):
+    """A state file that records set-ups a crash interrupted: the one whose
+    cgroup holds its workload is finished (programs, entry, routes), the one
+    whose requester died with an empty cgroup is rolled back."""
+    lab = world.lab
+    root = cgroupfs.find_cgroup2()
+    # a session, to learn what a complete record looks like
+    p = world.spawn("vpn0", *lab.client(tries=300))
+    assert p.stdout.readline().startswith("ok 198.51.100.2")
+    from netleak_hook.store import Store
+    store = Store(world.run_dir)
+    lab_state = store.load()
+    (live,) = lab_state.sessions.values()
+    _kill(world.daemon_pid())
+
+    import dataclasses
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    half = f"{world.parent}/exec-halfdone-{dead.pid}"
+    cgroupfs.make(cgroupfs.abspath(root, half))
+    rolled = dataclasses.replace(live, id="rollback", cgroup=half, committed=False,
+                                 pid=dead.pid,
+                                 cgroup_id=cgroupfs.cgroup_id(cgroupfs.abspath(root, half)))
+    finished = dataclasses.replace(live, committed=False)
+    store.save(lab_state.with_session(finished).with_session(rolled))
+
+    r = world.cli("gc", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["reaped"] == ["rollback"], report
+    rows = _status(world)
+    assert [(x["id"], x["state"]) for x in rows] == [(live.id, "routed")]
+    assert not os.path.exists(cgroupfs.abspath(root, half))
+    p.kill()
+    p.wait()
