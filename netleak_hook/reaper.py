@@ -45,8 +45,10 @@ def exec_cgroup_creator(name: str) -> int | None:
     """The creator's PID from an exec cgroup name; None if not one of ours."""
     if not name.startswith(EXEC_PREFIX):
         return None
-    _, _, pid = name[len(EXEC_PREFIX):].rpartition("-")
-    return int(pid) if pid.isdigit() and pid[0] != "0" else None
+    sid, _, pid = name[len(EXEC_PREFIX):].rpartition("-")
+    if not (sid.isascii() and sid.isalnum()) or not (pid.isdigit() and pid[0] != "0"):
+        return None
+    return int(pid)
 
 
 def orphan_cgroup_removable(name: str, claimed: bool, populated: bool | None,

@@ -246,13 +246,19 @@ class Programs:
             os.close(cfd)
 
     def detach(self, cgroup_path: str) -> None:
-        """Detach ours; 'not attached' and 'cgroup gone' count as done."""
+        """Detach ours; 'not attached' and 'cgroup gone' count as done.
+
+        Only when ours is attached: on a cgroup another tool holds without
+        ALLOW_MULTI, the kernel's detach removes whatever program is there.
+        """
         try:
             cfd = os.open(cgroup_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
             return
         try:
             for name, atype in self.HOOKS:
+                if not self.attached(cfd, name, atype):
+                    continue
                 try:
                     bpfsys.prog_detach(self.fds[name], cfd, atype)
                 except OSError as e:

@@ -12,7 +12,7 @@ HEAVY = ("bcc", "pyroute2", "click")
 WARM_PATH_FORBIDDEN = HEAVY + ("argparse", "dataclasses")
 
 PURE = ("plan", "state", "config", "validate", "reaper", "mounts", "policy", "errors",
-        "doctor")
+        "doctor", "targets", "status")
 
 
 def loaded_after(imports: list[str], watch: tuple[str, ...]) -> list[str]:

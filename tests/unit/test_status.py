@@ -1,0 +1,84 @@
+"""netleak status: states, rows and the compact table."""
+from __future__ import annotations
+
+import pytest
+
+from netleak_hook import plan, status
+from netleak_hook.policy import Policy, Stats
+from netleak_hook.state import Session, State
+
+T0 = 1_700_000_000.0
+POL = Policy(ifindex=7, mark=0x6E6C0001, killed=False)
+
+
+@pytest.mark.parametrize("committed,facts,state", [
+    (True, status.Facts(policy=POL, link_index=7, link_up=True), "routed"),
+    (True, status.Facts(policy=Policy(7, 1, True), link_index=7, link_up=True),
+     "kill-switch"),
+    (True, status.Facts(policy=POL, link_index=7, link_up=False), "kill-switch"),
+    (True, status.Facts(policy=Policy(0, 1, True), link_index=None), "waiting"),
+    (False, status.Facts(policy=POL, link_index=7, link_up=True), "starting"),
+    (True, status.Facts(policy=None, link_index=7, link_up=True), "no-policy"),
+    (True, status.Facts(maps_readable=False), "unknown"),
+])
+def test_session_state(committed, facts, state):
+    assert status.session_state(committed, facts) == state
+    assert state in status.STATES
+
+
+def world(n: int = 2) -> State:
+    st = State().with_binding(plan.Binding(iface="wg0", slot=0, mark=0x6E6C0001,
+                                           table=28200))
+    for i in range(n):
+        st = st.with_session(Session(
+            id=f"s{i}", iface="wg0", cgroup=f"netleak/exec-s{i}-{100 + i}",
+            cgroup_id=50 + i, pinset="/p", owned=i == 0, pid=100 + i,
+            created=T0 + i, committed=True))
+    return st
+
+
+def test_rows_are_complete_and_oldest_first():
+    facts = {"s0": status.Facts(policy=POL, link_index=7, link_up=True, procs=3,
+                                stats=Stats(passed=5)),
+             "s1": status.Facts(policy=Policy(7, 1, True), link_index=7, link_up=False)}
+    rows = status.rows(world(), facts, T0 + 100)
+    assert [r["id"] for r in rows] == ["s0", "s1"]
+    r0 = rows[0]
+    assert r0 == {**r0, "iface": "wg0", "ifindex": 7, "state": "routed", "procs": 3,
+                  "cgroup": "/netleak/exec-s0-100", "cgroup_id": 50, "age": 100.0,
+                  "started_by": "netleak-exec", "mark": 0x6E6C0001, "table": 28200,
+                  "killed": False}
+    assert r0["counters"]["passed"] == 5
+    assert rows[1]["state"] == "kill-switch" and rows[1]["started_by"] == "attach"
+    assert rows[1]["counters"] is None
+
+
+def test_session_without_facts_is_unknown():
+    (row,) = status.rows(world(1), {}, T0)
+    assert row["state"] == "unknown"
+
+
+@pytest.mark.parametrize("secs,text", [(0, "0s"), (59.9, "59s"), (60, "1m"), (3599, "59m"),
+                                       (3600, "1h"), (86400 * 3 + 5, "3d")])
+def test_age_text(secs, text):
+    assert status.age_text(secs) == text
+
+
+def test_render_fits_80_columns_and_keeps_the_end_of_long_paths():
+    st = world(1)
+    (s,) = st.sessions.values()
+    long = "user.slice/user-1000.slice/user@1000.service/app.slice/" + "x" * 60 + ".scope"
+    import dataclasses
+    st = st.with_session(dataclasses.replace(s, cgroup=long, iface="wg0"))
+    rows = status.rows(st, {"s0": status.Facts(policy=POL, link_index=7, link_up=True,
+                                                procs=12345)}, T0 + 7200)
+    out = status.render(rows)
+    lines = out.splitlines()
+    assert lines[0].split() == ["ID", "IFACE", "IDX", "STATE", "PROCS", "AGE", "CGROUP"]
+    assert all(len(ln) < 80 for ln in lines), [len(ln) for ln in lines]
+    assert lines[1].endswith("x.scope") and "…" in lines[1]
+    assert " routed " in lines[1] and " 2h " in lines[1]
+
+
+def test_render_empty():
+    assert status.render([]) == "no sessions"
