@@ -93,6 +93,7 @@ def status(env: Env, as_json: bool) -> None:
     """
     from . import status as st
     try:
+        _need_root()
         data = st.gather(env.config())
     except NetleakError as e:
         _fail(e)

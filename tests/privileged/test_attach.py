@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -314,3 +315,16 @@ def test_entering_another_network_namespace_gives_no_path(world, alt):
     r = world.netleak("vpn0", *lab.client())
     assert r.stdout.strip() == "ok 198.51.100.2"
 
+
+
+def test_scope_pattern_attach_self_then_exec(world, job):
+    """examples/systemd-run-scope.sh without systemd: the unit's first
+    process attaches its own cgroup, then execs the job."""
+    from tests.privileged.conftest import CLI
+    cli, client = shlex.join(CLI), shlex.join(world.lab.client(tries=2))
+    code = (f"echo $$ > {job.path}/cgroup.procs && "
+            f"{cli} attach vpn0 --pid $$ >/dev/null && exec {client}")
+    r = world.lab.run(["sh", "-c", code], env=world.env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["ok 198.51.100.2"] * 2
+    assert wait_until(lambda: world.sessions() == 0)
