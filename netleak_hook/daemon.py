@@ -104,6 +104,7 @@ class Daemon:
         self.stopping = False
         self.listener: socket.socket | None = None
         self.unreported: dict = {}      # the start-up gc, until someone asks
+        self.dirty = False              # state changed but not saved yet
 
     # ---------- start-up ----------
 
@@ -145,6 +146,7 @@ class Daemon:
 
     def save(self) -> None:
         self.store.save(self.state)
+        self.dirty = False
 
     def maps_for(self, pinset: str) -> programs.Maps | None:
         if pinset not in self.maps:
@@ -239,6 +241,8 @@ class Daemon:
                                                f"{self.store.log_file}"}
             with contextlib.suppress(OSError):
                 conn.sendall(json.dumps(reply).encode() + b"\n")
+        if self.dirty:
+            self.save()
 
     def dispatch(self, msg: dict) -> dict:
         op = msg.get("op")
@@ -310,7 +314,9 @@ class Daemon:
             self.remove_session(s)
             self.save()
             raise
-        self.save()
+        # the commit is saved after the reply: a crash before that leaves an
+        # uncommitted record whose populated cgroup the next daemon commits
+        self.dirty = True
         pol = self.live[iface]
         log.info("session %s: %s %s on %s (mark %#x, table %d)", s.id,
                  "made" if owned else "attached", s.cgroup, iface, binding.mark,
@@ -545,13 +551,20 @@ class Daemon:
             if creator is None or not os.path.isdir(path):
                 continue
             try:
-                age = now - os.stat(path).st_mtime
+                st = os.stat(path)      # its inode is its cgroup id
             except FileNotFoundError:
                 continue
-            if reaper.orphan_cgroup_removable(name, name in claimed,
-                                              cgroupfs.populated(path), _alive(creator), age):
+            if reaper.orphan_cgroup_removable(name, name in claimed, cgroupfs.populated(path),
+                                              _alive(creator), now - st.st_mtime):
+                key = pack_key(st.st_ino)
                 if _step(f"remove orphan cgroup {name}", cgroupfs.remove_tree, path):
                     removed.append(name)
+                    # a daemon that crashed mid-set-up may have written its entry
+                    for pinset in self._pinsets():
+                        maps = self.maps_for(pinset)
+                        if maps is not None:
+                            bpfsys.map_delete(maps.policy, key)
+                            bpfsys.map_delete(maps.stats, key)
         if removed:
             log.info("removed orphan cgroups: %s", " ".join(sorted(removed)))
             cgroupfs.remove_if_empty(self.parent)

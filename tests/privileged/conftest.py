@@ -114,6 +114,22 @@ def policy_keys() -> set[int]:
         m.close()
 
 
+def kill_cgroup_tree(root: str) -> None:
+    """SIGKILL what a failed test left running in its own cgroups (the
+    test's processes, e.g. an orphaned client), so they can be removed."""
+    import signal
+    for _ in range(50):
+        pids = [pid for d, _, _ in os.walk(root) for pid in cgroupfs.procs(d)]
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        wait_until(lambda: not cgroupfs.populated(root), timeout=1)
+
+
 def wait_until(pred, timeout: float = 5.0, step: float = 0.05) -> bool:
     import time
     deadline = time.monotonic() + timeout
@@ -151,4 +167,5 @@ def world(request):
         the_lab.close()
         shutil.rmtree(run_dir, ignore_errors=True)
         root = cgroupfs.abspath(cgroupfs.find_cgroup2(), parent)
+        kill_cgroup_tree(root)
         cgroupfs.remove_tree(root)
