@@ -162,8 +162,8 @@ def attach(env: Env, iface: str, cgroup: str | None, pid: int | None, unit: str 
         cid = cgroupfs.cgroup_id(path)
         reply = client.request_starting_daemon(_store(env), {
             "op": "open", "id": new_session_id(), "iface": name, "via4": via4,
-            "via6": via6, "cgroup": rel, "cgroup_id": cid, "pid": os.getpid(),
-            "owned": False, "join": False})
+            "via6": via6, "cgroup": rel, "cgroup_id": cid, "owned": False,
+            "join": False})
     except NetleakError as e:
         _fail(e)
     state = "kill switch on until it is up" if reply.get("killed") else "routed"
@@ -218,8 +218,7 @@ def gc(env: Env, as_json: bool) -> None:
              f"{len(report['adopted'])} adopted",
              f"{report['entries_removed']} map entries",
              f"{report['routes_removed']} routes",
-             f"{len(report['cgroups_removed'])} cgroups",
-             f"{len(report['pinsets_removed'])} pin sets removed"]
+             f"{len(report['cgroups_removed'])} cgroups removed"]
     click.echo("gc: " + ", ".join(parts) + f"; {report['sessions']} sessions remain")
 
 

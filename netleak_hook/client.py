@@ -17,8 +17,19 @@ START_TIMEOUT = 20.0     # a first start may compile the BPF programs
 REQUEST_TIMEOUT = 30.0
 
 
+NO_DAEMON = (FileNotFoundError, ConnectionRefusedError, ConnectionResetError)
+
+
 def request(store: Store, msg: dict, timeout: float = REQUEST_TIMEOUT) -> dict:
     """Send one request, return the reply; NetleakError on a refusal."""
+    try:
+        return _request(store, msg, timeout)
+    except NO_DAEMON:
+        raise NetleakError(f"no netleak daemon answers at {store.socket_path}: any "
+                           f"netleak-exec or 'netleak gc' starts one") from None
+
+
+def _request(store: Store, msg: dict, timeout: float = REQUEST_TIMEOUT) -> dict:
     reply = _roundtrip(store.socket_path, msg, timeout)
     if not reply.get("ok"):
         raise NetleakError(reply.get("error") or "the netleak daemon refused the request")
@@ -28,8 +39,9 @@ def request(store: Store, msg: dict, timeout: float = REQUEST_TIMEOUT) -> dict:
 def request_starting_daemon(store: Store, msg: dict) -> dict:
     """Like request(), but start the daemon first when none listens."""
     try:
-        return request(store, msg)
-    except (FileNotFoundError, ConnectionRefusedError):
+        return _request(store, msg)
+    except NO_DAEMON:
+        # none listens, or one was exiting (idle) as we connected
         ensure_daemon(store)
     return request(store, msg)
 
@@ -50,6 +62,11 @@ def _roundtrip(path: str, msg: dict, timeout: float) -> dict:
         raise NetleakError(
             f"the netleak daemon did not answer within {timeout:.0f}s: see "
             f"{os.path.dirname(path)}/daemon.log") from None
+    except NO_DAEMON:
+        raise       # no daemon (or one exiting): the caller may start one
+    except OSError as e:
+        raise NetleakError(f"cannot talk to the netleak daemon at {path}: {e.strerror or e} "
+                           f"(a shorter NETLEAK_RUN_DIR helps if the path is long)") from None
     finally:
         s.close()
     try:

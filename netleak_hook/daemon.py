@@ -17,6 +17,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import sys
 import time
 
@@ -98,7 +99,7 @@ class Daemon:
         self.maps: dict[str, programs.Maps] = {}
         self.progs: dict[str, programs.Programs] = {}
         self.live: dict[str, Policy] = {}    # policy last written per interface
-        self.netns = netlink.netns_cookie()
+        self.netns = 0          # this namespace's cookie, read in start()
         self.watch = CgroupWatch()
         self.parent = cgroupfs.abspath(self.cgroot, cfg.cgroup_parent)
         self.stopping = False
@@ -114,6 +115,13 @@ class Daemon:
         after a reboot, when run directory and bpffs start empty)."""
         if own_cgroup:
             self._leave_callers_cgroup()
+        # read once out of any controlled cgroup (a socket of one in another
+        # namespace would be refused)
+        self.netns = netlink.netns_cookie()
+        if not self.netns:
+            raise NetleakError(
+                "this kernel does not tell network namespaces apart (SO_NETNS_COOKIE, "
+                "Linux 5.14 or later, is needed): upgrade the kernel")
         programs.ensure_bpffs(self.cfg.bpf_dir)
         self.pins = programs.ensure_pinned(self.cfg.bpf_dir)
         self.state = self.store.load()
@@ -171,8 +179,11 @@ class Daemon:
         last_reconcile = time.monotonic()
         idle_since = time.monotonic()
         while not self.stopping:
-            self.watch.sync({sid: cgroupfs.abspath(self.cgroot, s.cgroup)
-                             for sid, s in self.state.sessions.items()})
+            try:
+                self.watch.sync({sid: cgroupfs.abspath(self.cgroot, s.cgroup)
+                                 for sid, s in self.state.sessions.items()})
+            except OSError:
+                log.exception("watching cgroup.events")   # the tick still reaps
             try:
                 r, _, _ = select.select([self.listener, self.events, self.watch], [], [],
                                         TICK)
@@ -220,6 +231,11 @@ class Daemon:
             conn, _ = self.listener.accept()
         except OSError:
             return
+        try:
+            peer_pid = struct.unpack("3i", conn.getsockopt(
+                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
+        except OSError:
+            peer_pid = 0
         with conn:
             conn.settimeout(2.0)
             try:
@@ -230,6 +246,8 @@ class Daemon:
                         break
                     buf += chunk
                 msg = json.loads(buf or b"{}")
+                if isinstance(msg, dict):
+                    msg["peer_pid"] = peer_pid
                 reply = self.dispatch(msg)
             except NetleakError as e:
                 reply = {"ok": False, "error": e.message}
@@ -276,9 +294,11 @@ class Daemon:
         """
         iface = str(msg["iface"])
         owned = bool(msg.get("owned", True))
+        # the requester as the kernel names it (SO_PEERCRED), not as it says:
+        # it is the process netleak-exec moves into the cgroup
         s = Session(id=str(msg["id"]), iface=iface, cgroup=str(msg["cgroup"]).strip("/"),
                     cgroup_id=int(msg["cgroup_id"]), pinset=self.pins.path, owned=owned,
-                    pid=int(msg.get("pid", 0)), created=time.time())
+                    pid=int(msg.get("peer_pid") or 0), created=time.time())
         path = cgroupfs.abspath(self.cgroot, s.cgroup)
         if not owned:
             self._check_attachable(s)
@@ -344,10 +364,30 @@ class Daemon:
                 raise NetleakError(
                     f"cgroup /{s.cgroup} is already under netleak control (session "
                     f"{other.id} on {other.iface}): detach it first")
+        key = pack_key(s.cgroup_id)
+        for pinset in self._pinsets():
+            maps = self.maps_for(pinset)
+            if maps is not None and bpfsys.map_lookup(maps.policy, key, POLICY_SIZE):
+                raise NetleakError(
+                    f"cgroup /{s.cgroup} is under the control of another netleak daemon "
+                    f"(of another network namespace): detach it there first")
         mine = cgroupfs.of_pid(os.getpid())
         problem = plan.attach_refusal(s.cgroup, mine)
         if problem:
             raise NetleakError(problem)
+        here = os.stat("/proc/self/ns/net").st_ino
+        path = cgroupfs.abspath(self.cgroot, s.cgroup)
+        for d, _, _ in os.walk(path):
+            for pid in cgroupfs.procs(d):
+                try:
+                    ns = os.stat(f"/proc/{pid}/ns/net").st_ino
+                except OSError:
+                    continue        # gone meanwhile
+                if ns != here:
+                    raise NetleakError(
+                        f"process {pid} in /{s.cgroup} lives in another network "
+                        f"namespace: netleak controls processes of its own namespace "
+                        f"only; run netleak there")
 
     def op_detach(self, msg: dict) -> dict:
         """Release a cgroup attached with `netleak attach`."""
@@ -575,16 +615,16 @@ class Daemon:
         whose cgroup is empty or gone, half-done set-ups, orphan cgroups, map
         entries of cgroups that no longer exist (or adopted, when the state
         file lost them but their cgroup still runs), rules and routes of
-        interfaces no session uses, and pin sets no program needs."""
-        report: dict = {"reaped": self.reap()}
-        self._ensure_attached()
-        report["adopted"], report["entries_removed"] = self._gc_entries()
+        interfaces no session uses. Each phase runs even if another fails."""
+        report: dict = {"reaped": _step("reap", self.reap) or []}
+        _step("attach programs", self._ensure_attached)
+        report["adopted"], report["entries_removed"] = \
+            _step("map entries", self._gc_entries) or ([], 0)
         if report["adopted"]:
             self.save()
-        self.reconcile_all()            # rules: only those of bound interfaces stay
-        report["routes_removed"] = self._gc_routes()
-        report["cgroups_removed"] = self.sweep_orphan_cgroups()
-        report["pinsets_removed"] = self._gc_pinsets()
+        _step("reconcile", self.reconcile_all)  # rules: only bound interfaces' stay
+        report["routes_removed"] = _step("routes", self._gc_routes) or 0
+        report["cgroups_removed"] = _step("orphan cgroups", self.sweep_orphan_cgroups) or []
         report["sessions"] = len(self.state.sessions)
         log.info("gc: %s", json.dumps(report, sort_keys=True))
         return report
@@ -600,37 +640,44 @@ class Daemon:
 
     def _gc_entries(self) -> tuple[list[str], int]:
         claimed = {s.cgroup_id for s in self.state.sessions.values()}
-        ids: dict[int, str] | None = None
+        whole_tree = cgroupfs.sees_whole_tree()
+
+        def unclaimed(map_fd: int):
+            """(key, cgroup id, its path or None when gone) of entries no
+            session claims. Keys are read before the tree is walked, so a
+            cgroup made meanwhile is found, never taken for gone."""
+            keys = [k for k in bpfsys.map_keys(map_fd, KEY_SIZE)
+                    if unpack_key(k) not in claimed]
+            ids = cgroupfs.index_ids(self.cgroot) if keys else {}
+            for key in keys:
+                cid = unpack_key(key)
+                yield key, cid, ids.get(cid)
+
         adopted, removed = [], 0
         for pinset in self._pinsets():
             maps = self.maps_for(pinset)
             if maps is None:
                 continue
-            for key in bpfsys.map_keys(maps.policy, KEY_SIZE):
-                cid = unpack_key(key)
-                if cid in claimed:
-                    continue
-                if ids is None:
-                    ids = cgroupfs.index_ids(self.cgroot)
-                if cid not in ids:      # the cgroup is gone: so is the need
-                    _step("stale policy entry", bpfsys.map_delete, maps.policy, key)
-                    _step("stale stats entry", bpfsys.map_delete, maps.stats, key)
-                    removed += 1
-                    continue
+            for key, cid, rel in unclaimed(maps.policy):
                 raw = bpfsys.map_lookup(maps.policy, key, POLICY_SIZE)
-                if raw is None or pinset != self.pins.path:
+                if raw is None:
                     continue
-                sid = self._adopt(cid, ids[cid], Policy.unpack(raw))
+                pol = Policy.unpack(raw)
+                if rel is None:         # the cgroup is gone: so is the need
+                    # (from inside a cgroup namespace part of the tree is
+                    # hidden: only this namespace's own entries are judged)
+                    if whole_tree or pol.netns == self.netns:
+                        _step("stale policy entry", bpfsys.map_delete, maps.policy, key)
+                        removed += 1
+                    continue
+                if pinset != self.pins.path:
+                    continue
+                sid = self._adopt(cid, rel, pol)
                 if sid:
                     adopted.append(sid)
                     claimed.add(cid)
-            for key in bpfsys.map_keys(maps.stats, KEY_SIZE):
-                cid = unpack_key(key)
-                if cid in claimed:
-                    continue
-                if ids is None:
-                    ids = cgroupfs.index_ids(self.cgroot)
-                if cid not in ids:
+            for key, _, rel in unclaimed(maps.stats):
+                if rel is None and whole_tree:
                     _step("stale stats entry", bpfsys.map_delete, maps.stats, key)
         return adopted, removed
 
@@ -638,7 +685,7 @@ class Daemon:
         """Take back a controlled cgroup the state file does not know (it was
         lost while the cgroup ran): its entry names the interface by index.
         Entries of other network namespaces belong to their own daemon."""
-        if pol.netns != self.netns or not pol.ifindex:
+        if not pol.netns or pol.netns != self.netns or not pol.ifindex:
             return None
         iface = netlink.link_names(self.ipr).get(pol.ifindex)
         if not iface:
@@ -674,25 +721,6 @@ class Daemon:
             return []
         return [os.path.join(self.cfg.bpf_dir, n) for n in names
                 if programs.Pinset(os.path.join(self.cfg.bpf_dir, n)).complete()]
-
-    def _gc_pinsets(self) -> list[str]:
-        """Pins of another netleak version that no entry refers to any more
-        (programs still attached somewhere keep their own reference)."""
-        used = {s.pinset for s in self.state.sessions.values()} | {self.pins.path}
-        removed = []
-        for pinset in self._pinsets():
-            if pinset in used:
-                continue
-            maps = self.maps_for(pinset)
-            if maps is not None and bpfsys.map_keys(maps.policy, KEY_SIZE):
-                continue
-            for cache in (self.maps, self.progs):
-                obj = cache.pop(pinset, None)
-                if obj is not None:
-                    obj.close()
-            programs.remove_pinset(pinset)
-            removed.append(os.path.basename(pinset))
-        return removed
 
 
 def _step(what: str, fn, *args):

@@ -36,10 +36,11 @@ def open_exec_session(cfg: Config, iface: str, via4: str | None,
     except OSError as e:
         raise NetleakError(f"cannot create cgroup {path}: {e.strerror}") from None
     msg = {"op": "open", "id": sid, "iface": iface, "via4": via4, "via6": via6,
-           "cgroup": rel, "cgroup_id": cgroupfs.cgroup_id(path), "pid": os.getpid(),
-           "owned": True, "join": True}
+           "cgroup": rel, "cgroup_id": cgroupfs.cgroup_id(path), "owned": True,
+           "join": True}
     try:
-        # The daemon protects the cgroup, then moves this process into it:
+        # The daemon protects the cgroup, then moves this process (the
+        # socket's peer, as the kernel reports it) into it:
         # one round trip, and the session counts as committed only once the
         # workload is inside.
         client.request_starting_daemon(store, msg)

@@ -77,8 +77,11 @@ def pid_cgroup(pid: int, read: Callable[[str], str]) -> str:
         raise NetleakError(f"--pid {pid}: give the PID of a running process")
     try:
         text = read(f"/proc/{pid}/cgroup")
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         raise NetleakError(f"no process {pid}: give the PID of a running process") from None
+    except OSError as e:
+        raise NetleakError(f"cannot read the cgroup of process {pid} ({e.strerror}): "
+                           f"run as root") from None
     for line in text.splitlines():
         hier, _, rest = line.partition(":")
         ctrl, _, path = rest.partition(":")

@@ -112,3 +112,14 @@ def index_ids(root: str) -> dict[int, str]:
         except FileNotFoundError:
             continue
     return ids
+
+
+INIT_CGROUP_NS_INO = 0xEFFFFFFB   # the kernel's fixed inode of the first cgroup namespace
+
+
+def sees_whole_tree() -> bool:
+    """False inside a cgroup namespace, where part of the tree is hidden."""
+    try:
+        return os.stat("/proc/self/ns/cgroup").st_ino == INIT_CGROUP_NS_INO
+    except OSError:
+        return True     # no cgroup namespaces in this kernel: one tree

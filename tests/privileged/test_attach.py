@@ -19,6 +19,8 @@ from tests.privileged.conftest import wait_until
 
 pytestmark = pytest.mark.privileged
 
+CLI_ARGS = [sys.executable, "-m", "netleak_hook.cli"]
+
 # A job with a socket it opened before being attached ("old": UDP, connected)
 # and a new TCP connection every 0.2 s ("new"), which prints what the
 # server saw as its source address.
@@ -328,3 +330,25 @@ def test_scope_pattern_attach_self_then_exec(world, job):
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["ok 198.51.100.2"] * 2
     assert wait_until(lambda: world.sessions() == 0)
+
+
+def test_refused_across_network_namespaces(world, job, alt, tmp_path):
+    """A cgroup another namespace's daemon controls, or one with a process
+    of another namespace, is refused: neither daemon could keep its promise."""
+    job.start()
+    assert world.cli("attach", "vpn0", "--cgroup", job.rel).returncode == 0
+    # the daemon of the alt namespace (its own run directory) may not take it
+    alt_env = dict(world.env, NETLEAK_RUN_DIR=str(tmp_path / "alt-run"))
+    r = world.lab.run(CLI_ARGS + ["attach", "alt0", "--cgroup", job.rel], env=alt_env,
+                      ns=alt)
+    assert r.returncode == 125 and "another netleak daemon" in r.stderr, r.stderr
+    lablib.stop_daemon(str(tmp_path / "alt-run"))
+    assert world.cli("detach", "--cgroup", job.rel).returncode == 0
+    # a process of the alt namespace in the cgroup: its sockets belong there
+    other = world.lab.spawn(["sh", "-c", f"echo $$ > {job.path}/cgroup.procs && "
+                             f"exec sleep 30"], ns=alt)
+    assert wait_until(lambda: other.pid in cgroupfs.procs(job.path))
+    err = _refused(world, "attach", "vpn0", "--cgroup", job.rel)
+    assert f"process {other.pid}" in err and "another network namespace" in err
+    other.kill()
+    other.wait()
