@@ -22,7 +22,7 @@ from typing import Callable, Mapping, Optional
 
 from .mounts import cgroup2_mount, find_mounts
 
-MIN_KERNEL = (5, 7)
+MIN_KERNEL = (5, 14)
 KERNEL_OPTIONS = ("CONFIG_BPF_SYSCALL", "CONFIG_CGROUP_BPF", "CONFIG_CGROUPS")
 BPFFS = "/sys/fs/bpf"
 BTF_VMLINUX = "/sys/kernel/btf/vmlinux"
@@ -208,7 +208,8 @@ def parse_release(release: str) -> Optional[tuple[int, int, int]]:
 
 
 def check_kernel_version(facts: Facts) -> Check:
-    """Linux >= 5.7 (bpf_get_current_ancestor_cgroup_id in cgroup/sock)."""
+    """Linux >= 5.14: bpf_get_current_ancestor_cgroup_id and the netns cookie
+    in cgroup/sock (5.7), SO_NETNS_COOKIE for the daemon (5.14)."""
     name, need = "kernel version", "%d.%d" % MIN_KERNEL
     version = parse_release(facts.release)
     if version is None:
@@ -216,8 +217,8 @@ def check_kernel_version(facts: Facts) -> Check:
                      f"{facts.release!r} not recognised; assumed >= {need}")
     if version[:2] < MIN_KERNEL:
         return Check(name, False, f"{facts.release} is older than {need}",
-                     f"boot Linux >= {need} (cgroup/sock programs need "
-                     f"bpf_get_current_ancestor_cgroup_id)")
+                     f"boot Linux >= {need} (netleak needs the network "
+                     f"namespace cookie: SO_NETNS_COOKIE)")
     return Check(name, True, f"{facts.release} (>= {need})")
 
 

@@ -221,7 +221,7 @@ def test_refusals_say_what_to_do_and_leave_nothing(world, job):
     assert world.cli("detach", "--cgroup", job.rel).returncode == 0
 
 
-THEIRS = r"""
+THEIRS = rb"""
 BPF_ARRAY(seen, u64, 1);
 int theirs(struct __sk_buff *skb) {
     int k = 0;
@@ -236,7 +236,7 @@ def test_another_tools_program_keeps_working(world, job):
     """Both run (ALLOW_MULTI); detaching ours leaves theirs attached."""
     from bcc import BPF
     b = BPF(text=THEIRS)
-    fn = b.load_func("theirs", BPF.CGROUP_SKB)
+    fn = b.load_func(b"theirs", BPF.CGROUP_SKB)
     cfd = os.open(job.path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         bpfsys.prog_attach(fn.fd, cfd, bpfsys.BPF_CGROUP_INET_EGRESS)
@@ -244,16 +244,16 @@ def test_another_tools_program_keeps_working(world, job):
         job.start()
         assert world.cli("attach", "vpn0", "--cgroup", job.rel).returncode == 0
         job.next_answers(1)
-        before = b["seen"][0].value
+        before = b[b"seen"][0].value
         assert job.next_answers() == ["new 198.51.100.2"] * 3   # ours enforce
-        assert b["seen"][0].value > before                      # theirs count
+        assert b[b"seen"][0].value > before                      # theirs count
         ids = bpfsys.prog_query(cfd, bpfsys.BPF_CGROUP_INET_EGRESS)
         assert theirs_id in ids and len(ids) == 2
         assert world.cli("detach", "--cgroup", job.rel).returncode == 0
         assert bpfsys.prog_query(cfd, bpfsys.BPF_CGROUP_INET_EGRESS) == [theirs_id]
-        before = b["seen"][0].value
+        before = b[b"seen"][0].value
         assert job.next_answers() == ["new 192.0.2.2"] * 3
-        assert b["seen"][0].value > before
+        assert b[b"seen"][0].value > before
         bpfsys.prog_detach(fn.fd, cfd, bpfsys.BPF_CGROUP_INET_EGRESS)
     finally:
         os.close(cfd)
@@ -263,7 +263,7 @@ def test_another_tools_program_keeps_working(world, job):
 def test_a_cgroup_held_exclusively_is_refused(world, job):
     from bcc import BPF
     b = BPF(text=THEIRS)
-    fn = b.load_func("theirs", BPF.CGROUP_SKB)
+    fn = b.load_func(b"theirs", BPF.CGROUP_SKB)
     cfd = os.open(job.path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         bpfsys.prog_attach(fn.fd, cfd, bpfsys.BPF_CGROUP_INET_EGRESS, flags=0)

@@ -5,6 +5,7 @@ import json
 import os
 import sys
 import threading
+import time
 
 import pytest
 
@@ -67,10 +68,12 @@ def test_fifty_sessions_over_two_interfaces(world, tmp_path):
     release = [str(tmp_path / f"release-{i}") for i in range(N)]
     watcher = StateWatcher(Store(world.run_dir).state_file)
     watcher.start()
+    t0 = time.monotonic()
     procs = [world.spawn(ifaces[i], sys.executable, "-c", WORK, lablib.SERVER4,
                          str(lablib.PORT), release[i]) for i in range(N)]
     try:
         first = [p.stdout.readline().strip() for p in procs]
+        print(f"{N} sessions started and answered in {time.monotonic() - t0:.2f}s")
         assert first == [f"ok {SOURCE[i]}" for i in ifaces]
         assert world.sessions() == N
 
@@ -100,6 +103,9 @@ def test_fifty_sessions_over_two_interfaces(world, tmp_path):
             out, err = procs[i].communicate(timeout=30)
             assert out.strip() == f"ok {SOURCE[ifaces[i]]}", err
             assert procs[i].returncode == 0
+        t1 = time.monotonic()
+        assert wait_until(lambda: world.sessions() == 0, timeout=10, step=0.01)
+        print(f"the last {N - N // 2} reaped {time.monotonic() - t1:.2f}s after they exited")
     finally:
         for p in procs:
             if p.poll() is None:
