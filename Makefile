@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 SYSPY := /usr/bin/python3
 PREFIX ?= /usr/local
 OPT ?= /opt/netleak
+HOOKS_DIR ?= /usr/share/containers/oci/hooks.d
 
 .PHONY: deps venv demo test test-unit test-privileged bench install uninstall clean
 
@@ -41,10 +42,14 @@ install: deps
 	$(OPT)/venv/bin/pip install -q --disable-pip-version-check .
 	for c in netleak netleak-exec netleak-hook; do \
 		ln -sfn $(OPT)/venv/bin/$$c $(PREFIX)/bin/$$c; done
-	@echo "installed: $(PREFIX)/bin/netleak, netleak-exec, netleak-hook"
+	mkdir -p $(HOOKS_DIR)
+	sed 's|"path": "[^"]*"|"path": "$(OPT)/venv/bin/netleak-hook"|' hooks/netleak.json \
+		> $(HOOKS_DIR)/netleak.json
+	@echo "installed: $(PREFIX)/bin/netleak, netleak-exec, netleak-hook; $(HOOKS_DIR)/netleak.json"
 
 uninstall:
 	rm -f $(PREFIX)/bin/netleak $(PREFIX)/bin/netleak-exec $(PREFIX)/bin/netleak-hook
+	rm -f $(HOOKS_DIR)/netleak.json
 	rm -rf $(OPT)
 
 clean:

@@ -276,6 +276,8 @@ class Daemon:
             return {"ok": True}
         if op == "detach":
             return self.op_detach(msg)
+        if op == "reap":            # a hint (OCI poststop): the reaper runs anyway
+            return {"ok": True, "reaped": self.reap()}
         if op == "gc":
             # what this daemon's start-up pass collected counts too: a gc
             # request is often what started it
@@ -298,7 +300,8 @@ class Daemon:
         # it is the process netleak-exec moves into the cgroup
         s = Session(id=str(msg["id"]), iface=iface, cgroup=str(msg["cgroup"]).strip("/"),
                     cgroup_id=int(msg["cgroup_id"]), pinset=self.pins.path, owned=owned,
-                    pid=int(msg.get("peer_pid") or 0), created=time.time())
+                    pid=int(msg.get("peer_pid") or 0), created=time.time(),
+                    container=str(msg.get("container") or ""))
         path = cgroupfs.abspath(self.cgroot, s.cgroup)
         if not owned:
             self._check_attachable(s)

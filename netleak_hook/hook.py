@@ -1,10 +1,94 @@
-"""netleak-hook: the OCI hook entry point (containers are not supported yet)."""
+"""netleak-hook [STAGE]: the OCI hook (podman, CRI-O; see hooks/netleak.json).
+
+createRuntime (or prestart, for runtimes without it): the container's process
+exists in its cgroup but has not run its first instruction; put that cgroup
+under control, or exit non-zero so the engine aborts the start. poststop: a
+hint to the reaper, which ends the session on its own when the cgroup
+empties. Every outcome is also appended to <run dir>/hook.log, since engines
+often discard a hook's stderr.
+"""
 from __future__ import annotations
 
+import os
 import sys
+import time
+
+from . import client, oci
+from .config import Config
+from .errors import NetleakError
+from .kernel import cgroupfs
+from .session import new_session_id
+from .store import Store, run_dir
+
+PROG = "netleak-hook"
+
+
+def protect(store: Store, st: oci.ContainerState, iface: str) -> dict:
+    """Attach the container's cgroup to IFACE."""
+    try:
+        theirs = os.stat(f"/proc/{st.pid}/ns/net").st_ino
+    except OSError:
+        raise NetleakError(f"container {st.short_id}: process {st.pid} is gone") from None
+    if theirs != os.stat("/proc/self/ns/net").st_ino:
+        raise NetleakError(
+            f"container {st.short_id} has its own network namespace: netleak routes in "
+            f"the host's; run it with --network=host")
+    root = cgroupfs.find_cgroup2()
+    rel = cgroupfs.of_pid(st.pid)
+    path = cgroupfs.abspath(root, rel)
+    return client.request_starting_daemon(store, {
+        "op": "open", "id": new_session_id(), "iface": iface, "cgroup": rel,
+        "cgroup_id": cgroupfs.cgroup_id(path), "owned": False, "join": False,
+        "container": st.id})
+
+
+def run(argv: list[str], raw: bytes, environ: dict) -> tuple[int, str]:
+    """Exit status and the one line to report."""
+    cfg = Config.from_env(environ)
+    st = oci.parse_state(raw)
+    stage = oci.stage(argv, st)
+    iface = st.interface()
+    if iface is None:
+        return 0, f"{stage} {st.short_id}: no {oci.ANNOTATION_IFACE} annotation, nothing to do"
+    store = Store(run_dir(cfg))
+    if stage == "poststop":
+        try:
+            client.request(store, {"op": "reap"}, timeout=5)
+        except NetleakError:
+            pass        # no daemon: nothing to reap; the next one collects
+        return 0, f"poststop {st.short_id}: reaper told"
+    if os.geteuid() != 0:
+        raise NetleakError("netleak-hook needs root: it is run by a rootful container "
+                           "runtime")
+    reply = protect(store, st, iface)
+    state = "kill switch on until it is up" if reply.get("killed") else "routed"
+    return 0, f"{stage} {st.short_id}: on {iface} ({state}), session {reply['id']}"
+
+
+def _log(environ: dict, line: str) -> None:
+    try:
+        store = Store(run_dir(Config.from_env(environ)))
+        store.ensure_dir()
+        with open(os.path.join(store.path, "hook.log"), "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {PROG}[{os.getpid()}] {line}\n")
+    except (OSError, NetleakError):
+        pass
 
 
 def main() -> None:
-    sys.stderr.write("netleak-hook: container support is not available in this "
-                     "version; use 'netleak-exec IFACE CMD' for now\n")
-    sys.exit(125)
+    environ = dict(os.environ)
+    try:
+        raw = sys.stdin.buffer.read(oci.MAX_STATE_BYTES + 1)
+        status, line = run(sys.argv[1:], raw, environ)
+    except NetleakError as e:
+        status, line = e.exit_status, f"refused: {e.message}"
+        sys.stderr.write(f"{PROG}: {e.message}\n")
+    except Exception as e:  # never a traceback to the engine: one line, logged
+        status, line = 125, f"failed: {type(e).__name__}: {e}"
+        sys.stderr.write(f"{PROG}: {line}\n")
+    _log(environ, line)
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()

@@ -23,6 +23,7 @@ class Session:
     pid: int = 0           # the process that asked for it
     created: float = 0.0
     committed: bool = False  # the workload is in the cgroup (or was)
+    container: str = ""    # OCI container id, for a session the hook opened
 
 
 @dataclasses.dataclass(frozen=True)

@@ -130,6 +130,17 @@ def kill_cgroup_tree(root: str) -> None:
         wait_until(lambda: not cgroupfs.populated(root), timeout=1)
 
 
+def end_and_remove(proc, top: str) -> None:
+    """Kill a test's process (by its PID) and remove the cgroup tree TOP
+    the test made for it."""
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    kill_cgroup_tree(top)
+    assert wait_until(lambda: not cgroupfs.populated(top))
+    cgroupfs.remove_tree(top)
+
+
 def wait_until(pred, timeout: float = 5.0, step: float = 0.05) -> bool:
     import time
     deadline = time.monotonic() + timeout

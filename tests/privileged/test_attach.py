@@ -15,7 +15,7 @@ import pytest
 
 from netleak_hook import lab as lablib
 from netleak_hook.kernel import bpfsys, cgroupfs
-from tests.privileged.conftest import wait_until
+from tests.privileged.conftest import end_and_remove, wait_until
 
 pytestmark = pytest.mark.privileged
 
@@ -77,11 +77,7 @@ class Job:
         return self.lines()[start:start + n]
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        assert wait_until(lambda: not cgroupfs.populated(self.path))
-        cgroupfs.remove_tree(cgroupfs.abspath(self.root, self.slice))
+        end_and_remove(self.proc, cgroupfs.abspath(self.root, self.slice))
 
 
 @pytest.fixture
