@@ -64,18 +64,22 @@ class CgroupWatch:
             self.files[sid] = f
             self.by_fd[f.fileno()] = sid
 
-    def drain(self) -> None:
-        """Acknowledge reported changes (a read re-arms the file)."""
+    def drain(self) -> set[str]:
+        """Acknowledge reported changes (a read re-arms the file); returns
+        the sessions whose cgroup changed."""
+        changed = set()
         for fd, _ in self.ep.poll(0):
             sid = self.by_fd.get(fd)
             if sid is None:
                 continue
+            changed.add(sid)
             f = self.files[sid]
             try:
                 f.seek(0)
                 f.read()
             except OSError:     # the cgroup was removed
                 self._close(sid)
+        return changed
 
     def _close(self, sid: str) -> None:
         f = self.files.pop(sid)
@@ -191,14 +195,16 @@ class Daemon:
                 continue
             try:
                 if self.watch in r:
-                    self.watch.drain()
+                    self.reap(self.watch.drain())
                 if self.events in r:
                     self.on_netlink()
                 if self.listener in r:
                     self.accept()
-                self.reap()
                 now = time.monotonic()
                 if now - last_reconcile >= RECONCILE_EVERY:
+                    # all sessions: set-ups whose requester died, cgroups
+                    # whose events file could not be watched
+                    self.reap()
                     self.reconcile_all()
                     self.sweep_orphan_cgroups()
                     last_reconcile = now
@@ -379,18 +385,16 @@ class Daemon:
         if problem:
             raise NetleakError(problem)
         here = os.stat("/proc/self/ns/net").st_ino
-        path = cgroupfs.abspath(self.cgroot, s.cgroup)
-        for d, _, _ in os.walk(path):
-            for pid in cgroupfs.procs(d):
-                try:
-                    ns = os.stat(f"/proc/{pid}/ns/net").st_ino
-                except OSError:
-                    continue        # gone meanwhile
-                if ns != here:
-                    raise NetleakError(
-                        f"process {pid} in /{s.cgroup} lives in another network "
-                        f"namespace: netleak controls processes of its own namespace "
-                        f"only; run netleak there")
+        for pid in cgroupfs.tree_procs(cgroupfs.abspath(self.cgroot, s.cgroup)):
+            try:
+                ns = os.stat(f"/proc/{pid}/ns/net").st_ino
+            except OSError:
+                continue        # gone meanwhile
+            if ns != here:
+                raise NetleakError(
+                    f"process {pid} in /{s.cgroup} lives in another network "
+                    f"namespace: netleak controls processes of its own namespace "
+                    f"only; run netleak there")
 
     def op_detach(self, msg: dict) -> dict:
         """Release a cgroup attached with `netleak attach`."""
@@ -521,11 +525,15 @@ class Daemon:
 
     # ---------- reaper ----------
 
-    def reap(self) -> list[str]:
-        """End sessions whose cgroup is empty or gone; returns their ids."""
+    def reap(self, only: set[str] | None = None) -> list[str]:
+        """End sessions (all, or ONLY these) whose cgroup is empty or gone,
+        and commit set-ups whose cgroup holds their workload; returns the
+        ids of the ended ones."""
         now = time.time()
-        ended = []
+        ended, changed = [], False
         for s in list(self.state.sessions.values()):
+            if only is not None and s.id not in only:
+                continue
             path = cgroupfs.abspath(self.cgroot, s.cgroup)
             populated = cgroupfs.populated(path)
             if populated is not None:
@@ -537,13 +545,13 @@ class Daemon:
             if populated and not s.committed:
                 # the workload is in: a set-up a crash interrupted is complete
                 self.state = self.state.with_session(dataclasses.replace(s, committed=True))
-                ended.append("")
+                changed = True
             elif reaper.should_reap(s, populated, _alive(s.pid), now):
                 self.remove_session(s)
                 ended.append(s.id)
-        if ended:
+        if ended or changed:
             self.save()
-        return [sid for sid in ended if sid]
+        return ended
 
     def remove_session(self, s: Session) -> None:
         """Undo one session, step by step; each step tolerates 'already gone'."""

@@ -5,13 +5,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 from . import lab
 from .config import Config
 from .errors import NetleakError
-from .kernel import cgroupfs, programs
 
 
 def _say(text: str = "") -> None:
@@ -30,13 +28,6 @@ def run(cfg: Config) -> int:
         if shutil.which(tool) is None:
             raise NetleakError(f"the demo needs '{tool}': run 'make deps' or install it")
     tag = f"nldemo{os.getpid() % 100000}"
-    run_dir = tempfile.mkdtemp(prefix="netleak-demo-")
-    parent = f"netleak-demo-{os.getpid()}"
-    # pins of its own, removed at the end: the demo leaves nothing behind
-    bpf_dir = f"/sys/fs/bpf/netleak-demo-{os.getpid()}"
-    bpffs_before = os.path.ismount("/sys/fs/bpf")
-    env = dict(os.environ, NETLEAK_RUN_DIR=run_dir, NETLEAK_CGROUP_PARENT=parent,
-               NETLEAK_BPF_DIR=bpf_dir)
     exec_cmd = [sys.executable, "-m", "netleak_hook.execcmd"]
     ok = True
     _say("netleak demo: two throwaway network namespaces stand in for this machine")
@@ -44,66 +35,57 @@ def run(cfg: Config) -> int:
     _say(f"  {tag}-net:  the world, with a server at {lab.SERVER4} that answers")
     _say("               with the address it saw the request come from")
     _say()
-    try:
-        with lab.Lab(tag) as world:
-            world.start_server()
-            r = world.run(world.client())
-            _say("1. A plain request leaves by the default route (up0, 192.0.2.2):")
-            _say(f"   server saw: {_result(r.stdout)}")
-            _say()
-            t0 = time.monotonic()
-            r = world.run(exec_cmd + ["vpn0"] + world.client(), env=env)
-            _say("2. The same request under 'netleak-exec vpn0' leaves by vpn0 "
-                 "(198.51.100.2):")
-            _say(f"   server saw: {_result(r.stdout or r.stderr)}"
-                 f"   ({time.monotonic() - t0:.2f}s, including the first start)")
-            ok &= "198.51.100.2" in r.stdout
-            _say()
-            _say("3. A program under 'netleak-exec vpn0' keeps asking (every 0.2s) "
-                 "while vpn0")
-            _say("   is deleted and then re-created with a new ifindex; a capture on "
-                 "up0")
-            _say("   counts every packet that would leak by the default route:")
-            p = world.spawn(exec_cmd + ["vpn0"] + world.client(tries=20), env=env,
-                            stdout=subprocess.PIPE, text=True)
-            assert p.stdout is not None
-            first = p.stdout.readline()     # the session is up and answering
-            with world.capture("up0") as cap:
-                world.ip(world.host, "link", "del", "vpn0")
-                time.sleep(1.5)
-                world.recreate("vpn0")
-                out, _ = p.communicate(timeout=60)
-                leaked = cap.stop()
-            answers = [ln for ln in (first + out).splitlines() if ln.strip()]
-            trace = "".join("+" if a.startswith("ok") else "x" for a in answers)
-            _say(f"   answers: {trace}   (+ via vpn0, x refused)")
-            resumed = bool(answers) and answers[-1].startswith("ok")
-            _say("   traffic " + ("resumed by vpn0 once it was back" if resumed
-                                  else "did NOT resume"))
-            _say(f"   packets leaked on up0: {leaked}")
-            ok &= leaked == 0 and resumed and "x" in trace
-            with world.capture("up0") as cap:
-                world.run(world.client())
-                control = cap.stop()
-            _say(f"   (control: the same capture sees a plain request: {control} packets)")
-            ok &= control > 0
-            _say()
-            _say("4. Starting a program while vpn0 is absent is refused up front:")
+    # run directory, cgroups and pins of its own: the demo leaves nothing behind
+    with lab.Isolated("demo") as own, lab.Lab(tag) as world:
+        env = own.env
+        world.start_server()
+        r = world.run(world.client())
+        _say("1. A plain request leaves by the default route (up0, 192.0.2.2):")
+        _say(f"   server saw: {_result(r.stdout)}")
+        _say()
+        t0 = time.monotonic()
+        r = world.run(exec_cmd + ["vpn0"] + world.client(), env=env)
+        _say("2. The same request under 'netleak-exec vpn0' leaves by vpn0 "
+             "(198.51.100.2):")
+        _say(f"   server saw: {_result(r.stdout or r.stderr)}"
+             f"   ({time.monotonic() - t0:.2f}s, including the first start)")
+        ok &= "198.51.100.2" in r.stdout
+        _say()
+        _say("3. A program under 'netleak-exec vpn0' keeps asking (every 0.2s) "
+             "while vpn0")
+        _say("   is deleted and then re-created with a new ifindex; a capture on "
+             "up0")
+        _say("   counts every packet that would leak by the default route:")
+        p = world.spawn(exec_cmd + ["vpn0"] + world.client(tries=20), env=env,
+                        stdout=subprocess.PIPE, text=True)
+        assert p.stdout is not None
+        first = p.stdout.readline()     # the session is up and answering
+        with world.capture("up0") as cap:
             world.ip(world.host, "link", "del", "vpn0")
-            r = world.run(exec_cmd + ["vpn0"] + world.client(), env=env)
-            _say(f"   {(r.stderr.strip().splitlines() or ['(nothing)'])[-1]}  "
-                 f"(exit status {r.returncode})")
-            ok &= r.returncode == 125
-    finally:
-        lab.stop_daemon(run_dir)
-        shutil.rmtree(run_dir, ignore_errors=True)
-        programs.remove_pins(bpf_dir)
-        if not bpffs_before:     # the daemon mounted it for the demo
-            subprocess.run(["umount", "/sys/fs/bpf"], check=False)
-        try:
-            cgroupfs.remove_tree(cgroupfs.abspath(cgroupfs.find_cgroup2(), parent))
-        except (OSError, NetleakError):
-            pass
+            time.sleep(1.5)
+            world.recreate("vpn0")
+            out, _ = p.communicate(timeout=60)
+            leaked = cap.stop()
+        answers = [ln for ln in (first + out).splitlines() if ln.strip()]
+        trace = "".join("+" if a.startswith("ok") else "x" for a in answers)
+        _say(f"   answers: {trace}   (+ via vpn0, x refused)")
+        resumed = bool(answers) and answers[-1].startswith("ok")
+        _say("   traffic " + ("resumed by vpn0 once it was back" if resumed
+                              else "did NOT resume"))
+        _say(f"   packets leaked on up0: {leaked}")
+        ok &= leaked == 0 and resumed and "x" in trace
+        with world.capture("up0") as cap:
+            world.run(world.client())
+            control = cap.stop()
+        _say(f"   (control: the same capture sees a plain request: {control} packets)")
+        ok &= control > 0
+        _say()
+        _say("4. Starting a program while vpn0 is absent is refused up front:")
+        world.ip(world.host, "link", "del", "vpn0")
+        r = world.run(exec_cmd + ["vpn0"] + world.client(), env=env)
+        _say(f"   {(r.stderr.strip().splitlines() or ['(nothing)'])[-1]}  "
+             f"(exit status {r.returncode})")
+        ok &= r.returncode == 125
     _say()
     _say("Everything the demo made is removed." if ok else
          "Something did not behave as promised: see above, and run 'netleak doctor'.")

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 SERVER4 = "203.0.113.10"
@@ -187,8 +188,9 @@ class Lab:
     def client(host: str = SERVER4, proto: str = "tcp", tries: int = 1) -> list[str]:
         return [sys.executable, "-c", CLIENT_CODE, host, str(PORT), proto, str(tries)]
 
-    def capture(self, iface: str = "up0", ns: str | None = None) -> "Capture":
-        return Capture(self, iface, ns)
+    def capture(self, iface: str = "up0", ns: str | None = None,
+                peer: str | None = None) -> "Capture":
+        return Capture(self, iface, ns, peer)
 
     # ----- tearing down -----
 
@@ -206,44 +208,79 @@ class Lab:
 
 
 class Capture:
-    """tcpdump on an interface (of HOST by default), counting packets to or from the server:
-    the path a leak would take."""
+    """tcpdump on an interface (of HOST by default), counting packets to or
+    from the server: the path a leak would take.
+
+    stop() sends a marker datagram to the link's peer (not the server, so it
+    is not counted) and stops once tcpdump has printed it: every packet sent
+    before stop() has been seen by then, with no guessing how long to wait.
+    """
 
     FILTER = f"host {SERVER4} or host {SERVER6}"
+    MARKER_PORT = 9     # discard
 
-    def __init__(self, lab: Lab, iface: str, ns: str | None = None) -> None:
+    def __init__(self, lab: Lab, iface: str, ns: str | None = None,
+                 peer: str | None = None) -> None:
         self.lab = lab
         self.iface = iface
         self.ns = ns or lab.host
+        self.peer = peer or (LINKS[iface][1] if iface in LINKS else None)
         self.proc: subprocess.Popen | None = None
+        self.raw: list[str] = []
+        self.reader: threading.Thread | None = None
         self.lines: list[str] = []
 
     def __enter__(self) -> "Capture":
+        flt = self.FILTER
+        if self.peer:
+            flt = f"({flt}) or (udp and dst host {self.peer} and dst port {self.MARKER_PORT})"
         self.proc = subprocess.Popen(
-            self.lab.nsenter(self.ns) + ["tcpdump", "-i", self.iface, "-n", "-l",
-                                               "-U", self.FILTER],
+            self.lab.nsenter(self.ns) + ["tcpdump", "-i", self.iface, "-n", "-l", "-U", flt],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self.proc.stderr is not None
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:   # wait until it really listens
             line = self.proc.stderr.readline()
             if "listening on" in line:
+                self.reader = threading.Thread(target=self._read, daemon=True)
+                self.reader.start()
                 return self
             if not line and self.proc.poll() is not None:
                 break
         self.proc.kill()
         raise RuntimeError(f"tcpdump did not start on {self.iface}")
 
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.raw.append(line)
+
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def _marker_seen(self) -> bool:
+        tail = f"> {self.peer}.{self.MARKER_PORT}:"
+        return any(tail in ln for ln in list(self.raw))
+
     def stop(self) -> int:
-        if self.proc is not None:
-            time.sleep(0.3)   # let the last packets be written
-            self.proc.send_signal(signal.SIGINT)
-            out, _ = self.proc.communicate(timeout=10)
-            self.lines = [ln for ln in out.splitlines() if ln.strip()]
-            self.proc = None
+        if self.proc is None:
+            return len(self.lines)
+        if self.peer:
+            send = ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                    f"s.sendto(b'm', ({self.peer!r}, {self.MARKER_PORT}))")
+            subprocess.run(self.lab.nsenter(self.ns) + [sys.executable, "-c", send],
+                           capture_output=True, timeout=10)
+            deadline = time.monotonic() + 5   # a down link never shows it
+            while not self._marker_seen() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=10)
+        assert self.reader is not None
+        self.reader.join(timeout=10)
+        tail = f"> {self.peer}.{self.MARKER_PORT}:"
+        self.lines = [ln.strip() for ln in self.raw
+                      if ln.strip() and not (self.peer and tail in ln)]
+        self.proc = None
         return len(self.lines)
 
     @property
@@ -272,3 +309,45 @@ def stop_daemon(run_dir: str) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+class Isolated:
+    """netleak with a run directory, cgroup parent and pin folder of its own
+    (for the demo and the bench): `env` points netleak at them, and leaving
+    the block stops its daemon and removes them all, with bpffs if it was
+    mounted for the run."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.run_dir = ""
+        self.parent = f"netleak-{kind}-{os.getpid()}"
+        self.bpf_dir = f"/sys/fs/bpf/netleak-{kind}-{os.getpid()}"
+        self.env: dict[str, str] = {}
+        self._bpffs_before = True
+
+    def __enter__(self) -> "Isolated":
+        import tempfile
+        self.run_dir = tempfile.mkdtemp(prefix=f"netleak-{self.kind}-")
+        self._bpffs_before = os.path.ismount("/sys/fs/bpf")
+        self.env = dict(os.environ, NETLEAK_RUN_DIR=self.run_dir,
+                        NETLEAK_CGROUP_PARENT=self.parent, NETLEAK_BPF_DIR=self.bpf_dir)
+        return self
+
+    def sessions(self) -> int:
+        from .store import Store
+        return len(Store(self.run_dir).load().sessions)
+
+    def __exit__(self, *exc) -> None:
+        import shutil
+
+        from .errors import NetleakError
+        from .kernel import cgroupfs, programs
+        stop_daemon(self.run_dir)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        programs.remove_pins(self.bpf_dir)
+        if not self._bpffs_before:     # the daemon mounted it for this run
+            subprocess.run(["umount", "/sys/fs/bpf"], check=False)
+        try:
+            cgroupfs.remove_tree(cgroupfs.abspath(cgroupfs.find_cgroup2(), self.parent))
+        except (OSError, NetleakError):
+            pass

@@ -99,8 +99,6 @@ def render(table: list[dict], width: int = 79) -> str:
 
 def gather(cfg) -> dict:
     """The state file and the kernel's view, as JSON-ready data."""
-    import os
-
     from .kernel import bpfsys, cgroupfs, netlink, programs
     from .policy import POLICY_SIZE, STATS_SIZE, pack_key
     from .store import Store, run_dir
@@ -131,7 +129,7 @@ def gather(cfg) -> dict:
                                          STATS_SIZE * m.ncpus)
                 stats = Stats.unpack_percpu(raws, m.ncpus) if raws else Stats()
             path = cgroupfs.abspath(root, s.cgroup)
-            nprocs = sum(len(cgroupfs.procs(d)) for d, _, _ in os.walk(path))
+            nprocs = len(cgroupfs.tree_procs(path))
             facts[s.id] = Facts(policy=pol, maps_readable=m is not None,
                                 link_index=link.index if link else None,
                                 link_up=bool(link and link.up), procs=nprocs, stats=stats)

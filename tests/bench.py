@@ -3,16 +3,13 @@ pass`, measured side by side in one run inside a throwaway lab."""
 from __future__ import annotations
 
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from netleak_hook import lab  # noqa: E402
-from netleak_hook.kernel import cgroupfs, programs  # noqa: E402
 
 ROUNDS = 40
 
@@ -24,33 +21,25 @@ def timed(argv: list[str], env: dict) -> float:
 
 
 def main() -> int:
-    run_dir = tempfile.mkdtemp(prefix="netleak-bench-")
-    parent = f"netleak-bench-{os.getpid()}"
-    bpf_dir = f"/sys/fs/bpf/netleak-bench-{os.getpid()}"
-    bpffs_before = os.path.ismount("/sys/fs/bpf")
-    env = dict(os.environ, NETLEAK_RUN_DIR=run_dir, NETLEAK_CGROUP_PARENT=parent,
-               NETLEAK_BPF_DIR=bpf_dir)
     venv_bin = os.path.dirname(sys.executable)
     exec_bin = os.path.join(venv_bin, "netleak-exec")
-    try:
-        with lab.Lab(f"nlbench{os.getpid() % 1000}") as world:
-            ns = world.nsenter(world.host)
-            holder = world.spawn([exec_bin, "vpn0", "sleep", "600"], env=env)
-            time.sleep(1.0)            # daemon up, interface bound: warm
-            a, b, c = [], [], []
-            for _ in range(ROUNDS):    # interleaved, so drift hits all alike
-                a.append(timed(ns + [exec_bin, "vpn0", "true"], env))
-                b.append(timed(ns + [sys.executable, "-c", "pass"], env))
-                c.append(timed(ns + [sys.executable, "-I", "-S", "-c", "pass"], env))
-            holder.kill()
-            holder.wait()
-    finally:
-        lab.stop_daemon(run_dir)
-        shutil.rmtree(run_dir, ignore_errors=True)
-        programs.remove_pins(bpf_dir)
-        if not bpffs_before:     # the daemon mounted it for the bench
-            subprocess.run(["umount", "/sys/fs/bpf"], check=False)
-        cgroupfs.remove_tree(cgroupfs.abspath(cgroupfs.find_cgroup2(), parent))
+    with lab.Isolated("bench") as own, lab.Lab(f"nlbench{os.getpid() % 1000}") as world:
+        env = own.env
+        ns = world.nsenter(world.host)
+        holder = world.spawn([exec_bin, "vpn0", "sleep", "600"], env=env)
+        # warm: the daemon is up and vpn0 bound once the holder's session is
+        deadline = time.monotonic() + 30
+        while own.sessions() < 1:
+            if time.monotonic() > deadline or holder.poll() is not None:
+                raise SystemExit("bench: the holding session did not start")
+            time.sleep(0.02)
+        a, b, c = [], [], []
+        for _ in range(ROUNDS):    # interleaved, so drift hits all alike
+            a.append(timed(ns + [exec_bin, "vpn0", "true"], env))
+            b.append(timed(ns + [sys.executable, "-c", "pass"], env))
+            c.append(timed(ns + [sys.executable, "-I", "-S", "-c", "pass"], env))
+        holder.kill()
+        holder.wait()
     ma, mb, mc = (statistics.median(x) * 1000 for x in (a, b, c))
     print(f"warm start, median of {ROUNDS} (each under nsenter):")
     print(f"  netleak-exec vpn0 true   {ma:6.1f} ms")

@@ -71,6 +71,11 @@ def procs(path: str) -> list[int]:
         return []
 
 
+def tree_procs(path: str) -> list[int]:
+    """Processes of a cgroup and all its descendants."""
+    return [pid for d, _, _ in os.walk(path) for pid in procs(d)]
+
+
 def remove_tree(path: str) -> bool:
     """Remove an empty cgroup and its (empty) descendants, deepest first.
     True when it is gone (already gone counts)."""

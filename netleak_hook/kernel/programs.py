@@ -182,11 +182,6 @@ def remove_pins(bpf_dir: str) -> None:
         os.rmdir(bpf_dir)
 
 
-def remove_pinset(path: str) -> None:
-    """Remove one pin set (its names only; see remove_pins)."""
-    _remove_dir(path)
-
-
 def _remove_dir(path: str) -> None:
     if not os.path.isdir(path):
         return

@@ -119,7 +119,7 @@ def kill_cgroup_tree(root: str) -> None:
     test's processes, e.g. an orphaned client), so they can be removed."""
     import signal
     for _ in range(50):
-        pids = [pid for d, _, _ in os.walk(root) for pid in cgroupfs.procs(d)]
+        pids = cgroupfs.tree_procs(root)
         if not pids:
             return
         for pid in pids:

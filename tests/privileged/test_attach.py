@@ -296,11 +296,11 @@ def alt(world):
 def test_entering_another_network_namespace_gives_no_path(world, alt):
     lab = world.lab
     enter = ["nsenter", f"--net=/run/netns/{alt}"]
-    with lab.capture("alt0", ns=alt) as cap:
+    with lab.capture("alt0", ns=alt, peer="192.0.2.65") as cap:
         r = lab.run(lab.client(tries=3), ns=alt)       # control: the path works
         assert r.stdout.splitlines()[0] == "ok 192.0.2.66", r.stdout + r.stderr
         assert cap.stop() > 0, "the capture on alt0 sees nothing: it proves nothing"
-    with lab.capture("alt0", ns=alt) as cap:
+    with lab.capture("alt0", ns=alt, peer="192.0.2.65") as cap:
         r = world.netleak("vpn0", *enter, *lab.client(tries=3))
         leaked = cap.stop()
     assert leaked == 0

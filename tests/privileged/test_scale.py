@@ -63,7 +63,6 @@ class StateWatcher(threading.Thread):
 
 
 def test_fifty_sessions_over_two_interfaces(world, tmp_path):
-    lab = world.lab
     ifaces = ["vpn0" if i % 2 else "up0" for i in range(N)]
     release = [str(tmp_path / f"release-{i}") for i in range(N)]
     watcher = StateWatcher(Store(world.run_dir).state_file)
