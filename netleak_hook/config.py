@@ -20,15 +20,16 @@ DEFAULT_TABLE_BASE = 28200
 DEFAULT_RULE_PRIORITY = 1700        # before main (32766) and before Tailscale
 DEFAULT_MAX_INTERFACES = 64
 
-# (environment variable, attribute, is a number)
+# (environment variable, attribute, kind: "str", "int" or "float")
 _ENV = (
-    ("NETLEAK_RUN_DIR", "run_dir", False),
-    ("NETLEAK_BPF_DIR", "bpf_dir", False),
-    ("NETLEAK_CGROUP_PARENT", "cgroup_parent", False),
-    ("NETLEAK_MARK_BASE", "mark_base", True),
-    ("NETLEAK_TABLE_BASE", "table_base", True),
-    ("NETLEAK_RULE_PRIORITY", "rule_priority", True),
-    ("NETLEAK_LOG_FILE", "log_file", False),
+    ("NETLEAK_RUN_DIR", "run_dir", "str"),
+    ("NETLEAK_BPF_DIR", "bpf_dir", "str"),
+    ("NETLEAK_CGROUP_PARENT", "cgroup_parent", "str"),
+    ("NETLEAK_MARK_BASE", "mark_base", "int"),
+    ("NETLEAK_TABLE_BASE", "table_base", "int"),
+    ("NETLEAK_RULE_PRIORITY", "rule_priority", "int"),
+    ("NETLEAK_LOG_FILE", "log_file", "str"),
+    ("NETLEAK_RECONCILE_SECONDS", "reconcile_seconds", "float"),
 )
 
 
@@ -36,14 +37,14 @@ class Config:
     """Everything an operator may tune; see README "Configuration"."""
 
     __slots__ = ("run_dir", "bpf_dir", "cgroup_parent", "mark_base", "table_base",
-                 "rule_priority", "max_interfaces", "log_file")
+                 "rule_priority", "max_interfaces", "log_file", "reconcile_seconds")
 
     def __init__(self, run_dir: str | None = None, bpf_dir: str = "/sys/fs/bpf/netleak",
                  cgroup_parent: str = "netleak", mark_base: int = DEFAULT_MARK_BASE,
                  table_base: int = DEFAULT_TABLE_BASE,
                  rule_priority: int = DEFAULT_RULE_PRIORITY,
                  max_interfaces: int = DEFAULT_MAX_INTERFACES,
-                 log_file: str | None = None) -> None:
+                 log_file: str | None = None, reconcile_seconds: float = 1.0) -> None:
         self.run_dir = run_dir            # None: /run/netleak/net-<netns inode>
         self.bpf_dir = bpf_dir
         self.cgroup_parent = cgroup_parent  # under the cgroup2 mount
@@ -52,6 +53,9 @@ class Config:
         self.rule_priority = rule_priority
         self.max_interfaces = max_interfaces
         self.log_file = log_file          # None: <run dir>/daemon.log
+        # the daemon's full pass (every session, every binding, orphan
+        # cgroups) behind the event-driven work, in case an event was missed
+        self.reconcile_seconds = reconcile_seconds
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
@@ -65,19 +69,18 @@ class Config:
     def from_env(cls, env: Mapping[str, str]) -> "Config":
         """Read NETLEAK_* variables; bad values raise NetleakError."""
         kw: dict = {}
-        for name, attr, numeric in _ENV:
+        for name, attr, kind in _ENV:
             raw = env.get(name)
             if raw is None or raw == "":
                 continue
-            if numeric:
-                try:
-                    kw[attr] = int(raw, 0)
-                except ValueError:
-                    raise NetleakError(
-                        f"{name}={raw!r} is not a number: set it to an integer "
-                        f"(0x... allowed) or unset it") from None
-            else:
-                kw[attr] = raw
+            try:
+                kw[attr] = (int(raw, 0) if kind == "int" else
+                            float(raw) if kind == "float" else raw)
+            except ValueError:
+                what = "an integer (0x... allowed)" if kind == "int" else "a number"
+                raise NetleakError(
+                    f"{name}={raw!r} is not a number: set it to {what} "
+                    f"or unset it") from None
         cfg = cls(**kw)
         cfg.check()
         return cfg
@@ -95,6 +98,10 @@ class Config:
             raise NetleakError(
                 f"NETLEAK_RULE_PRIORITY={self.rule_priority} must be between 1 and "
                 f"32000, before the main table's rule")
+        if not 0.1 <= self.reconcile_seconds <= 86400:
+            raise NetleakError(
+                f"NETLEAK_RECONCILE_SECONDS={self.reconcile_seconds:g} must be "
+                f"between 0.1 and 86400")
         rel = self.cgroup_parent.strip("/")
         if not rel or {".", ".."} & set(rel.split("/")):
             raise NetleakError(

@@ -32,7 +32,6 @@ from .store import Store, run_dir
 log = logging.getLogger("netleak.daemon")
 
 TICK = 0.25            # longest sleep of the main loop
-RECONCILE_EVERY = 1.0  # full reconcile, in case an event was missed
 DAEMON_CGROUP = "daemon"  # under the cgroup parent: an auto-started daemon's home
 
 
@@ -48,21 +47,28 @@ class CgroupWatch:
     def fileno(self) -> int:
         return self.ep.fileno()
 
-    def sync(self, paths: dict[str, str]) -> None:
-        """Watch exactly these sessions (id -> cgroup directory)."""
+    def sync(self, paths: dict[str, str]) -> set[str]:
+        """Watch exactly these sessions (id -> cgroup directory). Returns
+        the newly watched ones already empty or gone: their change came
+        before the watch, and no event will report it."""
         for sid in [k for k in self.files if k not in paths]:
             self._close(sid)
+        missed = set()
         for sid, path in paths.items():
             if sid in self.files:
                 continue
             try:
-                f = open(os.path.join(path, "cgroup.events"), "rb")
-                f.read()    # arms the notification
+                f = open(os.path.join(path, "cgroup.events"), "rb", buffering=0)
+                first = f.read()    # arms the notification
             except OSError:
-                continue    # gone: the reaper sees it
+                missed.add(sid)     # gone
+                continue
             self.ep.register(f.fileno(), select.EPOLLPRI | select.EPOLLERR)
             self.files[sid] = f
             self.by_fd[f.fileno()] = sid
+            if cgroupfs.parse_populated(first) is False:
+                missed.add(sid)
+        return missed
 
     def drain(self) -> set[str]:
         """Acknowledge reported changes (a read re-arms the file); returns
@@ -184,10 +190,12 @@ class Daemon:
         idle_since = time.monotonic()
         while not self.stopping:
             try:
-                self.watch.sync({sid: cgroupfs.abspath(self.cgroot, s.cgroup)
-                                 for sid, s in self.state.sessions.items()})
-            except OSError:
-                log.exception("watching cgroup.events")   # the tick still reaps
+                missed = self.watch.sync({sid: cgroupfs.abspath(self.cgroot, s.cgroup)
+                                          for sid, s in self.state.sessions.items()})
+                if missed:
+                    self.reap(missed)
+            except Exception:
+                log.exception("watching cgroup.events")   # the full pass still reaps
             try:
                 r, _, _ = select.select([self.listener, self.events, self.watch], [], [],
                                         TICK)
@@ -201,7 +209,7 @@ class Daemon:
                 if self.listener in r:
                     self.accept()
                 now = time.monotonic()
-                if now - last_reconcile >= RECONCILE_EVERY:
+                if now - last_reconcile >= self.cfg.reconcile_seconds:
                     # all sessions: set-ups whose requester died, cgroups
                     # whose events file could not be watched
                     self.reap()

@@ -53,13 +53,18 @@ def of_pid(pid: int) -> str:
 def populated(path: str) -> bool | None:
     """Whether the cgroup or a descendant holds a process; None if gone."""
     try:
-        with open(os.path.join(path, "cgroup.events")) as f:
-            for line in f:
-                key, _, val = line.partition(" ")
-                if key == "populated":
-                    return val.strip() == "1"
+        with open(os.path.join(path, "cgroup.events"), "rb") as f:
+            return parse_populated(f.read())
     except FileNotFoundError:
         return None
+
+
+def parse_populated(events: bytes) -> bool | None:
+    """The populated flag of a cgroup.events text; None if it has none."""
+    for line in events.splitlines():
+        key, _, val = line.partition(b" ")
+        if key == b"populated":
+            return val.strip() == b"1"
     return None
 
 

@@ -28,6 +28,12 @@ class World:
         self.parent = parent
         self.env = dict(os.environ, NETLEAK_RUN_DIR=run_dir, NETLEAK_CGROUP_PARENT=parent)
 
+    def events_only(self) -> None:
+        """The daemon started after this runs its full pass once an hour
+        only: what a test then sees must come from kernel events (epoll on
+        cgroup.events, netlink), not from the periodic safety net."""
+        self.env["NETLEAK_RECONCILE_SECONDS"] = "3600"
+
     def netleak(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         """Run `netleak-exec ARGS` inside the lab's HOST namespace."""
         return self.lab.run(EXEC + list(args), env=self.env, timeout=timeout)

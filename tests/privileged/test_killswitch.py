@@ -3,11 +3,14 @@ re-created, or while no netleak process is alive. Each test counts packets
 on up0 (the leak path) and proves the capture sees a plain request."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 
 import pytest
+
+from tests.privileged.conftest import wait_until
 
 pytestmark = pytest.mark.privileged
 
@@ -22,6 +25,12 @@ def _first_answer(p) -> str:
     line = p.stdout.readline()
     assert line.startswith("ok 198.51.100.2"), line + p.stderr.read()
     return line
+
+
+def _state(world) -> str:
+    r = world.cli("status", "--json")
+    assert r.returncode == 0, r.stderr
+    return ",".join(s["state"] for s in json.loads(r.stdout)["sessions"])
 
 
 def _control(world) -> None:
@@ -54,23 +63,27 @@ def test_flap_never_leaks_and_resumes(world, event):
     _control(world)
 
 
-def test_resumes_within_two_seconds(world):
+def test_resumes_on_the_link_event(world):
+    """Traffic resumes when vpn0 comes back, driven by the netlink event:
+    the daemon's periodic full pass is an hour away."""
     lab = world.lab
+    world.events_only()
     p = world.spawn("vpn0", *lab.client(tries=60))
     _first_answer(p)
     lab.ip(lab.host, "link", "set", "vpn0", "down")
-    time.sleep(1.0)
+    assert wait_until(lambda: _state(world) == "kill-switch", timeout=10)
     lab.ip(lab.host, "link", "set", "vpn0", "up")
     t_up = time.monotonic()
-    # a second client started now must get through within 2 s
-    deadline = t_up + 2.0
+    deadline = t_up + 30
     ok = False
     while time.monotonic() < deadline and not ok:
         r = world.netleak("vpn0", *lab.client())
         ok = r.stdout.startswith("ok 198.51.100.2")
+    took = time.monotonic() - t_up
     p.kill()
     p.wait()
-    assert ok, "traffic did not resume within 2 s of vpn0 coming back"
+    assert ok, "traffic did not resume after vpn0 came back"
+    print(f"resumed {took * 1000:.0f} ms after vpn0 came back")
 
 
 def test_no_leak_with_no_netleak_process_alive(world):

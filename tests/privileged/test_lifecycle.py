@@ -32,14 +32,22 @@ def _start_orphan(world, tmp_path, tries: int = 600) -> tuple[int, str]:
     exits 0 at once: the client, orphaned, is the session's only process."""
     out, pidfile = str(tmp_path / "orphan.out"), str(tmp_path / "orphan.pid")
     client = shlex.join(world.lab.client(tries=tries))
-    t0 = time.monotonic()
     r = world.netleak("vpn0", "sh", "-c", f"{client} >{out} 2>&1 & echo $! >{pidfile}")
-    took = time.monotonic() - t0
     assert r.returncode == 0, r.stderr
-    assert took < 5, f"netleak-exec waited for its orphan ({took:.1f}s)"
+    pid = int(_lines(pidfile)[0])
+    # netleak-exec returned while its orphan still runs: it did not wait for it
+    assert _alive(pid), "the orphan ended before netleak-exec returned"
     assert wait_until(lambda: bool(_lines(out)), timeout=10), "the orphan never answered"
     assert _lines(out)[0] == "ok 198.51.100.2", _lines(out)
-    return int(_lines(pidfile)[0]), out
+    return pid, out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def _status(world) -> list[dict]:
@@ -80,16 +88,20 @@ def _control(world) -> None:
 
 
 def _reap_time(world, pid: int) -> float:
-    """Kill the session's last process; seconds until nothing is left of it."""
+    """Kill the session's last process; seconds until nothing is left of it.
+    Under events_only() the daemon's full pass is an hour away: a session
+    that goes at all went because epoll reported its cgroup empty."""
     _kill(pid)
     t0 = time.monotonic()
     assert wait_until(lambda: world.sessions() == 0 and not world.our_rules()
-                      and world.cgroups() == [], timeout=10, step=0.01)
+                      and world.cgroups() == [], timeout=30, step=0.01), \
+        "not reaped: the cgroup's populated 0 event was missed"
     return time.monotonic() - t0
 
 
 def test_orphan_keeps_the_session_routed_blocked_then_reaped(world, tmp_path):
     lab = world.lab
+    world.events_only()
     pid, out = _start_orphan(world, tmp_path)
     rows = _status(world)
     assert [(r["state"], r["procs"], r["iface"]) for r in rows] == [("routed", 1, "vpn0")]
@@ -113,17 +125,17 @@ def test_orphan_keeps_the_session_routed_blocked_then_reaped(world, tmp_path):
 
     took = _reap_time(world, pid)
     print(f"reaped {took * 1000:.0f} ms after the last process died")
-    assert took < 1.0, f"reaping took {took:.2f}s"
 
 
-def test_reaped_within_a_second_of_populated_0(world):
-    """The common case: the main command exits, the session goes at once."""
+def test_reaped_on_populated_0(world):
+    """The common case: the main command exits, and the session goes on the
+    cgroup's own event, not on the periodic pass (make bench times it)."""
+    world.events_only()
     p = world.spawn("vpn0", "sleep", "30")
     assert wait_until(lambda: world.sessions() == 1 and bool(world.our_rules()))
     took = _reap_time(world, p.pid)
     p.wait()
     print(f"reaped {took * 1000:.0f} ms after the main command died")
-    assert took < 1.0
 
 
 def test_sigkill_of_every_netleak_process_then_link_down_leaks_nothing(world, tmp_path):

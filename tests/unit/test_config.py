@@ -49,13 +49,15 @@ def test_from_env_all_variables():
         "NETLEAK_TABLE_BASE": "5000",
         "NETLEAK_RULE_PRIORITY": "0x10",
         "NETLEAK_LOG_FILE": "/tmp/nl.log",
+        "NETLEAK_RECONCILE_SECONDS": "2.5",
         "UNRELATED": "x",
         "NETLEAK_UNKNOWN": "ignored",
     }
     c = Config.from_env(env)
     assert c == Config(run_dir="/tmp/nl", bpf_dir="/sys/fs/bpf/other",
                        cgroup_parent="test.slice/nl", mark_base=0x12340000,
-                       table_base=5000, rule_priority=16, log_file="/tmp/nl.log")
+                       table_base=5000, rule_priority=16, log_file="/tmp/nl.log",
+                       reconcile_seconds=2.5)
     assert isinstance(c.mark_base, int) and isinstance(c.table_base, int)
 
 
@@ -76,6 +78,27 @@ def test_from_env_bad_number(name, raw):
     assert name in e.message
     assert "\n" not in e.message
     assert str(e) == e.message
+
+
+@pytest.mark.parametrize("raw", ["x", "1s", "0x10", "1,5"])
+def test_reconcile_seconds_not_a_number(raw):
+    with pytest.raises(NetleakError) as ei:
+        Config.from_env({"NETLEAK_RECONCILE_SECONDS": raw})
+    assert "NETLEAK_RECONCILE_SECONDS" in ei.value.message
+    assert "a number" in ei.value.message
+
+
+@pytest.mark.parametrize("raw", ["0", "0.05", "-1", "86401", "inf", "nan"])
+def test_reconcile_seconds_out_of_range(raw):
+    with pytest.raises(NetleakError) as ei:
+        Config.from_env({"NETLEAK_RECONCILE_SECONDS": raw})
+    assert "between 0.1 and 86400" in ei.value.message
+
+
+def test_reconcile_seconds_default_and_bounds():
+    assert Config().reconcile_seconds == 1.0
+    Config(reconcile_seconds=0.1).check()
+    Config(reconcile_seconds=86400).check()
 
 
 @pytest.mark.parametrize("mark", ["0x6e6c0001", "0x8000", "1", "0xFFFF"])

@@ -1,4 +1,4 @@
-"""Small pure modules: reaper, mounts, policy, errors."""
+"""Small pure modules: reaper, mounts, policy, errors, cgroup.events parsing."""
 from __future__ import annotations
 
 import struct
@@ -6,6 +6,7 @@ import struct
 import pytest
 
 from netleak_hook import mounts, policy, reaper
+from netleak_hook.kernel import cgroupfs
 from netleak_hook.errors import Exit, NetleakError
 from netleak_hook.policy import Policy, Stats
 from netleak_hook.state import Session
@@ -201,3 +202,16 @@ def test_netleak_error_defaults_to_125():
 def test_netleak_error_status_is_plain_int():
     e = NetleakError("x", Exit.NOT_FOUND)
     assert e.exit_status == 127 and type(e.exit_status) is int
+
+
+@pytest.mark.parametrize("text,want", [
+    (b"populated 1\nfrozen 0\n", True),
+    (b"populated 0\nfrozen 0\n", False),
+    (b"frozen 0\npopulated 0\n", False),
+    (b"populated 1", True),
+    (b"frozen 0\n", None),
+    (b"", None),
+    (b"populatedx 1\n", None),
+])
+def test_parse_populated(text, want):
+    assert cgroupfs.parse_populated(text) is want
