@@ -42,9 +42,7 @@ install: deps
 	$(OPT)/venv/bin/pip install -q --disable-pip-version-check .
 	for c in netleak netleak-exec netleak-hook; do \
 		ln -sfn $(OPT)/venv/bin/$$c $(PREFIX)/bin/$$c; done
-	mkdir -p $(HOOKS_DIR)
-	sed 's|"path": "[^"]*"|"path": "$(OPT)/venv/bin/netleak-hook"|' hooks/netleak.json \
-		> $(HOOKS_DIR)/netleak.json
+	$(OPT)/venv/bin/netleak install-hook --hooks-dir $(HOOKS_DIR)
 	@echo "installed: $(PREFIX)/bin/netleak, netleak-exec, netleak-hook; $(HOOKS_DIR)/netleak.json"
 
 uninstall:

@@ -82,6 +82,79 @@ def daemon(env: Env, foreground: bool, idle_exit: float) -> None:
         _fail(e)
 
 
+@main.command("install-hook")
+@click.option("--hooks-dir", default=None, metavar="DIR",
+              help="where podman/CRI-O read hooks (default "
+                   "/usr/share/containers/oci/hooks.d)")
+@click.option("--zipapp-dir", default=None, metavar="DIR",
+              help="also write the hook as one file runnable by any python3 here")
+@click.option("--host-dir", default=None, metavar="DIR",
+              help="what the host calls --zipapp-dir (from inside a container)")
+@click.pass_obj
+def install_hook(env: Env, hooks_dir: str | None, zipapp_dir: str | None,
+                 host_dir: str | None) -> None:
+    """Write netleak.json into the hooks directory, with this install's hook.
+
+    NETLEAK_RUN_DIR, NETLEAK_CGROUP_PARENT, NETLEAK_BPF_DIR and
+    NETLEAK_AUTOSTART, when set, are passed on to the hook.
+    """
+    try:
+        click.echo(_install_hook(env, hooks_dir, zipapp_dir, host_dir))
+    except NetleakError as e:
+        _fail(e)
+
+
+def _install_hook(env: Env, hooks_dir: str | None, zipapp_dir: str | None,
+                  host_dir: str | None) -> str:
+    from . import hookspec
+    env.config()    # bad NETLEAK_* values are refused before anything is written
+    hooks_dir = hooks_dir or hookspec.DEFAULT_HOOKS_DIR
+    hook_env = hookspec.passed_on(env.environ)
+    try:
+        if zipapp_dir:
+            os.makedirs(zipapp_dir, exist_ok=True)
+            hookspec.build_zipapp(os.path.join(zipapp_dir, hookspec.ZIPAPP_NAME))
+            pyz = os.path.join(host_dir or zipapp_dir, hookspec.ZIPAPP_NAME)
+            doc = hookspec.spec("/usr/bin/python3", ["python3", pyz], hook_env)
+        else:
+            if host_dir:
+                raise NetleakError("--host-dir goes with --zipapp-dir")
+            exe = os.path.join(os.path.dirname(sys.executable), "netleak-hook")
+            if not os.access(exe, os.X_OK):
+                raise NetleakError(f"no netleak-hook next to {sys.executable}: install "
+                                   f"netleak (make install) or use --zipapp-dir")
+            doc = hookspec.spec(exe, None, hook_env)
+        target = hookspec.write(hooks_dir, doc)
+    except OSError as e:
+        raise NetleakError(f"cannot write the hook: {e}") from None
+    return f"installed {target} -> {doc['hook']['path']} {' '.join(doc['hook']['args'][1:])}"
+
+
+@main.command()
+@click.option("--hooks-dir", default="/host/hooks.d", show_default=True, metavar="DIR",
+              help="the host's hooks directory, as mounted in the container")
+@click.option("--zipapp-dir", default="/host/lib", show_default=True, metavar="DIR",
+              help="a host directory for the hook, as mounted in the container")
+@click.option("--host-dir", default="/opt/netleak", show_default=True, metavar="DIR",
+              help="what the host calls --zipapp-dir")
+@click.pass_obj
+def agent(env: Env, hooks_dir: str, zipapp_dir: str, host_dir: str) -> None:
+    """Node agent (the container image's entry point): install the hook on
+    the host, then run the daemon in the foreground.
+
+    The hook is installed with NETLEAK_AUTOSTART=0: while the agent is down,
+    annotated containers are refused instead of started unprotected.
+    """
+    from . import daemon as dmn
+    env.environ["NETLEAK_AUTOSTART"] = "0"
+    try:
+        _need_root()
+        click.echo(_install_hook(env, hooks_dir, zipapp_dir, host_dir))
+        sys.exit(dmn.serve(env.config(), foreground=True))
+    except NetleakError as e:
+        _fail(e)
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="complete, machine-readable output")
 @click.pass_obj
@@ -163,7 +236,7 @@ def attach(env: Env, iface: str, cgroup: str | None, pid: int | None, unit: str 
         reply = client.request_starting_daemon(_store(env), {
             "op": "open", "id": new_session_id(), "iface": name, "via4": via4,
             "via6": via6, "cgroup": rel, "cgroup_id": cid, "owned": False,
-            "join": False})
+            "join": False}, autostart=env.config().autostart)
     except NetleakError as e:
         _fail(e)
     state = "kill switch on until it is up" if reply.get("killed") else "routed"
@@ -207,7 +280,8 @@ def gc(env: Env, as_json: bool) -> None:
     from . import client
     try:
         _need_root()
-        reply = client.request_starting_daemon(_store(env), {"op": "gc"})
+        reply = client.request_starting_daemon(_store(env), {"op": "gc"},
+                                               autostart=env.config().autostart)
     except NetleakError as e:
         _fail(e)
     report = reply["report"]

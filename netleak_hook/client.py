@@ -36,12 +36,18 @@ def _request(store: Store, msg: dict, timeout: float = REQUEST_TIMEOUT) -> dict:
     return reply
 
 
-def request_starting_daemon(store: Store, msg: dict) -> dict:
-    """Like request(), but start the daemon first when none listens."""
+def request_starting_daemon(store: Store, msg: dict, autostart: bool = True) -> dict:
+    """Like request(), but start the daemon first when none listens
+    (unless AUTOSTART is off: then say who should have started it)."""
     try:
         return _request(store, msg)
     except NO_DAEMON:
         # none listens, or one was exiting (idle) as we connected
+        if not autostart:
+            raise NetleakError(
+                f"no netleak daemon answers at {store.socket_path} and "
+                f"NETLEAK_AUTOSTART=0: start it (the netleak-daemon service or the "
+                f"netleak agent container)") from None
         ensure_daemon(store)
     return request(store, msg)
 

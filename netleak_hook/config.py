@@ -20,7 +20,7 @@ DEFAULT_TABLE_BASE = 28200
 DEFAULT_RULE_PRIORITY = 1700        # before main (32766) and before Tailscale
 DEFAULT_MAX_INTERFACES = 64
 
-# (environment variable, attribute, kind: "str", "int" or "float")
+# (environment variable, attribute, kind: "str", "int", "float" or "bool")
 _ENV = (
     ("NETLEAK_RUN_DIR", "run_dir", "str"),
     ("NETLEAK_BPF_DIR", "bpf_dir", "str"),
@@ -30,6 +30,7 @@ _ENV = (
     ("NETLEAK_RULE_PRIORITY", "rule_priority", "int"),
     ("NETLEAK_LOG_FILE", "log_file", "str"),
     ("NETLEAK_RECONCILE_SECONDS", "reconcile_seconds", "float"),
+    ("NETLEAK_AUTOSTART", "autostart", "bool"),
 )
 
 
@@ -37,14 +38,15 @@ class Config:
     """Everything an operator may tune; see README "Configuration"."""
 
     __slots__ = ("run_dir", "bpf_dir", "cgroup_parent", "mark_base", "table_base",
-                 "rule_priority", "max_interfaces", "log_file", "reconcile_seconds")
+                 "rule_priority", "max_interfaces", "log_file", "reconcile_seconds", "autostart")
 
     def __init__(self, run_dir: str | None = None, bpf_dir: str = "/sys/fs/bpf/netleak",
                  cgroup_parent: str = "netleak", mark_base: int = DEFAULT_MARK_BASE,
                  table_base: int = DEFAULT_TABLE_BASE,
                  rule_priority: int = DEFAULT_RULE_PRIORITY,
                  max_interfaces: int = DEFAULT_MAX_INTERFACES,
-                 log_file: str | None = None, reconcile_seconds: float = 1.0) -> None:
+                 log_file: str | None = None, reconcile_seconds: float = 1.0,
+                 autostart: bool = True) -> None:
         self.run_dir = run_dir            # None: /run/netleak/net-<netns inode>
         self.bpf_dir = bpf_dir
         self.cgroup_parent = cgroup_parent  # under the cgroup2 mount
@@ -56,6 +58,8 @@ class Config:
         # the daemon's full pass (every session, every binding, orphan
         # cgroups) behind the event-driven work, in case an event was missed
         self.reconcile_seconds = reconcile_seconds
+        # netleak-exec and netleak-hook start a daemon when none answers
+        self.autostart = autostart
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
@@ -72,6 +76,11 @@ class Config:
         for name, attr, kind in _ENV:
             raw = env.get(name)
             if raw is None or raw == "":
+                continue
+            if kind == "bool":
+                if raw not in ("0", "1"):
+                    raise NetleakError(f"{name}={raw!r} must be 1 or 0")
+                kw[attr] = raw == "1"
                 continue
             try:
                 kw[attr] = (int(raw, 0) if kind == "int" else

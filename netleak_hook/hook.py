@@ -23,7 +23,7 @@ from .store import Store, run_dir
 PROG = "netleak-hook"
 
 
-def protect(store: Store, st: oci.ContainerState, iface: str) -> dict:
+def protect(store: Store, st: oci.ContainerState, iface: str, autostart: bool) -> dict:
     """Attach the container's cgroup to IFACE."""
     try:
         theirs = os.stat(f"/proc/{st.pid}/ns/net").st_ino
@@ -39,7 +39,7 @@ def protect(store: Store, st: oci.ContainerState, iface: str) -> dict:
     return client.request_starting_daemon(store, {
         "op": "open", "id": new_session_id(), "iface": iface, "cgroup": rel,
         "cgroup_id": cgroupfs.cgroup_id(path), "owned": False, "join": False,
-        "container": st.id})
+        "container": st.id}, autostart=autostart)
 
 
 def run(argv: list[str], raw: bytes, environ: dict) -> tuple[int, str]:
@@ -60,7 +60,7 @@ def run(argv: list[str], raw: bytes, environ: dict) -> tuple[int, str]:
     if os.geteuid() != 0:
         raise NetleakError("netleak-hook needs root: it is run by a rootful container "
                            "runtime")
-    reply = protect(store, st, iface)
+    reply = protect(store, st, iface, cfg.autostart)
     state = "kill switch on until it is up" if reply.get("killed") else "routed"
     return 0, f"{stage} {st.short_id}: on {iface} ({state}), session {reply['id']}"
 

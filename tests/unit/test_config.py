@@ -1,6 +1,8 @@
 """netleak_hook.config: defaults and NETLEAK_* environment parsing."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from netleak_hook import config as cf
@@ -183,3 +185,26 @@ def test_repr_names_every_field():
         assert f"{k}=" in r
     assert "run_dir='/tmp/r'" in r
     assert "mark_base=65536" in r
+
+
+@pytest.mark.parametrize("raw,want", [("1", True), ("0", False), ("", True)])
+def test_autostart(raw, want):
+    assert Config.from_env({"NETLEAK_AUTOSTART": raw}).autostart is want
+
+
+@pytest.mark.parametrize("raw", ["yes", "true", "2", " 1"])
+def test_autostart_bad_value(raw):
+    with pytest.raises(NetleakError) as ei:
+        Config.from_env({"NETLEAK_AUTOSTART": raw})
+    assert ei.value.message == f"NETLEAK_AUTOSTART={raw!r} must be 1 or 0"
+
+
+def test_no_autostart_refuses_with_who_should_start_it(tmp_path):
+    from netleak_hook import client
+    from netleak_hook.store import Store
+    with pytest.raises(NetleakError) as ei:
+        client.request_starting_daemon(Store(str(tmp_path)), {"op": "ping"},
+                                       autostart=False)
+    assert "NETLEAK_AUTOSTART=0" in ei.value.message
+    assert "\n" not in ei.value.message
+    assert os.listdir(tmp_path) == []

@@ -1,0 +1,81 @@
+"""The hooks.d file podman and CRI-O read (OCI hooks schema 1.0.0), and the
+self-contained hook the node agent gives the host.
+
+hooks/netleak.json in the source tree is spec(DEFAULT_PATH); `netleak
+install-hook` writes the same with the installed hook's path filled in.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import zipapp
+
+from .oci import ANNOTATION_IFACE
+
+FILE_NAME = "netleak.json"
+DEFAULT_HOOKS_DIR = "/usr/share/containers/oci/hooks.d"
+DEFAULT_PATH = "/usr/local/bin/netleak-hook"
+ZIPAPP_NAME = "netleak-hook.pyz"
+# createRuntime: the container's process exists in its cgroup and has not run
+# its first instruction (runc, crun and CRI-O run it; podman passes it on).
+# poststop: a hint to the reaper, which needs none.
+STAGES = ("createRuntime", "poststop")
+TIMEOUT = 30
+# the variables the hook reads, passed on by an installer that has them set
+PASSED_ON = ("NETLEAK_RUN_DIR", "NETLEAK_CGROUP_PARENT", "NETLEAK_BPF_DIR",
+             "NETLEAK_AUTOSTART")
+
+
+def spec(path: str, args: list[str] | None = None,
+         env: dict[str, str] | None = None) -> dict:
+    """The hooks.d document running PATH with ARGS (argv[0] first) and ENV."""
+    hook: dict = {"path": path, "args": args or [os.path.basename(path)],
+                  "timeout": TIMEOUT}
+    if env:
+        hook["env"] = [f"{k}={v}" for k, v in sorted(env.items())]
+    pattern = "^" + ANNOTATION_IFACE.replace(".", "\\.") + "$"
+    return {"version": "1.0.0", "hook": hook,
+            "when": {"annotations": {pattern: ".*"}}, "stages": list(STAGES)}
+
+
+def passed_on(environ: dict[str, str]) -> dict[str, str]:
+    """The NETLEAK_* settings of ENVIRON the hook must see too."""
+    return {k: environ[k] for k in PASSED_ON if environ.get(k)}
+
+
+def render(doc: dict) -> str:
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def write(hooks_dir: str, doc: dict) -> str:
+    """Write DOC as HOOKS_DIR/netleak.json, atomically; returns the path."""
+    os.makedirs(hooks_dir, exist_ok=True)
+    target = os.path.join(hooks_dir, FILE_NAME)
+    fd, tmp = tempfile.mkstemp(prefix=".netleak-", dir=hooks_dir)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(render(doc))
+        os.chmod(tmp, 0o644)
+        os.rename(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return target
+
+
+def build_zipapp(target: str) -> None:
+    """netleak-hook as one file that any python3 (3.9+) runs with its
+    standard library alone: the hook imports neither BCC, pyroute2 nor click."""
+    pkg = os.path.dirname(os.path.abspath(__file__))
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copytree(pkg, os.path.join(tmp, "netleak_hook"),
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        part = target + ".part"
+        zipapp.create_archive(tmp, part, interpreter="/usr/bin/env python3",
+                              main="netleak_hook.hook:main")
+        os.chmod(part, 0o755)
+        os.rename(part, target)
