@@ -14,6 +14,11 @@ deps: .stamp-deps
 	sh scripts/install-deps.sh
 	touch $@
 
+# what the tests add: podman, runc, debootstrap, busybox
+.stamp-test-deps: .stamp-deps scripts/install-deps.sh
+	sh scripts/install-deps.sh test
+	touch $@
+
 # A venv from the system interpreter with --system-site-packages, so the
 # distribution's BCC module is importable. Installed editable ("compat": a
 # plain .pth entry, no import hook on netleak-exec's hot path).
@@ -27,7 +32,7 @@ $(VENV)/.stamp: .stamp-deps pyproject.toml
 demo: venv
 	$(VENV)/bin/netleak demo
 
-test: venv
+test: venv .stamp-test-deps
 	$(PY) -m pytest -ra tests
 
 test-unit: venv
@@ -51,4 +56,4 @@ uninstall:
 	rm -rf $(OPT)
 
 clean:
-	rm -rf $(VENV) .stamp-deps .pytest_cache build *.egg-info
+	rm -rf $(VENV) .stamp-deps .stamp-test-deps .pytest_cache build *.egg-info

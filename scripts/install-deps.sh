@@ -1,6 +1,9 @@
 #!/bin/sh
 # Install what netleak needs on a Debian/Ubuntu machine, as root; idempotent.
 # Says what it does; installs nothing that is already there.
+# "install-deps.sh test" adds what the test suite needs: podman with runc
+# (its container tests), debootstrap (a Debian image without a registry) and
+# a static busybox (a minimal container rootfs).
 set -eu
 
 say() { echo "deps: $*"; }
@@ -13,6 +16,9 @@ command -v apt-get >/dev/null || {
 release=$(uname -r)
 arch=$(dpkg --print-architecture)
 want="python3-bpfcc python3-venv python3-pip iproute2 tcpdump util-linux procps iputils-ping"
+if [ "${1:-}" = test ]; then
+    want="$want podman runc conmon containernetworking-plugins debootstrap busybox-static"
+fi
 missing=""
 for p in $want; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" \

@@ -14,6 +14,7 @@ from netleak_hook import lab
 from netleak_hook.config import DEFAULT_RULE_PRIORITY, DEFAULT_TABLE_BASE
 from netleak_hook.kernel import bpfsys, cgroupfs, programs
 from tests.conftest import require_root
+from tests.privileged import podman
 
 EXEC = [sys.executable, "-m", "netleak_hook.execcmd"]
 CLI = [sys.executable, "-m", "netleak_hook.cli"]
@@ -186,3 +187,63 @@ def world(request):
         root = cgroupfs.abspath(cgroupfs.find_cgroup2(), parent)
         kill_cgroup_tree(root)
         cgroupfs.remove_tree(root)
+
+
+@pytest.fixture(scope="session")
+def podman_env():
+    """Real podman with private configuration and storage (see podman.py),
+    a busybox image imported from a local rootfs; all removed at the end."""
+    require_root()
+    missing = podman.have_podman()
+    if missing:
+        msg = f"needs {missing} (make test installs them)"
+        if os.environ.get("NETLEAK_REQUIRE_ROOT") == "1":
+            pytest.fail(msg + " and NETLEAK_REQUIRE_ROOT=1 forbids skipping")
+        pytest.skip(msg)
+    base = tempfile.mkdtemp(prefix="netleak-test-podman-", dir="/var/tmp")
+    pm = podman.Podman(base, f"netleak-test-podman-{os.getpid()}")
+    try:
+        pm.import_rootfs(podman.busybox_rootfs_tar(base), podman.BUSYBOX_IMAGE)
+        yield pm
+    finally:
+        pm.reset()
+
+
+class Pods:
+    """podman inside the lab's HOST namespace, with the hook installed for
+    this test's run directory, cgroup parent and pins."""
+
+    def __init__(self, world: World, pm: "podman.Podman") -> None:
+        self.world = world
+        self.pm = pm
+        self.ns = world.lab.nsenter(world.lab.host)
+        pm.install_hook({"NETLEAK_RUN_DIR": world.run_dir,
+                         "NETLEAK_CGROUP_PARENT": world.parent,
+                         "NETLEAK_BPF_DIR": os.environ["NETLEAK_BPF_DIR"]})
+
+    def run(self, *args: str, **kw) -> subprocess.CompletedProcess:
+        """podman run ..., in HOST."""
+        return self.pm.container_run(*args, ns=self.ns, **kw)
+
+    def podman(self, *args: str, **kw) -> subprocess.CompletedProcess:
+        return self.pm.run(*args, ns=self.ns, **kw)
+
+    def logs(self, name: str) -> list[str]:
+        return self.podman("logs", name).stdout.splitlines()
+
+    def hook_log(self) -> str:
+        try:
+            with open(os.path.join(self.world.run_dir, "hook.log")) as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+
+@pytest.fixture
+def pods(world, podman_env):
+    p = Pods(world, podman_env)
+    try:
+        yield p
+    finally:
+        # every container of the test, before the world checks what is left
+        podman_env.run("rm", "-a", "-f", "-t", "0", timeout=120)

@@ -1,0 +1,134 @@
+"""Real podman (runc, cgroupfs) running the hook from a hooks directory, in
+the lab's HOST namespace: `--network=host` there is the lab's network."""
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from netleak_hook import lab
+from tests.privileged.conftest import policy_keys, wait_until
+from tests.privileged.podman import BUSYBOX_IMAGE
+
+pytestmark = [pytest.mark.privileged, pytest.mark.container]
+
+ANN = "--annotation=io.netleak.interface=vpn0"
+HOST = "--network=host"
+VPN = "ok 198.51.100.2"      # the server saw vpn0's address
+UP = "ok 192.0.2.2"          # ... up0's, the default route
+
+
+def client(tries: int, then: str = "") -> list[str]:
+    """busybox sh: ask the server TRIES times, one line each."""
+    loop = (f"i=0; while [ $i -lt {tries} ]; do "
+            f"r=$(nc -w 1 {lab.SERVER4} {lab.PORT} 2>/dev/null) && [ -n \"$r\" ] "
+            f"&& echo \"ok $r\" || echo failed; i=$((i+1)); sleep 0.2; done")
+    return [BUSYBOX_IMAGE, "sh", "-c", loop + (f"; {then}" if then else "")]
+
+
+def _control(world) -> None:
+    with world.lab.capture("up0") as cap:
+        world.lab.run(world.lab.client())
+        assert cap.stop() > 0, "the capture on up0 sees nothing: it proves nothing"
+
+
+def _states(world) -> list[str]:
+    r = world.cli("status", "--json")
+    assert r.returncode == 0, r.stderr
+    return [s["state"] for s in json.loads(r.stdout)["sessions"]]
+
+
+def test_annotated_container_leaves_by_vpn0_unannotated_untouched(world, pods):
+    with world.lab.capture("up0") as cap:
+        r = pods.run("--rm", HOST, ANN, *client(3))
+        leaked = cap.stop()
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [VPN] * 3
+    assert leaked == 0
+    assert "createRuntime" in pods.hook_log() and "on vpn0 (routed)" in pods.hook_log()
+
+    # the same container without the annotation: podman and the hook leave it alone
+    with world.lab.capture("up0") as cap:
+        r = pods.run("--rm", HOST, *client(3))
+        seen = cap.stop()
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [UP] * 3
+    assert seen > 0, "the capture on up0 saw nothing: it proves nothing"
+    assert "no io.netleak.interface annotation" not in pods.hook_log()  # not even run
+    assert wait_until(lambda: world.sessions() == 0)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--network=none", ANN], "run it with --network=host"),
+    ([HOST, "--annotation=io.netleak.interface=vpn0;reboot"], "interface"),
+    ([HOST, "--annotation=io.netleak.interface=nope0"], "nope0"),
+])
+def test_refused_container_never_runs(world, pods, args, needle):
+    """A private network namespace, a bad or absent interface: the hook
+    exits non-zero, podman aborts the start, the command never runs."""
+    keys = policy_keys()
+    r = pods.run("--name", "refused", *args, BUSYBOX_IMAGE, "sh", "-c", "echo RAN")
+    assert r.returncode != 0
+    assert "RAN" not in r.stdout
+    assert needle in r.stderr, r.stderr
+    assert "refused: " in pods.hook_log()
+    state = pods.podman("inspect", "--format", "{{.State.Status}}", "refused").stdout.strip()
+    assert state in ("created", "exited", "stopped"), state
+    assert world.sessions() == 0 and not world.our_rules()
+    assert policy_keys() <= keys
+
+
+def test_interface_down_while_running_leaks_nothing(world, pods):
+    lab_ = world.lab
+    r = pods.run("-d", "--name", "flap", HOST, ANN, *client(600))
+    assert r.returncode == 0, r.stderr
+    assert wait_until(lambda: VPN in pods.logs("flap"), timeout=20)
+    with lab_.capture("up0") as cap:
+        lab_.ip(lab_.host, "link", "set", "vpn0", "down")
+        assert wait_until(lambda: _states(world) == ["kill-switch"], timeout=10)
+        n = len(pods.logs("flap"))
+        assert wait_until(lambda: pods.logs("flap")[n:].count("failed") >= 3, timeout=30)
+        leaked = cap.stop()
+    assert leaked == 0
+    _control(world)
+    lab_.ip(lab_.host, "link", "set", "vpn0", "up")
+    lab_.add_backup_default("vpn0")
+    n = len(pods.logs("flap"))
+    assert wait_until(lambda: VPN in pods.logs("flap")[n:], timeout=20)
+    assert UP not in pods.logs("flap")
+
+
+@pytest.mark.parametrize("how", ["rm -f", "kill -s KILL"])
+def test_container_ended_by_podman_leaves_no_state(world, pods, how):
+    keys = policy_keys()
+    r = pods.run("-d", "--name", "gone", HOST, ANN, BUSYBOX_IMAGE, "sleep", "600")
+    assert r.returncode == 0, r.stderr
+    assert wait_until(lambda: world.sessions() == 1 and bool(world.our_rules()))
+    assert policy_keys() > keys
+    verb = how.split()
+    r = pods.podman(*verb, *(["-t", "0"] if verb[0] == "rm" else []), "gone")
+    assert r.returncode == 0, r.stderr
+    assert wait_until(lambda: world.sessions() == 0 and not world.our_rules(), timeout=15)
+    assert world.our_routes() == ""
+    assert policy_keys() <= keys
+
+
+def test_twenty_containers_in_parallel(world, pods):
+    n = 20
+    names = [f"par{i}" for i in range(n)]
+
+    def start(name: str):
+        return pods.run("-d", "--name", name, HOST, ANN, *client(1, "sleep 600"))
+    with ThreadPoolExecutor(n) as pool:
+        results = list(pool.map(start, names))
+    assert [r.returncode for r in results] == [0] * n, [r.stderr for r in results]
+    assert wait_until(lambda: all(pods.logs(c) for c in names), timeout=60)
+    assert {c: pods.logs(c) for c in names} == {c: [VPN] for c in names}
+    assert world.sessions() == n
+    assert _states(world) == ["routed"] * n
+    r = pods.podman("rm", "-f", "-t", "0", *names, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert wait_until(lambda: world.sessions() == 0 and not world.our_rules(), timeout=30)
+    assert os.listdir(world.run_dir)   # the world's own checks follow
