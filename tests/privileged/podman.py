@@ -13,7 +13,6 @@ busybox is imported as an image; a Debian image comes from debootstrap
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -22,12 +21,13 @@ import tarfile
 import tempfile
 import time
 
+from netleak_hook import hookspec
 from netleak_hook.kernel import cgroupfs
 
 BUSYBOX_IMAGE = "localhost/netleak-test-busybox:latest"
 DEBIAN_IMAGE = "localhost/netleak-test-debian:bookworm"
 CACHE = "/var/cache/netleak-test"
-HOOK_STAGES = ["createRuntime", "poststop"]
+LIBPOD_PARENT = "libpod_parent"
 
 
 def have_podman() -> str | None:
@@ -45,6 +45,9 @@ class Podman:
     def __init__(self, base: str, cgroup_parent: str) -> None:
         self.base = base
         self.cgroup_parent = cgroup_parent
+        # podman's default parent (pods, conmon), made in every hierarchy:
+        # removed at the end if this run is what made it
+        self.libpod_parent_before = bool(hierarchy_paths(LIBPOD_PARENT))
         self.hooks_dir = os.path.join(base, "hooks.d")
         os.makedirs(self.hooks_dir, exist_ok=True)
         storage = os.path.join(base, "storage.conf")
@@ -78,19 +81,12 @@ network_config_dir = "{base}/networks"
             f.write('unqualified-search-registries = []\n')
 
     def install_hook(self, hook_env: dict[str, str]) -> None:
-        """hooks/netleak.json as `make install` writes it, but running this
+        """netleak.json as `netleak install-hook` writes it, running this
         checkout's hook with the test's environment."""
-        with open(os.path.join(os.path.dirname(__file__), "..", "..", "hooks",
-                               "netleak.json")) as f:
-            spec = json.load(f)
-        assert spec["stages"] == HOOK_STAGES, spec["stages"]
-        spec["hook"]["path"] = sys.executable
-        spec["hook"]["args"] = [sys.executable, "-m", "netleak_hook.hook"]
         root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-        spec["hook"]["env"] = [f"{k}={v}" for k, v in
-                               sorted(dict(hook_env, PYTHONPATH=root).items())]
-        with open(os.path.join(self.hooks_dir, "netleak.json"), "w") as f:
-            json.dump(spec, f)
+        hookspec.write(self.hooks_dir, hookspec.spec(
+            sys.executable, [sys.executable, "-m", "netleak_hook.hook"],
+            dict(hook_env, PYTHONPATH=root)))
 
     def cmd(self, *args: str, ns: list[str] | None = None) -> list[str]:
         return (ns or []) + ["podman", *args]
@@ -126,6 +122,8 @@ network_config_dir = "{base}/networks"
                 subprocess.run(["umount", "-l", m], capture_output=True)
         shutil.rmtree(self.base, ignore_errors=True)
         left = remove_cgroup_everywhere(self.cgroup_parent)
+        if not self.libpod_parent_before:
+            left += remove_cgroup_everywhere(LIBPOD_PARENT)
         assert not left, f"podman's cgroups not removed: {_describe(left)}"
 
 
