@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -132,3 +133,13 @@ def test_twenty_containers_in_parallel(world, pods):
     assert r.returncode == 0, r.stderr
     assert wait_until(lambda: world.sessions() == 0 and not world.our_rules(), timeout=30)
     assert os.listdir(world.run_dir)   # the world's own checks follow
+
+
+def test_podman_run_example(world, pods):
+    """examples/podman-run.sh as a user runs it (podman's default cgroup parent)."""
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "podman-run.sh")
+    r = subprocess.run([*pods.ns, "sh", script, "vpn0", *client(2)], env=pods.pm.env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [VPN] * 2
+    assert wait_until(lambda: world.sessions() == 0)
