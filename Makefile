@@ -45,6 +45,7 @@ bench: venv
 install: deps
 	[ -x $(OPT)/venv/bin/python ] || $(SYSPY) -m venv --system-site-packages $(OPT)/venv
 	$(OPT)/venv/bin/pip install -q --disable-pip-version-check .
+	mkdir -p $(PREFIX)/bin
 	for c in netleak netleak-exec netleak-hook; do \
 		ln -sfn $(OPT)/venv/bin/$$c $(PREFIX)/bin/$$c; done
 	$(OPT)/venv/bin/netleak install-hook --hooks-dir $(HOOKS_DIR)
