@@ -127,7 +127,7 @@ def _install_hook(env: Env, hooks_dir: str | None, zipapp_dir: str | None,
         target = hookspec.write(hooks_dir, doc)
     except OSError as e:
         raise NetleakError(f"cannot write the hook: {e}") from None
-    return f"installed {target} -> {doc['hook']['path']} {' '.join(doc['hook']['args'][1:])}"
+    return f"installed {target} -> {' '.join([doc['hook']['path'], *doc['hook']['args'][1:]])}"
 
 
 @main.command()
