@@ -10,12 +10,14 @@
 BPF_HASH(policy, u64, struct nl_policy, NL_MAX_ENTRIES);
 BPF_PERCPU_HASH(stats, u64, struct nl_stats, NL_MAX_ENTRIES);
 
-enum nl_verdict { V_PASS, V_DEVICE, V_KILL, V_NOPOLICY, V_NETNS };
+enum nl_verdict { V_PASS, V_LOOPBACK, V_KILL, V_DEVICE, V_NOPOLICY, V_NETNS };
 
-static __always_inline void count(u64 cgid, enum nl_verdict v)
+static __always_inline void count(u64 cgid, enum nl_verdict v, u32 len)
 {
     struct nl_stats zero = {};
     struct nl_stats *s = stats.lookup(&cgid);
+    struct nl_count *c;
+
     if (!s) {
         stats.insert(&cgid, &zero);
         s = stats.lookup(&cgid);
@@ -24,12 +26,15 @@ static __always_inline void count(u64 cgid, enum nl_verdict v)
     }
     /* per-CPU values: plain increments are race free */
     switch (v) {
-    case V_PASS:     s->passed++; break;
-    case V_DEVICE:   s->drop_device++; break;
-    case V_KILL:     s->drop_kill++; break;
-    case V_NOPOLICY: s->drop_nopolicy++; break;
-    case V_NETNS:    s->refused_netns++; break;
+    case V_PASS:     c = &s->passed; break;
+    case V_LOOPBACK: c = &s->loopback; break;
+    case V_KILL:     c = &s->drop_kill; break;
+    case V_DEVICE:   c = &s->drop_device; break;
+    case V_NOPOLICY: c = &s->drop_nopolicy; break;
+    default:         s->refused_netns++; return;
     }
+    c->packets++;
+    c->bytes += len;
 }
 
 /* Egress: key on the packet's *socket* cgroup, not the current task's:
@@ -58,22 +63,23 @@ int nl_egress(struct __sk_buff *skb)
         /* This program only runs for cgroups we attached to (and their
          * descendants): a missing entry means half set up or half torn
          * down. Fail closed. */
-        count(self, V_NOPOLICY);
+        count(self, V_NOPOLICY, skb->len);
         return 0;
     }
     if (skb->ifindex == LOOPBACK_IFINDEX) {
         /* loopback never leaves the machine: local IPC keeps working */
+        count(key, V_LOOPBACK, skb->len);
         return 1;
     }
     if (p->flags & NL_FLAG_KILL) {
-        count(key, V_KILL);
+        count(key, V_KILL, skb->len);
         return 0;
     }
     if (skb->ifindex != p->ifindex) {
-        count(key, V_DEVICE);
+        count(key, V_DEVICE, skb->len);
         return 0;
     }
-    count(key, V_PASS);
+    count(key, V_PASS, skb->len);
     return 1;
 }
 
@@ -106,7 +112,7 @@ int nl_sock_create(struct bpf_sock *sk)
     if (!p)
         return 1;   /* egress decides (and fails closed) */
     if (p->netns && bpf_get_netns_cookie(sk) != p->netns) {
-        count(key, V_NETNS);
+        count(key, V_NETNS, 0);
         return 0;   /* EPERM to the caller */
     }
     sk->mark = p->mark;

@@ -22,14 +22,20 @@ struct nl_policy {
                      * sockets opened in any other one are refused (0: any) */
 };
 
-/* Per-cgroup packet counters (per CPU), keyed like the policy. Packets of a
- * cgroup with no policy are counted under the socket's own cgroup id. */
+struct nl_count {
+    u64 packets;
+    u64 bytes;
+};
+
+/* Per-cgroup counters (per CPU), keyed like the policy. Packets of a cgroup
+ * with no policy are counted under the socket's own cgroup id. */
 struct nl_stats {
-    u64 passed;
-    u64 drop_device;    /* would have left by another interface */
-    u64 drop_kill;      /* kill switch on */
-    u64 drop_nopolicy;  /* program attached but no policy found: fail closed */
-    u64 refused_netns;  /* sockets refused: opened in another network namespace */
+    struct nl_count passed;         /* left by the interface */
+    struct nl_count loopback;       /* stayed on the machine (lo) */
+    struct nl_count drop_kill;      /* kill switch on */
+    struct nl_count drop_device;    /* would have left by another interface */
+    struct nl_count drop_nopolicy;  /* attached but no policy found: fail closed */
+    u64 refused_netns;              /* sockets refused: another network namespace */
 };
 
 #define LOOPBACK_IFINDEX 1

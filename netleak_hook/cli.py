@@ -176,6 +176,30 @@ def status(env: Env, as_json: bool) -> None:
         click.echo(st.render(data["sessions"]))
 
 
+@main.command()
+@click.option("--output", "-o", default=None, metavar="FILE",
+              help="replace FILE atomically instead of printing (for node-exporter's "
+                   "textfile collector: a .prom file in its directory)")
+@click.pass_obj
+def metrics(env: Env, output: str | None) -> None:
+    """Counters in the Prometheus text format: sessions by state, packets and
+    bytes by verdict, refused sockets."""
+    from . import metrics as mt
+    from . import status as st
+    try:
+        _need_root()
+        text = mt.render(st.gather(env.config()))
+        if output:
+            try:
+                mt.write(output, text)
+            except OSError as e:
+                raise NetleakError(f"cannot write {output}: {e.strerror or e}") from None
+    except NetleakError as e:
+        _fail(e)
+    if not output:
+        click.echo(text, nl=False)
+
+
 _TARGET_HELP = """\b
 Name the cgroup in one of three ways:
   --cgroup PATH  as /proc/PID/cgroup or systemd print it, or its full path

@@ -8,7 +8,7 @@ FLAG_KILL = 0x1
 
 _KEY = struct.Struct("<Q")
 _POLICY = struct.Struct("<IIIIQ")
-_STATS = struct.Struct("<QQQQQ")
+_STATS = struct.Struct("<11Q")
 
 KEY_SIZE = _KEY.size
 POLICY_SIZE = _POLICY.size
@@ -36,17 +36,25 @@ class Policy:
 
 @dataclasses.dataclass(frozen=True)
 class Stats:
-    """Packet counters of one cgroup, summed over CPUs."""
+    """Counters of one cgroup, summed over CPUs (struct nl_stats): packets
+    and bytes by verdict, and sockets refused."""
 
-    passed: int = 0
-    drop_device: int = 0
-    drop_kill: int = 0
-    drop_nopolicy: int = 0
-    refused_netns: int = 0
+    passed_packets: int = 0         # left by the interface
+    passed_bytes: int = 0
+    loopback_packets: int = 0       # stayed on the machine
+    loopback_bytes: int = 0
+    drop_kill_packets: int = 0      # kill switch on
+    drop_kill_bytes: int = 0
+    drop_device_packets: int = 0    # would have left by another interface
+    drop_device_bytes: int = 0
+    drop_nopolicy_packets: int = 0  # no policy entry: fail closed
+    drop_nopolicy_bytes: int = 0
+    refused_netns: int = 0          # sockets opened in another network namespace
 
     @property
     def dropped(self) -> int:
-        return self.drop_device + self.drop_kill + self.drop_nopolicy
+        """Packets dropped, whatever the reason."""
+        return self.drop_kill_packets + self.drop_device_packets + self.drop_nopolicy_packets
 
     @classmethod
     def unpack_percpu(cls, raw: bytes, ncpus: int) -> "Stats":

@@ -67,6 +67,7 @@ def rows(state: State, facts: dict[str, Facts], now: float) -> list[dict]:
             "table": b.table if b else None,
             "killed": f.policy.killed if f.policy else None,
             "counters": dataclasses.asdict(f.stats) if f.stats else None,
+            "dropped": f.stats.dropped if f.stats else None,
         })
     return out
 
@@ -78,6 +79,17 @@ def age_text(seconds: float) -> str:
     return f"{int(seconds)}s"
 
 
+def count_text(n: int | None) -> str:
+    """A counter in at most 5 characters: 1234, 12.3k, 456M."""
+    if n is None:
+        return "-"
+    for unit, size in (("G", 10**9), ("M", 10**6), ("k", 10**3)):
+        if n >= 10 * size if unit == "k" else n >= size:
+            v = n / size
+            return f"{v:.1f}{unit}" if v < 100 else f"{int(v)}{unit}"
+    return str(n)
+
+
 def _fit(text: str, width: int) -> str:
     """Keep the end of a path, which names the unit or job."""
     return text if len(text) <= width else "…" + text[-(width - 1):]
@@ -86,14 +98,16 @@ def _fit(text: str, width: int) -> str:
 def render(table: list[dict], width: int = 79) -> str:
     if not table:
         return "no sessions"
-    head = f"{'ID':<10} {'IFACE':<8} {'IDX':>4} {'STATE':<11} {'PROCS':>5} {'AGE':>4}  "
+    head = (f"{'ID':<10} {'IFACE':<8} {'STATE':<11} {'PROCS':>5} {'AGE':>4} "
+            f"{'PASS':>5} {'DROP':>5}  ")
     room = max(8, width - len(head))
     lines = [head + "CGROUP"]
     for r in table:
-        idx = "-" if r["ifindex"] is None else str(r["ifindex"])
-        lines.append(f"{r['id']:<10.10} {_fit(r['iface'], 8):<8} {idx:>4} "
-                     f"{r['state']:<11} {r['procs']:>5} {age_text(r['age']):>4}  "
-                     f"{_fit(r['cgroup'], room)}")
+        c = r["counters"] or {}
+        lines.append(f"{r['id']:<10.10} {_fit(r['iface'], 8):<8} "
+                     f"{r['state']:<11} {r['procs']:>5} {age_text(r['age']):>4} "
+                     f"{count_text(c.get('passed_packets')):>5} "
+                     f"{count_text(r['dropped']):>5}  {_fit(r['cgroup'], room)}")
     return "\n".join(lines)
 
 

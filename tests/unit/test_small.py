@@ -1,6 +1,7 @@
 """Small pure modules: reaper, mounts, policy, errors, cgroup.events parsing."""
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
@@ -126,7 +127,7 @@ def test_cgroup2_mount_prefers_sys_fs_cgroup_over_earlier_ones():
 def test_sizes():
     assert policy.POLICY_SIZE == 24
     assert policy.KEY_SIZE == 8
-    assert policy.STATS_SIZE == 40
+    assert policy.STATS_SIZE == 88
 
 
 @pytest.mark.parametrize("killed", [False, True])
@@ -156,21 +157,36 @@ def test_policy_unpack_ignores_trailing_bytes():
 
 
 def test_stats_unpack_percpu_sums():
-    raw = struct.pack("<QQQQQ", 1, 2, 3, 4, 5) + struct.pack("<QQQQQ", 10, 20, 30, 2**40, 6)
-    s = Stats.unpack_percpu(raw, 2)
-    assert s == Stats(passed=11, drop_device=22, drop_kill=33, drop_nopolicy=4 + 2**40,
-                      refused_netns=11)
-    assert s.dropped == 22 + 33 + 4 + 2**40
+    cpu0 = struct.pack("<11Q", *range(1, 12))
+    cpu1 = struct.pack("<11Q", *[10 * i for i in range(1, 11)], 2**40)
+    s = Stats.unpack_percpu(cpu0 + cpu1, 2)
+    assert s == Stats(passed_packets=11, passed_bytes=22, loopback_packets=33,
+                      loopback_bytes=44, drop_kill_packets=55, drop_kill_bytes=66,
+                      drop_device_packets=77, drop_device_bytes=88,
+                      drop_nopolicy_packets=99, drop_nopolicy_bytes=110,
+                      refused_netns=11 + 2**40)
+    assert s.dropped == 55 + 77 + 99
 
 
 def test_stats_unpack_percpu_only_ncpus():
-    raw = struct.pack("<QQQQQ", 1, 2, 3, 4, 5) + struct.pack("<QQQQQ", 10, 20, 30, 40, 50)
-    assert Stats.unpack_percpu(raw, 1) == Stats(1, 2, 3, 4, 5)
+    raw = struct.pack("<11Q", *range(11)) + struct.pack("<11Q", *range(100, 111))
+    assert Stats.unpack_percpu(raw, 1) == Stats(*range(11))
     assert Stats.unpack_percpu(b"", 0) == Stats()
 
 
+def test_stats_layout_matches_the_c_struct():
+    """struct nl_stats: five {packets, bytes} pairs and one u64."""
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "bpf", "netleak.h")) as f:
+        header = f.read()
+    body = header[header.index("struct nl_stats {"):]
+    body = body[:body.index("};")]
+    pairs = body.count("struct nl_count ")
+    singles = body.count("u64 ")
+    assert policy.STATS_SIZE == (2 * pairs + singles) * 8 == 88
+
+
 def test_stats_defaults():
-    assert Stats().dropped == 0 and Stats().passed == 0
+    assert Stats().dropped == 0 and Stats().passed_packets == 0
 
 
 @pytest.mark.parametrize("cid", [0, 1, 12345, 2**63 + 5, 2**64 - 1])

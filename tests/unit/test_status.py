@@ -39,7 +39,7 @@ def world(n: int = 2) -> State:
 
 def test_rows_are_complete_and_oldest_first():
     facts = {"s0": status.Facts(policy=POL, link_index=7, link_up=True, procs=3,
-                                stats=Stats(passed=5)),
+                                stats=Stats(passed_packets=5, drop_kill_packets=2)),
              "s1": status.Facts(policy=Policy(7, 1, True), link_index=7, link_up=False)}
     rows = status.rows(world(), facts, T0 + 100)
     assert [r["id"] for r in rows] == ["s0", "s1"]
@@ -48,7 +48,9 @@ def test_rows_are_complete_and_oldest_first():
                   "cgroup": "/netleak/exec-s0-100", "cgroup_id": 50, "age": 100.0,
                   "started_by": "netleak-exec", "mark": 0x6E6C0001, "table": 28200,
                   "killed": False}
-    assert r0["counters"]["passed"] == 5
+    assert r0["counters"]["passed_packets"] == 5
+    assert r0["counters"]["drop_kill_bytes"] == 0
+    assert r0["dropped"] == 2
     assert rows[1]["state"] == "kill-switch" and rows[1]["started_by"] == "attach"
     assert rows[1]["counters"] is None
 
@@ -70,14 +72,27 @@ def test_render_fits_80_columns_and_keeps_the_end_of_long_paths():
     long = "user.slice/user-1000.slice/user@1000.service/app.slice/" + "x" * 60 + ".scope"
     import dataclasses
     st = st.with_session(dataclasses.replace(s, cgroup=long, iface="wg0"))
-    rows = status.rows(st, {"s0": status.Facts(policy=POL, link_index=7, link_up=True,
-                                                procs=12345)}, T0 + 7200)
+    rows = status.rows(st, {"s0": status.Facts(
+        policy=POL, link_index=7, link_up=True, procs=12345,
+        stats=Stats(passed_packets=123456, drop_device_packets=7, drop_kill_packets=5))},
+        T0 + 7200)
     out = status.render(rows)
     lines = out.splitlines()
-    assert lines[0].split() == ["ID", "IFACE", "IDX", "STATE", "PROCS", "AGE", "CGROUP"]
+    assert lines[0].split() == ["ID", "IFACE", "STATE", "PROCS", "AGE", "PASS", "DROP",
+                                "CGROUP"]
+    assert " 123k    12  " in lines[1]
     assert all(len(ln) < 80 for ln in lines), [len(ln) for ln in lines]
     assert lines[1].endswith("x.scope") and "…" in lines[1]
     assert " routed " in lines[1] and " 2h " in lines[1]
+
+
+@pytest.mark.parametrize("n,text", [(None, "-"), (0, "0"), (9999, "9999"), (10000, "10.0k"),
+                                    (123456, "123k"), (999999, "999k"), (10**6, "1.0M"),
+                                    (45 * 10**6, "45.0M"), (456 * 10**6, "456M"),
+                                    (3 * 10**9, "3.0G"), (999 * 10**9, "999G")])
+def test_count_text(n, text):
+    assert status.count_text(n) == text
+    assert len(text) <= 5
 
 
 def test_render_empty():

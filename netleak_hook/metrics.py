@@ -1,0 +1,77 @@
+"""`netleak metrics`: the kernel counters in the Prometheus text exposition
+format (version 0.0.4), e.g. for node-exporter's textfile collector (pure)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+
+from .status import STATES
+
+# packet verdicts, as the counters name them (<verdict>_packets, _bytes)
+VERDICTS = ("passed", "loopback", "drop_kill", "drop_device", "drop_nopolicy")
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(**kv: str) -> str:
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in kv.items()) + "}"
+
+
+def render(data: dict) -> str:
+    """DATA as `netleak status --json` gives it."""
+    sessions = data.get("sessions", [])
+    out = [
+        "# HELP netleak_sessions Sessions of this network namespace, by state.",
+        "# TYPE netleak_sessions gauge",
+    ]
+    for state in STATES:
+        n = sum(1 for s in sessions if s["state"] == state)
+        out.append(f"netleak_sessions{_labels(state=state)} {n}")
+    series = (
+        ("netleak_packets_total", "Packets of a session, by verdict: passed (left by "
+         "its interface), loopback, drop_kill (kill switch on), drop_device (would have "
+         "left by another interface), drop_nopolicy (no policy entry: fail closed).",
+         "packets"),
+        ("netleak_bytes_total", "Bytes of a session, by verdict (as netleak_packets_total).",
+         "bytes"),
+    )
+    for name, help_text, unit in series:
+        out += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+        for s in sessions:
+            c = s.get("counters")
+            if not c:
+                continue
+            for v in VERDICTS:
+                out.append(f"{name}{_labels(**_ids(s), verdict=v)} {c[f'{v}_{unit}']}")
+    out += ["# HELP netleak_sockets_refused_total Sockets a session's processes could "
+            "not open: netns (opened in another network namespace).",
+            "# TYPE netleak_sockets_refused_total counter"]
+    for s in sessions:
+        c = s.get("counters")
+        if c:
+            out.append(f"netleak_sockets_refused_total{_labels(**_ids(s), reason='netns')} "
+                       f"{c['refused_netns']}")
+    return "\n".join(out) + "\n"
+
+
+def _ids(s: dict) -> dict[str, str]:
+    return {"session": s["id"], "iface": s["iface"], "cgroup": s["cgroup"],
+            "container": s.get("container") or ""}
+
+
+def write(path: str, text: str) -> None:
+    """Replace PATH atomically: a collector never reads half a file."""
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".netleak-metrics-", dir=d)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

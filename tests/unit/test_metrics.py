@@ -1,0 +1,81 @@
+"""netleak metrics: the Prometheus text exposition format (pure)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+
+import pytest
+
+from netleak_hook import metrics
+from netleak_hook.policy import Stats
+
+LINE = re.compile(r'^[a-z_]+(\{([a-z_]+="([^"\\]|\\.)*",?)*\})? [0-9]+$')
+
+
+def _session(sid="s0", state="routed", counters=True, cgroup="/netleak/exec-s0-1",
+             container=None):
+    c = dataclasses.asdict(Stats(*range(1, 12))) if counters else None
+    return {"id": sid, "iface": "wg0", "state": state, "cgroup": cgroup,
+            "container": container, "counters": c}
+
+
+def _series(text: str) -> dict[str, str]:
+    out = {}
+    for ln in text.splitlines():
+        if not ln.startswith("#"):
+            k, v = ln.rsplit(" ", 1)
+            out[k] = v
+    return out
+
+
+def test_every_line_is_valid_exposition_text():
+    text = metrics.render({"sessions": [_session(), _session("s1", "kill-switch")]})
+    assert text.endswith("\n")
+    for ln in text.splitlines():
+        assert ln.startswith(("# HELP ", "# TYPE ")) or LINE.match(ln), ln
+    names = [ln.split()[2] for ln in text.splitlines() if ln.startswith("# TYPE")]
+    assert names == ["netleak_sessions", "netleak_packets_total", "netleak_bytes_total",
+                     "netleak_sockets_refused_total"]
+
+
+def test_values_by_verdict():
+    s = _series(metrics.render({"sessions": [_session(container="c0ffee")]}))
+    ids = 'session="s0",iface="wg0",cgroup="/netleak/exec-s0-1",container="c0ffee"'
+    assert s[f'netleak_packets_total{{{ids},verdict="passed"}}'] == "1"
+    assert s[f'netleak_bytes_total{{{ids},verdict="passed"}}'] == "2"
+    assert s[f'netleak_packets_total{{{ids},verdict="loopback"}}'] == "3"
+    assert s[f'netleak_packets_total{{{ids},verdict="drop_kill"}}'] == "5"
+    assert s[f'netleak_bytes_total{{{ids},verdict="drop_device"}}'] == "8"
+    assert s[f'netleak_packets_total{{{ids},verdict="drop_nopolicy"}}'] == "9"
+    assert s[f'netleak_sockets_refused_total{{{ids},reason="netns"}}'] == "11"
+    assert s['netleak_sessions{state="routed"}'] == "1"
+    assert s['netleak_sessions{state="kill-switch"}'] == "0"
+
+
+def test_no_sessions_still_says_zero():
+    s = _series(metrics.render({"sessions": []}))
+    assert s['netleak_sessions{state="routed"}'] == "0"
+    assert not any(k.startswith("netleak_packets_total") for k in s)
+
+
+def test_session_without_counters_has_no_counter_series():
+    s = _series(metrics.render({"sessions": [_session(counters=False, state="unknown")]}))
+    assert s['netleak_sessions{state="unknown"}'] == "1"
+    assert not any(k.startswith("netleak_bytes_total") for k in s)
+
+
+@pytest.mark.parametrize("raw,escaped", [('a"b', 'a\\"b'), ("a\\b", "a\\\\b"),
+                                         ("a\nb", "a\\nb")])
+def test_label_values_are_escaped(raw, escaped):
+    text = metrics.render({"sessions": [_session(cgroup=raw)]})
+    assert f'cgroup="{escaped}"' in text
+    assert all(LINE.match(ln) for ln in text.splitlines() if not ln.startswith("#"))
+
+
+def test_write_replaces_atomically(tmp_path):
+    target = tmp_path / "netleak.prom"
+    target.write_text("old\n")
+    metrics.write(str(target), "new\n")
+    assert target.read_text() == "new\n"
+    assert os.listdir(tmp_path) == ["netleak.prom"]
