@@ -6,13 +6,13 @@ install-hook` writes the same with the installed hook's path filled in.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import tempfile
 import zipapp
 
+from . import files
 from .oci import ANNOTATION_IFACE
 
 FILE_NAME = "netleak.json"
@@ -54,16 +54,7 @@ def write(hooks_dir: str, doc: dict) -> str:
     """Write DOC as HOOKS_DIR/netleak.json, atomically; returns the path."""
     os.makedirs(hooks_dir, exist_ok=True)
     target = os.path.join(hooks_dir, FILE_NAME)
-    fd, tmp = tempfile.mkstemp(prefix=".netleak-", dir=hooks_dir)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(render(doc))
-        os.chmod(tmp, 0o644)
-        os.rename(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    files.replace(target, render(doc))
     return target
 
 

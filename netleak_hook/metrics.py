@@ -2,10 +2,7 @@
 format (version 0.0.4), e.g. for node-exporter's textfile collector (pure)."""
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
-
+from . import files
 from .status import STATES
 
 # packet verdicts, as the counters name them (<verdict>_packets, _bytes)
@@ -64,14 +61,4 @@ def _ids(s: dict) -> dict[str, str]:
 
 def write(path: str, text: str) -> None:
     """Replace PATH atomically: a collector never reads half a file."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".netleak-metrics-", dir=d)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.rename(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    files.replace(path, text)
