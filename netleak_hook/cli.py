@@ -95,8 +95,8 @@ def install_hook(env: Env, hooks_dir: str | None, zipapp_dir: str | None,
                  host_dir: str | None) -> None:
     """Write netleak.json into the hooks directory, with this install's hook.
 
-    NETLEAK_RUN_DIR, NETLEAK_CGROUP_PARENT, NETLEAK_BPF_DIR and
-    NETLEAK_AUTOSTART, when set, are passed on to the hook.
+    The NETLEAK_* settings set here (README "Configuration") are passed on
+    to the hook.
     """
     try:
         click.echo(_install_hook(env, hooks_dir, zipapp_dir, host_dir))
@@ -115,6 +115,9 @@ def _install_hook(env: Env, hooks_dir: str | None, zipapp_dir: str | None,
             os.makedirs(zipapp_dir, exist_ok=True)
             hookspec.build_zipapp(os.path.join(zipapp_dir, hookspec.ZIPAPP_NAME))
             pyz = os.path.join(host_dir or zipapp_dir, hookspec.ZIPAPP_NAME)
+            # the host that runs the zipapp has no daemon to start (no BCC,
+            # no netleak): without one, refuse at once
+            hook_env["NETLEAK_AUTOSTART"] = "0"
             doc = hookspec.spec("/usr/bin/python3", ["python3", pyz], hook_env)
         else:
             if host_dir:
@@ -142,12 +145,16 @@ def agent(env: Env, hooks_dir: str, zipapp_dir: str, host_dir: str) -> None:
     """Node agent (the container image's entry point): install the hook on
     the host, then run the daemon in the foreground.
 
-    The hook is installed with NETLEAK_AUTOSTART=0: while the agent is down,
+    The hook (a zipapp) never starts a daemon: while the agent is down,
     annotated containers are refused instead of started unprotected.
     """
     from . import daemon as dmn
-    env.environ["NETLEAK_AUTOSTART"] = "0"
     try:
+        running = _store(env).daemon_pid()
+        if running:
+            raise NetleakError(
+                f"a netleak daemon (pid {running}) already runs for "
+                f"{_store(env).path}: stop it; the agent runs its own")
         _need_root()
         click.echo(_install_hook(env, hooks_dir, zipapp_dir, host_dir))
         sys.exit(dmn.serve(env.config(), foreground=True))
@@ -300,7 +307,7 @@ def detach(env: Env, cgroup: str | None, pid: int | None, unit: str | None,
 @click.pass_obj
 def gc(env: Env, as_json: bool) -> None:
     """Collect what crashes or a reboot left: sessions of empty cgroups,
-    half-done set-ups, stale map entries, rules, routes and pins."""
+    half-done set-ups, stale map entries, rules and routes."""
     from . import client
     try:
         _need_root()

@@ -25,8 +25,9 @@ def request(store: Store, msg: dict, timeout: float = REQUEST_TIMEOUT) -> dict:
     try:
         return _request(store, msg, timeout)
     except NO_DAEMON:
-        raise NetleakError(f"no netleak daemon answers at {store.socket_path}: any "
-                           f"netleak-exec or 'netleak gc' starts one") from None
+        raise NetleakError(f"no netleak daemon answers at {store.socket_path}: "
+                           f"'netleak gc' starts one (or start the netleak-daemon "
+                           f"service)") from None
 
 
 def _request(store: Store, msg: dict, timeout: float = REQUEST_TIMEOUT) -> dict:

@@ -34,6 +34,10 @@ _ENV = (
 )
 
 
+# every variable netleak reads, for those who pass the settings on
+VARIABLES = tuple(name for name, _, _ in _ENV)
+
+
 class Config:
     """Everything an operator may tune; see README "Configuration"."""
 

@@ -27,7 +27,7 @@ from .errors import NetleakError
 from .kernel import bpfsys, cgroupfs, netlink, programs
 from .policy import KEY_SIZE, POLICY_SIZE, Policy, pack_key, unpack_key
 from .state import Session, State
-from .store import Store, run_dir
+from .store import Store, netns_id, run_dir
 
 log = logging.getLogger("netleak.daemon")
 
@@ -146,7 +146,8 @@ class Daemon:
         cgroup could never be attached."""
         path = os.path.join(self.parent, DAEMON_CGROUP)
         try:
-            os.makedirs(path, exist_ok=True)
+            if not os.path.isdir(path):
+                cgroupfs.make(path)
             cgroupfs.join(path)
         except OSError as e:
             log.warning("staying in the caller's cgroup (cannot join %s: %s)", path,
@@ -392,7 +393,7 @@ class Daemon:
         problem = plan.attach_refusal(s.cgroup, mine)
         if problem:
             raise NetleakError(problem)
-        here = os.stat("/proc/self/ns/net").st_ino
+        here = netns_id()
         for pid in cgroupfs.tree_procs(cgroupfs.abspath(self.cgroot, s.cgroup)):
             try:
                 ns = os.stat(f"/proc/{pid}/ns/net").st_ino

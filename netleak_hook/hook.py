@@ -18,7 +18,7 @@ from .config import Config
 from .errors import NetleakError
 from .kernel import cgroupfs
 from .session import new_session_id
-from .store import Store, run_dir
+from .store import Store, netns_id, run_dir
 
 PROG = "netleak-hook"
 
@@ -29,7 +29,7 @@ def protect(store: Store, st: oci.ContainerState, iface: str, autostart: bool) -
         theirs = os.stat(f"/proc/{st.pid}/ns/net").st_ino
     except OSError:
         raise NetleakError(f"container {st.short_id}: process {st.pid} is gone") from None
-    if theirs != os.stat("/proc/self/ns/net").st_ino:
+    if theirs != netns_id():
         raise NetleakError(
             f"container {st.short_id} has its own network namespace: netleak routes in "
             f"the host's; run it with --network=host")

@@ -6,6 +6,7 @@ install-hook` writes the same with the installed hook's path filled in.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import tempfile
 import zipapp
 
 from . import files
+from .config import VARIABLES
 from .oci import ANNOTATION_IFACE
 
 FILE_NAME = "netleak.json"
@@ -24,9 +26,6 @@ ZIPAPP_NAME = "netleak-hook.pyz"
 # poststop: a hint to the reaper, which needs none.
 STAGES = ("createRuntime", "poststop")
 TIMEOUT = 30
-# the variables the hook reads, passed on by an installer that has them set
-PASSED_ON = ("NETLEAK_RUN_DIR", "NETLEAK_CGROUP_PARENT", "NETLEAK_BPF_DIR",
-             "NETLEAK_AUTOSTART")
 
 
 def spec(path: str, args: list[str] | None = None,
@@ -42,8 +41,9 @@ def spec(path: str, args: list[str] | None = None,
 
 
 def passed_on(environ: dict[str, str]) -> dict[str, str]:
-    """The NETLEAK_* settings of ENVIRON the hook must see too."""
-    return {k: environ[k] for k in PASSED_ON if environ.get(k)}
+    """The NETLEAK_* settings of ENVIRON the hook (and a daemon it starts)
+    must see too."""
+    return {k: environ[k] for k in VARIABLES if environ.get(k)}
 
 
 def render(doc: dict) -> str:
@@ -66,7 +66,12 @@ def build_zipapp(target: str) -> None:
         shutil.copytree(pkg, os.path.join(tmp, "netleak_hook"),
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         part = target + ".part"
-        zipapp.create_archive(tmp, part, interpreter="/usr/bin/env python3",
-                              main="netleak_hook.hook:main")
-        os.chmod(part, 0o755)
-        os.rename(part, target)
+        try:
+            zipapp.create_archive(tmp, part, interpreter="/usr/bin/env python3",
+                                  main="netleak_hook.hook:main")
+            os.chmod(part, 0o755)
+            os.rename(part, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(part)
+            raise

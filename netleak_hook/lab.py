@@ -289,11 +289,11 @@ class Capture:
 
 
 def stop_daemon(run_dir: str) -> None:
-    """Stop the daemon of a run directory (the lab's own, by PID)."""
-    try:
-        with open(os.path.join(run_dir, "daemon.pid")) as f:
-            pid = int(f.read().strip())
-    except (OSError, ValueError):
+    """Stop the daemon of a run directory (the lab's own, by PID; only one
+    that holds the daemon lock, so a stale pid file names nobody)."""
+    from .store import Store
+    pid = Store(run_dir).daemon_pid()
+    if pid is None:
         return
     try:
         os.kill(pid, signal.SIGTERM)

@@ -232,9 +232,11 @@ class Programs:
                         continue
                     if e.errno == errno.EPERM:
                         raise NetleakError(
-                            f"another tool holds {cgroup_path} exclusively (a BPF program "
-                            f"attached without BPF_F_ALLOW_MULTI): netleak cannot add its "
-                            f"own; have that tool attach with BPF_F_ALLOW_MULTI") from None
+                            f"another tool holds {cgroup_path} or one of its parents "
+                            f"exclusively (a BPF program attached without "
+                            f"BPF_F_ALLOW_MULTI; 'bpftool cgroup tree' shows it): netleak "
+                            f"cannot add its own; have that tool attach with "
+                            f"BPF_F_ALLOW_MULTI") from None
                     raise NetleakError(
                         f"cannot attach {name} to {cgroup_path}: {e.strerror}") from None
         finally:

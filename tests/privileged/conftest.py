@@ -2,6 +2,7 @@
 run directory and cgroup parent, and a check that nothing is left behind."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -83,6 +84,29 @@ class World:
         from netleak_hook.store import Store
         return len(Store(self.run_dir).load().sessions)
 
+    def status(self) -> list[dict]:
+        """`netleak status --json`: the rows."""
+        r = self.cli("status", "--json")
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["sessions"]
+
+    def states(self) -> list[str]:
+        return [row["state"] for row in self.status()]
+
+    def control(self) -> None:
+        """Positive control of a leak test: a plain request from HOST leaves
+        by up0, and a capture there sees it."""
+        with self.lab.capture("up0") as cap:
+            self.lab.run(self.lab.client())
+            assert cap.stop() > 0, "the capture on up0 sees nothing: it proves nothing"
+
+    def hook_log(self) -> str:
+        try:
+            with open(os.path.join(self.run_dir, "hook.log")) as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
 
 @pytest.fixture(scope="session", autouse=True)
 def test_pins():
@@ -162,10 +186,10 @@ def wait_until(pred, timeout: float = 5.0, step: float = 0.05) -> bool:
 def world(request):
     require_root()
     tag = f"nlt{os.getpid() % 10000}{abs(hash(request.node.name)) % 1000}"
-    run_dir = tempfile.mkdtemp(prefix="netleak-test-")
     parent = f"netleak-test-{tag}"
     keys_before = policy_keys()
     the_lab = lab.Lab(tag)
+    run_dir = tempfile.mkdtemp(prefix="netleak-test-")
     try:
         the_lab.build()
         the_lab.start_server()
@@ -184,9 +208,14 @@ def world(request):
         lab.stop_daemon(run_dir)
         the_lab.close()
         shutil.rmtree(run_dir, ignore_errors=True)
-        root = cgroupfs.abspath(cgroupfs.find_cgroup2(), parent)
-        kill_cgroup_tree(root)
-        cgroupfs.remove_tree(root)
+        # the parent, and the test's hand-made siblings (<parent>-jobs.slice,
+        # <parent>-ctr) a failing test may have left
+        top = cgroupfs.find_cgroup2()
+        for name in os.listdir(top):
+            if name == parent or name.startswith(parent + "-"):
+                root = os.path.join(top, name)
+                kill_cgroup_tree(root)
+                cgroupfs.remove_tree(root)
 
 
 @pytest.fixture(scope="session")
@@ -201,7 +230,11 @@ def podman_env():
             pytest.fail(msg + " and NETLEAK_REQUIRE_ROOT=1 forbids skipping")
         pytest.skip(msg)
     base = tempfile.mkdtemp(prefix="netleak-test-podman-", dir="/var/tmp")
-    pm = podman.Podman(base, f"netleak-test-podman-{os.getpid()}")
+    try:
+        pm = podman.Podman(base, f"netleak-test-podman-{os.getpid()}")
+    except BaseException:
+        shutil.rmtree(base, ignore_errors=True)
+        raise
     try:
         pm.import_rootfs(podman.busybox_rootfs_tar(base), podman.BUSYBOX_IMAGE)
         yield pm
@@ -232,11 +265,7 @@ class Pods:
         return self.podman("logs", name).stdout.splitlines()
 
     def hook_log(self) -> str:
-        try:
-            with open(os.path.join(self.world.run_dir, "hook.log")) as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
+        return self.world.hook_log()
 
 
 @pytest.fixture

@@ -21,13 +21,27 @@ import tarfile
 import tempfile
 import time
 
-from netleak_hook import hookspec
+from netleak_hook import hookspec, lab
 from netleak_hook.kernel import cgroupfs
 
 BUSYBOX_IMAGE = "localhost/netleak-test-busybox:latest"
 DEBIAN_IMAGE = "localhost/netleak-test-debian:bookworm"
 CACHE = "/var/cache/netleak-test"
 LIBPOD_PARENT = "libpod_parent"
+
+# what the container tests pass to podman run, and what they expect back
+ANN = "--annotation=io.netleak.interface=vpn0"
+HOST = "--network=host"
+VPN = "ok 198.51.100.2"      # the server saw vpn0's address
+UP = "ok 192.0.2.2"          # ... up0's, the default route
+
+
+def client(tries: int, then: str = "") -> list[str]:
+    """busybox sh: ask the server TRIES times, one line each."""
+    loop = (f"i=0; while [ $i -lt {tries} ]; do "
+            f"r=$(nc -w 1 {lab.SERVER4} {lab.PORT} 2>/dev/null) && [ -n \"$r\" ] "
+            f"&& echo \"ok $r\" || echo failed; i=$((i+1)); sleep 0.2; done")
+    return [BUSYBOX_IMAGE, "sh", "-c", loop + (f"; {then}" if then else "")]
 
 
 def have_podman() -> str | None:

@@ -12,8 +12,7 @@ import pytest
 from pytest_docker.plugin import get_docker_services
 
 from tests.privileged.conftest import wait_until
-from tests.privileged.podman import BUSYBOX_IMAGE
-from tests.privileged.test_podman import UP, VPN, client
+from tests.privileged.podman import BUSYBOX_IMAGE, UP, VPN, client
 
 pytestmark = [pytest.mark.privileged, pytest.mark.container]
 

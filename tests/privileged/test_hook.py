@@ -73,11 +73,6 @@ def container(world, tmp_path):
         c.close()
 
 
-def _hook_log(world) -> str:
-    with open(os.path.join(world.run_dir, "hook.log")) as f:
-        return f.read()
-
-
 @pytest.mark.parametrize("nested", [False, True])
 def test_container_routed_from_its_first_instruction(world, container, nested):
     c = container(nested=nested)
@@ -90,7 +85,7 @@ def test_container_routed_from_its_first_instruction(world, container, nested):
     assert wait_until(lambda: world.sessions() == 0)       # the reaper, not poststop
     r = c.hook(status="stopped", pid=0)
     assert r.returncode == 0, r.stderr
-    log = _hook_log(world)
+    log = world.hook_log()
     assert f"createRuntime {CID[:12]}: on vpn0 (routed)" in log
     assert f"poststop {CID[:12]}: reaper told" in log
 
@@ -110,7 +105,7 @@ def test_bad_annotation_aborts_the_start(world, container, value, words):
     r = c.hook(annotations={"io.netleak.interface": value})
     assert r.returncode == 125, r.stderr
     assert words in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    assert "refused" in _hook_log(world)
+    assert "refused" in world.hook_log()
     assert world.sessions() == 0 and not world.our_rules()
 
 

@@ -14,8 +14,8 @@ import pytest
 
 from netleak_hook.kernel import programs
 from tests.privileged import podman
+from tests.privileged.podman import ANN, HOST, VPN, client
 from tests.privileged.conftest import wait_until
-from tests.privileged.test_podman import ANN, HOST, VPN, client
 
 pytestmark = [pytest.mark.privileged, pytest.mark.container]
 
@@ -70,6 +70,7 @@ def test_agent_installs_the_hook_and_protects_containers(world, pods, agent_imag
         assert r.returncode == 0, r.stderr + pods.hook_log()
         assert r.stdout.splitlines() == [VPN] * 3
         assert leaked == 0
+        world.control()
         assert wait_until(lambda: world.sessions() == 0)
     finally:
         pods.podman("stop", "-t", "5", "agent", timeout=60)

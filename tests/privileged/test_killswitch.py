@@ -3,7 +3,6 @@ re-created, or while no netleak process is alive. Each test counts packets
 on up0 (the leak path) and proves the capture sees a plain request."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -27,16 +26,16 @@ def _first_answer(p) -> str:
     return line
 
 
-def _state(world) -> str:
-    r = world.cli("status", "--json")
-    assert r.returncode == 0, r.stderr
-    return ",".join(s["state"] for s in json.loads(r.stdout)["sessions"])
-
-
-def _control(world) -> None:
-    with world.lab.capture("up0") as cap:
-        world.lab.run(world.lab.client())
-        assert cap.stop() > 0, "the capture on up0 sees nothing: it proves nothing"
+def _until_refused(p) -> str:
+    """Read the workload's answers up to its first refused one: the loss
+    of the interface has reached it."""
+    seen = ""
+    while True:
+        line = p.stdout.readline()
+        assert line, f"the workload ended without being refused: {seen!r}"
+        seen += line
+        if not line.startswith("ok"):
+            return seen
 
 
 @pytest.mark.parametrize("event", ["down", "delete"])
@@ -47,11 +46,11 @@ def test_flap_never_leaks_and_resumes(world, event):
         first = _first_answer(p)
         if event == "down":
             lab.ip(lab.host, "link", "set", "vpn0", "down")
-            time.sleep(1.5)
+            first += _until_refused(p)
             lab.ip(lab.host, "link", "set", "vpn0", "up")
         else:
             lab.ip(lab.host, "link", "del", "vpn0")
-            time.sleep(1.5)
+            first += _until_refused(p)
             lab.recreate("vpn0")       # same name, new ifindex
         out, err = p.communicate(timeout=90)
         leaked = cap.stop()
@@ -60,7 +59,7 @@ def test_flap_never_leaks_and_resumes(world, event):
     assert "x" in trace, f"the interface loss was not seen: {trace}"
     assert trace.startswith("+") and trace.endswith("++"), trace
     assert p.returncode == 0, err
-    _control(world)
+    world.control()
 
 
 def test_resumes_on_the_link_event(world):
@@ -71,7 +70,7 @@ def test_resumes_on_the_link_event(world):
     p = world.spawn("vpn0", *lab.client(tries=60))
     _first_answer(p)
     lab.ip(lab.host, "link", "set", "vpn0", "down")
-    assert wait_until(lambda: _state(world) == "kill-switch", timeout=10)
+    assert wait_until(lambda: world.states() == ["kill-switch"], timeout=10)
     lab.ip(lab.host, "link", "set", "vpn0", "up")
     t_up = time.monotonic()
     deadline = t_up + 30
@@ -92,18 +91,16 @@ def test_no_leak_with_no_netleak_process_alive(world):
     lab = world.lab
     p = world.spawn("vpn0", *lab.client(tries=20))
     _first_answer(p)
-    with open(os.path.join(world.run_dir, "daemon.pid")) as f:
-        daemon = int(f.read())
-    os.kill(daemon, signal.SIGKILL)
+    os.kill(world.daemon_pid(), signal.SIGKILL)
     with lab.capture("up0") as cap:
         lab.ip(lab.host, "link", "set", "vpn0", "down")
-        time.sleep(1.0)
+        seen = _until_refused(p)
         lab.ip(lab.host, "link", "del", "vpn0")
         out, _ = p.communicate(timeout=90)
         leaked = cap.stop()
     assert leaked == 0
-    assert "x" in _trace(out)
-    _control(world)
+    assert "x" in _trace(seen + out)
+    world.control()
     # a new netleak command brings a daemon back, which cleans up
     lab.recreate("vpn0")
     r = world.netleak("vpn0", *lab.client())
@@ -120,11 +117,12 @@ def test_down_before_start_blocks_until_up(world):
     assert r.returncode == 125 and "--via" in r.stderr, r.stderr
     with lab.capture("up0") as cap:
         p = world.spawn("--via", "198.51.100.1", "vpn0", *lab.client(tries=15))
-        time.sleep(1.5)
+        seen = _until_refused(p)
         lab.ip(lab.host, "link", "set", "vpn0", "up")
         lab.add_backup_default("vpn0")
         out, err = p.communicate(timeout=90)
         leaked = cap.stop()
-    trace = _trace(out)
+    trace = _trace(seen + out)
     assert leaked == 0
     assert trace.startswith("x") and trace.endswith("+"), (trace, err)
+    world.control()

@@ -50,12 +50,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _status(world) -> list[dict]:
-    r = world.cli("status", "--json")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)["sessions"]
-
-
 def _kill(pid: int) -> None:
     try:
         os.kill(pid, signal.SIGKILL)
@@ -81,12 +75,6 @@ def _netleak_pids(run_dir: str) -> list[int]:
     return found
 
 
-def _control(world) -> None:
-    with world.lab.capture("up0") as cap:
-        world.lab.run(world.lab.client())
-        assert cap.stop() > 0, "the capture on up0 sees nothing: it proves nothing"
-
-
 def _reap_time(world, pid: int) -> float:
     """Kill the session's last process; seconds until nothing is left of it.
     Under events_only() the daemon's full pass is an hour away: a session
@@ -103,7 +91,7 @@ def test_orphan_keeps_the_session_routed_blocked_then_reaped(world, tmp_path):
     lab = world.lab
     world.events_only()
     pid, out = _start_orphan(world, tmp_path)
-    rows = _status(world)
+    rows = world.status()
     assert [(r["state"], r["procs"], r["iface"]) for r in rows] == [("routed", 1, "vpn0")]
 
     # still under control after its parent is gone: blocked while vpn0 is down
@@ -112,12 +100,12 @@ def test_orphan_keeps_the_session_routed_blocked_then_reaped(world, tmp_path):
         n = len(_lines(out))
         assert wait_until(lambda: any(not ln.startswith("ok") for ln in _lines(out)[n:]),
                           timeout=10)
-        assert [r["state"] for r in _status(world)] == ["kill-switch"]
+        assert [r["state"] for r in world.status()] == ["kill-switch"]
         n = len(_lines(out))     # a few more tries while the switch is on
         assert wait_until(lambda: len(_lines(out)) >= n + 3, timeout=15)
         leaked = cap.stop()
     assert leaked == 0
-    _control(world)
+    world.control()
     lab.ip(lab.host, "link", "set", "vpn0", "up")
     lab.add_backup_default("vpn0")
     n = len(_lines(out))
@@ -166,7 +154,7 @@ def test_sigkill_of_every_netleak_process_then_link_down_leaks_nothing(world, tm
         leaked = cap.stop()
     assert leaked == 0
     assert not any(ln.startswith("ok") for ln in _lines(out)[n:])
-    _control(world)
+    world.control()
 
     lab.ip(lab.host, "link", "set", "vpn0", "up")
     lab.add_backup_default("vpn0")
@@ -176,7 +164,7 @@ def test_sigkill_of_every_netleak_process_then_link_down_leaks_nothing(world, tm
     assert report["sessions"] == 1, report          # the orphan's, finished
     n = len(_lines(out))
     assert wait_until(lambda: "ok 198.51.100.2" in _lines(out)[n:], timeout=10)
-    assert world.cgroups() == [_status(world)[0]["cgroup"].rsplit("/", 1)[1]]
+    assert world.cgroups() == [world.status()[0]["cgroup"].rsplit("/", 1)[1]]
     _reap_time(world, pid)
 
 
@@ -238,7 +226,7 @@ def test_half_done_setups_finished_or_rolled_back(world):
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["reaped"] == ["rollback"], report
-    rows = _status(world)
+    rows = world.status()
     assert [(x["id"], x["state"]) for x in rows] == [(live.id, "routed")]
     assert not os.path.exists(cgroupfs.abspath(root, half))
     p.kill()

@@ -36,6 +36,7 @@ def test_tun_point_to_point(world):
     assert r4.stdout.strip() == "ok 198.51.100.66", r4.stderr
     assert r6.stdout.strip() == "ok 2001:db8:3::2", r6.stderr
     assert leaked == 0
+    world.control()
     p2 = world.spawn("tun0", "sleep", "20")
     try:
         assert wait_until(lambda: "dev tun0" in world.our_routes())
@@ -68,8 +69,7 @@ def test_strict_rp_filter_needs_the_from_rule(world):
         lab.sysctl(lab.host, f"net.ipv4.conf.{key}.rp_filter", "1")
     p = world.spawn("vpn0", *lab.client(tries=40))
     assert p.stdout.readline().startswith("ok 198.51.100.2")
-    with open(os.path.join(world.run_dir, "daemon.pid")) as f:
-        daemon = int(f.read())
+    daemon = world.daemon_pid()
     rule = ["rule", "del", "priority", "1700", "from", "198.51.100.2", "lookup", "28200"]
     os.kill(daemon, signal.SIGSTOP)
     try:

@@ -2,44 +2,16 @@
 the lab's HOST namespace: `--network=host` there is the lab's network."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from netleak_hook import lab
 from tests.privileged.conftest import policy_keys, wait_until
-from tests.privileged.podman import BUSYBOX_IMAGE
+from tests.privileged.podman import ANN, BUSYBOX_IMAGE, HOST, UP, VPN, client
 
 pytestmark = [pytest.mark.privileged, pytest.mark.container]
-
-ANN = "--annotation=io.netleak.interface=vpn0"
-HOST = "--network=host"
-VPN = "ok 198.51.100.2"      # the server saw vpn0's address
-UP = "ok 192.0.2.2"          # ... up0's, the default route
-
-
-def client(tries: int, then: str = "") -> list[str]:
-    """busybox sh: ask the server TRIES times, one line each."""
-    loop = (f"i=0; while [ $i -lt {tries} ]; do "
-            f"r=$(nc -w 1 {lab.SERVER4} {lab.PORT} 2>/dev/null) && [ -n \"$r\" ] "
-            f"&& echo \"ok $r\" || echo failed; i=$((i+1)); sleep 0.2; done")
-    return [BUSYBOX_IMAGE, "sh", "-c", loop + (f"; {then}" if then else "")]
-
-
-def _control(world) -> None:
-    with world.lab.capture("up0") as cap:
-        world.lab.run(world.lab.client())
-        assert cap.stop() > 0, "the capture on up0 sees nothing: it proves nothing"
-
-
-def _states(world) -> list[str]:
-    r = world.cli("status", "--json")
-    assert r.returncode == 0, r.stderr
-    return [s["state"] for s in json.loads(r.stdout)["sessions"]]
-
 
 def test_annotated_container_leaves_by_vpn0_unannotated_untouched(world, pods):
     with world.lab.capture("up0") as cap:
@@ -88,12 +60,12 @@ def test_interface_down_while_running_leaks_nothing(world, pods):
     assert wait_until(lambda: VPN in pods.logs("flap"), timeout=20)
     with lab_.capture("up0") as cap:
         lab_.ip(lab_.host, "link", "set", "vpn0", "down")
-        assert wait_until(lambda: _states(world) == ["kill-switch"], timeout=10)
+        assert wait_until(lambda: world.states() == ["kill-switch"], timeout=10)
         n = len(pods.logs("flap"))
         assert wait_until(lambda: pods.logs("flap")[n:].count("failed") >= 3, timeout=30)
         leaked = cap.stop()
     assert leaked == 0
-    _control(world)
+    world.control()
     lab_.ip(lab_.host, "link", "set", "vpn0", "up")
     lab_.add_backup_default("vpn0")
     n = len(pods.logs("flap"))
@@ -128,11 +100,10 @@ def test_twenty_containers_in_parallel(world, pods):
     assert wait_until(lambda: all(pods.logs(c) for c in names), timeout=60)
     assert {c: pods.logs(c) for c in names} == {c: [VPN] for c in names}
     assert world.sessions() == n
-    assert _states(world) == ["routed"] * n
+    assert world.states() == ["routed"] * n
     r = pods.podman("rm", "-f", "-t", "0", *names, timeout=180)
     assert r.returncode == 0, r.stderr
     assert wait_until(lambda: world.sessions() == 0 and not world.our_rules(), timeout=30)
-    assert os.listdir(world.run_dir)   # the world's own checks follow
 
 
 def test_podman_run_example(world, pods):

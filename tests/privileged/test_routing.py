@@ -27,6 +27,7 @@ def test_request_leaves_by_iface(world, server, proto, seen):
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"ok {seen}"
     assert leaked == 0
+    world.control()
 
 
 def test_icmp_leaves_by_iface(world):
@@ -36,6 +37,7 @@ def test_icmp_leaves_by_iface(world):
     assert r.returncode == 0, r.stdout + r.stderr
     assert leaked == 0
     assert carried >= 4        # 2 requests + 2 replies seen on vpn0
+    world.control()
 
 
 def test_rules_and_table(world):

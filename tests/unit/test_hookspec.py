@@ -38,10 +38,11 @@ def test_spec_without_env_has_no_env_key():
     assert "env" not in hookspec.spec("/p/netleak-hook")["hook"]
 
 
-def test_passed_on_only_the_hooks_variables():
+def test_passed_on_every_netleak_setting_and_nothing_else():
     env = {"NETLEAK_RUN_DIR": "/r", "NETLEAK_AUTOSTART": "0", "NETLEAK_MARK_BASE": "1",
-           "NETLEAK_BPF_DIR": "", "PATH": "/bin"}
-    assert hookspec.passed_on(env) == {"NETLEAK_RUN_DIR": "/r", "NETLEAK_AUTOSTART": "0"}
+           "NETLEAK_BPF_DIR": "", "NETLEAK_UNKNOWN": "x", "PATH": "/bin"}
+    assert hookspec.passed_on(env) == {"NETLEAK_RUN_DIR": "/r", "NETLEAK_AUTOSTART": "0",
+                                       "NETLEAK_MARK_BASE": "1"}
 
 
 def test_write_is_atomic_and_readable(tmp_path):
@@ -91,9 +92,10 @@ def test_install_hook_next_to_this_interpreter(tmp_path, monkeypatch):
 
 
 def test_install_hook_zipapp_with_host_path(tmp_path):
+    """The zipapp runs on a host without netleak: it never starts a daemon."""
     r = _install(tmp_path, "--hooks-dir", str(tmp_path / "h"), "--zipapp-dir",
                  str(tmp_path / "lib"), "--host-dir", "/opt/netleak",
-                 env={"NETLEAK_AUTOSTART": "0"})
+                 env={"NETLEAK_AUTOSTART": "1"})
     assert r.exit_code == 0, r.output
     assert (tmp_path / "lib" / "netleak-hook.pyz").exists()
     doc = json.loads((tmp_path / "h" / "netleak.json").read_text())
@@ -122,3 +124,23 @@ def test_install_hook_without_an_installed_hook(tmp_path, monkeypatch):
     assert r.exit_code == 125
     assert "make install" in r.output
     assert not (tmp_path / "h").exists()
+
+
+def test_agent_refuses_while_another_daemon_runs(tmp_path):
+    """Its hook would never start a daemon: the agent must run its own, not
+    exit quietly behind one that may idle out; nothing is installed."""
+    import fcntl
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "daemon.pid").write_text(str(os.getpid()))
+    fd = os.open(run / "daemon.lock", os.O_CREAT | os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        r = CliRunner().invoke(cli.main, ["agent", "--hooks-dir", str(tmp_path / "h"),
+                                          "--zipapp-dir", str(tmp_path / "lib")],
+                               obj=cli.Env({"NETLEAK_RUN_DIR": str(run)}))
+    finally:
+        os.close(fd)
+    assert r.exit_code == 125
+    assert f"pid {os.getpid()}" in r.output and "stop it" in r.output
+    assert not (tmp_path / "h").exists() and not (tmp_path / "lib").exists()
