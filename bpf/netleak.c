@@ -1,19 +1,29 @@
 /* netleak: mark every socket of a controlled cgroup and drop every packet of
- * it that would leave by anything but its interface or loopback.
+ * it that would leave by anything but its interface or loopback; count each
+ * verdict, and report blocked attempts through a ring buffer.
  *
  * Compiled by BCC (netleak_hook/kernel/programs.py) with -I for this folder
  * and -D for the sizes, then pinned; later runs only open the pins.
  */
 #include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/in.h>
 #include "netleak.h"
 
 BPF_HASH(policy, u64, struct nl_policy, NL_MAX_ENTRIES);
 BPF_PERCPU_HASH(stats, u64, struct nl_stats, NL_MAX_ENTRIES);
 
-enum nl_verdict { V_PASS, V_LOOPBACK, V_KILL, V_DEVICE, V_NOPOLICY, V_NETNS };
+/* Readers' rings, keyed by the netns cookie of the daemon that reads it;
+ * ring_tmpl only gives the inner maps their shape. */
+BPF_RINGBUF_OUTPUT(ring_tmpl, NL_RING_PAGES);
+BPF_HASH_OF_MAPS(rings, u64, "ring_tmpl", NL_MAX_RINGS);
+
+enum nl_verdict { V_PASS, V_LOOPBACK, V_KILL, V_DEVICE, V_NOPOLICY, V_NETNS,
+                  V_SUPPRESSED, V_LOST };
 
 static __always_inline void count(u64 cgid, enum nl_verdict v, u32 len)
 {
+#ifndef NL_NO_STATS
     struct nl_stats zero = {};
     struct nl_stats *s = stats.lookup(&cgid);
     struct nl_count *c;
@@ -31,10 +41,176 @@ static __always_inline void count(u64 cgid, enum nl_verdict v, u32 len)
     case V_KILL:     c = &s->drop_kill; break;
     case V_DEVICE:   c = &s->drop_device; break;
     case V_NOPOLICY: c = &s->drop_nopolicy; break;
-    default:         s->refused_netns++; return;
+    case V_NETNS:    s->refused_netns++; return;
+    case V_SUPPRESSED: s->events_suppressed++; return;
+    default:         s->events_lost++; return;
     }
     c->packets++;
     c->bytes += len;
+#endif
+}
+
+/* The rate limit: at most p->event_rate events per window and session.
+ * Returns whether to send; *held gets how many were held back before. */
+static __always_inline int admit(struct nl_policy *p, u64 now, u32 *held)
+{
+    u64 window = now >> NL_WINDOW_SHIFT;
+    u64 n;
+
+    if (!p->event_rate)
+        return 0;
+    if (p->ev_window != window) {
+        p->ev_window = window;  /* a race here only lets a few more through */
+        p->ev_sent = 0;
+    }
+    if (p->ev_sent >= p->event_rate) {
+        __sync_fetch_and_add(&p->ev_suppressed, 1);
+        return 0;
+    }
+    __sync_fetch_and_add(&p->ev_sent, 1);
+    n = p->ev_suppressed;
+    if (n)
+        __sync_fetch_and_add(&p->ev_suppressed, -n);
+    *held = n > 0xffffffff ? 0xffffffff : n;
+    return 1;
+}
+
+/* Fill in the task's pid and comm when the task is in the socket's cgroup
+ * (sendmsg, connect, socket); in softirq context the current task is an
+ * unrelated one and both stay empty. */
+static __always_inline void task_of(struct nl_event *e)
+{
+    if (bpf_get_current_cgroup_id() != e->sock_cgroup)
+        return;
+    e->pid = bpf_get_current_pid_tgid() >> 32;
+    bpf_get_current_comm(e->comm, sizeof(e->comm));
+}
+
+/* Send E through the ring of network namespace NETNS, or count it lost. */
+static __always_inline void send(u64 netns, struct nl_event *e)
+{
+    void *ring = rings.lookup(&netns);
+
+    if (!ring || bpf_ringbuf_output(ring, e, sizeof(*e), 0) != 0)
+        count(e->cgroup, V_LOST, 0);
+}
+
+/* Report a blocked attempt of session KEY (policy P, may be NULL). */
+static __always_inline void report(struct nl_event *e, struct nl_policy *p, u64 netns)
+{
+    u32 held = 0;
+
+    if (p) {
+        if (!admit(p, e->time_ns, &held)) {
+            if (p->event_rate)
+                count(e->cgroup, V_SUPPRESSED, 0);
+            return;
+        }
+    }
+    e->suppressed = held;
+    task_of(e);
+    send(netns, e);
+}
+
+/* Destination of an egress packet: skb data starts at the network header. */
+static __always_inline void packet_dest(struct __sk_buff *skb, struct nl_event *e)
+{
+    u8 buf[44] = {};
+    u32 l4 = 0;
+
+    if (skb->protocol == bpf_htons(ETH_P_IP)) {
+        if (bpf_skb_load_bytes(skb, 0, buf, 20) != 0)
+            return;
+        e->family = 2;      /* AF_INET */
+        e->protocol = buf[9];
+        __builtin_memcpy(e->daddr, &buf[16], 4);
+        l4 = (buf[0] & 0xf) * 4;
+    } else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+        if (bpf_skb_load_bytes(skb, 0, buf, 40) != 0)
+            return;
+        e->family = 10;     /* AF_INET6 */
+        e->protocol = buf[6];   /* extension headers are not followed */
+        __builtin_memcpy(e->daddr, &buf[24], 16);
+        l4 = 40;
+    } else {
+        return;
+    }
+    if (e->protocol == IPPROTO_TCP || e->protocol == IPPROTO_UDP) {
+        u16 port = 0;
+        if (l4 <= 60 && bpf_skb_load_bytes(skb, l4 + 2, &port, 2) == 0)
+            e->dport = bpf_ntohs(port);
+    }
+}
+
+static __always_inline struct nl_policy *lookup_skb(struct __sk_buff *skb, u64 self, u64 *key)
+{
+    struct nl_policy *p;
+
+    *key = self;
+    p = policy.lookup(key);
+    if (p)
+        return p;
+#pragma unroll
+    for (int level = NL_MAX_DEPTH; level >= 1; level--) {
+        u64 id = bpf_skb_ancestor_cgroup_id(skb, level);
+        if (id == 0 || id == self)
+            continue;   /* deeper than the socket's cgroup, or itself */
+        *key = id;
+        p = policy.lookup(key);
+        if (p)
+            return p;
+    }
+    *key = self;
+    return 0;
+}
+
+static __always_inline struct nl_policy *lookup_task(u64 *key)
+{
+    u64 self = bpf_get_current_cgroup_id();
+    struct nl_policy *p;
+
+    *key = self;
+    p = policy.lookup(key);
+    if (p)
+        return p;
+#pragma unroll
+    for (int level = NL_MAX_DEPTH; level >= 1; level--) {
+        u64 id = bpf_get_current_ancestor_cgroup_id(level);
+        if (id == 0 || id == self)
+            continue;
+        *key = id;
+        p = policy.lookup(key);
+        if (p)
+            return p;
+    }
+    *key = self;
+    return 0;
+}
+
+static __always_inline int drop(struct __sk_buff *skb, struct nl_policy *p, u64 key,
+                                u64 self, enum nl_verdict v, u8 reason)
+{
+    struct nl_event e = {};
+    u64 netns;
+
+    count(key, v, skb->len);
+    if (p) {
+        netns = p->netns;
+    } else {
+#ifdef NL_SKB_NETNS_COOKIE
+        netns = bpf_get_netns_cookie(skb);
+#else
+        return 0;       /* no session to tell, no namespace to tell it in */
+#endif
+    }
+    e.time_ns = bpf_ktime_get_boot_ns();
+    e.cgroup = key;
+    e.sock_cgroup = self;
+    e.reason = reason;
+    e.hook = NL_H_EGRESS;
+    packet_dest(skb, &e);
+    report(&e, p, netns);
+    return 0;
 }
 
 /* Egress: key on the packet's *socket* cgroup, not the current task's:
@@ -44,41 +220,24 @@ static __always_inline void count(u64 cgid, enum nl_verdict v, u32 len)
 int nl_egress(struct __sk_buff *skb)
 {
     u64 self = bpf_skb_cgroup_id(skb);
-    u64 key = self;
-    struct nl_policy *p = policy.lookup(&key);
+    u64 key;
+    struct nl_policy *p = lookup_skb(skb, self, &key);
 
-    if (!p) {
-#pragma unroll
-        for (int level = NL_MAX_DEPTH; level >= 1; level--) {
-            u64 id = bpf_skb_ancestor_cgroup_id(skb, level);
-            if (id == 0 || id == self)
-                continue;   /* deeper than the socket's cgroup, or itself */
-            key = id;
-            p = policy.lookup(&key);
-            if (p)
-                break;
-        }
-    }
     if (!p) {
         /* This program only runs for cgroups we attached to (and their
          * descendants): a missing entry means half set up or half torn
          * down. Fail closed. */
-        count(self, V_NOPOLICY, skb->len);
-        return 0;
+        return drop(skb, p, self, self, V_NOPOLICY, NL_R_NOPOLICY);
     }
     if (skb->ifindex == LOOPBACK_IFINDEX) {
         /* loopback never leaves the machine: local IPC keeps working */
         count(key, V_LOOPBACK, skb->len);
         return 1;
     }
-    if (p->flags & NL_FLAG_KILL) {
-        count(key, V_KILL, skb->len);
-        return 0;
-    }
-    if (skb->ifindex != p->ifindex) {
-        count(key, V_DEVICE, skb->len);
-        return 0;
-    }
+    if (p->flags & NL_FLAG_KILL)
+        return drop(skb, p, key, self, V_KILL, NL_R_KILL);
+    if (skb->ifindex != p->ifindex)
+        return drop(skb, p, key, self, V_DEVICE, NL_R_DEVICE);
     count(key, V_PASS, skb->len);
     return 1;
 }
@@ -93,28 +252,77 @@ int nl_egress(struct __sk_buff *skb)
  * anything, and interface numbers of two namespaces may coincide. */
 int nl_sock_create(struct bpf_sock *sk)
 {
-    u64 key = bpf_get_current_cgroup_id();
-    u64 self = key;
-    struct nl_policy *p = policy.lookup(&key);
+    u64 key;
+    struct nl_policy *p = lookup_task(&key);
 
-    if (!p) {
-#pragma unroll
-        for (int level = NL_MAX_DEPTH; level >= 1; level--) {
-            u64 id = bpf_get_current_ancestor_cgroup_id(level);
-            if (id == 0 || id == self)
-                continue;
-            key = id;
-            p = policy.lookup(&key);
-            if (p)
-                break;
-        }
-    }
     if (!p)
         return 1;   /* egress decides (and fails closed) */
     if (p->netns && bpf_get_netns_cookie(sk) != p->netns) {
+        struct nl_event e = {};
+
         count(key, V_NETNS, 0);
+        e.time_ns = bpf_ktime_get_boot_ns();
+        e.cgroup = key;
+        e.sock_cgroup = bpf_get_current_cgroup_id();
+        e.reason = NL_R_NETNS;
+        e.hook = NL_H_SOCK;
+        e.family = sk->family;
+        e.protocol = sk->protocol;
+        report(&e, p, p->netns);
         return 0;   /* EPERM to the caller */
     }
     sk->mark = p->mark;
     return 1;
 }
+
+/* connect() and unconnected sendmsg() while the kill switch is on: routing
+ * refuses them (the interface's table has only its unreachable route then),
+ * before any packet exists for nl_egress to see. Say so; the call goes on
+ * and fails there. Loopback destinations are not blocked and not reported,
+ * nor are sockets routing does not send to our table (bound to a device,
+ * or re-marked): their packets exist, and nl_egress reports them. */
+static __always_inline int attempt(struct bpf_sock_addr *ctx, u8 hook, int v6)
+{
+    u64 key;
+    struct nl_policy *p = lookup_task(&key);
+    struct bpf_sock *sk = ctx->sk;
+    struct nl_event e = {};
+
+    if (!p || !(p->flags & NL_FLAG_KILL) || !sk)
+        return 1;
+    if (sk->bound_dev_if || sk->mark != p->mark)
+        return 1;
+    if (!v6) {
+        u32 a = ctx->user_ip4;
+        if ((bpf_ntohl(a) >> 24) == 127)
+            return 1;
+        __builtin_memcpy(e.daddr, &a, 4);
+    } else {
+        u32 w0 = ctx->user_ip6[0], w1 = ctx->user_ip6[1];
+        u32 w2 = ctx->user_ip6[2], w3 = ctx->user_ip6[3];
+        if (w0 == 0 && w1 == 0 &&
+            ((w2 == 0 && w3 == bpf_htonl(1)) ||                     /* ::1 */
+             (w2 == bpf_htonl(0xffff) && (bpf_ntohl(w3) >> 24) == 127)))
+            return 1;
+        __builtin_memcpy(&e.daddr[0], &w0, 4);
+        __builtin_memcpy(&e.daddr[4], &w1, 4);
+        __builtin_memcpy(&e.daddr[8], &w2, 4);
+        __builtin_memcpy(&e.daddr[12], &w3, 4);
+    }
+    e.time_ns = bpf_ktime_get_boot_ns();
+    e.cgroup = key;
+    e.sock_cgroup = bpf_get_current_cgroup_id();
+    e.reason = NL_R_KILL;
+    e.hook = hook;
+    e.family = v6 ? 10 : 2;
+    e.protocol = ctx->protocol;
+    e.dport = bpf_ntohs((u16)ctx->user_port);
+    report(&e, p, p->netns);
+    return 1;
+}
+
+/* one program per hook: the kernel checks context fields per attach type */
+int nl_connect4(struct bpf_sock_addr *ctx) { return attempt(ctx, NL_H_CONNECT, 0); }
+int nl_connect6(struct bpf_sock_addr *ctx) { return attempt(ctx, NL_H_CONNECT, 1); }
+int nl_sendmsg4(struct bpf_sock_addr *ctx) { return attempt(ctx, NL_H_SENDMSG, 0); }
+int nl_sendmsg6(struct bpf_sock_addr *ctx) { return attempt(ctx, NL_H_SENDMSG, 1); }

@@ -207,6 +207,56 @@ def metrics(env: Env, output: str | None) -> None:
         click.echo(text, nl=False)
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+@click.option("--follow", "-f", is_flag=True,
+              help="print events as they happen (from now on) until interrupted")
+@click.option("--session", "session", metavar="ID", help="only this session (an id or "
+              "its start, as 'netleak status' shows it)")
+@click.pass_obj
+def events(env: Env, as_json: bool, follow: bool, session: str | None) -> None:
+    """Blocked attempts of this namespace's sessions: what, by whom, where to,
+    and why (kill-switch, wrong-device, no-policy, netns).
+
+    \b
+    The kernel reports them at most NETLEAK_EVENT_RATE times a second per
+    session (50 by default); a line starting with '#' says how many were
+    held back. Without --follow, the events the daemon has recorded.
+    """
+    from . import events as ev
+    try:
+        _need_root()
+        run = _store(env).path
+    except NetleakError as e:
+        _fail(e)
+
+    def emit(e: dict) -> None:
+        if not ev.matches(e, session):
+            return
+        if as_json:
+            click.echo(json.dumps(e, sort_keys=True))
+        else:
+            note = ev.held_back(e)
+            if note:
+                click.echo(note)
+            click.echo(ev.line(e))
+        sys.stdout.flush()
+
+    try:
+        if not as_json:
+            click.echo(ev.HEADER)
+        if follow:
+            ev.follow(run, emit, stop=lambda: False)
+        else:
+            for e in ev.recorded(run):
+                emit(e)
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:
+        # the reader went away (| head): nothing left to say to anyone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 _TARGET_HELP = """\b
 Name the cgroup in one of three ways:
   --cgroup PATH  as /proc/PID/cgroup or systemd print it, or its full path

@@ -31,6 +31,7 @@ _ENV = (
     ("NETLEAK_LOG_FILE", "log_file", "str"),
     ("NETLEAK_RECONCILE_SECONDS", "reconcile_seconds", "float"),
     ("NETLEAK_AUTOSTART", "autostart", "bool"),
+    ("NETLEAK_EVENT_RATE", "event_rate", "int"),
 )
 
 
@@ -42,7 +43,8 @@ class Config:
     """Everything an operator may tune; see README "Configuration"."""
 
     __slots__ = ("run_dir", "bpf_dir", "cgroup_parent", "mark_base", "table_base",
-                 "rule_priority", "max_interfaces", "log_file", "reconcile_seconds", "autostart")
+                 "rule_priority", "max_interfaces", "log_file", "reconcile_seconds", "autostart",
+                 "event_rate")
 
     def __init__(self, run_dir: str | None = None, bpf_dir: str = "/sys/fs/bpf/netleak",
                  cgroup_parent: str = "netleak", mark_base: int = DEFAULT_MARK_BASE,
@@ -50,7 +52,7 @@ class Config:
                  rule_priority: int = DEFAULT_RULE_PRIORITY,
                  max_interfaces: int = DEFAULT_MAX_INTERFACES,
                  log_file: str | None = None, reconcile_seconds: float = 1.0,
-                 autostart: bool = True) -> None:
+                 autostart: bool = True, event_rate: int = 50) -> None:
         self.run_dir = run_dir            # None: /run/netleak/net-<netns inode>
         self.bpf_dir = bpf_dir
         self.cgroup_parent = cgroup_parent  # under the cgroup2 mount
@@ -64,6 +66,9 @@ class Config:
         self.reconcile_seconds = reconcile_seconds
         # netleak-exec and netleak-hook start a daemon when none answers
         self.autostart = autostart
+        # blocked-attempt events per session and second (0: none); the
+        # rest are counted as suppressed
+        self.event_rate = event_rate
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
@@ -115,6 +120,10 @@ class Config:
             raise NetleakError(
                 f"NETLEAK_RECONCILE_SECONDS={self.reconcile_seconds:g} must be "
                 f"between 0.1 and 86400")
+        if not 0 <= self.event_rate <= 100000:
+            raise NetleakError(
+                f"NETLEAK_EVENT_RATE={self.event_rate} must be between 0 (no events) "
+                f"and 100000 per second")
         rel = self.cgroup_parent.strip("/")
         if not rel or {".", ".."} & set(rel.split("/")):
             raise NetleakError(

@@ -21,11 +21,12 @@ import struct
 import sys
 import time
 
-from . import plan, reaper
+from . import events, logfmt, plan, reaper
 from .config import Config
 from .errors import NetleakError
 from .kernel import bpfsys, cgroupfs, netlink, programs
-from .policy import KEY_SIZE, POLICY_SIZE, Policy, pack_key, unpack_key
+from .kernel.ringbuf import RingReader, ring_size
+from .policy import KEY_SIZE, POLICY_SIZE, STATS_SIZE, Policy, Stats, pack_key, unpack_key
 from .state import Session, State
 from .store import Store, netns_id, run_dir
 
@@ -33,6 +34,12 @@ log = logging.getLogger("netleak.daemon")
 
 TICK = 0.25            # longest sleep of the main loop
 DAEMON_CGROUP = "daemon"  # under the cgroup parent: an auto-started daemon's home
+RECENT = 256           # ended sessions kept to name the events still in the ring
+
+
+def note(event: str, msg: str, *args, level: int = logging.INFO, **fields) -> None:
+    """A structured log line: EVENT and FIELDS as logfmt pairs, MSG for people."""
+    log.log(level, msg, *args, extra={"fields": {"event": event, **fields}})
 
 
 class CgroupWatch:
@@ -116,6 +123,10 @@ class Daemon:
         self.listener: socket.socket | None = None
         self.unreported: dict = {}      # the start-up gc, until someone asks
         self.dirty = False              # state changed but not saved yet
+        self.ring: RingReader | None = None     # this namespace's blocked-attempt events
+        self.event_log = events.EventLog(store.path)
+        self.recent: dict[int, Session] = {}    # cgroup id -> ended session
+        self.last_index: dict[str, int] = {}    # interface -> ifindex last seen present
 
     # ---------- start-up ----------
 
@@ -136,9 +147,62 @@ class Daemon:
         self.pins = programs.ensure_pinned(self.cfg.bpf_dir)
         self.state = self.store.load()
         report = self.unreported = self.gc()
+        self.open_events()
         self.listener = _listen(self.store.socket_path)
-        log.info("daemon %d ready in %s (pins %s); start-up gc: %s", os.getpid(),
-                 self.store.path, self.pins.path, json.dumps(report, sort_keys=True))
+        note("daemon-ready", "daemon %d ready in %s (pins %s); start-up gc: %s", os.getpid(),
+             self.store.path, self.pins.path, json.dumps(report, sort_keys=True),
+             run_dir=self.store.path, pins=self.pins.path, sessions=len(self.state.sessions))
+
+    def open_events(self) -> None:
+        """Read this namespace's event ring (what a crashed predecessor left
+        in it comes first). Without it the daemon still works; sessions'
+        events are then counted as lost."""
+        maps = self.maps_for(self.pins.path)
+        if maps is None:
+            return
+        try:
+            self.ring = RingReader(maps.open_ring(self.netns),
+                                   ring_size(programs.RING_PAGES))
+        except (OSError, ValueError) as e:
+            log.warning("no blocked-attempt events: cannot open the event ring (%s)", e)
+            return
+        self.on_ring()
+
+    def close_events(self) -> None:
+        """On a clean exit: drain the ring; with no session left, unregister
+        it too, so none is left behind for a namespace that may go away
+        (with sessions, it keeps their events for the next daemon)."""
+        if self.ring is None:
+            return
+        with contextlib.suppress(Exception):
+            self.on_ring()
+        maps = self.maps_for(self.pins.path)
+        if maps is not None and not self.state.sessions:
+            maps.close_ring(self.netns)
+        self.ring.close()
+        with contextlib.suppress(OSError):
+            os.close(self.ring.fd)
+        self.ring = None
+
+    def on_ring(self) -> None:
+        """Drain the ring into the event log, naming each event's session."""
+        assert self.ring is not None
+        offset = events.boot_offset()
+        by_id = {s.cgroup_id: s for s in self.state.sessions.values()}
+        out = []
+        for raw in self.ring.records():
+            if len(raw) < events.EVENT_SIZE:
+                continue
+            ev = events.decode(raw)
+            s = by_id.get(ev["cgroup_id"]) or self.recent.get(ev["cgroup_id"])
+            info = ({"id": s.id, "container": s.container, "cgroup": "/" + s.cgroup,
+                     "iface": s.iface} if s else None)
+            out.append(events.enrich(ev, offset, info))
+        if out:
+            try:
+                self.event_log.append(out)
+            except OSError as e:
+                log.warning("cannot write %s: %s", self.event_log.path, e)
 
     def _leave_callers_cgroup(self) -> None:
         """An auto-started daemon would otherwise live in the cgroup of
@@ -198,11 +262,15 @@ class Daemon:
             except Exception:
                 log.exception("watching cgroup.events")   # the full pass still reaps
             try:
-                r, _, _ = select.select([self.listener, self.events, self.watch], [], [],
-                                        TICK)
+                waits = [self.listener, self.events, self.watch]
+                if self.ring is not None:
+                    waits.append(self.ring)
+                r, _, _ = select.select(waits, [], [], TICK)
             except InterruptedError:
                 continue
             try:
+                if self.ring is not None and self.ring in r:
+                    self.on_ring()
                 if self.watch in r:
                     self.reap(self.watch.drain())
                 if self.events in r:
@@ -223,7 +291,7 @@ class Daemon:
             if self.state.sessions:
                 idle_since = now
             elif self.idle_exit and now - idle_since > self.idle_exit:
-                log.info("no sessions for %.0fs: exiting", self.idle_exit)
+                note("daemon-idle-exit", "no sessions for %.0fs: exiting", self.idle_exit)
                 break
 
     def on_netlink(self) -> None:
@@ -286,7 +354,7 @@ class Daemon:
         if op == "abort":
             s = self.state.sessions.get(msg.get("id", ""))
             if s:
-                self.remove_session(s)
+                self.remove_session(s, "aborted")
                 self.save()
             return {"ok": True}
         if op == "detach":
@@ -349,16 +417,18 @@ class Daemon:
                 s = dataclasses.replace(s, committed=True)
                 self.state = self.state.with_session(s)
         except BaseException:
-            self.remove_session(s)
+            self.remove_session(s, "setup-failed")
             self.save()
             raise
         # the commit is saved after the reply: a crash before that leaves an
         # uncommitted record whose populated cgroup the next daemon commits
         self.dirty = True
         pol = self.live[iface]
-        log.info("session %s: %s %s on %s (mark %#x, table %d)", s.id,
-                 "made" if owned else "attached", s.cgroup, iface, binding.mark,
-                 binding.table)
+        note("session-open", "session %s: %s %s on %s (mark %#x, table %d)", s.id,
+             "made" if owned else "attached", s.cgroup, iface, binding.mark, binding.table,
+             session=s.id, iface=iface, cgroup="/" + s.cgroup, container=s.container or None,
+             kind="exec" if owned else ("hook" if s.container else "attach"),
+             killed=pol.killed)
         return {"ok": True, "id": s.id, "mark": binding.mark, "table": binding.table,
                 "ifindex": pol.ifindex, "killed": pol.killed}
 
@@ -419,7 +489,7 @@ class Daemon:
                 f"session {s.id} was started by netleak-exec and ends with its "
                 f"processes: stop them instead (PIDs in "
                 f"{cgroupfs.abspath(self.cgroot, s.cgroup)}/cgroup.procs)")
-        self.remove_session(s)
+        self.remove_session(s, "detached")
         self.save()
         return {"ok": True, "id": s.id, "cgroup": s.cgroup, "iface": s.iface}
 
@@ -482,18 +552,26 @@ class Daemon:
             return
         before = self.live.get(iface)
         if before is None or not before.killed:
-            log.info("%s %s: kill switch on", iface, "is gone" if link is None else "is down")
+            cause = "gone" if link is None else "down"
+            note("kill-switch-on", "%s is %s: kill switch on", iface, cause, iface=iface,
+                 cause=cause, ifindex=link.index if link else None,
+                 sessions=len(self.state.sessions_on(iface)))
         self.live[iface] = Policy(ifindex=link.index if link else 0,
                                   mark=self.state.bindings[iface].mark, killed=True,
-                                  netns=self.netns)
+                                  netns=self.netns, event_rate=self.cfg.event_rate)
         self._write_policies(iface, self.live[iface])
 
     def _release_kill(self, iface: str, link: plan.Link) -> None:
         b = self.state.bindings[iface]
-        pol = Policy(ifindex=link.index, mark=b.mark, killed=False, netns=self.netns)
+        pol = Policy(ifindex=link.index, mark=b.mark, killed=False, netns=self.netns,
+                     event_rate=self.cfg.event_rate)
         if self.live.get(iface) != pol:
-            log.info("%s is up (ifindex %d): routes in table %d, kill switch off",
-                     iface, link.index, b.table)
+            old = self.last_index.get(iface)
+            note("kill-switch-off", "%s is up (ifindex %d): routes in table %d, kill switch off",
+                 iface, link.index, b.table, iface=iface, ifindex=link.index, table=b.table,
+                 recreated=old is not None and old != link.index, old_ifindex=old,
+                 sessions=len(self.state.sessions_on(iface)))
+        self.last_index[iface] = link.index
         self.live[iface] = pol
         self._write_policies(iface, pol)
 
@@ -512,11 +590,18 @@ class Daemon:
         add, remove = plan.diff(current, plan.routes_for(b, link))
         for r in sorted(remove, key=str):
             netlink.del_route(self.ipr, r)
+        added = 0
         for r in sorted(add, key=str):
             try:
                 netlink.add_route(self.ipr, r)
+                added += 1
             except Exception as e:  # e.g. the link vanished meanwhile
                 log.warning("route %s: %s", r, e)
+        if added or remove:
+            note("routes", "table %d of %s: %d routes added, %d removed", b.table, b.iface,
+                 added, len(remove), iface=b.iface, table=b.table, added=added,
+                 removed=len(remove), link="up" if link is not None and link.up else
+                 ("down" if link is not None else "gone"))
 
     def _our_tables(self) -> set[int]:
         return {self.cfg.table_base + i for i in range(self.cfg.max_interfaces)}
@@ -556,20 +641,25 @@ class Daemon:
                 self.state = self.state.with_session(dataclasses.replace(s, committed=True))
                 changed = True
             elif reaper.should_reap(s, populated, _alive(s.pid), now):
-                self.remove_session(s)
+                self.remove_session(s, reaper.reap_cause(s, populated))
                 ended.append(s.id)
         if ended or changed:
             self.save()
         return ended
 
-    def remove_session(self, s: Session) -> None:
+    def remove_session(self, s: Session, cause: str) -> None:
         """Undo one session, step by step; each step tolerates 'already gone'."""
         path = cgroupfs.abspath(self.cgroot, s.cgroup)
         progs = self.progs_for(s.pinset)
         if not s.owned and progs is not None:
             _step(f"detach {s.cgroup}", progs.detach, path)
         maps = self.maps_for(s.pinset)
+        stats = Stats()
         if maps is not None:
+            raw = _step("read counters", bpfsys.map_lookup, maps.stats,
+                        pack_key(s.cgroup_id), STATS_SIZE * maps.ncpus)
+            if raw:
+                stats = Stats.unpack_percpu(raw, maps.ncpus)
             _step("policy entry", bpfsys.map_delete, maps.policy, pack_key(s.cgroup_id))
             _step("stats entry", bpfsys.map_delete, maps.stats, pack_key(s.cgroup_id))
         if s.owned:
@@ -577,7 +667,13 @@ class Daemon:
                 log.warning("cgroup %s not removed (busy)", s.cgroup)
             cgroupfs.remove_if_empty(os.path.dirname(path))
         self.state = self.state.without_session(s.id)
-        log.info("session %s ended (%s)", s.id, s.cgroup)
+        self.recent[s.cgroup_id] = s
+        while len(self.recent) > RECENT:
+            self.recent.pop(next(iter(self.recent)))
+        note("session-end", "session %s ended (%s): %s", s.id, s.cgroup, cause, session=s.id,
+             iface=s.iface, cgroup="/" + s.cgroup, container=s.container or None, cause=cause,
+             age=round(max(0.0, time.time() - s.created), 3), passed=stats.passed_packets,
+             dropped=stats.dropped, suppressed=stats.events_suppressed)
         for iface in self.state.unused_bindings():
             self.remove_binding(iface)
 
@@ -589,7 +685,9 @@ class Daemon:
         for r in sorted(routes or (), key=str):
             _step(f"route {r}", netlink.del_route, self.ipr, r)
         self.live.pop(iface, None)
-        log.info("released %s (mark %#x, table %d)", iface, b.mark, b.table)
+        self.last_index.pop(iface, None)
+        note("release", "released %s (mark %#x, table %d)", iface, b.mark, b.table,
+             iface=iface, mark=b.mark, table=b.table)
 
 
     # ---------- garbage collection ----------
@@ -626,7 +724,8 @@ class Daemon:
                             bpfsys.map_delete(maps.policy, key)
                             bpfsys.map_delete(maps.stats, key)
         if removed:
-            log.info("removed orphan cgroups: %s", " ".join(sorted(removed)))
+            note("orphans-removed", "removed orphan cgroups: %s", " ".join(sorted(removed)),
+                 cgroups=" ".join(sorted(removed)))
             cgroupfs.remove_if_empty(self.parent)
         return removed
 
@@ -646,7 +745,10 @@ class Daemon:
         report["routes_removed"] = _step("routes", self._gc_routes) or 0
         report["cgroups_removed"] = _step("orphan cgroups", self.sweep_orphan_cgroups) or []
         report["sessions"] = len(self.state.sessions)
-        log.info("gc: %s", json.dumps(report, sort_keys=True))
+        note("gc", "gc: %s", json.dumps(report, sort_keys=True),
+             reaped=len(report["reaped"]), adopted=len(report["adopted"] or []),
+             entries_removed=report["entries_removed"], routes_removed=report["routes_removed"],
+             cgroups_removed=len(report["cgroups_removed"]), sessions=report["sessions"])
         return report
 
     def _ensure_attached(self) -> None:
@@ -795,8 +897,10 @@ def setup_logging(store: Store, cfg: Config, foreground: bool) -> None:
     handlers: list[logging.Handler] = [logging.FileHandler(cfg.log_file or store.log_file)]
     if foreground:
         handlers.append(logging.StreamHandler(sys.stderr))
-    logging.basicConfig(level=logging.INFO, handlers=handlers,
-                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    fmt = logfmt.Formatter()
+    for h in handlers:
+        h.setFormatter(fmt)
+    logging.basicConfig(level=logging.INFO, handlers=handlers)
 
 
 def serve(cfg: Config, idle_exit: float = 0.0, foreground: bool = False,
@@ -822,6 +926,7 @@ def serve(cfg: Config, idle_exit: float = 0.0, foreground: bool = False,
     try:
         d.start(own_cgroup=own_cgroup)
         d.run()
+        d.close_events()
     except NetleakError as e:
         log.error("%s", e)
         return 125

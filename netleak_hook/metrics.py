@@ -51,6 +51,16 @@ def render(data: dict) -> str:
         if c:
             out.append(f"netleak_sockets_refused_total{_labels(**_ids(s), reason='netns')} "
                        f"{c['refused_netns']}")
+    out += ["# HELP netleak_events_undelivered_total Blocked-attempt events of a session that did not "
+            "reach 'netleak events': suppressed (over the rate limit), lost (no reader, "
+            "or its ring full).",
+            "# TYPE netleak_events_undelivered_total counter"]
+    for s in sessions:
+        c = s.get("counters")
+        if c:
+            for fate in ("suppressed", "lost"):
+                out.append(f"netleak_events_undelivered_total{_labels(**_ids(s), reason=fate)} "
+                           f"{c[f'events_{fate}']}")
     return "\n".join(out) + "\n"
 
 

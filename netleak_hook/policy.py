@@ -7,8 +7,8 @@ import struct
 FLAG_KILL = 0x1
 
 _KEY = struct.Struct("<Q")
-_POLICY = struct.Struct("<IIIIQ")
-_STATS = struct.Struct("<11Q")
+_POLICY = struct.Struct("<IIIIQQQQ")  # the limiter's 3 words: zero from us
+_STATS = struct.Struct("<13Q")
 
 KEY_SIZE = _KEY.size
 POLICY_SIZE = _POLICY.size
@@ -23,15 +23,17 @@ class Policy:
     mark: int
     killed: bool
     netns: int = 0     # netns cookie; 0 lets sockets of any namespace through
+    event_rate: int = 0  # blocked-attempt events per second at most
 
     def pack(self) -> bytes:
-        return _POLICY.pack(self.ifindex, self.mark, FLAG_KILL if self.killed else 0, 0,
-                            self.netns)
+        return _POLICY.pack(self.ifindex, self.mark, FLAG_KILL if self.killed else 0,
+                            self.event_rate, self.netns, 0, 0, 0)
 
     @classmethod
     def unpack(cls, raw: bytes) -> "Policy":
-        ifindex, mark, flags, _, netns = _POLICY.unpack(raw[: _POLICY.size])
-        return cls(ifindex=ifindex, mark=mark, killed=bool(flags & FLAG_KILL), netns=netns)
+        ifindex, mark, flags, rate, netns = _POLICY.unpack(raw[: _POLICY.size])[:5]
+        return cls(ifindex=ifindex, mark=mark, killed=bool(flags & FLAG_KILL), netns=netns,
+                   event_rate=rate)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +52,8 @@ class Stats:
     drop_nopolicy_packets: int = 0  # no policy entry: fail closed
     drop_nopolicy_bytes: int = 0
     refused_netns: int = 0          # sockets opened in another network namespace
+    events_suppressed: int = 0      # blocked-attempt events held back by the rate limit
+    events_lost: int = 0            # events with no reader, or its ring full
 
     @property
     def dropped(self) -> int:

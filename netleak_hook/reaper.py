@@ -35,6 +35,13 @@ def should_reap(s: Session, populated: bool | None, requester_alive: bool,
     return not requester_alive or now - s.created > SETUP_GRACE
 
 
+def reap_cause(s: Session, populated: bool | None) -> str:
+    """Why a session should_reap chose ends, for the daemon's log."""
+    if populated is None:
+        return "cgroup-gone"
+    return "empty" if s.committed else "setup-abandoned"
+
+
 def exec_cgroup_name(sid: str, pid: int) -> str:
     """Name of the cgroup netleak-exec makes: the creator's PID in it lets a
     crash's leftovers be told from a set-up in progress."""

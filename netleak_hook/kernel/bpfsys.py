@@ -13,6 +13,7 @@ import platform
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361,
             "s390x": 351, "riscv64": 280}
 
+BPF_MAP_CREATE = 0
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
@@ -21,11 +22,19 @@ BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_PROG_ATTACH = 8
 BPF_PROG_DETACH = 9
+BPF_PROG_TEST_RUN = 10
+BPF_MAP_GET_FD_BY_ID = 14
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_PROG_QUERY = 16
 
 BPF_CGROUP_INET_EGRESS = 1
 BPF_CGROUP_INET_SOCK_CREATE = 2
+BPF_CGROUP_INET4_CONNECT = 10
+BPF_CGROUP_INET6_CONNECT = 11
+BPF_CGROUP_UDP4_SENDMSG = 14
+BPF_CGROUP_UDP6_SENDMSG = 15
+
+BPF_MAP_TYPE_RINGBUF = 27
 
 BPF_F_ALLOW_MULTI = 2
 BPF_ANY = 0
@@ -73,6 +82,27 @@ class _Query(ctypes.Structure):
                 ("pad", ctypes.c_uint32)]
 
 
+class _MapCreate(ctypes.Structure):
+    _fields_ = [("map_type", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
+                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32),
+                ("map_flags", ctypes.c_uint32), ("inner_map_fd", ctypes.c_uint32),
+                ("numa_node", ctypes.c_uint32), ("map_name", ctypes.c_char * 16)]
+
+
+class _TestRun(ctypes.Structure):
+    _fields_ = [("prog_fd", ctypes.c_uint32), ("retval", ctypes.c_uint32),
+                ("data_size_in", ctypes.c_uint32), ("data_size_out", ctypes.c_uint32),
+                ("data_in", ctypes.c_uint64), ("data_out", ctypes.c_uint64),
+                ("repeat", ctypes.c_uint32), ("duration", ctypes.c_uint32),
+                ("ctx_size_in", ctypes.c_uint32), ("ctx_size_out", ctypes.c_uint32),
+                ("ctx_in", ctypes.c_uint64), ("ctx_out", ctypes.c_uint64)]
+
+
+class _GetById(ctypes.Structure):
+    _fields_ = [("id", ctypes.c_uint32), ("next_id", ctypes.c_uint32),
+                ("open_flags", ctypes.c_uint32)]
+
+
 class _InfoByFd(ctypes.Structure):
     _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32),
                 ("info", ctypes.c_uint64)]
@@ -115,6 +145,27 @@ def prog_id(prog_fd: int) -> int:
     _bpf(BPF_OBJ_GET_INFO_BY_FD, _InfoByFd(bpf_fd=prog_fd, info_len=256,
                                            info=ctypes.addressof(buf)))
     return int.from_bytes(bytes(buf[4:8]), "little")
+
+
+def ringbuf_create(size: int, name: bytes) -> int:
+    """A new BPF ring buffer of SIZE bytes (a power-of-two number of pages)."""
+    return _bpf(BPF_MAP_CREATE, _MapCreate(map_type=BPF_MAP_TYPE_RINGBUF,
+                                           max_entries=size, map_name=name[:15]))
+
+
+def prog_test_run(prog_fd: int, data: bytes, ctx: bytes, repeat: int) -> tuple[int, int]:
+    """Run a program REPEAT times on a packet in the kernel (for the
+    benchmark): its return value and the mean time per run in ns."""
+    d = ctypes.create_string_buffer(data, len(data))
+    c = ctypes.create_string_buffer(ctx, len(ctx))
+    a = _TestRun(prog_fd=prog_fd, data_size_in=len(data), data_in=ctypes.addressof(d),
+                 repeat=repeat, ctx_size_in=len(ctx), ctx_in=ctypes.addressof(c))
+    _bpf(BPF_PROG_TEST_RUN, a)
+    return a.retval, a.duration
+
+
+def map_fd_by_id(map_id: int) -> int:
+    return _bpf(BPF_MAP_GET_FD_BY_ID, _GetById(id=map_id))
 
 
 def map_update(map_fd: int, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:

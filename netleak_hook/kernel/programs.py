@@ -34,13 +34,26 @@ def _find_sources() -> str:
 
 BPF_SRC_DIR = _find_sources()
 SOURCES = ("netleak.h", "netleak.c")
-PINS = ("prog_egress", "prog_sock_create", "map_policy", "map_stats")
+PROGRAMS = (  # (function and pin name, BCC program type name, attach type)
+    ("egress", "CGROUP_SKB", bpfsys.BPF_CGROUP_INET_EGRESS),
+    ("sock_create", "CGROUP_SOCK", bpfsys.BPF_CGROUP_INET_SOCK_CREATE),
+    ("connect4", "CGROUP_SOCK_ADDR", bpfsys.BPF_CGROUP_INET4_CONNECT),
+    ("connect6", "CGROUP_SOCK_ADDR", bpfsys.BPF_CGROUP_INET6_CONNECT),
+    ("sendmsg4", "CGROUP_SOCK_ADDR", bpfsys.BPF_CGROUP_UDP4_SENDMSG),
+    ("sendmsg6", "CGROUP_SOCK_ADDR", bpfsys.BPF_CGROUP_UDP6_SENDMSG),
+)
+MAPS = ("policy", "stats", "rings")
+PINS = tuple(f"prog_{n}" for n, _, _ in PROGRAMS) + tuple(f"map_{m}" for m in MAPS)
+RING_PAGES = 16     # NL_RING_PAGES: every reader's ring has this size
+
 BPF_FS_MAGIC = 0xCAFE4A11
 
 
-def cflags(max_entries: int = 4096, max_depth: int = 16) -> list[str]:
+def cflags(max_entries: int = 4096, max_depth: int = 16,
+           extra: tuple[str, ...] = ()) -> list[str]:
     return [f"-I{BPF_SRC_DIR}", f"-DNL_MAX_ENTRIES={max_entries}",
-            f"-DNL_MAX_DEPTH={max_depth}", "-Wno-macro-redefined"]
+            f"-DNL_MAX_DEPTH={max_depth}", f"-DNL_RING_PAGES={RING_PAGES}",
+            "-Wno-macro-redefined", *extra]
 
 
 def source_text() -> str:
@@ -51,11 +64,11 @@ def source_text() -> str:
     return "\n".join(parts)
 
 
-def pinset_name() -> str:
+def pinset_name(extra: tuple[str, ...] = ()) -> str:
     """Pins are named after a hash of the source and flags: a new version
     gets new pins and never mixes map layouts with an old one."""
     h = hashlib.sha256(source_text().encode())
-    h.update(" ".join(cflags()).encode())
+    h.update(" ".join(cflags(extra=extra)).encode())
     return "v1-" + h.hexdigest()[:12]
 
 
@@ -121,14 +134,15 @@ def _compile_lock(bpf_dir: str) -> Iterator[None]:
         os.close(fd)
 
 
-def ensure_pinned(bpf_dir: str) -> Pinset:
-    """The current pin set, compiling and pinning it first if needed."""
-    pins = Pinset(os.path.join(bpf_dir, pinset_name()))
+def ensure_pinned(bpf_dir: str, extra: tuple[str, ...] = ()) -> Pinset:
+    """The current pin set, compiling and pinning it first if needed.
+    EXTRA cflags make a variant (the benchmark's, without counters)."""
+    pins = Pinset(os.path.join(bpf_dir, pinset_name(extra)))
     if pins.complete():
         return pins
     with _compile_lock(bpf_dir):
         if not pins.complete():
-            compile_and_pin(pins)
+            compile_and_pin(pins, extra)
     return pins
 
 
@@ -138,7 +152,7 @@ def render_source() -> str:
     return f"/* cflags: {flags} */\n" + source_text()
 
 
-def compile_and_pin(pins: Pinset) -> None:
+def compile_and_pin(pins: Pinset, extra: tuple[str, ...] = ()) -> None:
     """Compile with BCC and pin programs and maps (cold path)."""
     try:
         from bcc import BPF  # heavy: LLVM; only here
@@ -152,20 +166,35 @@ def compile_and_pin(pins: Pinset) -> None:
             f"no kernel headers at {headers}: install linux-headers-"
             f"{os.uname().release} (or run 'make deps'); 'netleak doctor' explains")
     log.info("compiling BPF programs into %s", pins.path)
-    try:
-        b = BPF(src_file=os.path.join(BPF_SRC_DIR, "netleak.c").encode(),
-                cflags=cflags())
-        egress = b.load_func(b"nl_egress", BPF.CGROUP_SKB)
-        sock = b.load_func(b"nl_sock_create", BPF.CGROUP_SOCK)
-    except Exception as e:  # BCC raises bare Exception
-        raise NetleakError(f"BPF compile or load failed: {e}; run 'netleak doctor'") from None
+    # Newer kernels give egress programs the socket's netns cookie, so even
+    # a drop with no policy entry reaches its namespace's reader; older ones
+    # refuse the helper and such drops are only counted.
+    b = None
+    for more in (("-DNL_SKB_NETNS_COOKIE",), ()):
+        try:
+            b = BPF(src_file=os.path.join(BPF_SRC_DIR, "netleak.c").encode(),
+                    cflags=cflags(extra=extra + more))
+            fds = {name: b.load_func(f"nl_{name}".encode(), getattr(BPF, ptype),
+                                     attach_type=(-1 if ptype != "CGROUP_SOCK_ADDR"
+                                                  else atype)).fd
+                   for name, ptype, atype in PROGRAMS}
+            break
+        except Exception as e:  # BCC raises bare Exception
+            if b is not None:
+                b.cleanup()
+                b = None
+            if not more:
+                raise NetleakError(
+                    f"BPF compile or load failed: {e}; run 'netleak doctor'") from None
+            log.info("egress cannot read netns cookies here (%s): compiling without", e)
+    assert b is not None
     tmp = pins.path + "-new"  # bpffs refuses names with a dot
     _remove_dir(tmp)
     os.makedirs(tmp, mode=0o700)
-    bpfsys.obj_pin(egress.fd, os.path.join(tmp, "prog_egress"))
-    bpfsys.obj_pin(sock.fd, os.path.join(tmp, "prog_sock_create"))
-    bpfsys.obj_pin(b[b"policy"].map_fd, os.path.join(tmp, "map_policy"))
-    bpfsys.obj_pin(b[b"stats"].map_fd, os.path.join(tmp, "map_stats"))
+    for name, fd in fds.items():
+        bpfsys.obj_pin(fd, os.path.join(tmp, f"prog_{name}"))
+    for name in MAPS:
+        bpfsys.obj_pin(b[name.encode()].map_fd, os.path.join(tmp, f"map_{name}"))
     _remove_dir(pins.path)
     os.rename(tmp, pins.path)
     b.cleanup()
@@ -195,8 +224,7 @@ def _remove_dir(path: str) -> None:
 class Programs:
     """Open program fds of a pin set, for attaching and detaching."""
 
-    HOOKS = (("prog_egress", bpfsys.BPF_CGROUP_INET_EGRESS),
-             ("prog_sock_create", bpfsys.BPF_CGROUP_INET_SOCK_CREATE))
+    HOOKS = tuple((f"prog_{name}", atype) for name, _, atype in PROGRAMS)
 
     def __init__(self, pins: Pinset) -> None:
         self.pins = pins
@@ -272,9 +300,34 @@ class Maps:
         self.pins = pins
         self.policy = bpfsys.obj_get(pins.pin("map_policy"))
         self.stats = bpfsys.obj_get(pins.pin("map_stats"))
+        self.rings = bpfsys.obj_get(pins.pin("map_rings"))
         self.ncpus = bpfsys.possible_cpus()
 
     def close(self) -> None:
-        for fd in (self.policy, self.stats):
+        for fd in (self.policy, self.stats, self.rings):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+    def open_ring(self, netns: int) -> int:
+        """The event ring of network namespace NETNS (a cookie), created and
+        registered when there is none yet; a ring left by a reader that
+        died is reused, with what it holds. Returns an fd."""
+        key = netns.to_bytes(8, "little")
+        raw = bpfsys.map_lookup(self.rings, key, 4)
+        if raw is not None:
+            with contextlib.suppress(OSError):
+                return bpfsys.map_fd_by_id(int.from_bytes(raw, "little"))
+        from .ringbuf import ring_size
+        fd = bpfsys.ringbuf_create(ring_size(RING_PAGES), b"netleak_events")
+        try:
+            bpfsys.map_update(self.rings, key, fd.to_bytes(4, "little"))
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
+
+    def close_ring(self, netns: int) -> None:
+        """Unregister NETNS's ring: events of its sessions are then counted
+        as lost until a reader registers again."""
+        with contextlib.suppress(OSError):
+            bpfsys.map_delete(self.rings, netns.to_bytes(8, "little"))

@@ -276,3 +276,37 @@ def pods(world, podman_env):
     finally:
         # every container of the test, before the world checks what is left
         podman_env.run("rm", "-a", "-f", "-t", "0", timeout=120)
+
+
+class Held:
+    """A session held open by a sleeping process; commands join its cgroup
+    (before their first socket) and run there."""
+
+    def __init__(self, world) -> None:
+        self.world = world
+        world.events_only()     # no periodic pass repairs what a test breaks
+        self.proc = world.spawn("vpn0", "sleep", "300")
+        assert wait_until(lambda: len(self.rows()) == 1 and self.rows()[0]["procs"] == 1)
+        self.cgroup = self.rows()[0]["cgroup"]
+        self.path = cgroupfs.abspath(cgroupfs.find_cgroup2(), self.cgroup)
+
+    def rows(self) -> list[dict]:
+        return self.world.status()
+
+    def counters(self) -> dict:
+        return self.rows()[0]["counters"]
+
+    def run(self, *argv: str):
+        join = f'echo $$ > {self.path}/cgroup.procs && exec "$@"'
+        return self.world.lab.run(["sh", "-c", join, "sh", *argv])
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def held(world):
+    h = Held(world)
+    yield h
+    h.close()

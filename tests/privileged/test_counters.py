@@ -8,49 +8,12 @@ import sys
 import pytest
 
 from netleak_hook import lab as labmod
-from netleak_hook.kernel import bpfsys, cgroupfs, programs
+from netleak_hook.kernel import bpfsys, programs
 from netleak_hook.policy import pack_key
 from tests.privileged.conftest import wait_until
-from tests.privileged.test_escape import ESCAPE
+from tests.privileged.probes import ESCAPE, UNSHARE_SOCKET
 
 pytestmark = pytest.mark.privileged
-
-UNSHARE_SOCKET = "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
-
-
-class Held:
-    """A session held open by a sleeping process; commands join its cgroup
-    (before their first socket) and run there."""
-
-    def __init__(self, world) -> None:
-        self.world = world
-        world.events_only()     # no periodic pass repairs what a test breaks
-        self.proc = world.spawn("vpn0", "sleep", "300")
-        assert wait_until(lambda: len(self.rows()) == 1 and self.rows()[0]["procs"] == 1)
-        self.cgroup = self.rows()[0]["cgroup"]
-        self.path = cgroupfs.abspath(cgroupfs.find_cgroup2(), self.cgroup)
-
-    def rows(self) -> list[dict]:
-        return self.world.status()
-
-    def counters(self) -> dict:
-        return self.rows()[0]["counters"]
-
-    def run(self, *argv: str):
-        join = f'echo $$ > {self.path}/cgroup.procs && exec "$@"'
-        return self.world.lab.run(["sh", "-c", join, "sh", *argv])
-
-    def close(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-
-
-@pytest.fixture
-def held(world):
-    h = Held(world)
-    yield h
-    h.close()
-
 
 def _delta(before: dict, after: dict) -> dict:
     return {k: after[k] - before[k] for k in after if after[k] != before[k]}

@@ -5,29 +5,9 @@ from __future__ import annotations
 import pytest
 
 from netleak_hook import lab as labmod
+from tests.privileged.probes import ESCAPE
 
 pytestmark = pytest.mark.privileged
-
-ESCAPE = r"""
-import socket, struct, sys
-how = sys.argv[1]
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(1.0)
-if how == "bindtodevice":
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"up0")
-elif how == "unicast_if":
-    idx = socket.if_nametoindex("up0")
-    s.setsockopt(socket.IPPROTO_IP, 50, struct.pack("!I", idx))   # IP_UNICAST_IF
-elif how == "mark":
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, 0)
-sent = 0
-for _ in range(5):
-    try:
-        s.sendto(b"leak?", (sys.argv[2], 8080)); sent += 1
-        print("ok", s.recv(100).decode().strip())
-    except OSError as e:
-        print("refused", e.strerror or e)
-"""
 
 NESTED = r"""
 import os, sys

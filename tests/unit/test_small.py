@@ -125,29 +125,30 @@ def test_cgroup2_mount_prefers_sys_fs_cgroup_over_earlier_ones():
 # ---------- policy ----------
 
 def test_sizes():
-    assert policy.POLICY_SIZE == 24
+    assert policy.POLICY_SIZE == 48
     assert policy.KEY_SIZE == 8
-    assert policy.STATS_SIZE == 88
+    assert policy.STATS_SIZE == 104
 
 
 @pytest.mark.parametrize("killed", [False, True])
 def test_policy_round_trip(killed):
     p = Policy(ifindex=7, mark=0x6E6C0001, killed=killed, netns=2**40 + 3)
     raw = p.pack()
-    assert len(raw) == 24
+    assert len(raw) == 48
     assert Policy.unpack(raw) == p
 
 
 def test_policy_layout():
-    raw = Policy(ifindex=0x01020304, mark=0xAABBCCDD, killed=True, netns=9).pack()
-    assert raw == struct.pack("<IIIIQ", 0x01020304, 0xAABBCCDD, 1, 0, 9)
+    raw = Policy(ifindex=0x01020304, mark=0xAABBCCDD, killed=True, netns=9,
+                 event_rate=50).pack()
+    assert raw == struct.pack("<IIIIQQQQ", 0x01020304, 0xAABBCCDD, 1, 50, 9, 0, 0, 0)
     assert Policy(ifindex=1, mark=2, killed=False).pack()[8:12] == b"\0\0\0\0"
 
 
 def test_policy_unpack_flag_bit0_only():
-    raw = struct.pack("<IIIIQ", 3, 4, 0b110, 0, 0)
+    raw = struct.pack("<IIIIQQQQ", 3, 4, 0b110, 0, 0, 0, 0, 0)
     assert Policy.unpack(raw).killed is False
-    raw = struct.pack("<IIIIQ", 3, 4, 0b111, 0, 0)
+    raw = struct.pack("<IIIIQQQQ", 3, 4, 0b111, 0, 0, 7, 8, 9)
     assert Policy.unpack(raw) == Policy(3, 4, True)
 
 
@@ -157,32 +158,32 @@ def test_policy_unpack_ignores_trailing_bytes():
 
 
 def test_stats_unpack_percpu_sums():
-    cpu0 = struct.pack("<11Q", *range(1, 12))
-    cpu1 = struct.pack("<11Q", *[10 * i for i in range(1, 11)], 2**40)
+    cpu0 = struct.pack("<13Q", *range(1, 14))
+    cpu1 = struct.pack("<13Q", *[10 * i for i in range(1, 11)], 2**40, 5, 6)
     s = Stats.unpack_percpu(cpu0 + cpu1, 2)
     assert s == Stats(passed_packets=11, passed_bytes=22, loopback_packets=33,
                       loopback_bytes=44, drop_kill_packets=55, drop_kill_bytes=66,
                       drop_device_packets=77, drop_device_bytes=88,
                       drop_nopolicy_packets=99, drop_nopolicy_bytes=110,
-                      refused_netns=11 + 2**40)
+                      refused_netns=11 + 2**40, events_suppressed=17, events_lost=19)
     assert s.dropped == 55 + 77 + 99
 
 
 def test_stats_unpack_percpu_only_ncpus():
-    raw = struct.pack("<11Q", *range(11)) + struct.pack("<11Q", *range(100, 111))
-    assert Stats.unpack_percpu(raw, 1) == Stats(*range(11))
+    raw = struct.pack("<13Q", *range(13)) + struct.pack("<13Q", *range(100, 113))
+    assert Stats.unpack_percpu(raw, 1) == Stats(*range(13))
     assert Stats.unpack_percpu(b"", 0) == Stats()
 
 
 def test_stats_layout_matches_the_c_struct():
-    """struct nl_stats: five {packets, bytes} pairs and one u64."""
+    """struct nl_stats: five {packets, bytes} pairs and three u64."""
     with open(os.path.join(os.path.dirname(__file__), "..", "..", "bpf", "netleak.h")) as f:
         header = f.read()
     body = header[header.index("struct nl_stats {"):]
     body = body[:body.index("};")]
     pairs = body.count("struct nl_count ")
     singles = body.count("u64 ")
-    assert policy.STATS_SIZE == (2 * pairs + singles) * 8 == 88
+    assert policy.STATS_SIZE == (2 * pairs + singles) * 8 == 104
 
 
 def test_stats_defaults():
