@@ -38,7 +38,12 @@ test: venv .stamp-test-deps
 test-unit: venv
 	$(PY) -m pytest -q tests/unit
 
-bench: venv
+# what the benchmark adds: iperf3
+.stamp-bench-deps: .stamp-deps scripts/install-deps.sh
+	sh scripts/install-deps.sh bench
+	touch $@
+
+bench: venv .stamp-bench-deps
 	$(PY) tests/bench.py
 
 # System-wide: a venv under $(OPT), its commands linked into $(PREFIX)/bin.
@@ -57,4 +62,4 @@ uninstall:
 	rm -rf $(OPT)
 
 clean:
-	rm -rf $(VENV) .stamp-deps .stamp-test-deps .pytest_cache build *.egg-info
+	rm -rf $(VENV) .stamp-deps .stamp-test-deps .stamp-bench-deps .pytest_cache build *.egg-info

@@ -3,7 +3,8 @@
 # Says what it does; installs nothing that is already there.
 # "install-deps.sh test" adds what the test suite needs: podman with runc
 # (its container tests), debootstrap (a Debian image without a registry) and
-# a static busybox (a minimal container rootfs).
+# a static busybox (a minimal container rootfs); "install-deps.sh bench" adds
+# iperf3 (the benchmark's traffic).
 set -eu
 
 say() { echo "deps: $*"; }
@@ -18,6 +19,8 @@ arch=$(dpkg --print-architecture)
 want="python3-bpfcc python3-venv python3-pip iproute2 tcpdump util-linux procps iputils-ping"
 if [ "${1:-}" = test ]; then
     want="$want podman runc conmon containernetworking-plugins debootstrap busybox-static"
+elif [ "${1:-}" = bench ]; then
+    want="$want iperf3"
 fi
 missing=""
 for p in $want; do
