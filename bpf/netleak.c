@@ -77,39 +77,64 @@ static __always_inline int admit(struct nl_policy *p, u64 now, u32 *held)
 
 /* Fill in the task's pid and comm when the task is in the socket's cgroup
  * (sendmsg, connect, socket); in softirq context the current task is an
- * unrelated one and both stay empty. */
-static __always_inline void task_of(struct nl_event *e)
+ * unrelated one and both stay empty. Kernels give these helpers to socket
+ * programs since 6.1 (NL_TASK_SOCK) and to egress programs only lately
+ * (NL_TASK_EGRESS); the compile tries each level in turn. */
+static __always_inline void task_of(struct nl_event *e, int egress)
 {
+#ifndef NL_TASK_EGRESS
+    if (egress)
+        return;
+#endif
+#ifndef NL_TASK_SOCK
+    if (!egress)
+        return;
+#endif
     if (bpf_get_current_cgroup_id() != e->sock_cgroup)
         return;
     e->pid = bpf_get_current_pid_tgid() >> 32;
     bpf_get_current_comm(e->comm, sizeof(e->comm));
 }
 
-/* Send E through the ring of network namespace NETNS, or count it lost. */
-static __always_inline void send(u64 netns, struct nl_event *e)
+/* Send E through the ring of network namespace NETNS, or count it lost
+ * (and give back to P the count of held-back events it carried). */
+static __always_inline void send(u64 netns, struct nl_event *e, struct nl_policy *p)
 {
     void *ring = rings.lookup(&netns);
 
-    if (!ring || bpf_ringbuf_output(ring, e, sizeof(*e), 0) != 0)
+    if (!ring || bpf_ringbuf_output(ring, e, sizeof(*e), 0) != 0) {
         count(e->cgroup, V_LOST, 0);
+        if (p && e->suppressed)
+            __sync_fetch_and_add(&p->ev_suppressed, e->suppressed);
+    }
 }
 
+/* Drops with no policy entry have no session's limiter: one shared one
+ * bounds them all (approximately: its counters are updated without locks). */
+BPF_ARRAY(nopolicy_rate, struct nl_policy, 1);
+
 /* Report a blocked attempt of session KEY (policy P, may be NULL). */
-static __always_inline void report(struct nl_event *e, struct nl_policy *p, u64 netns)
+static __always_inline void report(struct nl_event *e, struct nl_policy *p, u64 netns,
+                                   int egress)
 {
     u32 held = 0;
+    struct nl_policy *limit = p;
+    int zero = 0;
 
-    if (p) {
-        if (!admit(p, e->time_ns, &held)) {
-            if (p->event_rate)
-                count(e->cgroup, V_SUPPRESSED, 0);
+    if (!limit) {
+        limit = nopolicy_rate.lookup(&zero);
+        if (!limit)
             return;
-        }
+        limit->event_rate = NL_NOPOLICY_RATE;
+    }
+    if (!admit(limit, e->time_ns, &held)) {
+        if (limit->event_rate)
+            count(e->cgroup, V_SUPPRESSED, 0);
+        return;
     }
     e->suppressed = held;
-    task_of(e);
-    send(netns, e);
+    task_of(e, egress);
+    send(netns, e, p);
 }
 
 /* Destination of an egress packet: skb data starts at the network header. */
@@ -124,6 +149,8 @@ static __always_inline void packet_dest(struct __sk_buff *skb, struct nl_event *
         e->family = 2;      /* AF_INET */
         e->protocol = buf[9];
         __builtin_memcpy(e->daddr, &buf[16], 4);
+        if ((buf[6] & 0x1f) || buf[7])
+            return;         /* a later fragment: no ports in it */
         l4 = (buf[0] & 0xf) * 4;
     } else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
         if (bpf_skb_load_bytes(skb, 0, buf, 40) != 0)
@@ -209,7 +236,7 @@ static __always_inline int drop(struct __sk_buff *skb, struct nl_policy *p, u64 
     e.reason = reason;
     e.hook = NL_H_EGRESS;
     packet_dest(skb, &e);
-    report(&e, p, netns);
+    report(&e, p, netns, 1);
     return 0;
 }
 
@@ -268,7 +295,7 @@ int nl_sock_create(struct bpf_sock *sk)
         e.hook = NL_H_SOCK;
         e.family = sk->family;
         e.protocol = sk->protocol;
-        report(&e, p, p->netns);
+        report(&e, p, p->netns, 0);
         return 0;   /* EPERM to the caller */
     }
     sk->mark = p->mark;
@@ -317,7 +344,7 @@ static __always_inline int attempt(struct bpf_sock_addr *ctx, u8 hook, int v6)
     e.family = v6 ? 10 : 2;
     e.protocol = ctx->protocol;
     e.dport = bpf_ntohs((u16)ctx->user_port);
-    report(&e, p, p->netns);
+    report(&e, p, p->netns, 0);
     return 1;
 }
 

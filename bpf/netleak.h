@@ -94,6 +94,11 @@ struct nl_event {
 #define NL_MAX_ENTRIES 4096
 #endif
 
+/* Events per window for all drops with no policy entry together. */
+#ifndef NL_NOPOLICY_RATE
+#define NL_NOPOLICY_RATE 50
+#endif
+
 /* Rings of event readers, one per network namespace (daemon). */
 #ifndef NL_MAX_RINGS
 #define NL_MAX_RINGS 256

@@ -26,7 +26,7 @@ from .config import Config
 from .errors import NetleakError
 from .kernel import bpfsys, cgroupfs, netlink, programs
 from .kernel.ringbuf import RingReader, ring_size
-from .policy import KEY_SIZE, POLICY_SIZE, STATS_SIZE, Policy, Stats, pack_key, unpack_key
+from .policy import KEY_SIZE, POLICY_SIZE, Policy, Stats, pack_key, unpack_key
 from .state import Session, State
 from .store import Store, netns_id, run_dir
 
@@ -234,7 +234,7 @@ class Daemon:
     def maps_for(self, pinset: str) -> programs.Maps | None:
         if pinset not in self.maps:
             pins = programs.Pinset(pinset)
-            if not pins.complete():
+            if not pins.usable():
                 return None
             self.maps[pinset] = programs.Maps(pins)
         return self.maps[pinset]
@@ -242,7 +242,7 @@ class Daemon:
     def progs_for(self, pinset: str) -> programs.Programs | None:
         if pinset not in self.progs:
             pins = programs.Pinset(pinset)
-            if not pins.complete():
+            if not pins.usable():
                 return None
             self.progs[pinset] = programs.Programs(pins)
         return self.progs[pinset]
@@ -268,9 +268,12 @@ class Daemon:
                 r, _, _ = select.select(waits, [], [], TICK)
             except InterruptedError:
                 continue
-            try:
-                if self.ring is not None and self.ring in r:
+            if self.ring is not None and self.ring in r:
+                try:
                     self.on_ring()
+                except Exception:   # events are best effort; the rest goes on
+                    log.exception("reading the event ring")
+            try:
                 if self.watch in r:
                     self.reap(self.watch.drain())
                 if self.events in r:
@@ -656,10 +659,7 @@ class Daemon:
         maps = self.maps_for(s.pinset)
         stats = Stats()
         if maps is not None:
-            raw = _step("read counters", bpfsys.map_lookup, maps.stats,
-                        pack_key(s.cgroup_id), STATS_SIZE * maps.ncpus)
-            if raw:
-                stats = Stats.unpack_percpu(raw, maps.ncpus)
+            stats = _step("read counters", maps.read_stats, s.cgroup_id) or stats
             _step("policy entry", bpfsys.map_delete, maps.policy, pack_key(s.cgroup_id))
             _step("stats entry", bpfsys.map_delete, maps.stats, pack_key(s.cgroup_id))
         if s.owned:
@@ -842,7 +842,7 @@ class Daemon:
         except OSError:
             return []
         return [os.path.join(self.cfg.bpf_dir, n) for n in names
-                if programs.Pinset(os.path.join(self.cfg.bpf_dir, n)).complete()]
+                if programs.Pinset(os.path.join(self.cfg.bpf_dir, n)).usable()]
 
 
 def _step(what: str, fn, *args):

@@ -201,7 +201,11 @@ def follow(run_dir: str, emit: Callable[[dict], None], stop: Callable[[], bool],
             except FileNotFoundError:
                 moved = False
             if moved:
-                if f:
+                if f:       # what was appended just before the turn-over
+                    partial += f.read()
+                    *done, partial = partial.split(b"\n")
+                    for ev in _parse(done):
+                        emit(ev)
                     f.close()
                 f, partial = reopen(at_end=False), b""
                 continue

@@ -14,6 +14,9 @@ import logging
 from .events import iso
 
 
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def value(v: object) -> str:
     """A logfmt value: bare when it can be, else a quoted string."""
     if v is None:
@@ -23,9 +26,10 @@ def value(v: object) -> str:
     if isinstance(v, float):
         v = f"{v:.6g}"
     text = str(v)
-    if text and not any(c in text for c in ' ="\\\n\t') and text.isprintable():
+    if text and not any(c in text for c in ' ="\\') and text.isprintable():
         return text
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    escaped = "".join(_ESCAPES.get(c) or (c if c.isprintable() else f"\\u{ord(c):04x}")
+                      for c in text)
     return f'"{escaped}"'
 
 

@@ -61,10 +61,14 @@ class Stats:
         return self.drop_kill_packets + self.drop_device_packets + self.drop_nopolicy_packets
 
     @classmethod
-    def unpack_percpu(cls, raw: bytes, ncpus: int) -> "Stats":
+    def unpack_percpu(cls, raw: bytes, ncpus: int, stride: int = 0) -> "Stats":
+        """Sum the CPUs' values, STRIDE bytes each (an older version's
+        shorter struct: the fields it lacks read as 0)."""
+        stride = stride or _STATS.size
         totals = [0] * len(dataclasses.fields(cls))
         for cpu in range(ncpus):
-            vals = _STATS.unpack_from(raw, cpu * _STATS.size)
+            one = raw[cpu * stride: cpu * stride + min(stride, _STATS.size)]
+            vals = _STATS.unpack(one.ljust(_STATS.size, b"\0"))
             totals = [a + b for a, b in zip(totals, vals)]
         return cls(*totals)
 

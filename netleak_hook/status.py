@@ -114,7 +114,7 @@ def render(table: list[dict], width: int = 79) -> str:
 def gather(cfg) -> dict:
     """The state file and the kernel's view, as JSON-ready data."""
     from .kernel import bpfsys, cgroupfs, netlink, programs
-    from .policy import POLICY_SIZE, STATS_SIZE, pack_key
+    from .policy import POLICY_SIZE, pack_key
     from .store import Store, run_dir
 
     store = Store(run_dir(cfg))
@@ -139,9 +139,7 @@ def gather(cfg) -> dict:
             if m is not None:
                 raw = bpfsys.map_lookup(m.policy, pack_key(s.cgroup_id), POLICY_SIZE)
                 pol = Policy.unpack(raw) if raw else None
-                raws = bpfsys.map_lookup(m.stats, pack_key(s.cgroup_id),
-                                         STATS_SIZE * m.ncpus)
-                stats = Stats.unpack_percpu(raws, m.ncpus) if raws else Stats()
+                stats = m.read_stats(s.cgroup_id)
             path = cgroupfs.abspath(root, s.cgroup)
             nprocs = len(cgroupfs.tree_procs(path))
             facts[s.id] = Facts(policy=pol, maps_readable=m is not None,

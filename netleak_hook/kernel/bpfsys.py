@@ -139,6 +139,14 @@ def prog_query(cgroup_fd: int, attach_type: int, max_progs: int = 64) -> list[in
     return list(ids[: q.prog_cnt])
 
 
+def map_value_size(map_fd: int) -> int:
+    """value_size of a map (bpf_map_info: type, id, key_size, value_size)."""
+    buf = (ctypes.c_uint8 * 256)()
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, _InfoByFd(bpf_fd=map_fd, info_len=256,
+                                           info=ctypes.addressof(buf)))
+    return int.from_bytes(bytes(buf[12:16]), "little")
+
+
 def prog_id(prog_fd: int) -> int:
     """The kernel's id of a loaded program (first field of bpf_prog_info)."""
     buf = (ctypes.c_uint8 * 256)()

@@ -45,6 +45,11 @@ PROGRAMS = (  # (function and pin name, BCC program type name, attach type)
 MAPS = ("policy", "stats", "rings")
 PINS = tuple(f"prog_{n}" for n, _, _ in PROGRAMS) + tuple(f"map_{m}" for m in MAPS)
 RING_PAGES = 16     # NL_RING_PAGES: every reader's ring has this size
+# what older netleak versions pinned too: enough to manage their sessions
+BASE_PINS = ("prog_egress", "prog_sock_create", "map_policy", "map_stats")
+# helper levels of the compile, richest first (see compile_and_pin)
+LEVELS = (("-DNL_SKB_NETNS_COOKIE", "-DNL_TASK_EGRESS", "-DNL_TASK_SOCK"),
+          ("-DNL_TASK_SOCK",), ())
 
 BPF_FS_MAGIC = 0xCAFE4A11
 
@@ -80,7 +85,12 @@ class Pinset:
         return os.path.join(self.path, name)
 
     def complete(self) -> bool:
+        """Every pin this version makes."""
         return all(os.path.exists(self.pin(p)) for p in PINS)
+
+    def usable(self) -> bool:
+        """Enough to manage sessions, also those an older version started."""
+        return all(os.path.exists(self.pin(p)) for p in BASE_PINS)
 
 
 def ensure_bpffs(bpf_dir: str) -> None:
@@ -166,11 +176,13 @@ def compile_and_pin(pins: Pinset, extra: tuple[str, ...] = ()) -> None:
             f"no kernel headers at {headers}: install linux-headers-"
             f"{os.uname().release} (or run 'make deps'); 'netleak doctor' explains")
     log.info("compiling BPF programs into %s", pins.path)
-    # Newer kernels give egress programs the socket's netns cookie, so even
-    # a drop with no policy entry reaches its namespace's reader; older ones
-    # refuse the helper and such drops are only counted.
+    # What events can carry depends on the helpers the kernel gives each
+    # program type: recent kernels give egress programs the socket's netns
+    # cookie (so a drop with no policy entry reaches its namespace's reader)
+    # and the current task's pid and comm; since 6.1 socket programs have
+    # the latter. Each level is tried in turn; the verdicts are the same.
     b = None
-    for more in (("-DNL_SKB_NETNS_COOKIE",), ()):
+    for more in LEVELS:
         try:
             b = BPF(src_file=os.path.join(BPF_SRC_DIR, "netleak.c").encode(),
                     cflags=cflags(extra=extra + more))
@@ -183,10 +195,11 @@ def compile_and_pin(pins: Pinset, extra: tuple[str, ...] = ()) -> None:
             if b is not None:
                 b.cleanup()
                 b = None
-            if not more:
+            if more == LEVELS[-1]:
                 raise NetleakError(
                     f"BPF compile or load failed: {e}; run 'netleak doctor'") from None
-            log.info("egress cannot read netns cookies here (%s): compiling without", e)
+            log.info("this kernel refuses %s (%s): trying with fewer helpers",
+                     " ".join(more), e)
     assert b is not None
     tmp = pins.path + "-new"  # bpffs refuses names with a dot
     _remove_dir(tmp)
@@ -229,8 +242,11 @@ class Programs:
     def __init__(self, pins: Pinset) -> None:
         self.pins = pins
         self.fds: dict[str, int] = {}
+        # an older version's pin set has fewer programs: those it has
+        self.hooks = tuple((n, t) for n, t in self.HOOKS
+                           if n in BASE_PINS or os.path.exists(pins.pin(n)))
         try:
-            for name, _ in self.HOOKS:
+            for name, _ in self.hooks:
                 self.fds[name] = bpfsys.obj_get(pins.pin(name))
         except OSError as e:
             self.close()
@@ -251,7 +267,7 @@ class Programs:
         """Attach both programs (ALLOW_MULTI: others' programs stay)."""
         cfd = os.open(cgroup_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            for name, atype in self.HOOKS:
+            for name, atype in self.hooks:
                 try:
                     bpfsys.prog_attach(self.fds[name], cfd, atype)
                 except OSError as e:
@@ -281,7 +297,7 @@ class Programs:
         except FileNotFoundError:
             return
         try:
-            for name, atype in self.HOOKS:
+            for name, atype in self.hooks:
                 if not self.attached(cfd, name, atype):
                     continue
                 try:
@@ -300,18 +316,31 @@ class Maps:
         self.pins = pins
         self.policy = bpfsys.obj_get(pins.pin("map_policy"))
         self.stats = bpfsys.obj_get(pins.pin("map_stats"))
-        self.rings = bpfsys.obj_get(pins.pin("map_rings"))
+        # an older version's pin set has no rings and shorter counters
+        self.rings = (bpfsys.obj_get(pins.pin("map_rings"))
+                      if os.path.exists(pins.pin("map_rings")) else -1)
+        self.stats_size = bpfsys.map_value_size(self.stats)
         self.ncpus = bpfsys.possible_cpus()
 
     def close(self) -> None:
         for fd in (self.policy, self.stats, self.rings):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def read_stats(self, cgroup_id: int):
+        """The counters of CGROUP_ID summed over CPUs (policy.Stats); zeros
+        when it has none yet."""
+        from ..policy import Stats, pack_key
+        raw = bpfsys.map_lookup(self.stats, pack_key(cgroup_id), self.stats_size * self.ncpus)
+        return Stats.unpack_percpu(raw, self.ncpus, self.stats_size) if raw else Stats()
 
     def open_ring(self, netns: int) -> int:
         """The event ring of network namespace NETNS (a cookie), created and
         registered when there is none yet; a ring left by a reader that
         died is reused, with what it holds. Returns an fd."""
+        if self.rings < 0:
+            raise OSError(errno.ENOENT, "this pin set has no event rings")
         key = netns.to_bytes(8, "little")
         raw = bpfsys.map_lookup(self.rings, key, 4)
         if raw is not None:
@@ -329,5 +358,6 @@ class Maps:
     def close_ring(self, netns: int) -> None:
         """Unregister NETNS's ring: events of its sessions are then counted
         as lost until a reader registers again."""
-        with contextlib.suppress(OSError):
-            bpfsys.map_delete(self.rings, netns.to_bytes(8, "little"))
+        if self.rings >= 0:
+            with contextlib.suppress(OSError):
+                bpfsys.map_delete(self.rings, netns.to_bytes(8, "little"))

@@ -160,47 +160,54 @@ def test_recorded_skips_torn_and_foreign_lines(tmp_path):
     assert events.recorded(str(tmp_path / "none")) == []
 
 
+class Following:
+    """events.follow in a thread, collecting dports; entered once it holds
+    the log (its first stop() call comes after the file is opened)."""
+
+    def __init__(self, run_dir: str) -> None:
+        self.got: list[int] = []
+        self.done = threading.Event()
+        self.started = threading.Event()
+
+        def stop() -> bool:
+            self.started.set()
+            return self.done.is_set()
+        self.thread = threading.Thread(target=events.follow, kwargs={
+            "run_dir": run_dir, "emit": lambda e: self.got.append(e["dport"]),
+            "stop": stop, "poll": 0.01})
+
+    def __enter__(self) -> "Following":
+        self.thread.start()
+        assert self.started.wait(5)
+        return self
+
+    def wait_for(self, n: int) -> list[int]:
+        deadline = time.monotonic() + 5
+        while len(self.got) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.got
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
+
+
 def test_follow_sees_new_events_across_a_turn_over(tmp_path):
-    log = events.EventLog(str(tmp_path), max_bytes=700)
+    log = events.EventLog(str(tmp_path), max_bytes=1400)    # ~3 lines a file
     log.append([_ev(dport=1)])              # before follow: not shown
-    got: list[int] = []
-    done = threading.Event()
-    t = threading.Thread(target=events.follow,
-                         args=(str(tmp_path), lambda e: got.append(e["dport"]), done.is_set),
-                         kwargs={"poll": 0.01})
-    t.start()
-    try:
-        time.sleep(0.1)
+    with Following(str(tmp_path)) as f:
         for i in range(2, 12):
             log.append([_ev(dport=i)])
-            time.sleep(0.02)
-        deadline = time.monotonic() + 5
-        while len(got) < 10 and time.monotonic() < deadline:
-            time.sleep(0.01)
-    finally:
-        done.set()
-        t.join()
+            f.wait_for(i - 1)               # one turn-over at a time, as in life
+        got = f.wait_for(10)
     assert os.path.exists(tmp_path / "events.jsonl.1")
     assert got == list(range(2, 12))
 
 
 def test_follow_waits_for_a_log_that_does_not_exist_yet(tmp_path):
-    got: list[int] = []
-    done = threading.Event()
-    t = threading.Thread(target=events.follow,
-                         args=(str(tmp_path), lambda e: got.append(e["dport"]), done.is_set),
-                         kwargs={"poll": 0.01})
-    t.start()
-    try:
-        time.sleep(0.05)
+    with Following(str(tmp_path)) as f:
         events.EventLog(str(tmp_path)).append([_ev(dport=3)])
-        deadline = time.monotonic() + 5
-        while not got and time.monotonic() < deadline:
-            time.sleep(0.01)
-    finally:
-        done.set()
-        t.join()
-    assert got == [3]
+        assert f.wait_for(1) == [3]
 
 
 # ---------- the daemon's log lines ----------
@@ -208,7 +215,8 @@ def test_follow_waits_for_a_log_that_does_not_exist_yet(tmp_path):
 @pytest.mark.parametrize("v, text", [
     ("wg0", "wg0"), (5, "5"), (True, "true"), (None, '""'), ("", '""'),
     ("a b", '"a b"'), ('say "hi"', '"say \\"hi\\""'), ("x=1", '"x=1"'),
-    ("two\nlines", '"two\\nlines"'), (0.25, "0.25"),
+    ("two\nlines", '"two\\nlines"'), (0.25, "0.25"), ("a\rb\tc", '"a\\rb\\tc"'),
+    ("x\x1by\u2028", '"x\\u001by\\u2028"'),
 ])
 def test_logfmt_values(v, text):
     assert logfmt.value(v) == text

@@ -169,6 +169,27 @@ def test_stats_unpack_percpu_sums():
     assert s.dropped == 55 + 77 + 99
 
 
+def test_stats_of_an_older_layout_read_with_its_stride():
+    """An older version's pin set: 11 counters a CPU, the newer ones read 0."""
+    old = struct.pack("<11Q", *range(1, 12)) * 2
+    s = Stats.unpack_percpu(old, 2, stride=88)
+    assert s == Stats(*[2 * v for v in range(1, 12)])
+    assert s.events_suppressed == s.events_lost == 0
+
+
+def test_pinset_usable_with_an_older_versions_pins(tmp_path):
+    from netleak_hook.kernel import programs
+    pins = programs.Pinset(str(tmp_path))
+    for name in programs.BASE_PINS:
+        (tmp_path / name).touch()
+    assert pins.usable() and not pins.complete()
+    for name in programs.PINS:
+        (tmp_path / name).touch()
+    assert pins.usable() and pins.complete()
+    (tmp_path / "map_stats").unlink()
+    assert not pins.usable()
+
+
 def test_stats_unpack_percpu_only_ncpus():
     raw = struct.pack("<13Q", *range(13)) + struct.pack("<13Q", *range(100, 113))
     assert Stats.unpack_percpu(raw, 1) == Stats(*range(13))
