@@ -183,15 +183,18 @@ def follow(run_dir: str, emit: Callable[[dict], None], stop: Callable[[], bool],
             g.seek(0, os.SEEK_END)
         return g
 
+    def take(chunk: bytes) -> None:
+        nonlocal partial
+        *done, partial = (partial + chunk).split(b"\n")
+        for ev in _parse(done):
+            emit(ev)
+
     f = reopen(at_end=True)
     try:
         while not stop():
             chunk = f.read() if f else b""
             if chunk:
-                partial += chunk
-                *done, partial = partial.split(b"\n")
-                for ev in _parse(done):
-                    emit(ev)
+                take(chunk)
                 continue
             # at the end of the file we hold: has the log turned over?
             try:
@@ -202,10 +205,7 @@ def follow(run_dir: str, emit: Callable[[dict], None], stop: Callable[[], bool],
                 moved = False
             if moved:
                 if f:       # what was appended just before the turn-over
-                    partial += f.read()
-                    *done, partial = partial.split(b"\n")
-                    for ev in _parse(done):
-                        emit(ev)
+                    take(f.read())
                     f.close()
                 f, partial = reopen(at_end=False), b""
                 continue

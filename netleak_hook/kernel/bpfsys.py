@@ -139,20 +139,22 @@ def prog_query(cgroup_fd: int, attach_type: int, max_progs: int = 64) -> list[in
     return list(ids[: q.prog_cnt])
 
 
+def _info_u32(fd: int, offset: int) -> int:
+    """One u32 of the bpf_prog_info or bpf_map_info of FD."""
+    buf = (ctypes.c_uint8 * 256)()
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, _InfoByFd(bpf_fd=fd, info_len=256,
+                                           info=ctypes.addressof(buf)))
+    return int.from_bytes(bytes(buf[offset:offset + 4]), "little")
+
+
 def map_value_size(map_fd: int) -> int:
     """value_size of a map (bpf_map_info: type, id, key_size, value_size)."""
-    buf = (ctypes.c_uint8 * 256)()
-    _bpf(BPF_OBJ_GET_INFO_BY_FD, _InfoByFd(bpf_fd=map_fd, info_len=256,
-                                           info=ctypes.addressof(buf)))
-    return int.from_bytes(bytes(buf[12:16]), "little")
+    return _info_u32(map_fd, 12)
 
 
 def prog_id(prog_fd: int) -> int:
-    """The kernel's id of a loaded program (first field of bpf_prog_info)."""
-    buf = (ctypes.c_uint8 * 256)()
-    _bpf(BPF_OBJ_GET_INFO_BY_FD, _InfoByFd(bpf_fd=prog_fd, info_len=256,
-                                           info=ctypes.addressof(buf)))
-    return int.from_bytes(bytes(buf[4:8]), "little")
+    """The kernel's id of a loaded program (bpf_prog_info: type, id)."""
+    return _info_u32(prog_fd, 4)
 
 
 def ringbuf_create(size: int, name: bytes) -> int:
