@@ -1,6 +1,8 @@
 /* netleak: mark every socket of a controlled cgroup and drop every packet of
- * it that would leave by anything but its interface or loopback; count each
- * verdict, and report blocked attempts through a ring buffer.
+ * it that would leave by anything but its interface or loopback (or an
+ * --allow prefix); send its loopback DNS to the session's resolvers; drop
+ * what arrives by another interface; count each verdict, and report
+ * blocked attempts through a ring buffer.
  *
  * Compiled by BCC (netleak_hook/kernel/programs.py) with -I for this folder
  * and -D for the sizes, then pinned; later runs only open the pins.
@@ -19,7 +21,8 @@ BPF_RINGBUF_OUTPUT(ring_tmpl, NL_RING_PAGES);
 BPF_HASH_OF_MAPS(rings, u64, "ring_tmpl", NL_MAX_RINGS);
 
 enum nl_verdict { V_PASS, V_LOOPBACK, V_KILL, V_DEVICE, V_NOPOLICY, V_NETNS,
-                  V_SUPPRESSED, V_LOST };
+                  V_SUPPRESSED, V_LOST, V_ALLOWED, V_BLOCK, V_INBOUND, V_REFUSED_DNS,
+                  V_REFUSED_BLOCK, V_DNS };
 
 static __always_inline void count(u64 cgid, enum nl_verdict v, u32 len)
 {
@@ -41,8 +44,14 @@ static __always_inline void count(u64 cgid, enum nl_verdict v, u32 len)
     case V_KILL:     c = &s->drop_kill; break;
     case V_DEVICE:   c = &s->drop_device; break;
     case V_NOPOLICY: c = &s->drop_nopolicy; break;
+    case V_ALLOWED:  c = &s->allowed; break;
+    case V_BLOCK:    c = &s->drop_block; break;
+    case V_INBOUND:  c = &s->drop_inbound; break;
     case V_NETNS:    s->refused_netns++; return;
     case V_SUPPRESSED: s->events_suppressed++; return;
+    case V_REFUSED_DNS: s->refused_dns++; return;
+    case V_REFUSED_BLOCK: s->refused_block++; return;
+    case V_DNS:      s->dns_redirected++; return;
     default:         s->events_lost++; return;
     }
     c->packets++;
@@ -135,6 +144,74 @@ static __always_inline void report(struct nl_event *e, struct nl_policy *p, u64 
     e->suppressed = held;
     task_of(e, egress);
     send(netns, e, p);
+}
+
+/* ---------- addresses ---------- */
+
+static __always_inline void mapped4(struct nl_addr *a, u32 v4)
+{
+    a->w[0] = 0;
+    a->w[1] = 0;
+    a->w[2] = bpf_htonl(0xffff);
+    a->w[3] = v4;
+}
+
+static __always_inline int is_mapped(const struct nl_addr *a)
+{
+    return a->w[0] == 0 && a->w[1] == 0 && a->w[2] == bpf_htonl(0xffff);
+}
+
+static __always_inline int same(const struct nl_addr *a, const struct nl_addr *b)
+{
+    return a->w[0] == b->w[0] && a->w[1] == b->w[1] &&
+           a->w[2] == b->w[2] && a->w[3] == b->w[3];
+}
+
+/* 127.0.0.0/8 (also IPv4-mapped) and ::1 */
+static __always_inline int is_loopback(const struct nl_addr *a)
+{
+    if (is_mapped(a))
+        return (bpf_ntohl(a->w[3]) >> 24) == 127;
+    return a->w[0] == 0 && a->w[1] == 0 && a->w[2] == 0 && a->w[3] == bpf_htonl(1);
+}
+
+/* Whether A lies in one of the session's --allow prefixes. */
+static __always_inline int allowed(const struct nl_policy *p, const struct nl_addr *a)
+{
+#pragma unroll
+    for (int i = 0; i < NL_MAX_ALLOW; i++) {
+        const struct nl_prefix *x = &p->allow[i];
+        if (i >= p->allow_n)
+            break;
+        if ((a->w[0] & x->mask.w[0]) == x->addr.w[0] &&
+            (a->w[1] & x->mask.w[1]) == x->addr.w[1] &&
+            (a->w[2] & x->mask.w[2]) == x->addr.w[2] &&
+            (a->w[3] & x->mask.w[3]) == x->addr.w[3])
+            return 1;
+    }
+    return 0;
+}
+
+/* The packet's source (SRC) or destination address. */
+static __always_inline int skb_addr(struct __sk_buff *skb, int src, struct nl_addr *a)
+{
+    if (skb->protocol == bpf_htons(ETH_P_IP)) {
+        u32 v4 = 0;
+        if (bpf_skb_load_bytes(skb, src ? 12 : 16, &v4, 4) != 0)
+            return 0;
+        mapped4(a, v4);
+        return 1;
+    }
+    if (skb->protocol == bpf_htons(ETH_P_IPV6))
+        return bpf_skb_load_bytes(skb, src ? 8 : 24, a, 16) == 0;
+    return 0;
+}
+
+static __always_inline int skb_allowed(struct __sk_buff *skb, struct nl_policy *p, int src)
+{
+    struct nl_addr a = {};
+
+    return p->allow_n && skb_addr(skb, src, &a) && allowed(p, &a);
 }
 
 /* Destination of an egress packet: skb data starts at the network header. */
@@ -261,6 +338,13 @@ int nl_egress(struct __sk_buff *skb)
         count(key, V_LOOPBACK, skb->len);
         return 1;
     }
+    if (skb_allowed(skb, p, 0)) {
+        /* an --allow prefix: the main table chose the device */
+        count(key, V_ALLOWED, skb->len);
+        return 1;
+    }
+    if (p->flags & NL_FLAG_BLOCK)
+        return drop(skb, p, key, self, V_BLOCK, NL_R_BLOCK);
     if (p->flags & NL_FLAG_KILL)
         return drop(skb, p, key, self, V_KILL, NL_R_KILL);
     if (skb->ifindex != p->ifindex)
@@ -302,54 +386,183 @@ int nl_sock_create(struct bpf_sock *sk)
     return 1;
 }
 
-/* connect() and unconnected sendmsg() while the kill switch is on: routing
- * refuses them (the interface's table has only its unreachable route then),
- * before any packet exists for nl_egress to see. Say so; the call goes on
- * and fails there. Loopback destinations are not blocked and not reported,
- * nor are sockets routing does not send to our table (bound to a device,
- * or re-marked): their packets exist, and nl_egress reports them. */
-static __always_inline int attempt(struct bpf_sock_addr *ctx, u8 hook, int v6)
+/* Ingress: a controlled cgroup's sockets hear only from loopback, their
+ * interface and --allow prefixes; a server inside is not reachable from
+ * the LAN. The device is the one the packet arrived by. */
+int nl_ingress(struct __sk_buff *skb)
+{
+    u64 self = bpf_skb_cgroup_id(skb);
+    u64 key;
+    struct nl_policy *p = lookup_skb(skb, self, &key);
+    u32 dev = skb->ingress_ifindex;
+
+    if (dev == LOOPBACK_IFINDEX)
+        return 1;
+    if (p && !(p->flags & NL_FLAG_BLOCK) && dev == p->ifindex)
+        return 1;
+    if (p && skb_allowed(skb, p, 1))
+        return 1;
+    count(key, V_INBOUND, skb->len);
+    return 0;
+}
+
+/* ---------- connect, sendmsg, recvmsg, getpeername ---------- */
+
+static __always_inline void ctx_addr(struct bpf_sock_addr *ctx, int v6, struct nl_addr *a)
+{
+    if (!v6) {
+        mapped4(a, ctx->user_ip4);
+    } else {
+        a->w[0] = ctx->user_ip6[0];
+        a->w[1] = ctx->user_ip6[1];
+        a->w[2] = ctx->user_ip6[2];
+        a->w[3] = ctx->user_ip6[3];
+    }
+}
+
+static __always_inline void set_ctx_addr(struct bpf_sock_addr *ctx, int v6,
+                                         const struct nl_addr *a, u32 port)
+{
+    if (!v6) {
+        ctx->user_ip4 = a->w[3];
+    } else {
+        ctx->user_ip6[0] = a->w[0];
+        ctx->user_ip6[1] = a->w[1];
+        ctx->user_ip6[2] = a->w[2];
+        ctx->user_ip6[3] = a->w[3];
+    }
+    ctx->user_port = port;
+}
+
+/* Report an attempt on a socket call (task context). */
+static __always_inline void call_event(struct bpf_sock_addr *ctx, struct nl_policy *p, u64 key,
+                                       const struct nl_addr *a, u32 port, u8 hook, u8 reason,
+                                       int v6)
+{
+    struct nl_event e = {};
+
+    e.time_ns = bpf_ktime_get_boot_ns();
+    e.cgroup = key;
+    e.sock_cgroup = bpf_get_current_cgroup_id();
+    e.reason = reason;
+    e.hook = hook;
+    e.family = v6 ? 10 : 2;
+    e.protocol = ctx->protocol;
+    e.dport = bpf_ntohs((u16)port);
+    if (!v6)
+        __builtin_memcpy(e.daddr, &a->w[3], 4);
+    else
+        __builtin_memcpy(e.daddr, a, 16);
+    report(&e, p, p->netns, 0);
+}
+
+/* One of the session's resolvers of A's family (IPv4-mapped or not),
+ * chosen by the socket so load spreads and a socket keeps its server. */
+static __always_inline int dns_pick(const struct nl_policy *p, const struct nl_addr *a,
+                                    u64 cookie, struct nl_addr *out)
+{
+    int v4 = is_mapped(a);
+    u32 n = 0, pick;
+
+#pragma unroll
+    for (int i = 0; i < NL_MAX_DNS; i++)
+        if (i < p->dns_n && is_mapped(&p->dns[i]) == v4)
+            n++;
+    if (!n)
+        return 0;
+    pick = cookie % n;
+#pragma unroll
+    for (int i = 0; i < NL_MAX_DNS; i++) {
+        if (i < p->dns_n && is_mapped(&p->dns[i]) == v4) {
+            if (pick == 0) {
+                *out = p->dns[i];
+                return 1;
+            }
+            pick--;
+        }
+    }
+    return 0;
+}
+
+BPF_TABLE("lru_hash", u64, struct nl_dns_orig, dns_orig, NL_MAX_DNS_SOCKETS);
+
+/* Where connect() and sendmsg() of a controlled cgroup may go.
+ *
+ * - Loopback goes on, except DNS (port 53): a local stub resolver would
+ *   forward the query by the default route. It is sent to one of the
+ *   session's resolvers instead (replies are made to look as if they came
+ *   from where the app asked), or refused when it has none of that family.
+ * - --allow prefixes go on (routing sends them to the main table).
+ * - In no-network mode, everything else is refused (EPERM, at once).
+ * - While the kill switch is on, routing refuses the call (the interface's
+ *   table has only its unreachable route then) before any packet exists
+ *   for nl_egress to see: say so; the call goes on and fails there.
+ *   Sockets routing does not send to our table (bound to a device, or
+ *   re-marked) are left to nl_egress, which reports their packets. */
+static __always_inline int sock_addr(struct bpf_sock_addr *ctx, u8 hook, int v6)
 {
     u64 key;
     struct nl_policy *p = lookup_task(&key);
     struct bpf_sock *sk = ctx->sk;
-    struct nl_event e = {};
+    struct nl_addr a = {};
+    u32 port = ctx->user_port;
 
-    if (!p || !(p->flags & NL_FLAG_KILL) || !sk)
+    if (!p || !sk)
         return 1;
-    if (sk->bound_dev_if || sk->mark != p->mark)
-        return 1;
-    if (!v6) {
-        u32 a = ctx->user_ip4;
-        if ((bpf_ntohl(a) >> 24) == 127)
+    ctx_addr(ctx, v6, &a);
+    if (is_loopback(&a)) {
+        struct nl_dns_orig o = {};
+        u64 cookie;
+
+        if (port != bpf_htons(DNS_PORT))
             return 1;
-        __builtin_memcpy(e.daddr, &a, 4);
-    } else {
-        u32 w0 = ctx->user_ip6[0], w1 = ctx->user_ip6[1];
-        u32 w2 = ctx->user_ip6[2], w3 = ctx->user_ip6[3];
-        if (w0 == 0 && w1 == 0 &&
-            ((w2 == 0 && w3 == bpf_htonl(1)) ||                     /* ::1 */
-             (w2 == bpf_htonl(0xffff) && (bpf_ntohl(w3) >> 24) == 127)))
-            return 1;
-        __builtin_memcpy(&e.daddr[0], &w0, 4);
-        __builtin_memcpy(&e.daddr[4], &w1, 4);
-        __builtin_memcpy(&e.daddr[8], &w2, 4);
-        __builtin_memcpy(&e.daddr[12], &w3, 4);
+        cookie = bpf_get_socket_cookie(ctx);
+        if (!dns_pick(p, &a, cookie, &o.server)) {
+            count(key, V_REFUSED_DNS, 0);
+            call_event(ctx, p, key, &a, port, hook, NL_R_DNS, v6);
+            return 0;
+        }
+        o.orig = a;
+        o.orig_port = port;
+        dns_orig.update(&cookie, &o);
+        set_ctx_addr(ctx, v6, &o.server, port);
+        count(key, V_DNS, 0);
+        a = o.server;
     }
-    e.time_ns = bpf_ktime_get_boot_ns();
-    e.cgroup = key;
-    e.sock_cgroup = bpf_get_current_cgroup_id();
-    e.reason = NL_R_KILL;
-    e.hook = hook;
-    e.family = v6 ? 10 : 2;
-    e.protocol = ctx->protocol;
-    e.dport = bpf_ntohs((u16)ctx->user_port);
-    report(&e, p, p->netns, 0);
+    if (p->allow_n && allowed(p, &a))
+        return 1;
+    if (p->flags & NL_FLAG_BLOCK) {
+        count(key, V_REFUSED_BLOCK, 0);
+        call_event(ctx, p, key, &a, port, hook, NL_R_BLOCK, v6);
+        return 0;
+    }
+    if ((p->flags & NL_FLAG_KILL) && !sk->bound_dev_if && sk->mark == p->mark)
+        call_event(ctx, p, key, &a, port, hook, NL_R_KILL, v6);
+    return 1;
+}
+
+/* recvmsg() and getpeername() of a socket whose DNS went to a session's
+ * resolver: show the address the app asked for. */
+static __always_inline int dns_restore(struct bpf_sock_addr *ctx, int v6)
+{
+    u64 cookie = bpf_get_socket_cookie(ctx);
+    struct nl_dns_orig *o = dns_orig.lookup(&cookie);
+    struct nl_addr a = {};
+
+    if (!o)
+        return 1;
+    ctx_addr(ctx, v6, &a);
+    if (ctx->user_port == bpf_htons(DNS_PORT) && same(&a, &o->server))
+        set_ctx_addr(ctx, v6, &o->orig, o->orig_port);
     return 1;
 }
 
 /* one program per hook: the kernel checks context fields per attach type */
-int nl_connect4(struct bpf_sock_addr *ctx) { return attempt(ctx, NL_H_CONNECT, 0); }
-int nl_connect6(struct bpf_sock_addr *ctx) { return attempt(ctx, NL_H_CONNECT, 1); }
-int nl_sendmsg4(struct bpf_sock_addr *ctx) { return attempt(ctx, NL_H_SENDMSG, 0); }
-int nl_sendmsg6(struct bpf_sock_addr *ctx) { return attempt(ctx, NL_H_SENDMSG, 1); }
+int nl_connect4(struct bpf_sock_addr *ctx) { return sock_addr(ctx, NL_H_CONNECT, 0); }
+int nl_connect6(struct bpf_sock_addr *ctx) { return sock_addr(ctx, NL_H_CONNECT, 1); }
+int nl_sendmsg4(struct bpf_sock_addr *ctx) { return sock_addr(ctx, NL_H_SENDMSG, 0); }
+int nl_sendmsg6(struct bpf_sock_addr *ctx) { return sock_addr(ctx, NL_H_SENDMSG, 1); }
+int nl_recvmsg4(struct bpf_sock_addr *ctx) { return dns_restore(ctx, 0); }
+int nl_recvmsg6(struct bpf_sock_addr *ctx) { return dns_restore(ctx, 1); }
+int nl_getpeername4(struct bpf_sock_addr *ctx) { return dns_restore(ctx, 0); }
+int nl_getpeername6(struct bpf_sock_addr *ctx) { return dns_restore(ctx, 1); }

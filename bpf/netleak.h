@@ -10,6 +10,28 @@
 /* Kill switch: drop everything except loopback. Set by the daemon while the
  * target interface is down, absent or being restored. */
 #define NL_FLAG_KILL 0x1
+/* No-network mode: loopback only (and --allow prefixes); no interface. */
+#define NL_FLAG_BLOCK 0x2
+
+#ifndef NL_MAX_DNS
+#define NL_MAX_DNS 4        /* resolvers per session */
+#endif
+#ifndef NL_MAX_ALLOW
+#define NL_MAX_ALLOW 8      /* --allow prefixes per session */
+#endif
+
+/* An address as the sock_addr context holds an IPv6 one: four words in
+ * network order. IPv4 is kept IPv4-mapped (::ffff:a.b.c.d), so one
+ * comparison serves both families and dual-stack sockets. */
+struct nl_addr {
+    u32 w[4];
+};
+
+/* A prefix: ADDR & MASK == ADDR for the addresses it holds. */
+struct nl_prefix {
+    struct nl_addr addr;
+    struct nl_addr mask;
+};
 
 /* Policy of one controlled cgroup, keyed by its cgroup id (the inode of its
  * cgroup2 directory). */
@@ -25,6 +47,12 @@ struct nl_policy {
     u64 ev_window;      /* current window: boot time in ns >> NL_WINDOW_SHIFT */
     u64 ev_sent;        /* events sent in that window */
     u64 ev_suppressed;  /* events held back since the last one sent */
+    /* Leak guards beyond routing (userspace writes them). */
+    u32 dns_n;          /* resolvers in dns[]: loopback port-53 traffic goes
+                         * to one of them; 0: it is refused */
+    u32 allow_n;        /* prefixes in allow[]: may use the main table */
+    struct nl_addr dns[NL_MAX_DNS];
+    struct nl_prefix allow[NL_MAX_ALLOW];
 };
 
 /* about one second */
@@ -46,6 +74,12 @@ struct nl_stats {
     u64 refused_netns;              /* sockets refused: another network namespace */
     u64 events_suppressed;          /* events held back by the rate limit */
     u64 events_lost;                /* events with no reader's ring, or a full one */
+    struct nl_count allowed;        /* left for an --allow prefix (any device) */
+    struct nl_count drop_block;     /* no-network mode */
+    struct nl_count drop_inbound;   /* arrived by another interface: dropped */
+    u64 refused_dns;                /* loopback DNS refused: no resolver to send it to */
+    u64 refused_block;              /* connect/sendmsg refused in no-network mode */
+    u64 dns_redirected;             /* loopback DNS sent to a session's resolver */
 };
 
 /* Why an attempt was blocked (struct nl_event.reason). */
@@ -55,6 +89,8 @@ enum nl_reason {
     NL_R_DEVICE = 2,    /* packet would have left by another interface */
     NL_R_NOPOLICY = 3,  /* attached but no policy entry: dropped, fail closed */
     NL_R_NETNS = 4,     /* socket opened in another network namespace: refused */
+    NL_R_DNS = 5,       /* loopback DNS with no resolver of its family: refused */
+    NL_R_BLOCK = 6,     /* no-network mode: refused or dropped */
 };
 
 /* Where the attempt was seen (struct nl_event.hook). */
@@ -84,6 +120,20 @@ struct nl_event {
 };
 
 #define LOOPBACK_IFINDEX 1
+#define DNS_PORT 53
+
+/* Loopback DNS sent elsewhere, by socket cookie: what the app asked for,
+ * so replies and getpeername show it. */
+struct nl_dns_orig {
+    struct nl_addr orig;
+    struct nl_addr server;
+    u32 orig_port;      /* network order, as in user_port */
+    u32 pad;
+};
+
+#ifndef NL_MAX_DNS_SOCKETS
+#define NL_MAX_DNS_SOCKETS 16384
+#endif
 
 #ifndef NL_MAX_DEPTH
 /* How many cgroup levels the ancestor walk covers. */

@@ -290,14 +290,21 @@ def _need_root() -> None:
 
 
 @main.command(epilog=_TARGET_HELP)
-@click.argument("iface")
+@click.argument("iface", required=False)
 @_target_options
 @click.option("--via", multiple=True, metavar="ADDR",
               help="gateway on IFACE, once per IP family (as for netleak-exec)")
+@click.option("--dns", multiple=True, metavar="ADDR",
+              help="resolver for the cgroup's loopback DNS, through IFACE (repeatable)")
+@click.option("--allow", multiple=True, metavar="CIDR",
+              help="destinations that may use the main routing table (repeatable)")
+@click.option("--block", is_flag=True, help="no network: loopback only (no IFACE)")
 @click.pass_obj
-def attach(env: Env, iface: str, cgroup: str | None, pid: int | None, unit: str | None,
-           via: tuple[str, ...]) -> None:
-    """Put an existing cgroup's traffic on IFACE (or drop it).
+def attach(env: Env, iface: str | None, cgroup: str | None, pid: int | None,
+           unit: str | None, via: tuple[str, ...], dns: tuple[str, ...],
+           allow: tuple[str, ...], block: bool) -> None:
+    """Put an existing cgroup's traffic on IFACE (or drop it), or with
+    --block cut it off the network.
 
     Its processes keep running; sockets they opened before are dropped from
     now on, not leaked. Release it with 'netleak detach'.
@@ -306,8 +313,14 @@ def attach(env: Env, iface: str, cgroup: str | None, pid: int | None, unit: str 
     from .kernel import cgroupfs
     from .session import new_session_id
     try:
-        name = validate.interface_name(iface)
+        if block == bool(iface):
+            raise NetleakError("give an IFACE or --block (not both)")
+        name = "" if block else validate.interface_name(iface or "")
         via4, via6 = validate.gateways(list(via))
+        if block and (via4 or via6):
+            raise NetleakError("--via goes with an interface, not with --block")
+        dns_ok, allow_ok = validate.dns_servers(list(dns)), validate.allow_prefixes(list(allow))
+        validate.guards(dns_ok, allow_ok, block)
         rel = _target(env, cgroup, pid, unit)
         _need_root()
         path = cgroupfs.abspath(cgroupfs.find_cgroup2(), rel)
@@ -317,9 +330,13 @@ def attach(env: Env, iface: str, cgroup: str | None, pid: int | None, unit: str 
         reply = client.request_starting_daemon(_store(env), {
             "op": "open", "id": new_session_id(), "iface": name, "via4": via4,
             "via6": via6, "cgroup": rel, "cgroup_id": cid, "owned": False,
-            "join": False}, autostart=env.config().autostart)
+            "join": False, "dns": list(dns_ok), "allow": list(allow_ok), "block": block},
+            autostart=env.config().autostart)
     except NetleakError as e:
         _fail(e)
+    if block:
+        click.echo(f"/{rel}: no network (loopback only), session {reply['id']}")
+        return
     state = "kill switch on until it is up" if reply.get("killed") else "routed"
     click.echo(f"/{rel}: on {name} ({state}), session {reply['id']}")
 
@@ -348,7 +365,7 @@ def detach(env: Env, cgroup: str | None, pid: int | None, unit: str | None,
         reply = client.request(store, msg)
     except NetleakError as e:
         _fail(e)
-    click.echo(f"/{reply['cgroup']}: released from {reply['iface']} "
+    click.echo(f"/{reply['cgroup']}: released from {reply['iface'] or 'no-network mode'} "
                f"(session {reply['id']})")
 
 

@@ -21,13 +21,13 @@ import struct
 import sys
 import time
 
-from . import events, logfmt, plan, reaper
+from . import dnsconf, events, logfmt, plan, reaper, validate
 from .config import Config
 from .errors import NetleakError
 from .kernel import bpfsys, cgroupfs, netlink, programs
 from .kernel.ringbuf import RingReader, ring_size
 from .policy import KEY_SIZE, POLICY_SIZE, Policy, Stats, pack_key, unpack_key
-from .state import Session, State
+from .state import Session, State, policy_for
 from .store import Store, netns_id, run_dir
 
 log = logging.getLogger("netleak.daemon")
@@ -380,14 +380,19 @@ class Daemon:
         crash at any point leaves a record the next daemon finishes (the
         cgroup holds the workload) or rolls back (it does not).
         """
-        iface = str(msg["iface"])
+        block = bool(msg.get("block"))
+        iface = "" if block else str(msg["iface"])
+        dns = validate.dns_servers(list(msg.get("dns") or ()))
+        allow = validate.allow_prefixes(list(msg.get("allow") or ()))
+        validate.guards(dns, allow, block)
         owned = bool(msg.get("owned", True))
         # the requester as the kernel names it (SO_PEERCRED), not as it says:
         # it is the process netleak-exec moves into the cgroup
         s = Session(id=str(msg["id"]), iface=iface, cgroup=str(msg["cgroup"]).strip("/"),
                     cgroup_id=int(msg["cgroup_id"]), pinset=self.pins.path, owned=owned,
                     pid=int(msg.get("peer_pid") or 0), created=time.time(),
-                    container=str(msg.get("container") or ""))
+                    container=str(msg.get("container") or ""), block=block, dns=dns,
+                    dns_from="user" if dns else "", allow=allow)
         path = cgroupfs.abspath(self.cgroot, s.cgroup)
         if not owned:
             self._check_attachable(s)
@@ -397,16 +402,24 @@ class Daemon:
         except FileNotFoundError:
             raise NetleakError(f"cgroup {s.cgroup} changed or vanished while being set "
                                f"up: retry") from None
-        binding = self._binding_for(iface, msg.get("via4"), msg.get("via6"))
-        # routes and rules of a known, unchanged binding are in place and
-        # followed by events: only this session's entry is new
-        changed = binding != self.state.bindings.get(iface) or iface not in self.live
-        self.state = self.state.with_binding(binding).with_session(s)
+        binding = None if block else self._binding_for(iface, msg.get("via4"), msg.get("via6"))
+        if binding is not None:
+            s = self._own_guards(s, binding)
+            # routes and rules of a known, unchanged binding are in place and
+            # followed by events: only this session's entry (and rules of
+            # its own) are new
+            changed = binding != self.state.bindings.get(iface) or iface not in self.live
+            self.state = self.state.with_binding(binding)
+        self.state = self.state.with_session(s)
         self.save()
         try:
-            if changed:
+            if binding is None:
+                self._write_policies("", self._block_policy())
+            elif changed:
                 self.reconcile_all()
             else:
+                if s.mark:
+                    self._apply_rules(self._read_links())
                 self._write_policies(iface, self.live[iface])
             maps = self.maps_for(s.pinset)
             progs = self.progs_for(s.pinset)
@@ -426,14 +439,41 @@ class Daemon:
         # the commit is saved after the reply: a crash before that leaves an
         # uncommitted record whose populated cgroup the next daemon commits
         self.dirty = True
-        pol = self.live[iface]
-        note("session-open", "session %s: %s %s on %s (mark %#x, table %d)", s.id,
-             "made" if owned else "attached", s.cgroup, iface, binding.mark, binding.table,
-             session=s.id, iface=iface, cgroup="/" + s.cgroup, container=s.container or None,
+        pol = policy_for(s, self.live[iface] if binding else self._block_policy())
+        mark, table = pol.mark, binding.table if binding else None
+        note("session-open", "session %s: %s %s on %s (mark %#x, table %s)", s.id,
+             "made" if owned else "attached", s.cgroup, iface or "no network", mark, table,
+             session=s.id, iface=iface or None, cgroup="/" + s.cgroup,
+             container=s.container or None,
              kind="exec" if owned else ("hook" if s.container else "attach"),
-             killed=pol.killed)
-        return {"ok": True, "id": s.id, "mark": binding.mark, "table": binding.table,
-                "ifindex": pol.ifindex, "killed": pol.killed}
+             killed=pol.killed, block=block or None, dns=",".join(s.dns) or None,
+             dns_from=s.dns_from or None, allow=",".join(allow) or None)
+        return {"ok": True, "id": s.id, "mark": mark, "table": table,
+                "ifindex": pol.ifindex, "killed": pol.killed, "block": block,
+                "dns": list(s.dns), "dns_from": s.dns_from, "allow": list(allow)}
+
+    def _own_guards(self, s: Session, binding: plan.Binding) -> Session:
+        """S with the interface's resolvers when it was given none, and a
+        mark of its own when it has --allow prefixes (they need rules of
+        their own)."""
+        if not s.dns:
+            link = netlink.read_link(self.ipr, binding.iface)
+            found = dnsconf.interface_servers(link.index) if link else ()
+            if found:
+                s = dataclasses.replace(s, dns=found, dns_from="interface")
+        if s.allow:
+            used = {o.mark for o in self.state.sessions.values() if o.mark}
+            mark = plan.session_mark(used, self.cfg.mark_base)
+            if mark is None:
+                raise NetleakError("every session mark is in use: end sessions with "
+                                   "--allow first")
+            s = dataclasses.replace(s, mark=mark)
+        return s
+
+    def _block_policy(self) -> Policy:
+        """No-network mode: no interface, no kill switch to follow."""
+        return Policy(ifindex=0, mark=0, killed=False, netns=self.netns,
+                      event_rate=self.cfg.event_rate, block=True)
 
     def _binding_for(self, iface: str, via4: str | None, via6: str | None) -> plan.Binding:
         binding = self.state.bindings.get(iface)
@@ -518,14 +558,17 @@ class Daemon:
     # ---------- kernel state ----------
 
     def _write_policies(self, iface: str, pol: Policy) -> None:
+        """The entries of IFACE's sessions ("": no-network mode's), from POL
+        and what each session has of its own."""
         for s in self.state.sessions_on(iface):
             maps = self.maps_for(s.pinset)
             if maps is None:
                 continue
             key = pack_key(s.cgroup_id)
+            want = policy_for(s, pol)
             raw = bpfsys.map_lookup(maps.policy, key, POLICY_SIZE)
-            if raw is None or Policy.unpack(raw) != pol:
-                bpfsys.map_update(maps.policy, key, pol.pack())
+            if raw is None or Policy.unpack(raw) != want:
+                bpfsys.map_update(maps.policy, key, want.pack())
 
     def _read_links(self) -> dict[str, plan.Link | None]:
         return {iface: netlink.read_link(self.ipr, iface) for iface in self.state.bindings}
@@ -549,6 +592,7 @@ class Daemon:
         for iface, link in links.items():
             if link is not None and link.up:
                 self._release_kill(iface, link)
+        _step("no-network entries", self._write_policies, "", self._block_policy())
 
     def _kill_if_unusable(self, iface: str, link: plan.Link | None) -> None:
         if link is not None and link.up:
@@ -610,10 +654,17 @@ class Daemon:
         return {self.cfg.table_base + i for i in range(self.cfg.max_interfaces)}
 
     def _apply_rules(self, links: dict[str, plan.Link | None]) -> None:
+        prio = self.cfg.rule_priority
         desired: set[plan.Rule] = set()
         for b in self.state.bindings.values():
-            desired |= plan.rules_for(b, self.cfg.rule_priority, links.get(b.iface))
-        current = netlink.current_rules(self.ipr, self.cfg.rule_priority, self._our_tables())
+            desired |= plan.rules_for(b, prio, links.get(b.iface))
+        for s in self.state.sessions.values():
+            b = self.state.bindings.get(s.iface)
+            if s.mark and b is not None:
+                desired |= plan.allow_rules(s.mark, b.table, s.allow, prio)
+        tables = self._our_tables()
+        current = netlink.current_rules(
+            self.ipr, lambda r: plan.is_ours(r, prio, tables, self.cfg.mark_base))
         add, remove = plan.diff(current, desired)
         for r in sorted(remove, key=str):
             netlink.del_rule(self.ipr, r)
@@ -674,8 +725,11 @@ class Daemon:
              iface=s.iface, cgroup="/" + s.cgroup, container=s.container or None, cause=cause,
              age=round(max(0.0, time.time() - s.created), 3), passed=stats.passed_packets,
              dropped=stats.dropped, suppressed=stats.events_suppressed)
-        for iface in self.state.unused_bindings():
+        unused = self.state.unused_bindings()
+        for iface in unused:
             self.remove_binding(iface)
+        if s.mark and not unused:
+            _step("rules of its own", lambda: self._apply_rules(self._read_links()))
 
     def remove_binding(self, iface: str) -> None:
         b = self.state.bindings[iface]
@@ -807,24 +861,32 @@ class Daemon:
         """Take back a controlled cgroup the state file does not know (it was
         lost while the cgroup ran): its entry names the interface by index.
         Entries of other network namespaces belong to their own daemon."""
-        if not pol.netns or pol.netns != self.netns or not pol.ifindex:
+        if not pol.netns or pol.netns != self.netns or not (pol.ifindex or pol.block):
             return None
-        iface = netlink.link_names(self.ipr).get(pol.ifindex)
-        if not iface:
-            return None     # the entry keeps the cgroup blocked: fail closed
-        try:
-            binding = self._binding_for(iface, None, None)
-        except NetleakError as e:
-            log.warning("cannot adopt /%s: %s", rel, e)
-            return None
+        iface, binding = "", None
+        if not pol.block:
+            iface = netlink.link_names(self.ipr).get(pol.ifindex) or ""
+            if not iface:
+                return None     # the entry keeps the cgroup blocked: fail closed
+            try:
+                binding = self._binding_for(iface, None, None)
+            except NetleakError as e:
+                log.warning("cannot adopt /%s: %s", rel, e)
+                return None
         parent = self.cfg.cgroup_parent.strip("/")
         owned = os.path.dirname(rel) == parent and \
             reaper.exec_cgroup_creator(os.path.basename(rel)) is not None
         from .session import new_session_id
+        # what the session had of its own is in its entry
         s = Session(id=new_session_id(), iface=iface, cgroup=rel, cgroup_id=cid,
                     pinset=self.pins.path, owned=owned, created=time.time(),
-                    committed=bool(cgroupfs.populated(cgroupfs.abspath(self.cgroot, rel))))
-        self.state = self.state.with_binding(binding).with_session(s)
+                    committed=bool(cgroupfs.populated(cgroupfs.abspath(self.cgroot, rel))),
+                    block=pol.block, dns=pol.dns, dns_from="user" if pol.dns else "",
+                    allow=pol.allow,
+                    mark=pol.mark if binding and pol.mark != binding.mark else 0)
+        if binding is not None:
+            self.state = self.state.with_binding(binding)
+        self.state = self.state.with_session(s)
         log.info("adopted /%s on %s as session %s", rel, iface, s.id)
         return s.id
 

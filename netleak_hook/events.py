@@ -19,12 +19,16 @@ from typing import Callable, Iterator
 _EVENT = struct.Struct("<QQQIIBBBBHH16s16s")
 EVENT_SIZE = _EVENT.size
 
-REASONS = {1: "kill-switch", 2: "wrong-device", 3: "no-policy", 4: "netns"}
+REASONS = {1: "kill-switch", 2: "wrong-device", 3: "no-policy", 4: "netns", 5: "no-dns",
+           6: "no-network"}
 REASON_TEXT = {
     "kill-switch": "the interface is down or gone: only loopback may be used",
     "wrong-device": "the packet would have left by another interface",
     "no-policy": "the cgroup is attached but has no policy entry: fail closed",
     "netns": "a socket was opened in another network namespace",
+    "no-dns": "DNS to a loopback resolver, and no resolver through the interface to send "
+              "it to (give --dns): refused, as the stub would forward it by the default route",
+    "no-network": "no-network mode (--block): only loopback may be used",
 }
 HOOKS = {1: "egress", 2: "socket", 3: "connect", 4: "sendmsg"}
 FAMILIES = {2: "ipv4", 10: "ipv6"}

@@ -17,7 +17,7 @@ from .errors import Exit, NetleakError
 
 PROG = "netleak-exec"
 
-USAGE = f"{PROG} [OPTIONS] IFACE [--] COMMAND [ARG]..."
+USAGE = f"{PROG} [OPTIONS] IFACE [--] COMMAND [ARG]...  or  {PROG} --block [--] COMMAND..."
 
 HELP = f"""\
 usage: {USAGE}
@@ -29,6 +29,12 @@ options:
   -u, --user USER  run COMMAND as USER (groups set, privileges dropped)
   --via ADDR       gateway on IFACE, once per IP family (default: learned from
                    the system's routes; point-to-point links need none)
+  --dns ADDR       send DNS for loopback resolvers (127.0.0.53, ::1 ...) to ADDR
+                   through IFACE instead; repeatable (default: IFACE's servers
+                   as systemd-resolved knows them, or else such DNS is refused)
+  --allow CIDR     destinations that may use the main routing table (a printer
+                   on the LAN); repeatable, at most 8
+  --block          no network at all: loopback only (and --allow); no IFACE
   --version        print the version
   -h, --help       this help
 
@@ -36,6 +42,9 @@ examples:
   netleak-exec wg0 curl https://example.org    one command through wg0
   netleak-exec -u alice tun0 firefox           as alice, through tun0
   netleak-exec --via 192.0.2.1 eth1 -- ping -c1 203.0.113.5
+  netleak-exec --dns 10.64.0.1 wg0 getent hosts example.org
+  netleak-exec --allow 192.168.1.0/24 wg0 firefox   the LAN printer stays local
+  netleak-exec --block make test                no network for the build
 
 COMMAND keeps this process's PID, exit status and terminal. Exit status is
 125 when netleak fails, 126 when COMMAND cannot run, 127 when not found.
@@ -48,6 +57,9 @@ class Args:
     def __init__(self) -> None:
         self.user: str | None = None
         self.via: list[str] = []
+        self.dns: list[str] = []
+        self.allow: list[str] = []
+        self.block = False
         self.iface = ""
         self.command: list[str] = []
         self.action = "run"     # or "help", "version", "dump-bpf"
@@ -63,7 +75,7 @@ def parse(argv: list[str]) -> Args:
     a = Args()
     try:
         opts, rest = getopt.getopt(argv, "hu:", ["help", "user=", "via=", "version",
-                                                  "dump-bpf"])
+                                                  "dump-bpf", "dns=", "allow=", "block"])
     except getopt.GetoptError as e:
         raise NetleakError(f"{e.msg} (see '{PROG} --help')") from None
     for opt, val in opts:
@@ -77,11 +89,22 @@ def parse(argv: list[str]) -> Args:
             a.user = val
         elif opt == "--via":
             a.via.append(val)
+        elif opt == "--dns":
+            a.dns.append(val)
+        elif opt == "--allow":
+            a.allow.append(val)
+        elif opt == "--block":
+            a.block = True
     if a.action != "run":
         return a
-    if not rest:
+    if a.block:
+        if a.via:
+            raise NetleakError("--via goes with an interface, not with --block")
+        a.command = rest
+    elif not rest:
         raise NetleakError(f"no IFACE given: {USAGE}")
-    a.iface, a.command = rest[0], rest[1:]
+    else:
+        a.iface, a.command = rest[0], rest[1:]
     if a.command and a.command[0] == "--":
         a.command = a.command[1:]
     if not a.command:
@@ -143,21 +166,27 @@ def run(argv: list[str]) -> int:
         sys.stdout.write(render_source())
         return 0
     cfg = Config.from_env(os.environ)
-    iface = validate.interface_name(a.iface)
+    iface = "" if a.block else validate.interface_name(a.iface)
     via4, via6 = validate.gateways(a.via)
+    guards: dict = {}
+    if a.dns or a.allow or a.block:
+        dns, allow = validate.dns_servers(a.dns), validate.allow_prefixes(a.allow)
+        validate.guards(dns, allow, a.block)
+        guards = {"dns": list(dns), "allow": list(allow), "block": a.block}
     target = resolve_command(a.command[0], os.environ.get("PATH"))
     pw = resolve_user(a.user)
     if os.geteuid() != 0:
         raise NetleakError(f"{PROG} needs root (cgroups, BPF, routing): run it with sudo")
-    try:
-        socket.if_nametoindex(iface)
-    except OSError:
-        raise NetleakError(
-            f"no interface named {iface} in this network namespace: "
-            f"check 'ip -br link'") from None
+    if iface:
+        try:
+            socket.if_nametoindex(iface)
+        except OSError:
+            raise NetleakError(
+                f"no interface named {iface} in this network namespace: "
+                f"check 'ip -br link'") from None
 
     from .session import open_exec_session
-    open_exec_session(cfg, iface, via4, via6)
+    open_exec_session(cfg, iface, via4, via6, guards)
 
     if pw is not None:
         drop_privileges(pw)

@@ -23,7 +23,8 @@ from .store import Store, netns_id, run_dir
 PROG = "netleak-hook"
 
 
-def protect(store: Store, st: oci.ContainerState, iface: str, autostart: bool) -> dict:
+def protect(store: Store, st: oci.ContainerState, iface: str, autostart: bool,
+            guards: dict | None = None) -> dict:
     """Attach the container's cgroup to IFACE."""
     try:
         theirs = os.stat(f"/proc/{st.pid}/ns/net").st_ino
@@ -39,7 +40,7 @@ def protect(store: Store, st: oci.ContainerState, iface: str, autostart: bool) -
     return client.request_starting_daemon(store, {
         "op": "open", "id": new_session_id(), "iface": iface, "cgroup": rel,
         "cgroup_id": cgroupfs.cgroup_id(path), "owned": False, "join": False,
-        "container": st.id}, autostart=autostart)
+        "container": st.id, **(guards or {})}, autostart=autostart)
 
 
 def run(argv: list[str], raw: bytes, environ: dict) -> tuple[int, str]:
@@ -50,6 +51,7 @@ def run(argv: list[str], raw: bytes, environ: dict) -> tuple[int, str]:
     iface = st.interface()
     if iface is None:
         return 0, f"{stage} {st.short_id}: no {oci.ANNOTATION_IFACE} annotation, nothing to do"
+    guards = st.guards() if stage != "poststop" else {}
     store = Store(run_dir(cfg))
     if stage == "poststop":
         try:
@@ -60,7 +62,7 @@ def run(argv: list[str], raw: bytes, environ: dict) -> tuple[int, str]:
     if os.geteuid() != 0:
         raise NetleakError("netleak-hook needs root: it is run by a rootful container "
                            "runtime")
-    reply = protect(store, st, iface, cfg.autostart)
+    reply = protect(store, st, iface, cfg.autostart, guards)
     state = "kill switch on until it is up" if reply.get("killed") else "routed"
     return 0, f"{stage} {st.short_id}: on {iface} ({state}), session {reply['id']}"
 

@@ -6,7 +6,8 @@ from . import files
 from .status import STATES
 
 # packet verdicts, as the counters name them (<verdict>_packets, _bytes)
-VERDICTS = ("passed", "loopback", "drop_kill", "drop_device", "drop_nopolicy")
+VERDICTS = ("passed", "loopback", "allowed", "drop_kill", "drop_device", "drop_nopolicy",
+            "drop_block", "drop_inbound")
 
 
 def _escape(value: str) -> str:
@@ -29,8 +30,10 @@ def render(data: dict) -> str:
         out.append(f"netleak_sessions{_labels(state=state)} {n}")
     series = (
         ("netleak_packets_total", "Packets of a session, by verdict: passed (left by "
-         "its interface), loopback, drop_kill (kill switch on), drop_device (would have "
-         "left by another interface), drop_nopolicy (no policy entry: fail closed).",
+         "its interface), loopback, allowed (to an --allow prefix), drop_kill (kill "
+         "switch on), drop_device (would have left by another interface), drop_nopolicy "
+         "(no policy entry: fail closed), drop_block (no-network mode), drop_inbound "
+         "(arrived by another interface).",
          "packets"),
         ("netleak_bytes_total", "Bytes of a session, by verdict (as netleak_packets_total).",
          "bytes"),
@@ -43,14 +46,24 @@ def render(data: dict) -> str:
                 continue
             for v in VERDICTS:
                 out.append(f"{name}{_labels(**_ids(s), verdict=v)} {c[f'{v}_{unit}']}")
-    out += ["# HELP netleak_sockets_refused_total Sockets a session's processes could "
-            "not open: netns (opened in another network namespace).",
+    out += ["# HELP netleak_sockets_refused_total Socket calls of a session refused: "
+            "netns (socket opened in another network namespace), dns (loopback DNS with "
+            "no resolver to send it to), block (connect or sendmsg in no-network mode).",
             "# TYPE netleak_sockets_refused_total counter"]
     for s in sessions:
         c = s.get("counters")
         if c:
-            out.append(f"netleak_sockets_refused_total{_labels(**_ids(s), reason='netns')} "
-                       f"{c['refused_netns']}")
+            for why in ("netns", "dns", "block"):
+                out.append(f"netleak_sockets_refused_total{_labels(**_ids(s), reason=why)} "
+                           f"{c[f'refused_{why}']}")
+    out += ["# HELP netleak_dns_redirected_total Loopback DNS queries of a session sent "
+            "to its resolvers through the interface.",
+            "# TYPE netleak_dns_redirected_total counter"]
+    for s in sessions:
+        c = s.get("counters")
+        if c:
+            out.append(f"netleak_dns_redirected_total{_labels(**_ids(s))} "
+                       f"{c['dns_redirected']}")
     out += ["# HELP netleak_events_undelivered_total Blocked-attempt events of a session that did not "
             "reach 'netleak events': suppressed (over the rate limit), lost (no reader, "
             "or its ring full).",

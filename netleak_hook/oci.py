@@ -6,9 +6,11 @@ import json
 import re
 
 from .errors import NetleakError
-from .validate import interface_name
+from .validate import allow_prefixes, dns_servers, interface_name
 
 ANNOTATION_IFACE = "io.netleak.interface"
+ANNOTATION_DNS = "io.netleak.dns"        # resolvers, comma-separated (as --dns)
+ANNOTATION_ALLOW = "io.netleak.allow"    # prefixes, comma-separated (as --allow)
 MAX_STATE_BYTES = 1 << 20      # a state with huge annotations is refused
 MAX_PID = 1 << 22              # the kernel's PID_MAX_LIMIT
 STAGES = ("createRuntime", "prestart", "poststop")
@@ -49,6 +51,21 @@ class ContainerState:
             raise NetleakError(f"annotation {ANNOTATION_IFACE}={value[:40]!r}: use an "
                                f"interface name of letters, digits and _ . @ - such as wg0")
         return name
+
+    def guards(self) -> dict:
+        """The validated resolvers and prefixes the container asks for."""
+        out: dict = {}
+        for key, name, check in ((ANNOTATION_DNS, "dns", dns_servers),
+                                 (ANNOTATION_ALLOW, "allow", allow_prefixes)):
+            value = self.annotations.get(key)
+            if value is None:
+                continue
+            items = [v.strip() for v in value.split(",") if v.strip()]
+            try:
+                out[name] = list(check(items))
+            except NetleakError as e:
+                raise NetleakError(f"annotation {key}={value[:60]!r}: {e.message}") from None
+        return out
 
 
 def parse_state(raw: bytes) -> ContainerState:

@@ -11,6 +11,10 @@ import ipaddress
 UNREACHABLE_METRIC = 0xFFFFFFFF
 ROUTE_METRIC = 100
 FWMASK = 0xFFFFFFFF
+MAIN_TABLE = 254
+# Sessions with --allow prefixes get a mark of their own (the interface's
+# marks are MARK_BASE + 1 + slot): MARK_BASE + SESSION_MARKS + n.
+SESSION_MARKS = 0x8000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +62,7 @@ class Rule:
     table: int
     fwmark: int | None = None
     src: str | None = None   # host address, no prefix
+    dst: str | None = None   # a prefix (CIDR)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,14 +99,53 @@ def rules_for(binding: Binding, priority: int, link: Link | None) -> set[Rule]:
     return rules
 
 
+def allow_rules(mark: int, table: int, allow: tuple[str, ...], priority: int) -> set[Rule]:
+    """Rules of a session with --allow prefixes and a mark of its own: its
+    prefixes look up the main table (one priority earlier), the rest the
+    interface's table."""
+    rules = {Rule(fam, priority, table, fwmark=mark) for fam in (4, 6)}
+    for cidr in allow:
+        net = ipaddress.ip_network(cidr)
+        rules.add(Rule(net.version, priority - 1, MAIN_TABLE, fwmark=mark, dst=str(net)))
+    return rules
+
+
+def is_ours(rule: Rule, priority: int, tables: set[int], mark_base: int) -> bool:
+    """Rules netleak made: at its priority into one of its tables, or one
+    earlier into main for a session mark of its own."""
+    if rule.priority == priority and rule.table in tables:
+        return True
+    return (rule.priority == priority - 1 and rule.table == MAIN_TABLE and
+            rule.fwmark is not None and
+            mark_base + SESSION_MARKS <= rule.fwmark <= mark_base + 0xFFFF)
+
+
+def session_mark(used: set[int], mark_base: int) -> int | None:
+    """The lowest free mark of a session's own, or None when all are taken."""
+    n = allocate_slot({m - mark_base - SESSION_MARKS for m in used}, 0x10000 - SESSION_MARKS)
+    return None if n is None else mark_base + SESSION_MARKS + n
+
+
+def carries(link: Link, family: int) -> bool:
+    """Whether LINK can carry FAMILY: it has a routable address of it.
+    Without one, the family gets only the unreachable route, so its
+    connects fail at once (no source address borrowed from another
+    interface, no timeout waiting for replies that cannot come)."""
+    addrs = link.addrs4 if family == 4 else link.addrs6
+    return any(_routable(a) for a in addrs)
+
+
 def routes_for(binding: Binding, link: Link | None) -> set[Route]:
-    """The table: a default route by the interface when it is up, and an
-    `unreachable` default with the worst metric that never leaves, so a
-    missing route never falls through to the main table."""
+    """The table: a default route by the interface when it is up (for each
+    family it has an address of), and an `unreachable` default with the
+    worst metric that never leaves, so a missing route never falls through
+    to the main table."""
     routes = {Route(fam, binding.table, "unreachable", UNREACHABLE_METRIC) for fam in (4, 6)}
     if link is None or not link.up:
         return routes
     for fam, via in ((4, binding.via4), (6, binding.via6)):
+        if not carries(link, fam):
+            continue
         if link.layer3:
             routes.add(Route(fam, binding.table, "unicast", ROUTE_METRIC, oif=link.index))
         elif via:

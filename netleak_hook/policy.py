@@ -2,16 +2,24 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import struct
 
 FLAG_KILL = 0x1
+FLAG_BLOCK = 0x2
+MAX_DNS = 4         # NL_MAX_DNS
+MAX_ALLOW = 8       # NL_MAX_ALLOW
 
 _KEY = struct.Struct("<Q")
-_POLICY = struct.Struct("<IIIIQQQQ")  # the limiter's 3 words: zero from us
-_STATS = struct.Struct("<13Q")
+# ifindex, mark, flags, event_rate, netns, the limiter's 3 words (zero from
+# us), dns_n, allow_n; then the resolvers and prefixes, 16 bytes per address
+_HEAD = struct.Struct("<IIIIQQQQII")
+_ADDR = 16
+_POLICY_SIZE = _HEAD.size + MAX_DNS * _ADDR + MAX_ALLOW * 2 * _ADDR
+_STATS = struct.Struct("<22Q")
 
 KEY_SIZE = _KEY.size
-POLICY_SIZE = _POLICY.size
+POLICY_SIZE = _POLICY_SIZE
 STATS_SIZE = _STATS.size
 
 
@@ -24,16 +32,67 @@ class Policy:
     killed: bool
     netns: int = 0     # netns cookie; 0 lets sockets of any namespace through
     event_rate: int = 0  # blocked-attempt events per second at most
+    block: bool = False  # no-network mode: loopback (and ALLOW) only
+    dns: tuple[str, ...] = ()    # resolvers for loopback DNS (addresses)
+    allow: tuple[str, ...] = ()  # prefixes that may use the main table (CIDRs)
 
     def pack(self) -> bytes:
-        return _POLICY.pack(self.ifindex, self.mark, FLAG_KILL if self.killed else 0,
-                            self.event_rate, self.netns, 0, 0, 0)
+        flags = (FLAG_KILL if self.killed else 0) | (FLAG_BLOCK if self.block else 0)
+        out = bytearray(_POLICY_SIZE)
+        _HEAD.pack_into(out, 0, self.ifindex, self.mark, flags, self.event_rate,
+                        self.netns, 0, 0, 0, len(self.dns), len(self.allow))
+        at = _HEAD.size
+        for addr in self.dns[:MAX_DNS]:
+            out[at: at + _ADDR] = _addr16(addr)
+            at += _ADDR
+        at = _HEAD.size + MAX_DNS * _ADDR
+        for cidr in self.allow[:MAX_ALLOW]:
+            addr, mask = _prefix16(cidr)
+            out[at: at + 2 * _ADDR] = addr + mask
+            at += 2 * _ADDR
+        return bytes(out)
 
     @classmethod
     def unpack(cls, raw: bytes) -> "Policy":
-        ifindex, mark, flags, rate, netns = _POLICY.unpack(raw[: _POLICY.size])[:5]
+        """Also an older version's shorter entry (it has neither resolvers
+        nor prefixes)."""
+        raw = raw.ljust(_POLICY_SIZE, b"\0")
+        ifindex, mark, flags, rate, netns, _, _, _, ndns, nallow = _HEAD.unpack_from(raw)
+        at = _HEAD.size
+        dns = tuple(_addr_str(raw[at + i * _ADDR: at + (i + 1) * _ADDR])
+                    for i in range(min(ndns, MAX_DNS)))
+        at += MAX_DNS * _ADDR
+        allow = tuple(_prefix_str(raw[at + i * 2 * _ADDR: at + (i + 1) * 2 * _ADDR])
+                      for i in range(min(nallow, MAX_ALLOW)))
         return cls(ifindex=ifindex, mark=mark, killed=bool(flags & FLAG_KILL), netns=netns,
-                   event_rate=rate)
+                   event_rate=rate, block=bool(flags & FLAG_BLOCK), dns=dns, allow=allow)
+
+
+def _addr16(addr: str) -> bytes:
+    """ADDR as 16 bytes, IPv4 mapped (as the programs compare them)."""
+    a = ipaddress.ip_address(addr)
+    return (a.packed if a.version == 6 else
+            ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + a.packed).packed)
+
+
+def _prefix16(cidr: str) -> tuple[bytes, bytes]:
+    net = ipaddress.ip_network(cidr)
+    bits = net.prefixlen + (96 if net.version == 4 else 0)
+    mask = ((1 << 128) - 1) ^ ((1 << (128 - bits)) - 1)
+    return _addr16(str(net.network_address)), mask.to_bytes(16, "big")
+
+
+def _addr_str(raw: bytes) -> str:
+    a = ipaddress.IPv6Address(raw)
+    return str(a.ipv4_mapped or a)
+
+
+def _prefix_str(raw: bytes) -> str:
+    addr = ipaddress.IPv6Address(raw[:_ADDR])
+    bits = bin(int.from_bytes(raw[_ADDR:], "big")).count("1")
+    if addr.ipv4_mapped is not None and bits >= 96:
+        return str(ipaddress.ip_network(f"{addr.ipv4_mapped}/{bits - 96}"))
+    return str(ipaddress.ip_network(f"{addr}/{bits}"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,11 +113,21 @@ class Stats:
     refused_netns: int = 0          # sockets opened in another network namespace
     events_suppressed: int = 0      # blocked-attempt events held back by the rate limit
     events_lost: int = 0            # events with no reader, or its ring full
+    allowed_packets: int = 0        # left for an --allow prefix
+    allowed_bytes: int = 0
+    drop_block_packets: int = 0     # no-network mode
+    drop_block_bytes: int = 0
+    drop_inbound_packets: int = 0   # arrived by another interface
+    drop_inbound_bytes: int = 0
+    refused_dns: int = 0            # loopback DNS with no resolver: refused
+    refused_block: int = 0          # connect/sendmsg refused in no-network mode
+    dns_redirected: int = 0         # loopback DNS sent to a session's resolver
 
     @property
     def dropped(self) -> int:
-        """Packets dropped, whatever the reason."""
-        return self.drop_kill_packets + self.drop_device_packets + self.drop_nopolicy_packets
+        """Outgoing packets dropped, whatever the reason."""
+        return (self.drop_kill_packets + self.drop_device_packets +
+                self.drop_nopolicy_packets + self.drop_block_packets)
 
     @classmethod
     def unpack_percpu(cls, raw: bytes, ncpus: int, stride: int = 0) -> "Stats":

@@ -20,7 +20,7 @@ def new_session_id() -> str:
 
 
 def open_exec_session(cfg: Config, iface: str, via4: str | None,
-                      via6: str | None) -> str:
+                      via6: str | None, guards: dict | None = None) -> str:
     """Create a cgroup, have the daemon protect it, and move this process in.
 
     On any failure before the move, everything made here is undone; after
@@ -37,7 +37,7 @@ def open_exec_session(cfg: Config, iface: str, via4: str | None,
         raise NetleakError(f"cannot create cgroup {path}: {e.strerror}") from None
     msg = {"op": "open", "id": sid, "iface": iface, "via4": via4, "via6": via6,
            "cgroup": rel, "cgroup_id": cgroupfs.cgroup_id(path), "owned": True,
-           "join": True}
+           "join": True, **(guards or {})}
     try:
         # The daemon protects the cgroup, then moves this process (the
         # socket's peer, as the kernel reports it) into it:

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from .plan import Binding
+from .policy import Policy
 
 STATE_VERSION = 1
 
@@ -24,6 +25,18 @@ class Session:
     created: float = 0.0
     committed: bool = False  # the workload is in the cgroup (or was)
     container: str = ""    # OCI container id, for a session the hook opened
+    block: bool = False    # no-network mode (iface is "")
+    dns: tuple[str, ...] = ()    # resolvers its loopback DNS goes to
+    dns_from: str = ""     # "user" (--dns, annotation) or "interface"
+    allow: tuple[str, ...] = ()  # prefixes that may use the main table
+    mark: int = 0          # a mark of its own (with --allow); 0: the interface's
+
+
+def policy_for(s: Session, base: Policy) -> Policy:
+    """Session S's map entry: BASE (its interface's state, or no-network
+    mode's) with what is S's own."""
+    return dataclasses.replace(base, mark=s.mark or base.mark, block=s.block,
+                               dns=s.dns, allow=s.allow)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +87,8 @@ def from_json(text: str) -> State:
 
     def build(cls, raw: Any) -> Any:
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in names})
+        return cls(**{k: tuple(v) if isinstance(v, list) else v
+                      for k, v in raw.items() if k in names})
 
     try:
         return State(

@@ -18,6 +18,7 @@ STATES = {
     "kill-switch": "interface down: everything but loopback is dropped",
     "waiting": "interface absent: everything but loopback is dropped until it returns",
     "starting": "being set up: the workload has not entered the cgroup yet",
+    "no-network": "no-network mode: only loopback (and --allow prefixes) may be used",
     "no-policy": "no policy entry: everything is dropped (fail closed); run 'netleak gc'",
     "unknown": "the BPF maps cannot be read (is bpffs mounted?)",
 }
@@ -42,6 +43,8 @@ def session_state(committed: bool, f: Facts) -> str:
         return "no-policy"
     if not committed:
         return "starting"
+    if f.policy.block:
+        return "no-network"
     if f.link_index is None:
         return "waiting"
     if f.policy.killed or not f.link_up:
@@ -63,13 +66,27 @@ def rows(state: State, facts: dict[str, Facts], now: float) -> list[dict]:
             "created": s.created,
             "started_by": "netleak-exec" if s.owned else ("hook" if s.container else "attach"),
             "container": s.container or None,
-            "pid": s.pid or None, "mark": b.mark if b else None,
+            "pid": s.pid or None, "mark": s.mark or (b.mark if b else None),
             "table": b.table if b else None,
             "killed": f.policy.killed if f.policy else None,
             "counters": dataclasses.asdict(f.stats) if f.stats else None,
             "dropped": f.stats.dropped if f.stats else None,
+            "block": s.block, "allow": list(s.allow), "dns": list(s.dns),
+            "dns_from": s.dns_from or None, "guards": guards_text(s),
         })
     return out
+
+
+def guards_text(s) -> str:
+    """What a session has beyond its interface, in one line."""
+    if s.dns:
+        dns = f"dns {','.join(s.dns)} ({'--dns' if s.dns_from == 'user' else 'the interface'})"
+    else:
+        dns = "loopback dns refused (no --dns)"
+    parts = [dns]
+    if s.allow:
+        parts.append(f"allow {','.join(s.allow)}")
+    return "; ".join(parts)
 
 
 def age_text(seconds: float) -> str:
@@ -104,10 +121,12 @@ def render(table: list[dict], width: int = 79) -> str:
     lines = [head + "CGROUP"]
     for r in table:
         c = r["counters"] or {}
-        lines.append(f"{r['id']:<10.10} {_fit(r['iface'], 8):<8} "
+        lines.append(f"{r['id']:<10.10} {_fit(r['iface'] or '-', 8):<8} "
                      f"{r['state']:<11} {r['procs']:>5} {age_text(r['age']):>4} "
                      f"{count_text(c.get('passed_packets')):>5} "
                      f"{count_text(r['dropped']):>5}  {_fit(r['cgroup'], room)}")
+        if r.get("guards"):
+            lines.append(f"{'':<10} {_fit(r['guards'], width - 11)}")
     return "\n".join(lines)
 
 
@@ -125,7 +144,7 @@ def gather(cfg) -> dict:
     links = {}
     facts = {}
     try:
-        for iface in {s.iface for s in state.sessions.values()}:
+        for iface in {s.iface for s in state.sessions.values() if s.iface}:
             links[iface] = netlink.read_link(ipr, iface)
         for s in state.sessions.values():
             if s.pinset not in maps:

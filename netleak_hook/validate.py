@@ -47,3 +47,61 @@ def gateways(values: tuple[str, ...] | list[str]) -> tuple[str | None, str | Non
                 raise NetleakError("--via given twice for IPv6: give one gateway per family")
             v6 = str(addr)
     return v4, v6
+
+
+MAX_DNS = 4         # bpf/netleak.h NL_MAX_DNS
+MAX_ALLOW = 8       # bpf/netleak.h NL_MAX_ALLOW
+
+
+def dns_servers(values: tuple[str, ...] | list[str], what: str = "--dns") -> tuple[str, ...]:
+    """--dns values: unicast, non-loopback addresses, at most MAX_DNS."""
+    import ipaddress
+    out: list[str] = []
+    for raw in values:
+        try:
+            addr = ipaddress.ip_address(raw.strip())
+        except ValueError:
+            raise NetleakError(f"{what} {raw[:60]!r} is not an IP address: give the "
+                               f"resolver's address, e.g. {what} 10.64.0.1") from None
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        if addr.is_loopback or addr.is_unspecified or addr.is_multicast:
+            raise NetleakError(f"{what} {addr}: a resolver reached through the interface "
+                               f"must have a unicast, non-loopback address")
+        if str(addr) not in out:
+            out.append(str(addr))
+    if len(out) > MAX_DNS:
+        raise NetleakError(f"{what} given {len(out)} times: at most {MAX_DNS} resolvers")
+    return tuple(out)
+
+
+def allow_prefixes(values: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """--allow values: CIDRs (an address alone is a host), at most MAX_ALLOW."""
+    import ipaddress
+    out: list[str] = []
+    for raw in values:
+        try:
+            net = ipaddress.ip_network(raw.strip(), strict=False)
+        except ValueError:
+            raise NetleakError(f"--allow {raw[:60]!r} is not an address or prefix: give "
+                               f"one such as 192.168.1.0/24 or 2001:db8::/64") from None
+        if net.prefixlen == 0:
+            raise NetleakError(f"--allow {net} allows everything: that is no "
+                               f"protection; name the LAN's prefix (e.g. 192.168.1.0/24)")
+        if str(net) not in out:
+            out.append(str(net))
+    if len(out) > MAX_ALLOW:
+        raise NetleakError(f"--allow given {len(out)} times: at most {MAX_ALLOW} prefixes "
+                           f"(use a wider one)")
+    return tuple(out)
+
+
+def guards(dns: tuple[str, ...], allow: tuple[str, ...], block: bool) -> None:
+    """Refuse combinations that cannot work."""
+    if block and dns:
+        import ipaddress
+        for d in dns:
+            a = ipaddress.ip_address(d)
+            if not any(a in ipaddress.ip_network(p) for p in allow):
+                raise NetleakError(f"--dns {d} with --block: nothing leaves in no-network "
+                                   f"mode; --allow {d} too, or drop --dns")

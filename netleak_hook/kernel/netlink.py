@@ -90,17 +90,19 @@ def default_gateways(ipr: IPRoute, ifindex: int) -> tuple[str | None, str | None
     return found[4], found[6]
 
 
-def current_rules(ipr: IPRoute, priority: int, tables: set[int]) -> set[Rule]:
-    """Our rules: those at our priority that point at one of our tables."""
+def current_rules(ipr: IPRoute, ours) -> set[Rule]:
+    """The rules OURS (a predicate on a Rule) accepts."""
     rules: set[Rule] = set()
     for af in (socket.AF_INET, socket.AF_INET6):
         for r in ipr.get_rules(family=af):
             prio = r.get_attr("FRA_PRIORITY") or 0
             table = r.get_attr("FRA_TABLE") or r["table"]
-            if prio != priority or table not in tables:
-                continue
             src = r.get_attr("FRA_SRC") if r["src_len"] else None
-            rules.add(Rule(_fam(af), prio, table, fwmark=r.get_attr("FRA_FWMARK"), src=src))
+            dst = f"{r.get_attr('FRA_DST')}/{r['dst_len']}" if r["dst_len"] else None
+            rule = Rule(_fam(af), prio, table, fwmark=r.get_attr("FRA_FWMARK"), src=src,
+                        dst=dst)
+            if ours(rule):
+                rules.add(rule)
     return rules
 
 
@@ -110,6 +112,9 @@ def _rule_kw(rule: Rule) -> dict:
         kw.update(fwmark=rule.fwmark, fwmask=0xFFFFFFFF)
     if rule.src is not None:
         kw.update(src=rule.src, src_len=32 if rule.family == 4 else 128)
+    if rule.dst is not None:
+        addr, plen = rule.dst.split("/")
+        kw.update(dst=addr, dst_len=int(plen))
     return kw
 
 

@@ -41,6 +41,11 @@ PROGRAMS = (  # (function and pin name, BCC program type name, attach type)
     ("connect6", "CGROUP_SOCK_ADDR", bpfsys.BPF_CGROUP_INET6_CONNECT),
     ("sendmsg4", "CGROUP_SOCK_ADDR", bpfsys.BPF_CGROUP_UDP4_SENDMSG),
     ("sendmsg6", "CGROUP_SOCK_ADDR", bpfsys.BPF_CGROUP_UDP6_SENDMSG),
+    ("ingress", "CGROUP_SKB", bpfsys.BPF_CGROUP_INET_INGRESS),
+    ("recvmsg4", "CGROUP_SOCK_ADDR", bpfsys.BPF_CGROUP_UDP4_RECVMSG),
+    ("recvmsg6", "CGROUP_SOCK_ADDR", bpfsys.BPF_CGROUP_UDP6_RECVMSG),
+    ("getpeername4", "CGROUP_SOCK_ADDR", bpfsys.BPF_CGROUP_INET4_GETPEERNAME),
+    ("getpeername6", "CGROUP_SOCK_ADDR", bpfsys.BPF_CGROUP_INET6_GETPEERNAME),
 )
 MAPS = ("policy", "stats", "rings")
 PINS = tuple(f"prog_{n}" for n, _, _ in PROGRAMS) + tuple(f"map_{m}" for m in MAPS)

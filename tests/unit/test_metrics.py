@@ -36,7 +36,8 @@ def test_every_line_is_valid_exposition_text():
         assert ln.startswith(("# HELP ", "# TYPE ")) or LINE.match(ln), ln
     names = [ln.split()[2] for ln in text.splitlines() if ln.startswith("# TYPE")]
     assert names == ["netleak_sessions", "netleak_packets_total", "netleak_bytes_total",
-                     "netleak_sockets_refused_total", "netleak_events_undelivered_total"]
+                     "netleak_sockets_refused_total", "netleak_dns_redirected_total",
+                     "netleak_events_undelivered_total"]
 
 
 def test_values_by_verdict():

@@ -12,7 +12,8 @@ B = Binding(iface="wg0", slot=3, mark=0x6E6C0004, table=28203)
 
 
 def link(**kw) -> Link:
-    base = dict(name="wg0", index=7, admin_up=True, carrier=True)
+    base = dict(name="wg0", index=7, admin_up=True, carrier=True,
+                addrs4=("198.51.100.2",), addrs6=("2001:db8:2::2",))
     base.update(kw)
     return Link(**base)
 
@@ -40,7 +41,7 @@ def test_rules_none_link_only_fwmark_rules_for_both_families():
 
 
 def test_rules_link_without_addresses_only_fwmark_rules():
-    assert plan.rules_for(B, PRIO, link()) == plan.rules_for(B, PRIO, None)
+    assert plan.rules_for(B, PRIO, link(addrs4=(), addrs6=())) == plan.rules_for(B, PRIO, None)
 
 
 def test_rules_from_rule_for_each_routable_address():
@@ -220,3 +221,55 @@ def test_user_gateways_stick_and_learned_ones_fill_in():
     assert (learned.via4, learned.via6) == ("192.0.2.9", "2001:db8::1")
     # a gateway no longer seen (link down, routes gone) is kept
     assert plan.with_learned_gateways(learned, None, None) == learned
+
+
+# ---------- families the interface cannot carry ----------
+
+@pytest.mark.parametrize("addrs6", [(), ("fe80::1",), ("::1",)])
+def test_routes_no_routable_ipv6_address_gives_only_the_unreachable_route(addrs6):
+    """IPv6 connects then fail at once instead of leaving with a source
+    address borrowed from another interface and timing out."""
+    routes = plan.routes_for(B, link(pointopoint=True, addrs6=addrs6))
+    assert {(r.family, r.kind) for r in routes} == {
+        (4, "unicast"), (4, "unreachable"), (6, "unreachable")}
+
+
+def test_routes_no_ipv4_address_gives_only_the_unreachable_route():
+    b = Binding("eth1", 0, 1, 300, via4="192.0.2.1", via6="2001:db8::1")
+    routes = plan.routes_for(b, link(name="eth1", index=4, addrs4=()))
+    assert {(r.family, r.kind) for r in routes} == {
+        (4, "unreachable"), (6, "unicast"), (6, "unreachable")}
+
+
+# ---------- --allow: a mark and rules of the session's own ----------
+
+def test_allow_rules_send_prefixes_to_main_one_priority_earlier():
+    rules = plan.allow_rules(0x6E6C8000, 28203, ("192.168.1.0/24", "2001:db8:9::/48"), PRIO)
+    assert rules == {
+        Rule(4, PRIO, 28203, fwmark=0x6E6C8000), Rule(6, PRIO, 28203, fwmark=0x6E6C8000),
+        Rule(4, PRIO - 1, plan.MAIN_TABLE, fwmark=0x6E6C8000, dst="192.168.1.0/24"),
+        Rule(6, PRIO - 1, plan.MAIN_TABLE, fwmark=0x6E6C8000, dst="2001:db8:9::/48")}
+
+
+def test_session_marks_are_apart_from_interface_marks():
+    base = 0x6E6C0000
+    assert plan.session_mark(set(), base) == base + 0x8000
+    assert plan.session_mark({base + 0x8000, base + 0x8002}, base) == base + 0x8001
+    full = {base + 0x8000 + n for n in range(0x8000)}
+    assert plan.session_mark(full, base) is None
+    # never one of an interface's (MARK_BASE + 1 + slot)
+    assert plan.session_mark(set(), base) > base + 1 + 0x7FFE
+
+
+@pytest.mark.parametrize("rule,ours", [
+    (Rule(4, PRIO, 28203, fwmark=5), True),
+    (Rule(4, PRIO, 254, fwmark=5), False),            # not into our tables
+    (Rule(4, PRIO - 1, 254, fwmark=0x6E6C8001, dst="192.168.1.0/24"), True),
+    (Rule(4, PRIO - 1, 254, fwmark=0x6E6C0001, dst="192.168.1.0/24"), False),  # not a session mark
+    (Rule(4, PRIO - 1, 254, fwmark=None, dst="192.168.1.0/24"), False),
+    (Rule(4, PRIO - 1, 254, fwmark=0x6E6D8001), False),  # another base
+    (Rule(4, PRIO - 2, 254, fwmark=0x6E6C8001), False),
+    (Rule(6, PRIO - 1, 28203, fwmark=0x6E6C8001), False),
+])
+def test_is_ours_touches_only_netleaks_rules(rule, ours):
+    assert plan.is_ours(rule, PRIO, {28200, 28203}, 0x6E6C0000) is ours

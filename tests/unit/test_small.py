@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import struct
 
 import pytest
@@ -125,31 +126,61 @@ def test_cgroup2_mount_prefers_sys_fs_cgroup_over_earlier_ones():
 # ---------- policy ----------
 
 def test_sizes():
-    assert policy.POLICY_SIZE == 48
+    assert policy.POLICY_SIZE == 376
     assert policy.KEY_SIZE == 8
-    assert policy.STATS_SIZE == 104
+    assert policy.STATS_SIZE == 176
+
+
+def test_policy_layout_matches_the_c_struct():
+    """struct nl_policy: 4 u32, 4 u64, 2 u32, then the resolvers and the
+    prefixes (16 and 32 bytes each)."""
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "bpf", "netleak.h")) as f:
+        header = f.read()
+    body = header[header.index("struct nl_policy {"):]
+    body = body[:body.index("};")]
+    n_dns = int(re.search(r"#define NL_MAX_DNS (\d+)", header).group(1))
+    n_allow = int(re.search(r"#define NL_MAX_ALLOW (\d+)", header).group(1))
+    assert (n_dns, n_allow) == (policy.MAX_DNS, policy.MAX_ALLOW)
+    words = len(re.findall(r"^\s+u32 ", body, re.M)) * 4 + \
+        len(re.findall(r"^\s+u64 ", body, re.M)) * 8
+    assert policy.POLICY_SIZE == words + 16 * n_dns + 32 * n_allow
 
 
 @pytest.mark.parametrize("killed", [False, True])
 def test_policy_round_trip(killed):
     p = Policy(ifindex=7, mark=0x6E6C0001, killed=killed, netns=2**40 + 3)
     raw = p.pack()
-    assert len(raw) == 48
+    assert len(raw) == 376
     assert Policy.unpack(raw) == p
+
+
+def test_policy_round_trip_with_guards():
+    p = Policy(ifindex=0, mark=0, killed=False, netns=5, block=True,
+               dns=("198.51.100.53", "2001:db8::53"),
+               allow=("192.168.1.0/24", "10.0.0.0/8", "2001:db8:9::/48", "192.0.2.7/32"))
+    assert Policy.unpack(p.pack()) == p
 
 
 def test_policy_layout():
     raw = Policy(ifindex=0x01020304, mark=0xAABBCCDD, killed=True, netns=9,
-                 event_rate=50).pack()
-    assert raw == struct.pack("<IIIIQQQQ", 0x01020304, 0xAABBCCDD, 1, 50, 9, 0, 0, 0)
+                 event_rate=50, dns=("192.0.2.53",), allow=("192.168.0.0/16",)).pack()
+    assert raw[:56] == struct.pack("<IIIIQQQQII", 0x01020304, 0xAABBCCDD, 1, 50, 9, 0, 0, 0,
+                                   1, 1)
+    # addresses as the programs compare them: IPv4 mapped, network order
+    assert raw[56:72] == bytes(10) + b"\xff\xff" + bytes([192, 0, 2, 53])
+    prefix = raw[56 + 4 * 16:56 + 4 * 16 + 32]
+    assert prefix[:16] == bytes(10) + b"\xff\xff" + bytes([192, 168, 0, 0])
+    assert prefix[16:] == b"\xff" * 14 + bytes(2)       # /96 + 16
     assert Policy(ifindex=1, mark=2, killed=False).pack()[8:12] == b"\0\0\0\0"
+    assert Policy(ifindex=1, mark=2, killed=False, block=True).pack()[8:12] == \
+        b"\x02\0\0\0"
 
 
-def test_policy_unpack_flag_bit0_only():
-    raw = struct.pack("<IIIIQQQQ", 3, 4, 0b110, 0, 0, 0, 0, 0)
+def test_policy_unpack_flags_and_an_older_shorter_entry():
+    raw = struct.pack("<IIIIQQQQ", 3, 4, 0b100, 0, 0, 0, 0, 0)
     assert Policy.unpack(raw).killed is False
     raw = struct.pack("<IIIIQQQQ", 3, 4, 0b111, 0, 0, 7, 8, 9)
-    assert Policy.unpack(raw) == Policy(3, 4, True)
+    assert Policy.unpack(raw) == Policy(3, 4, True, block=True)
 
 
 def test_policy_unpack_ignores_trailing_bytes():
@@ -158,15 +189,18 @@ def test_policy_unpack_ignores_trailing_bytes():
 
 
 def test_stats_unpack_percpu_sums():
-    cpu0 = struct.pack("<13Q", *range(1, 14))
-    cpu1 = struct.pack("<13Q", *[10 * i for i in range(1, 11)], 2**40, 5, 6)
+    cpu0 = struct.pack("<22Q", *range(1, 23))
+    cpu1 = struct.pack("<22Q", *[10 * i for i in range(1, 11)], 2**40, 5, 6, *[0] * 9)
     s = Stats.unpack_percpu(cpu0 + cpu1, 2)
     assert s == Stats(passed_packets=11, passed_bytes=22, loopback_packets=33,
                       loopback_bytes=44, drop_kill_packets=55, drop_kill_bytes=66,
                       drop_device_packets=77, drop_device_bytes=88,
                       drop_nopolicy_packets=99, drop_nopolicy_bytes=110,
-                      refused_netns=11 + 2**40, events_suppressed=17, events_lost=19)
-    assert s.dropped == 55 + 77 + 99
+                      refused_netns=11 + 2**40, events_suppressed=17, events_lost=19,
+                      allowed_packets=14, allowed_bytes=15, drop_block_packets=16,
+                      drop_block_bytes=17, drop_inbound_packets=18, drop_inbound_bytes=19,
+                      refused_dns=20, refused_block=21, dns_redirected=22)
+    assert s.dropped == 55 + 77 + 99 + 16
 
 
 def test_stats_of_an_older_layout_read_with_its_stride():
@@ -191,20 +225,20 @@ def test_pinset_usable_with_an_older_versions_pins(tmp_path):
 
 
 def test_stats_unpack_percpu_only_ncpus():
-    raw = struct.pack("<13Q", *range(13)) + struct.pack("<13Q", *range(100, 113))
-    assert Stats.unpack_percpu(raw, 1) == Stats(*range(13))
+    raw = struct.pack("<22Q", *range(22)) + struct.pack("<22Q", *range(100, 122))
+    assert Stats.unpack_percpu(raw, 1) == Stats(*range(22))
     assert Stats.unpack_percpu(b"", 0) == Stats()
 
 
 def test_stats_layout_matches_the_c_struct():
-    """struct nl_stats: five {packets, bytes} pairs and three u64."""
+    """struct nl_stats: {packets, bytes} pairs and single u64 counters."""
     with open(os.path.join(os.path.dirname(__file__), "..", "..", "bpf", "netleak.h")) as f:
         header = f.read()
     body = header[header.index("struct nl_stats {"):]
     body = body[:body.index("};")]
     pairs = body.count("struct nl_count ")
     singles = body.count("u64 ")
-    assert policy.STATS_SIZE == (2 * pairs + singles) * 8 == 104
+    assert policy.STATS_SIZE == (2 * pairs + singles) * 8 == 176
 
 
 def test_stats_defaults():
