@@ -61,10 +61,7 @@ class ContainerState:
             if value is None:
                 continue
             items = [v.strip() for v in value.split(",") if v.strip()]
-            try:
-                out[name] = list(check(items))
-            except NetleakError as e:
-                raise NetleakError(f"annotation {key}={value[:60]!r}: {e.message}") from None
+            out[name] = list(check(items, f"annotation {key}"))
         return out
 
 

@@ -125,7 +125,7 @@ def render(table: list[dict], width: int = 79) -> str:
                      f"{r['state']:<11} {r['procs']:>5} {age_text(r['age']):>4} "
                      f"{count_text(c.get('passed_packets')):>5} "
                      f"{count_text(r['dropped']):>5}  {_fit(r['cgroup'], room)}")
-        if r.get("guards"):
+        if r.get("dns") or r.get("allow"):
             lines.append(f"{'':<10} {_fit(r['guards'], width - 11)}")
     return "\n".join(lines)
 

@@ -61,8 +61,8 @@ def dns_servers(values: tuple[str, ...] | list[str], what: str = "--dns") -> tup
         try:
             addr = ipaddress.ip_address(raw.strip())
         except ValueError:
-            raise NetleakError(f"{what} {raw[:60]!r} is not an IP address: give the "
-                               f"resolver's address, e.g. {what} 10.64.0.1") from None
+            raise NetleakError(f"{what} {raw[:40]!r} is not an IP address: give the "
+                               f"resolver's address, e.g. 10.64.0.1") from None
         if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
             addr = addr.ipv4_mapped
         if addr.is_loopback or addr.is_unspecified or addr.is_multicast:
@@ -71,11 +71,12 @@ def dns_servers(values: tuple[str, ...] | list[str], what: str = "--dns") -> tup
         if str(addr) not in out:
             out.append(str(addr))
     if len(out) > MAX_DNS:
-        raise NetleakError(f"{what} given {len(out)} times: at most {MAX_DNS} resolvers")
+        raise NetleakError(f"{what} gives {len(out)} resolvers: at most {MAX_DNS}")
     return tuple(out)
 
 
-def allow_prefixes(values: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+def allow_prefixes(values: tuple[str, ...] | list[str],
+                   what: str = "--allow") -> tuple[str, ...]:
     """--allow values: CIDRs (an address alone is a host), at most MAX_ALLOW."""
     import ipaddress
     out: list[str] = []
@@ -83,15 +84,15 @@ def allow_prefixes(values: tuple[str, ...] | list[str]) -> tuple[str, ...]:
         try:
             net = ipaddress.ip_network(raw.strip(), strict=False)
         except ValueError:
-            raise NetleakError(f"--allow {raw[:60]!r} is not an address or prefix: give "
+            raise NetleakError(f"{what} {raw[:40]!r} is not an address or prefix: give "
                                f"one such as 192.168.1.0/24 or 2001:db8::/64") from None
         if net.prefixlen == 0:
-            raise NetleakError(f"--allow {net} allows everything: that is no "
+            raise NetleakError(f"{what} {net} allows everything: that is no "
                                f"protection; name the LAN's prefix (e.g. 192.168.1.0/24)")
         if str(net) not in out:
             out.append(str(net))
     if len(out) > MAX_ALLOW:
-        raise NetleakError(f"--allow given {len(out)} times: at most {MAX_ALLOW} prefixes "
+        raise NetleakError(f"{what} gives {len(out)} prefixes: at most {MAX_ALLOW} "
                            f"(use a wider one)")
     return tuple(out)
 
