@@ -84,3 +84,25 @@ def test_ethernet_without_gateway(world):
     assert "--via" in _one_line(r.stderr)
     r = world.netleak("--via", "198.51.100.1", "vpn0", *lab.client())
     assert r.stdout.strip() == "ok 198.51.100.2", r.stderr
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--dns", "127.0.0.53", "vpn0"], "non-loopback"),
+    (["--dns", "resolver", "vpn0"], "not an IP address"),
+    (["--allow", "0.0.0.0/0", "vpn0"], "allows everything"),
+    (["--allow", "192.168.1.0/33", "vpn0"], "not an address or prefix"),
+    (["--block", "--dns", "192.0.2.53"], "--allow 192.0.2.53"),
+    (["--block", "--via", "192.0.2.1"], "--via"),
+])
+def test_bad_guards(world, args, words):
+    r = world.netleak(*args, "true")
+    assert r.returncode == 125
+    assert words in _one_line(r.stderr)
+    assert world.sessions() == 0 and world.cgroups() == []
+
+
+def test_bad_guards_on_attach(world):
+    r = world.cli("attach", "--block", "vpn0", "--pid", str(os.getpid()))
+    assert r.returncode == 125 and "not both" in r.stderr, r.stderr
+    r = world.cli("attach", "--pid", str(os.getpid()))
+    assert r.returncode == 125 and "IFACE or --block" in r.stderr, r.stderr

@@ -22,6 +22,7 @@ import pytest
 
 from netleak_hook import lab as labmod
 from tests.privileged.conftest import CLI, EXEC, wait_until
+from tests.privileged.podman import ANN, BUSYBOX_IMAGE, HOST
 
 pytestmark = pytest.mark.privileged
 
@@ -174,6 +175,22 @@ def test_dns_without_a_resolver_is_refused_at_once_and_reported(resolvers, tmp_p
     assert wait_until(lambda: any(e["reason"] == "no-dns" for e in events(w)))
     ev = [e for e in events(w) if e["reason"] == "no-dns"][0]
     assert (ev["daddr"], ev["dport"], ev["hook"]) == (STUB, 53, "connect"), ev
+
+
+@pytest.mark.container
+def test_container_dns_annotation(resolvers, pods):
+    """io.netleak.dns: a static busybox's own resolver, asking the stub, is
+    answered through vpn0; without the annotation it is refused."""
+    w = resolvers
+    ask = [BUSYBOX_IMAGE, "nslookup", "name.test", STUB]
+    with w.lab.capture("up0") as up:
+        r = pods.run("--rm", HOST, ANN, f"--annotation=io.netleak.dns={S4}", *ask)
+        no = pods.run("--rm", HOST, ANN, *ask)
+        assert up.stop() == 0, up.lines
+    assert "192.0.2.77" in r.stdout, r.stdout + r.stderr
+    assert "192.0.2.77" not in no.stdout, no.stdout
+    bad = pods.run("--rm", HOST, ANN, "--annotation=io.netleak.dns=127.0.0.1", *ask)
+    assert bad.returncode != 0 and "io.netleak.dns" in bad.stderr, bad.stderr
 
 
 def test_dns_to_a_non_loopback_server_is_routed_like_any_traffic(resolvers):
