@@ -167,12 +167,16 @@ static __always_inline int same(const struct nl_addr *a, const struct nl_addr *b
            a->w[2] == b->w[2] && a->w[3] == b->w[3];
 }
 
-/* 127.0.0.0/8 (also IPv4-mapped) and ::1 */
+/* Addresses the kernel delivers locally by loopback: 127.0.0.0/8 and
+ * 0.0.0.0/8 (also IPv4-mapped), ::1 and :: */
 static __always_inline int is_loopback(const struct nl_addr *a)
 {
-    if (is_mapped(a))
-        return (bpf_ntohl(a->w[3]) >> 24) == 127;
-    return a->w[0] == 0 && a->w[1] == 0 && a->w[2] == 0 && a->w[3] == bpf_htonl(1);
+    if (is_mapped(a)) {
+        u32 top = bpf_ntohl(a->w[3]) >> 24;
+        return top == 127 || top == 0;
+    }
+    return a->w[0] == 0 && a->w[1] == 0 && a->w[2] == 0 &&
+           (a->w[3] == bpf_htonl(1) || a->w[3] == 0);
 }
 
 /* Whether A lies in one of the session's --allow prefixes. */
@@ -244,6 +248,34 @@ static __always_inline void packet_dest(struct __sk_buff *skb, struct nl_event *
         if (l4 <= 60 && bpf_skb_load_bytes(skb, l4 + 2, &port, 2) == 0)
             e->dport = bpf_ntohs(port);
     }
+}
+
+/* Whether a loopback packet goes to port 53 (UDP or TCP). */
+static __always_inline int loopback_dns(struct __sk_buff *skb)
+{
+    u8 buf[40] = {};
+    u32 l4;
+    u8 proto;
+    u16 port = 0;
+
+    if (skb->protocol == bpf_htons(ETH_P_IP)) {
+        if (bpf_skb_load_bytes(skb, 0, buf, 20) != 0 || (buf[6] & 0x1f) || buf[7])
+            return 0;
+        proto = buf[9];
+        l4 = (buf[0] & 0xf) * 4;
+    } else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+        if (bpf_skb_load_bytes(skb, 0, buf, 40) != 0)
+            return 0;
+        proto = buf[6];
+        l4 = 40;
+    } else {
+        return 0;
+    }
+    if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+        return 0;
+    if (l4 > 60 || bpf_skb_load_bytes(skb, l4 + 2, &port, 2) != 0)
+        return 0;
+    return port == bpf_htons(DNS_PORT);
 }
 
 static __always_inline struct nl_policy *lookup_skb(struct __sk_buff *skb, u64 self, u64 *key)
@@ -334,7 +366,12 @@ int nl_egress(struct __sk_buff *skb)
         return drop(skb, p, self, self, V_NOPOLICY, NL_R_NOPOLICY);
     }
     if (skb->ifindex == LOOPBACK_IFINDEX) {
-        /* loopback never leaves the machine: local IPC keeps working */
+        /* loopback never leaves the machine: local IPC keeps working. But
+         * DNS that reached it unrewritten (a socket connected before the
+         * session began, a resolver on one of the host's own addresses)
+         * would be forwarded by the default route: fail closed. */
+        if (loopback_dns(skb))
+            return drop(skb, p, key, self, V_REFUSED_DNS, NL_R_DNS);
         count(key, V_LOOPBACK, skb->len);
         return 1;
     }

@@ -317,10 +317,7 @@ def attach(env: Env, iface: str | None, cgroup: str | None, pid: int | None,
             raise NetleakError("give an IFACE or --block (not both)")
         name = "" if block else validate.interface_name(iface or "")
         via4, via6 = validate.gateways(list(via))
-        if block and (via4 or via6):
-            raise NetleakError("--via goes with an interface, not with --block")
-        dns_ok, allow_ok = validate.dns_servers(list(dns)), validate.allow_prefixes(list(allow))
-        validate.guards(dns_ok, allow_ok, block)
+        guards = validate.guard_request(list(dns), list(allow), block, list(via))
         rel = _target(env, cgroup, pid, unit)
         _need_root()
         path = cgroupfs.abspath(cgroupfs.find_cgroup2(), rel)
@@ -330,8 +327,8 @@ def attach(env: Env, iface: str | None, cgroup: str | None, pid: int | None,
         reply = client.request_starting_daemon(_store(env), {
             "op": "open", "id": new_session_id(), "iface": name, "via4": via4,
             "via6": via6, "cgroup": rel, "cgroup_id": cid, "owned": False,
-            "join": False, "dns": list(dns_ok), "allow": list(allow_ok), "block": block},
-            autostart=env.config().autostart)
+            "join": False, **guards}, autostart=env.config().autostart)
+        client.check_guards(guards, reply)
     except NetleakError as e:
         _fail(e)
     if block:

@@ -53,6 +53,15 @@ def request_starting_daemon(store: Store, msg: dict, autostart: bool = True) -> 
     return request(store, msg)
 
 
+def check_guards(msg: dict, reply: dict) -> None:
+    """A daemon older than --dns/--allow/--block ignores them and replies
+    ok: never let a session run believing it has guards it lacks."""
+    if (msg.get("dns") or msg.get("allow") or msg.get("block")) and "block" not in reply:
+        raise NetleakError("the running netleak daemon is older than --dns, --allow and "
+                           "--block, and ignored them: stop it ('netleak gc' starts a "
+                           "new one) and retry")
+
+
 def _roundtrip(path: str, msg: dict, timeout: float) -> dict:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:

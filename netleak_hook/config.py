@@ -112,11 +112,10 @@ class Config:
             raise NetleakError(
                 f"NETLEAK_TABLE_BASE={self.table_base} must be between 256 and "
                 f"{0xFFFFFFFF - self.max_interfaces} (0-255 are the kernel's)")
-        if not 2 <= self.rule_priority <= 32000:
+        if not 1 <= self.rule_priority <= 32000:
             raise NetleakError(
-                f"NETLEAK_RULE_PRIORITY={self.rule_priority} must be between 2 and "
-                f"32000, before the main table's rule (--allow rules take the one "
-                f"before it)")
+                f"NETLEAK_RULE_PRIORITY={self.rule_priority} must be between 1 and "
+                f"32000, before the main table's rule")
         if not 0.1 <= self.reconcile_seconds <= 86400:
             raise NetleakError(
                 f"NETLEAK_RECONCILE_SECONDS={self.reconcile_seconds:g} must be "

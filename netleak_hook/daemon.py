@@ -462,6 +462,9 @@ class Daemon:
             if found:
                 s = dataclasses.replace(s, dns=found, dns_from="interface")
         if s.allow:
+            if self.cfg.rule_priority < 2:
+                raise NetleakError("--allow needs the rule priority before "
+                                   "NETLEAK_RULE_PRIORITY, which is 1: raise it")
             used = {o.mark for o in self.state.sessions.values() if o.mark}
             mark = plan.session_mark(used, self.cfg.mark_base)
             if mark is None:
@@ -469,6 +472,16 @@ class Daemon:
                                    "--allow first")
             s = dataclasses.replace(s, mark=mark)
         return s
+
+    def _refresh_dns(self, iface: str, link: plan.Link) -> None:
+        """Sessions given no --dns follow the interface's resolvers (a VPN
+        that reconnects may announce others, or announce them late)."""
+        found = dnsconf.interface_servers(link.index)
+        for s in self.state.sessions_on(iface):
+            if s.dns_from != "user" and s.dns != found:
+                self.state = self.state.with_session(dataclasses.replace(
+                    s, dns=found, dns_from="interface" if found else ""))
+                self.dirty = True
 
     def _block_policy(self) -> Policy:
         """No-network mode: no interface, no kill switch to follow."""
@@ -494,7 +507,7 @@ class Daemon:
             if other.cgroup_id == s.cgroup_id:
                 raise NetleakError(
                     f"cgroup /{s.cgroup} is already under netleak control (session "
-                    f"{other.id} on {other.iface}): detach it first")
+                    f"{other.id} on {other.iface or 'no network'}): detach it first")
         key = pack_key(s.cgroup_id)
         for pinset in self._pinsets():
             maps = self.maps_for(pinset)
@@ -591,6 +604,7 @@ class Daemon:
         self._apply_rules(links)
         for iface, link in links.items():
             if link is not None and link.up:
+                _step(f"resolvers of {iface}", self._refresh_dns, iface, link)
                 self._release_kill(iface, link)
         _step("no-network entries", self._write_policies, "", self._block_policy())
 
@@ -883,7 +897,9 @@ class Daemon:
                     committed=bool(cgroupfs.populated(cgroupfs.abspath(self.cgroot, rel))),
                     block=pol.block, dns=pol.dns, dns_from="user" if pol.dns else "",
                     allow=pol.allow,
-                    mark=pol.mark if binding and pol.mark != binding.mark else 0)
+                    mark=pol.mark if binding and pol.allow and
+                    plan.session_mark(set(), self.cfg.mark_base) <= pol.mark <=
+                    self.cfg.mark_base + 0xFFFF else 0)
         if binding is not None:
             self.state = self.state.with_binding(binding)
         self.state = self.state.with_session(s)

@@ -12,16 +12,23 @@ from __future__ import annotations
 import ipaddress
 import os
 
+from .validate import MAX_DNS
+
 RESOLVED_LINKS = "/run/systemd/resolve/netif"
 
 
 def _address(token: str) -> str | None:
-    """The address of one SERVERS= entry, without port, zone or name."""
+    """The address of one SERVERS= entry, without zone or name; None when
+    it is not usable (a port other than 53: queries are sent to 53)."""
     token = token.split("#", 1)[0]
+    port = "53"
     if token.startswith("["):               # [v6]:port or [v6%zone]:port
-        token = token[1:].split("]", 1)[0]
+        token, _, rest = token[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else port
     elif token.count(":") == 1:             # v4:port
-        token = token.split(":", 1)[0]
+        token, port = token.split(":", 1)
+    if port != "53":
+        return None
     token = token.split("%", 1)[0]
     try:
         a = ipaddress.ip_address(token)
@@ -47,7 +54,7 @@ def parse_link_state(text: str) -> tuple[str, ...]:
 
 
 def interface_servers(ifindex: int, root: str = RESOLVED_LINKS,
-                      limit: int = 4) -> tuple[str, ...]:
+                      limit: int = MAX_DNS) -> tuple[str, ...]:
     """The resolvers systemd-resolved knows for IFINDEX; () when none."""
     try:
         with open(os.path.join(root, str(int(ifindex)))) as f:

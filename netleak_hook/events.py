@@ -26,8 +26,9 @@ REASON_TEXT = {
     "wrong-device": "the packet would have left by another interface",
     "no-policy": "the cgroup is attached but has no policy entry: fail closed",
     "netns": "a socket was opened in another network namespace",
-    "no-dns": "DNS to a loopback resolver, and no resolver through the interface to send "
-              "it to (give --dns): refused, as the stub would forward it by the default route",
+    "no-dns": "DNS to a loopback resolver, and no resolver of the session's to send it "
+              "to (--dns, io.netleak.dns): refused, as the stub would forward it by the "
+              "default route",
     "no-network": "no-network mode (--block): only loopback may be used",
 }
 HOOKS = {1: "egress", 2: "socket", 3: "connect", 4: "sendmsg"}

@@ -98,8 +98,6 @@ def parse(argv: list[str]) -> Args:
     if a.action != "run":
         return a
     if a.block:
-        if a.via:
-            raise NetleakError("--via goes with an interface, not with --block")
         a.command = rest
     elif not rest:
         raise NetleakError(f"no IFACE given: {USAGE}")
@@ -131,6 +129,14 @@ def resolve_command(name: str, path_env: str | None) -> str:
         raise NetleakError(f"{found_not_exec}: permission denied (not executable)",
                            Exit.CANNOT_EXEC)
     raise NetleakError(f"{name}: command not found", Exit.NOT_FOUND)
+
+
+def _is_interface(name: str) -> bool:
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
 
 
 def resolve_user(spec: str | None):
@@ -170,20 +176,17 @@ def run(argv: list[str]) -> int:
     via4, via6 = validate.gateways(a.via)
     guards: dict = {}
     if a.dns or a.allow or a.block:
-        dns, allow = validate.dns_servers(a.dns), validate.allow_prefixes(a.allow)
-        validate.guards(dns, allow, a.block)
-        guards = {"dns": list(dns), "allow": list(allow), "block": a.block}
+        guards = validate.guard_request(a.dns, a.allow, a.block, a.via)
+    if a.block and len(a.command) > 1 and _is_interface(a.command[0]):
+        raise NetleakError(f"--block takes no IFACE ({a.command[0]} is one): "
+                           f"{PROG} --block COMMAND...")
     target = resolve_command(a.command[0], os.environ.get("PATH"))
     pw = resolve_user(a.user)
     if os.geteuid() != 0:
         raise NetleakError(f"{PROG} needs root (cgroups, BPF, routing): run it with sudo")
-    if iface:
-        try:
-            socket.if_nametoindex(iface)
-        except OSError:
-            raise NetleakError(
-                f"no interface named {iface} in this network namespace: "
-                f"check 'ip -br link'") from None
+    if iface and not _is_interface(iface):
+        raise NetleakError(f"no interface named {iface} in this network namespace: "
+                           f"check 'ip -br link'")
 
     from .session import open_exec_session
     open_exec_session(cfg, iface, via4, via6, guards)

@@ -37,10 +37,12 @@ def protect(store: Store, st: oci.ContainerState, iface: str, autostart: bool,
     root = cgroupfs.find_cgroup2()
     rel = cgroupfs.of_pid(st.pid)
     path = cgroupfs.abspath(root, rel)
-    return client.request_starting_daemon(store, {
-        "op": "open", "id": new_session_id(), "iface": iface, "cgroup": rel,
-        "cgroup_id": cgroupfs.cgroup_id(path), "owned": False, "join": False,
-        "container": st.id, **(guards or {})}, autostart=autostart)
+    msg = {"op": "open", "id": new_session_id(), "iface": iface, "cgroup": rel,
+           "cgroup_id": cgroupfs.cgroup_id(path), "owned": False, "join": False,
+           "container": st.id, **(guards or {})}
+    reply = client.request_starting_daemon(store, msg, autostart=autostart)
+    client.check_guards(msg, reply)
+    return reply
 
 
 def run(argv: list[str], raw: bytes, environ: dict) -> tuple[int, str]:

@@ -5,10 +5,10 @@ import dataclasses
 import ipaddress
 import struct
 
+from .validate import MAX_ALLOW, MAX_DNS  # NL_MAX_DNS, NL_MAX_ALLOW
+
 FLAG_KILL = 0x1
 FLAG_BLOCK = 0x2
-MAX_DNS = 4         # NL_MAX_DNS
-MAX_ALLOW = 8       # NL_MAX_ALLOW
 
 _KEY = struct.Struct("<Q")
 # ifindex, mark, flags, event_rate, netns, the limiter's 3 words (zero from
@@ -40,7 +40,8 @@ class Policy:
         flags = (FLAG_KILL if self.killed else 0) | (FLAG_BLOCK if self.block else 0)
         out = bytearray(_POLICY_SIZE)
         _HEAD.pack_into(out, 0, self.ifindex, self.mark, flags, self.event_rate,
-                        self.netns, 0, 0, 0, len(self.dns), len(self.allow))
+                        self.netns, 0, 0, 0, min(len(self.dns), MAX_DNS),
+                        min(len(self.allow), MAX_ALLOW))
         at = _HEAD.size
         for addr in self.dns[:MAX_DNS]:
             out[at: at + _ADDR] = _addr16(addr)

@@ -43,7 +43,8 @@ def open_exec_session(cfg: Config, iface: str, via4: str | None,
         # socket's peer, as the kernel reports it) into it:
         # one round trip, and the session counts as committed only once the
         # workload is inside.
-        client.request_starting_daemon(store, msg, autostart=cfg.autostart)
+        reply = client.request_starting_daemon(store, msg, autostart=cfg.autostart)
+        client.check_guards(msg, reply)
         if cgroupfs.of_pid(os.getpid()) != rel:
             raise NetleakError(f"this process did not land in cgroup {rel}")
     except BaseException:

@@ -77,8 +77,10 @@ def dns_servers(values: tuple[str, ...] | list[str], what: str = "--dns") -> tup
 
 def allow_prefixes(values: tuple[str, ...] | list[str],
                    what: str = "--allow") -> tuple[str, ...]:
-    """--allow values: CIDRs (an address alone is a host), at most MAX_ALLOW."""
+    """--allow values: CIDRs (an address alone is a host), at most MAX_ALLOW.
+    IPv4-mapped IPv6 prefixes are taken as the IPv4 ones they are."""
     import ipaddress
+    mapped = ipaddress.ip_network("::ffff:0:0/96")
     out: list[str] = []
     for raw in values:
         try:
@@ -86,6 +88,13 @@ def allow_prefixes(values: tuple[str, ...] | list[str],
         except ValueError:
             raise NetleakError(f"{what} {raw[:40]!r} is not an address or prefix: give "
                                f"one such as 192.168.1.0/24 or 2001:db8::/64") from None
+        if net.version == 6:
+            if net.subnet_of(mapped):      # as the kernel sees it: IPv4
+                net = ipaddress.ip_network(
+                    f"{net.network_address.ipv4_mapped}/{net.prefixlen - 96}")
+            elif net.supernet_of(mapped):
+                raise NetleakError(f"{what} {net} covers all of IPv4 (as ::ffff:0:0/96): "
+                                   f"name an IPv4 prefix for IPv4 destinations")
         if net.prefixlen == 0:
             raise NetleakError(f"{what} {net} allows everything: that is no "
                                f"protection; name the LAN's prefix (e.g. 192.168.1.0/24)")
@@ -95,6 +104,16 @@ def allow_prefixes(values: tuple[str, ...] | list[str],
         raise NetleakError(f"{what} gives {len(out)} prefixes: at most {MAX_ALLOW} "
                            f"(use a wider one)")
     return tuple(out)
+
+
+def guard_request(dns: list[str], allow: list[str], block: bool, via: list[str]) -> dict:
+    """--dns, --allow, --block (and --via) of netleak-exec and netleak
+    attach, checked: what the daemon's open request carries."""
+    if block and via:
+        raise NetleakError("--via goes with an interface, not with --block")
+    d, a = dns_servers(dns), allow_prefixes(allow)
+    guards(d, a, block)
+    return {"dns": list(d), "allow": list(a), "block": block}
 
 
 def guards(dns: tuple[str, ...], allow: tuple[str, ...], block: bool) -> None:

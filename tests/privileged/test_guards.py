@@ -189,8 +189,46 @@ def test_container_dns_annotation(resolvers, pods):
         assert up.stop() == 0, up.lines
     assert "192.0.2.77" in r.stdout, r.stdout + r.stderr
     assert "192.0.2.77" not in no.stdout, no.stdout
+    assert wait_until(lambda: any(e["reason"] == "no-dns" and e["container"]
+                                  for e in events(w)))
     bad = pods.run("--rm", HOST, ANN, "--annotation=io.netleak.dns=127.0.0.1", *ask)
     assert bad.returncode != 0 and "io.netleak.dns" in bad.stderr, bad.stderr
+
+
+def test_dns_to_the_unspecified_address_counts_as_loopback(resolvers):
+    """0.0.0.0 and :: reach local sockets too: the same guard applies."""
+    w = resolvers
+    with w.lab.capture("up0") as up:
+        probe = w.netleak("--dns", S4, "vpn0", sys.executable, "-c", DNS_PROBE, HERE,
+                          "0.0.0.0")
+        refused = w.netleak("vpn0", sys.executable, "-c", DNS_PROBE, HERE, "0.0.0.0")
+        assert up.stop() == 0, up.lines
+    assert json.loads(probe.stdout)["unconnected"] == ["0.0.0.0", 53, "c000024d"], probe.stdout
+    assert json.loads(refused.stdout) == {"error": "Operation not permitted"}
+
+
+def test_dns_to_a_resolver_on_a_host_address_is_dropped_on_loopback(resolvers):
+    """A stub on one of the host's own addresses is reached by loopback,
+    unrewritten: its packets are dropped there, counted and reported."""
+    w = resolvers
+    up_addr = labmod.LINKS["up0"][0].split("/")[0]
+    start(w.lab, w.lab.host, sys.executable, DNSD, "forward", up_addr, S4)
+    hold = w.spawn("--dns", S4, "vpn0", "sleep", "300")
+    try:
+        assert wait_until(lambda: len(w.status()) == 1 and w.status()[0]["procs"] == 1)
+        cg = os.path.join("/sys/fs/cgroup/unified", w.status()[0]["cgroup"].lstrip("/"))
+        join = f'echo $$ > {cg}/cgroup.procs && exec "$@"'
+        with w.lab.capture("up0") as up:
+            probe = w.lab.run(["sh", "-c", join, "sh", sys.executable, "-c", DNS_PROBE,
+                               HERE, up_addr])
+            assert up.stop() == 0, up.lines
+        assert json.loads(probe.stdout) == {"error": "Operation not permitted"}
+        assert w.status()[0]["counters"]["refused_dns"] > 0
+        assert wait_until(lambda: any(e["reason"] == "no-dns" and e["hook"] == "egress"
+                                      for e in events(w)))
+    finally:
+        hold.kill()
+        hold.wait()
 
 
 def test_dns_to_a_non_loopback_server_is_routed_like_any_traffic(resolvers):

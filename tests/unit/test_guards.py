@@ -46,7 +46,8 @@ def test_allow_prefixes_take_hosts_and_loose_prefixes():
 
 @pytest.mark.parametrize("value,words", [
     ("lan", "not an address or prefix"), ("0.0.0.0/0", "allows everything"),
-    ("::/0", "allows everything"), ("192.168.1.0/33", "not an address or prefix")])
+    ("::/0", "covers all of IPv4"), ("::ffff:0:0/96", "allows everything"),
+    ("::/80", "covers all of IPv4"), ("192.168.1.0/33", "not an address or prefix")])
 def test_allow_prefixes_refused_with_one_line(value, words):
     with pytest.raises(NetleakError) as e:
         validate.allow_prefixes([value])
@@ -83,11 +84,30 @@ def test_exec_block_takes_no_interface():
 
 
 @pytest.mark.parametrize("argv,words", [
-    (["--block"], "no COMMAND"), (["--block", "--via", "192.0.2.1", "ls"], "--via"),
-    (["--dns"], "requires argument")])
+    (["--block"], "no COMMAND"), (["--dns"], "requires argument")])
 def test_exec_block_and_guard_mistakes(argv, words):
     with pytest.raises(NetleakError, match=words):
         execcmd.parse(argv)
+
+
+def test_allow_mapped_prefixes_are_the_ipv4_ones_they_are():
+    assert validate.allow_prefixes(["::ffff:192.168.1.0/120", "::ffff:10.1.2.3"]) == (
+        "192.168.1.0/24", "10.1.2.3/32")
+
+
+def test_guard_request_is_what_the_daemon_gets():
+    assert validate.guard_request(["10.64.0.1"], [], False, ["192.0.2.1"]) == {
+        "dns": ["10.64.0.1"], "allow": [], "block": False}
+    with pytest.raises(NetleakError, match="--via goes with an interface"):
+        validate.guard_request([], [], True, ["192.0.2.1"])
+
+
+def test_an_older_daemon_that_ignores_guards_is_refused():
+    from netleak_hook import client
+    client.check_guards({"dns": []}, {"ok": True})
+    client.check_guards({"dns": ["10.64.0.1"]}, {"ok": True, "block": False})
+    with pytest.raises(NetleakError, match="older than --dns"):
+        client.check_guards({"dns": ["10.64.0.1"]}, {"ok": True})
 
 
 # ---------- annotations ----------
@@ -120,8 +140,8 @@ ADMIN_STATE=yes
 OPER_STATE=routable
 LLMNR=no
 MDNS=no
-SERVERS=10.64.0.1 [2001:db8::53]:5353 192.0.2.53:53 fe80::1%wg0 127.0.0.53 \
-198.51.100.53#dns.example 10.64.0.1
+SERVERS=10.64.0.1 [2001:db8::53]:53 [2001:db8::54]:5353 192.0.2.53:53 fe80::1%wg0 \
+127.0.0.53 198.51.100.53#dns.example 10.64.0.1 192.0.2.54:5353
 DOMAINS=~.
 """
 
