@@ -253,29 +253,11 @@ static __always_inline void packet_dest(struct __sk_buff *skb, struct nl_event *
 /* Whether a loopback packet goes to port 53 (UDP or TCP). */
 static __always_inline int loopback_dns(struct __sk_buff *skb)
 {
-    u8 buf[40] = {};
-    u32 l4;
-    u8 proto;
-    u16 port = 0;
+    struct nl_event e = {};
 
-    if (skb->protocol == bpf_htons(ETH_P_IP)) {
-        if (bpf_skb_load_bytes(skb, 0, buf, 20) != 0 || (buf[6] & 0x1f) || buf[7])
-            return 0;
-        proto = buf[9];
-        l4 = (buf[0] & 0xf) * 4;
-    } else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
-        if (bpf_skb_load_bytes(skb, 0, buf, 40) != 0)
-            return 0;
-        proto = buf[6];
-        l4 = 40;
-    } else {
-        return 0;
-    }
-    if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
-        return 0;
-    if (l4 > 60 || bpf_skb_load_bytes(skb, l4 + 2, &port, 2) != 0)
-        return 0;
-    return port == bpf_htons(DNS_PORT);
+    packet_dest(skb, &e);
+    return e.dport == DNS_PORT &&
+           (e.protocol == IPPROTO_TCP || e.protocol == IPPROTO_UDP);
 }
 
 static __always_inline struct nl_policy *lookup_skb(struct __sk_buff *skb, u64 self, u64 *key)

@@ -189,8 +189,8 @@ class Lab:
         return [sys.executable, "-c", CLIENT_CODE, host, str(PORT), proto, str(tries)]
 
     def capture(self, iface: str = "up0", ns: str | None = None,
-                peer: str | None = None) -> "Capture":
-        return Capture(self, iface, ns, peer)
+                peer: str | None = None, flt: str | None = None) -> "Capture":
+        return Capture(self, iface, ns, peer, flt)
 
     # ----- tearing down -----
 
@@ -220,8 +220,9 @@ class Capture:
     MARKER_PORT = 9     # discard
 
     def __init__(self, lab: Lab, iface: str, ns: str | None = None,
-                 peer: str | None = None) -> None:
+                 peer: str | None = None, flt: str | None = None) -> None:
         self.lab = lab
+        self.flt = flt or self.FILTER     # what counts
         self.iface = iface
         self.ns = ns or lab.host
         self.peer = peer or (LINKS[iface][1] if iface in LINKS else None)
@@ -231,7 +232,7 @@ class Capture:
         self.lines: list[str] = []
 
     def __enter__(self) -> "Capture":
-        flt = self.FILTER
+        flt = self.flt
         if self.peer:
             flt = f"({flt}) or (udp and dst host {self.peer} and dst port {self.MARKER_PORT})"
         self.proc = subprocess.Popen(

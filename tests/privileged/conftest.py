@@ -282,10 +282,11 @@ class Held:
     """A session held open by a sleeping process; commands join its cgroup
     (before their first socket) and run there."""
 
-    def __init__(self, world) -> None:
+    def __init__(self, world, *session: str) -> None:
+        """SESSION: netleak-exec's options and IFACE (default: vpn0)."""
         self.world = world
         world.events_only()     # no periodic pass repairs what a test breaks
-        self.proc = world.spawn("vpn0", "sleep", "300")
+        self.proc = world.spawn(*(session or ("vpn0",)), "sleep", "300")
         assert wait_until(lambda: len(self.rows()) == 1 and self.rows()[0]["procs"] == 1)
         self.cgroup = self.rows()[0]["cgroup"]
         self.path = cgroupfs.abspath(cgroupfs.find_cgroup2(), self.cgroup)

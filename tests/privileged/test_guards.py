@@ -21,7 +21,7 @@ import sys
 import pytest
 
 from netleak_hook import lab as labmod
-from tests.privileged.conftest import CLI, EXEC, wait_until
+from tests.privileged.conftest import EXEC, Held, wait_until
 from tests.privileged.podman import ANN, BUSYBOX_IMAGE, HOST
 
 pytestmark = pytest.mark.privileged
@@ -213,22 +213,17 @@ def test_dns_to_a_resolver_on_a_host_address_is_dropped_on_loopback(resolvers):
     w = resolvers
     up_addr = labmod.LINKS["up0"][0].split("/")[0]
     start(w.lab, w.lab.host, sys.executable, DNSD, "forward", up_addr, S4)
-    hold = w.spawn("--dns", S4, "vpn0", "sleep", "300")
+    hold = Held(w, "--dns", S4, "vpn0")
     try:
-        assert wait_until(lambda: len(w.status()) == 1 and w.status()[0]["procs"] == 1)
-        cg = os.path.join("/sys/fs/cgroup/unified", w.status()[0]["cgroup"].lstrip("/"))
-        join = f'echo $$ > {cg}/cgroup.procs && exec "$@"'
         with w.lab.capture("up0") as up:
-            probe = w.lab.run(["sh", "-c", join, "sh", sys.executable, "-c", DNS_PROBE,
-                               HERE, up_addr])
+            probe = hold.run(sys.executable, "-c", DNS_PROBE, HERE, up_addr)
             assert up.stop() == 0, up.lines
         assert json.loads(probe.stdout) == {"error": "Operation not permitted"}
-        assert w.status()[0]["counters"]["refused_dns"] > 0
+        assert hold.counters()["refused_dns"] > 0
         assert wait_until(lambda: any(e["reason"] == "no-dns" and e["hook"] == "egress"
                                       for e in events(w)))
     finally:
-        hold.kill()
-        hold.wait()
+        hold.close()
 
 
 def test_dns_to_a_non_loopback_server_is_routed_like_any_traffic(resolvers):
@@ -294,30 +289,26 @@ def test_allow_uses_the_main_table_for_its_prefix_only(world):
 
 def test_allow_is_visible_keeps_working_under_the_kill_switch_and_leaves_no_rules(world):
     w = world
-    w.events_only()
-    hold = w.spawn("--allow", f"{S4}/32", "vpn0", "sleep", "300")
-    assert wait_until(lambda: len(w.status()) == 1 and w.status()[0]["procs"] == 1)
-    row = w.status()[0]
-    assert row["allow"] == [f"{S4}/32"]
-    assert f"allow {S4}/32" in w.cli("status").stdout
-    prio = min(int(ln.split(":")[0]) for ln in w.our_rules())
-    assert any(ln.startswith(f"{prio - 1}:") and S4 in ln for ln in w.rules().splitlines())
-    cg = os.path.join("/sys/fs/cgroup/unified", row["cgroup"].lstrip("/"))
-    join = f'echo $$ > {cg}/cgroup.procs && exec "$@"'
-    client = [sys.executable, "-c", labmod.CLIENT_CODE]
-    w.lab.ip(w.lab.host, "link", "set", "vpn0", "down")
-    assert wait_until(lambda: w.status()[0]["state"] == "kill-switch")
-    with w.lab.capture("up0") as up:
-        ok = w.lab.run(["sh", "-c", join, "sh", *client, S4, "8080", "tcp", "1"])
-        no = w.lab.run(["sh", "-c", join, "sh", *client, S6, "8080", "tcp", "1"])
-        assert up.stop() > 0
-        assert all(S6 not in ln for ln in up.lines), up.lines
-    assert ok.stdout.strip() == "ok 192.0.2.2", ok.stdout
-    assert no.stdout.startswith("refused"), no.stdout
-    counters = w.status()[0]["counters"]
-    assert counters["allowed_packets"] > 0
-    hold.kill()
-    hold.wait()
+    hold = Held(w, "--allow", f"{S4}/32", "vpn0")
+    try:
+        assert hold.rows()[0]["allow"] == [f"{S4}/32"]
+        assert f"allow {S4}/32" in w.cli("status").stdout
+        prio = min(int(ln.split(":")[0]) for ln in w.our_rules())
+        assert any(ln.startswith(f"{prio - 1}:") and S4 in ln
+                   for ln in w.rules().splitlines())
+        client = [sys.executable, "-c", labmod.CLIENT_CODE]
+        w.lab.ip(w.lab.host, "link", "set", "vpn0", "down")
+        assert wait_until(lambda: hold.rows()[0]["state"] == "kill-switch")
+        with w.lab.capture("up0") as up:
+            ok = hold.run(*client, S4, "8080", "tcp", "1")
+            no = hold.run(*client, S6, "8080", "tcp", "1")
+            assert up.stop() > 0
+            assert all(S6 not in ln for ln in up.lines), up.lines
+        assert ok.stdout.strip() == "ok 192.0.2.2", ok.stdout
+        assert no.stdout.startswith("refused"), no.stdout
+        assert hold.counters()["allowed_packets"] > 0
+    finally:
+        hold.close()
     assert wait_until(lambda: w.sessions() == 0)
     assert not [ln for ln in w.rules().splitlines() if ln.startswith(f"{prio - 1}:")]
 
@@ -345,12 +336,12 @@ def test_block_with_allow_reaches_the_allowed_prefix_only(world):
 
 def test_block_session_shows_in_status(world):
     w = world
-    hold = w.spawn("--block", "sleep", "300")
-    assert wait_until(lambda: len(w.status()) == 1 and w.status()[0]["procs"] == 1)
-    row = w.status()[0]
-    assert (row["state"], row["iface"], row["block"]) == ("no-network", "", True)
-    hold.kill()
-    hold.wait()
+    hold = Held(w, "--block")
+    try:
+        row = hold.rows()[0]
+        assert (row["state"], row["iface"], row["block"]) == ("no-network", "", True)
+    finally:
+        hold.close()
 
 
 # ---------- inbound ----------
@@ -366,23 +357,15 @@ def test_inbound_only_through_the_interface_and_loopback(world):
     hello = ("import socket, sys\ns = socket.socket(); s.settimeout(1.5)\n"
              "try:\n s.connect((sys.argv[1], int(sys.argv[2]))); print(s.recv(10).decode().strip())\n"
              "except OSError as e:\n print('failed', e)\n")
-    flt = f"tcp port {port}"
-    cap = subprocess.Popen(w.lab.nsenter(w.lab.host) + ["tcpdump", "-i", "up0", "-n", "-l",
-                                                        "-U", f"src {up_addr} and {flt}"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        while "listening on" not in cap.stderr.readline():
-            pass
+    # not a single SYN-ACK from the listener may leave by up0
+    with w.lab.capture("up0", flt=f"src {up_addr} and tcp port {port}") as cap:
         via_vpn = w.lab.run([sys.executable, "-c", hello, vpn_addr, port], ns=w.lab.net)
         via_lo = w.lab.run([sys.executable, "-c", hello, "127.0.0.1", port])
         via_up = w.lab.run([sys.executable, "-c", hello, up_addr, port], ns=w.lab.net)
-    finally:
-        cap.terminate()
-        out, _ = cap.communicate(timeout=10)
+        assert cap.stop() == 0, cap.lines
     assert via_vpn.stdout.strip() == "hello", via_vpn.stdout
     assert via_lo.stdout.strip() == "hello", via_lo.stdout
     assert via_up.stdout.startswith("failed"), via_up.stdout
-    assert out.strip() == "", out       # not a single SYN-ACK by up0
     assert w.status()[0]["counters"]["drop_inbound_packets"] > 0
     server.kill()
     server.wait()
