@@ -34,6 +34,8 @@ def _address(token: str) -> str | None:
         a = ipaddress.ip_address(token)
     except ValueError:
         return None
+    if a.version == 6 and a.ipv4_mapped is not None:   # as --dns takes it: IPv4
+        a = a.ipv4_mapped
     if a.is_loopback or a.is_unspecified or a.is_multicast or a.is_link_local:
         return None
     return str(a)

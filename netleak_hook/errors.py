@@ -14,10 +14,19 @@ class Exit(enum.IntEnum):
     NOT_FOUND = 127      # COMMAND not found
 
 
+def one_line(text: str) -> str:
+    """TEXT with line breaks and other unprintable characters escaped, as
+    repr() shows them: what users and images hand us can hold any."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class NetleakError(Exception):
     """A failure to report as one line: what is wrong, and what to do."""
 
     def __init__(self, message: str, exit_status: int = Exit.NETLEAK) -> None:
+        message = one_line(message)
         super().__init__(message)
         self.message = message
         self.exit_status = int(exit_status)

@@ -8,7 +8,6 @@ it, drops privileges, and execs COMMAND.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 
 from . import __version__, validate
@@ -132,8 +131,10 @@ def resolve_command(name: str, path_env: str | None) -> str:
 
 
 def _is_interface(name: str) -> bool:
+    # the C module: socket.py (enums, selectors) would add ~5 ms to every start
+    import _socket
     try:
-        socket.if_nametoindex(name)
+        _socket.if_nametoindex(name)
     except OSError:
         return False
     return True
@@ -144,7 +145,7 @@ def resolve_user(spec: str | None):
         return None
     import pwd
     try:
-        return pwd.getpwuid(int(spec)) if spec.isdigit() else pwd.getpwnam(spec)
+        return pwd.getpwuid(int(spec)) if spec.isascii() and spec.isdigit() else pwd.getpwnam(spec)
     except KeyError:
         raise NetleakError(f"no such user {spec!r}: give a name or uid from /etc/passwd") from None
 

@@ -47,7 +47,7 @@ class ContainerState:
         except NetleakError as e:
             raise NetleakError(f"annotation {ANNOTATION_IFACE}={value[:40]!r}: "
                                f"{e.message}") from None
-        if not _IFACE_RE.match(name):
+        if not _IFACE_RE.fullmatch(name):
             raise NetleakError(f"annotation {ANNOTATION_IFACE}={value[:40]!r}: use an "
                                f"interface name of letters, digits and _ . @ - such as wg0")
         return name
@@ -72,13 +72,13 @@ def parse_state(raw: bytes) -> ContainerState:
                            f"refusing it")
     try:
         doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise NetleakError("stdin is not OCI state JSON: netleak-hook must be run by a "
                            "container runtime as an OCI hook") from None
     if not isinstance(doc, dict):
         raise NetleakError("OCI state is not a JSON object")
     cid = doc.get("id")
-    if not isinstance(cid, str) or not _ID_RE.match(cid):
+    if not isinstance(cid, str) or not _ID_RE.fullmatch(cid):
         raise NetleakError("OCI state has no valid container id")
     pid = doc.get("pid", 0)
     if isinstance(pid, bool) or not isinstance(pid, int) or not 0 <= pid < MAX_PID:

@@ -80,7 +80,7 @@ def from_json(text: str) -> State:
     """Parse a state file; unknown fields are ignored, a bad file is empty."""
     try:
         doc: Any = json.loads(text) if text.strip() else {}
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):    # not JSON; too deep; a huge number
         return State()
     if not isinstance(doc, dict) or doc.get("version") != STATE_VERSION:
         return State()

@@ -50,9 +50,13 @@ class Store:
     def load(self) -> "State":
         from .state import State, from_json  # dataclasses: off the exec path
         try:
-            with open(self.state_file) as f:
-                return from_json(f.read())
+            with open(self.state_file, "rb") as f:
+                raw = f.read()
         except FileNotFoundError:
+            return State()
+        try:
+            return from_json(raw.decode("utf-8"))
+        except UnicodeDecodeError:      # not ours: as any bad file, empty
             return State()
 
     def save(self, state: "State") -> None:

@@ -28,7 +28,7 @@ def cgroup_rel(path: str, mount: str) -> str:
     if norm.startswith(mount + "/"):
         norm = norm[len(mount):]
     elif norm.startswith("/sys/fs/cgroup"):
-        raise NetleakError(f"{path} is not under the cgroup v2 mount {mount}: give a "
+        raise NetleakError(f"{path!r} is not under the cgroup v2 mount {mount}: give a "
                            f"path below it, or one relative to it")
     return "" if norm in (".", "/") else norm.strip("/")
 
@@ -36,7 +36,7 @@ def cgroup_rel(path: str, mount: str) -> str:
 def unit_name(name: str) -> str:
     """A systemd unit name, '.service' added when no type is given (as
     systemctl does)."""
-    if not name or len(name) > 255 or not _UNIT_RE.match(name):
+    if not name or len(name) > 255 or not _UNIT_RE.fullmatch(name):
         raise NetleakError(f"{name!r} is not a systemd unit name: give e.g. "
                            f"--unit myjob.scope or --unit nginx.service")
     return name if name.endswith(UNIT_SUFFIXES) else name + ".service"
@@ -82,7 +82,7 @@ def pid_cgroup(pid: int, read: Callable[[str], str]) -> str:
     except OSError as e:
         raise NetleakError(f"cannot read the cgroup of process {pid} ({e.strerror}): "
                            f"run as root") from None
-    for line in text.splitlines():
+    for line in text.split("\n"):     # as the kernel writes it; a name may hold U+2028
         hier, _, rest = line.partition(":")
         ctrl, _, path = rest.partition(":")
         if hier == "0" and ctrl == "":

@@ -10,7 +10,11 @@ def interface_name(name: str) -> str:
     """Return NAME if the kernel could accept it as an interface name."""
     if not name:
         raise NetleakError("interface name is empty: give one such as wg0 or tun0")
-    if len(name.encode("utf-8", "surrogateescape")) >= IFNAMSIZ:
+    try:
+        size = len(name.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:      # a lone surrogate, e.g. a JSON \ud800 escape
+        raise NetleakError(f"invalid interface name {name!r}: not text") from None
+    if size >= IFNAMSIZ:
         raise NetleakError(
             f"invalid interface name {name!r}: at most {IFNAMSIZ - 1} bytes")
     if name in (".", "..") or any(c in name for c in "/:") or any(
@@ -30,6 +34,7 @@ def gateways(values: tuple[str, ...] | list[str]) -> tuple[str | None, str | Non
     v4: str | None = None
     v6: str | None = None
     for raw in values:
+        _no_zone(raw, "--via")
         try:
             addr = ipaddress.ip_address(raw)
         except ValueError:
@@ -38,6 +43,9 @@ def gateways(values: tuple[str, ...] | list[str]) -> tuple[str | None, str | Non
                 f"address, e.g. --via 192.0.2.1") from None
         if addr.is_unspecified or addr.is_multicast or addr.is_loopback:
             raise NetleakError(f"--via {raw}: a gateway must be a unicast address")
+        if addr.version == 6 and addr.ipv4_mapped is not None:
+            raise NetleakError(f"--via {raw}: give the IPv4 gateway as IPv4 "
+                               f"({addr.ipv4_mapped})")
         if addr.version == 4:
             if v4:
                 raise NetleakError("--via given twice for IPv4: give one gateway per family")
@@ -49,6 +57,13 @@ def gateways(values: tuple[str, ...] | list[str]) -> tuple[str | None, str | Non
     return v4, v6
 
 
+def _no_zone(raw: str, what: str) -> None:
+    """IPv6 zones (fe80::1%wg0) are refused: the interface is the zone."""
+    if "%" in raw:
+        raise NetleakError(f"{what} {raw[:40]!r}: give the address without a %zone "
+                           f"(the session's interface is the zone)")
+
+
 MAX_DNS = 4         # bpf/netleak.h NL_MAX_DNS
 MAX_ALLOW = 8       # bpf/netleak.h NL_MAX_ALLOW
 
@@ -58,6 +73,7 @@ def dns_servers(values: tuple[str, ...] | list[str], what: str = "--dns") -> tup
     import ipaddress
     out: list[str] = []
     for raw in values:
+        _no_zone(raw, what)
         try:
             addr = ipaddress.ip_address(raw.strip())
         except ValueError:
@@ -83,6 +99,7 @@ def allow_prefixes(values: tuple[str, ...] | list[str],
     mapped = ipaddress.ip_network("::ffff:0:0/96")
     out: list[str] = []
     for raw in values:
+        _no_zone(raw, what)
         try:
             net = ipaddress.ip_network(raw.strip(), strict=False)
         except ValueError:
