@@ -7,7 +7,7 @@ PREFIX ?= /usr/local
 OPT ?= /opt/netleak
 HOOKS_DIR ?= /usr/share/containers/oci/hooks.d
 
-.PHONY: deps venv demo test test-unit test-privileged bench install uninstall clean
+.PHONY: deps venv demo test test-unit test-privileged bench soak install uninstall clean
 
 deps: .stamp-deps
 .stamp-deps: scripts/install-deps.sh
@@ -43,8 +43,17 @@ test-unit: venv
 	sh scripts/install-deps.sh bench
 	touch $@
 
-bench: venv .stamp-bench-deps
-	$(PY) tests/bench.py
+$(VENV)/.stamp-bench: $(VENV)/.stamp
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]' \
+		--config-settings editable_mode=compat
+	touch $@
+
+bench: venv .stamp-bench-deps $(VENV)/.stamp-bench
+	$(PY) bench/run.py
+
+# the leak matrix in full (a short version runs in `make test`)
+soak: venv .stamp-test-deps
+	$(PY) tests/soak.py
 
 # System-wide: a venv under $(OPT), its commands linked into $(PREFIX)/bin.
 install: deps

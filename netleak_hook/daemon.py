@@ -420,7 +420,9 @@ class Daemon:
             else:
                 if s.mark:
                     self._apply_rules(self._read_links())
-                self._write_policies(iface, self.live[iface])
+                # the other sessions' entries are kept by events: only this
+                # one is new (a start costs the same with 1 or 1,000 running)
+                self._write_policy(s, self.live[iface])
             maps = self.maps_for(s.pinset)
             progs = self.progs_for(s.pinset)
             if maps is None or progs is None:
@@ -457,8 +459,13 @@ class Daemon:
         mark of its own when it has --allow prefixes (they need rules of
         their own)."""
         if not s.dns:
-            link = netlink.read_link(self.ipr, binding.iface)
-            found = dnsconf.interface_servers(link.index) if link else ()
+            # the ifindex the events keep current; read only for a new binding
+            live = self.live.get(binding.iface)
+            index = live.ifindex if live is not None and live.ifindex else None
+            if index is None:
+                link = netlink.read_link(self.ipr, binding.iface)
+                index = link.index if link else None
+            found = dnsconf.interface_servers(index) if index else ()
             if found:
                 s = dataclasses.replace(s, dns=found, dns_from="interface")
         if s.allow:
@@ -574,14 +581,18 @@ class Daemon:
         """The entries of IFACE's sessions ("": no-network mode's), from POL
         and what each session has of its own."""
         for s in self.state.sessions_on(iface):
-            maps = self.maps_for(s.pinset)
-            if maps is None:
-                continue
-            key = pack_key(s.cgroup_id)
-            want = policy_for(s, pol)
-            raw = bpfsys.map_lookup(maps.policy, key, POLICY_SIZE)
-            if raw is None or Policy.unpack(raw) != want:
-                bpfsys.map_update(maps.policy, key, want.pack())
+            self._write_policy(s, pol)
+
+    def _write_policy(self, s: Session, pol: Policy) -> None:
+        """S's entry, from its interface's POL and what S has of its own."""
+        maps = self.maps_for(s.pinset)
+        if maps is None:
+            return
+        key = pack_key(s.cgroup_id)
+        want = policy_for(s, pol)
+        raw = bpfsys.map_lookup(maps.policy, key, POLICY_SIZE)
+        if raw is None or Policy.unpack(raw) != want:
+            bpfsys.map_update(maps.policy, key, want.pack())
 
     def _read_links(self) -> dict[str, plan.Link | None]:
         return {iface: netlink.read_link(self.ipr, iface) for iface in self.state.bindings}
@@ -971,6 +982,17 @@ def _take_lock(store: Store) -> int | None:
     return fd
 
 
+def _raise_open_files() -> None:
+    """Each session keeps its cgroup.events open: lift the soft limit on
+    open files (often 1,024) to the hard one."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 1 << 20 if hard == resource.RLIM_INFINITY else min(hard, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def setup_logging(store: Store, cfg: Config, foreground: bool) -> None:
     handlers: list[logging.Handler] = [logging.FileHandler(cfg.log_file or store.log_file)]
     if foreground:
@@ -991,6 +1013,7 @@ def serve(cfg: Config, idle_exit: float = 0.0, foreground: bool = False,
     store = Store(run_dir(cfg))
     store.ensure_dir()
     setup_logging(store, cfg, foreground)
+    _raise_open_files()
     lock = _take_lock(store)
     if lock is None:
         log.info("a daemon already runs for %s", store.path)

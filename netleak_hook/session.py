@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 
-from . import client
 from .config import Config
 from .errors import NetleakError
 from .kernel import cgroupfs
@@ -38,6 +37,9 @@ def open_exec_session(cfg: Config, iface: str, via4: str | None,
     msg = {"op": "open", "id": sid, "iface": iface, "via4": via4, "via6": via6,
            "cgroup": rel, "cgroup_id": cgroupfs.cgroup_id(path), "owned": True,
            "join": True, **(guards or {})}
+    origin = cgroupfs.of_pid(os.getpid())
+    moving = _move_in_background(path)
+    from . import client    # json and socket: imported while the move waits
     try:
         # The daemon protects the cgroup, then moves this process (the
         # socket's peer, as the kernel reports it) into it:
@@ -45,13 +47,44 @@ def open_exec_session(cfg: Config, iface: str, via4: str | None,
         # workload is inside.
         reply = client.request_starting_daemon(store, msg, autostart=cfg.autostart)
         client.check_guards(msg, reply)
+        moving.acquire()
         if cgroupfs.of_pid(os.getpid()) != rel:
             raise NetleakError(f"this process did not land in cgroup {rel}")
     except BaseException:
+        moving.acquire(timeout=10)
         with contextlib.suppress(Exception):
             client.request(store, {"op": "abort", "id": sid}, timeout=5)
+        with contextlib.suppress(OSError, NetleakError):
+            if cgroupfs.of_pid(os.getpid()) == rel:
+                cgroupfs.join(cgroupfs.abspath(root, origin))
         with contextlib.suppress(OSError):
             cgroupfs.remove_tree(path)
         cgroupfs.remove_if_empty(os.path.dirname(path))
         raise
     return sid
+
+
+def _move_in_background(path: str):
+    """Start moving this process into PATH in a thread; returns a lock that
+    is free once the move is done (or failed).
+
+    A move waits for an RCU grace period in the kernel (10-20 ms: the first
+    writer of cgroup_threadgroup_rwsem after a quiet spell), the larger part
+    of a warm start. Begun here, it passes while the daemon sets the cgroup
+    up. Nothing runs in the cgroup before the daemon has protected it: this
+    process only waits for the reply, and execs only after it. The daemon's
+    own move of this process stays what commits the session.
+    """
+    import _thread
+    done = _thread.allocate_lock()
+    done.acquire()
+
+    def move() -> None:
+        try:
+            cgroupfs.join(path)
+        except OSError:
+            pass        # the daemon's move then does it, or says why not
+        finally:
+            done.release()
+    _thread.start_new_thread(move, ())
+    return done

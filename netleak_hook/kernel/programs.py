@@ -1,7 +1,8 @@
 """The BPF programs: compiled by BCC once, pinned, then only opened.
 
-Only `compile_and_pin` imports BCC; everything else is bpf(2) through
-`bpfsys`, so the warm path needs neither BCC nor LLVM.
+Only `compile_and_pin` imports BCC, and `ensure_pinned` runs it in a child
+process: LLVM (~130 MB) never stays mapped in a long-lived daemon. Everything
+else is bpf(2) through `bpfsys`, so the warm path needs neither BCC nor LLVM.
 """
 from __future__ import annotations
 
@@ -157,8 +158,23 @@ def ensure_pinned(bpf_dir: str, extra: tuple[str, ...] = ()) -> Pinset:
         return pins
     with _compile_lock(bpf_dir):
         if not pins.complete():
-            compile_and_pin(pins, extra)
+            _compile_in_child(pins, extra)
     return pins
+
+
+def _compile_in_child(pins: Pinset, extra: tuple[str, ...]) -> None:
+    """compile_and_pin in a process of its own; its log lines are passed on."""
+    import subprocess
+    import sys
+    log.info("compiling BPF programs into %s", pins.path)
+    r = subprocess.run([sys.executable, "-m", __name__, pins.path, *extra],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    lines = r.stderr.strip().splitlines()
+    for line in lines[:-1] if r.returncode else lines:
+        log.info("compile: %s", line)
+    if r.returncode != 0:
+        raise NetleakError(lines[-1] if lines else
+                           f"BPF compile failed (exit {r.returncode}); run 'netleak doctor'")
 
 
 def render_source() -> str:
@@ -180,7 +196,6 @@ def compile_and_pin(pins: Pinset, extra: tuple[str, ...] = ()) -> None:
         raise NetleakError(
             f"no kernel headers at {headers}: install linux-headers-"
             f"{os.uname().release} (or run 'make deps'); 'netleak doctor' explains")
-    log.info("compiling BPF programs into %s", pins.path)
     # What events can carry depends on the helpers the kernel gives each
     # program type: recent kernels give egress programs the socket's netns
     # cookie (so a drop with no policy entry reaches its namespace's reader)
@@ -366,3 +381,21 @@ class Maps:
         if self.rings >= 0:
             with contextlib.suppress(OSError):
                 bpfsys.map_delete(self.rings, netns.to_bytes(8, "little"))
+
+
+def _compile_main(argv: list[str]) -> int:
+    """`python -m netleak_hook.kernel.programs PINSET_DIR [CFLAG]...`: the
+    child of ensure_pinned. Log lines, then the error alone on the last line."""
+    import sys
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        compile_and_pin(Pinset(argv[0]), tuple(argv[1:]))
+    except NetleakError as e:
+        print(e, file=sys.stderr)
+        return 125
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(_compile_main(sys.argv[1:]))

@@ -1,0 +1,118 @@
+"""The benchmark's figures: ratios against baselines, goals, the Markdown
+table and the README's copy of it. Pure: run.py measures, this decides and
+formats."""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+
+BEGIN = "<!-- bench:begin -->"
+END = "<!-- bench:end -->"
+
+
+@dataclasses.dataclass
+class Figure:
+    """One measured figure: the median of netleak's runs next to the median
+    of its baseline's, measured in the same run."""
+    key: str
+    label: str
+    unit: str
+    value: float
+    baseline: float
+    baseline_label: str
+    runs: int
+    goal: str = ""          # "ratio <= 3", "ratio >= 0.97", "value <= 60", "ratio == 1"
+    spread: float = 0.0     # (max - min) / median of netleak's runs
+
+    @property
+    def ratio(self) -> float:
+        return self.value / self.baseline if self.baseline else float("inf")
+
+    @property
+    def met(self) -> bool | None:
+        """Whether the goal is met; None without a goal."""
+        if not self.goal:
+            return None
+        what, op, limit = self.goal.split()
+        x = self.ratio if what == "ratio" else self.value
+        return {"<=": x <= float(limit), ">=": x >= float(limit),
+                "==": abs(x - float(limit)) < 1e-9}[op]
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.update(ratio=self.ratio, met=self.met)
+        return d
+
+
+def figure(key: str, label: str, unit: str, runs: list[float], base: list[float],
+           baseline_label: str, goal: str = "") -> Figure:
+    """A figure from repeated runs of netleak and of its baseline."""
+    if not runs or not base:
+        raise ValueError(f"{key}: no runs")
+    med = statistics.median(runs)
+    spread = (max(runs) - min(runs)) / med if med else 0.0
+    return Figure(key, label, unit, med, statistics.median(base), baseline_label,
+                  len(runs), goal, spread)
+
+
+def _num(x: float, unit: str) -> str:
+    if unit in ("rules",):
+        return f"{x:.0f} {unit}"
+    if abs(x) >= 100:
+        return f"{x:,.0f} {unit}"
+    if abs(x) >= 10:
+        return f"{x:.1f} {unit}"
+    return f"{x:.2f} {unit}"
+
+
+def _goal(f: Figure) -> str:
+    if not f.goal:
+        return ""
+    what, op, limit = f.goal.split()
+    sign = {"<=": "≤", ">=": "≥", "==": "="}[op]
+    shown = f"{sign} {limit}" + ("x" if what == "ratio" else f" {f.unit}")
+    return f"{shown} {'met' if f.met else 'MISSED'}"
+
+
+def table(figures: list[Figure]) -> str:
+    """The Markdown table: one row per figure."""
+    rows = ["| figure | netleak | baseline (same run) | ratio | goal |",
+            "|---|---|---|---|---|"]
+    for f in figures:
+        rows.append(f"| {f.label} | {_num(f.value, f.unit)} | "
+                    f"{_num(f.baseline, f.unit)} ({f.baseline_label}) | {f.ratio:.3f} | "
+                    f"{_goal(f)} |")
+    return "\n".join(rows)
+
+
+def machine_line(machine: dict) -> str:
+    return (f"Measured {machine['date']} on {machine['cpu']} ({machine['cpus']} CPUs), "
+            f"{machine['memory_gb']:.1f} GB, {machine['os']}, Linux {machine['kernel']}, "
+            f"Python {machine['python']}; each figure the median of its runs "
+            f"(column \"runs\" in bench/results.json), interleaved with its baseline.")
+
+
+def readme_section(figures: list[Figure], machine: dict, plot: str | None) -> str:
+    parts = [machine_line(machine), "", table(figures)]
+    if plot:
+        parts += ["", f"![start time and daemon memory against sessions]({plot})"]
+    return "\n".join(parts)
+
+
+def replace_section(text: str, section: str) -> str:
+    """TEXT with what stands between the bench markers replaced by SECTION."""
+    head, sep, rest = text.partition(BEGIN)
+    if not sep:
+        raise ValueError(f"no {BEGIN} marker")
+    _, sep, tail = rest.partition(END)
+    if not sep:
+        raise ValueError(f"no {END} marker after {BEGIN}")
+    return f"{head}{BEGIN}\n{section}\n{END}{tail}"
+
+
+def buckets(points: list[tuple[int, float]], width: int) -> list[tuple[int, float]]:
+    """Median of (x, y) points per bucket of WIDTH on x: (bucket start, median)."""
+    by: dict[int, list[float]] = {}
+    for x, y in points:
+        by.setdefault(x // width * width, []).append(y)
+    return [(k, statistics.median(v)) for k, v in sorted(by.items())]

@@ -1,0 +1,472 @@
+"""make bench: what users feel, measured side by side in one run inside
+throwaway labs (lab.Lab: HOST with up0 and vpn0, NET with the servers).
+
+Every figure is the median of repeated runs, interleaved with its baseline
+so that drift hits both alike, and is reported as a ratio against it:
+start time, TCP and 64-byte UDP throughput and the connect() rate inside a
+session next to outside one on the same path, the egress program's own time
+per packet, and a scale run of many concurrent sessions. Writes
+bench/results.json, bench/scale.png and the table in README.md."""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from bench import report  # noqa: E402
+from netleak_hook import lab  # noqa: E402
+
+FULL = dict(start_rounds=40, cold_rounds=5, traffic_rounds=15, traffic_seconds=1,
+            connects=2000, sessions=1000, scale_rounds=7, reap_rounds=5, test_runs=15)
+QUICK = dict(start_rounds=3, cold_rounds=1, traffic_rounds=2, traffic_seconds=1,
+             connects=200, sessions=20, scale_rounds=2, reap_rounds=1, test_runs=2)
+
+CONNECT_PORT = 8081
+# connect() and close, N times; prints connects per second. SO_LINGER 0
+# closes with a reset: no TIME_WAIT piling up over the rounds.
+CONNECT_CLIENT = r"""
+import socket, struct, sys, time
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+linger = struct.pack("ii", 1, 0)
+t0 = time.perf_counter()
+for _ in range(n):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+    s.connect((host, port))
+    s.close()
+print(n / (time.perf_counter() - t0))
+"""
+CONNECT_SERVER = r"""
+import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(4096)
+print("ready", flush=True)
+while True:
+    c, _ = s.accept()
+    c.close()
+"""
+
+
+def machine() -> dict:
+    def first(path: str, key: str, default: str = "?") -> str:
+        try:
+            with open(path) as f:
+                for line in f:
+                    if line.startswith(key):
+                        return line.split(":", 1)[1].strip() if ":" in line \
+                            else line.split("=", 1)[1].strip().strip('"')
+        except OSError:
+            pass
+        return default
+    try:
+        import bcc
+        bcc_version = getattr(bcc, "__version__", "?")
+    except ImportError:
+        bcc_version = "absent"
+    iperf = subprocess.run(["iperf3", "--version"], capture_output=True, text=True)
+    return {
+        "date": datetime.date.today().isoformat(),
+        "cpu": first("/proc/cpuinfo", "model name"),
+        "cpus": os.cpu_count(),
+        "memory_gb": int(first("/proc/meminfo", "MemTotal", "0 kB").split()[0]) / 2**20,
+        "os": first("/etc/os-release", "PRETTY_NAME="),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "bcc": bcc_version,
+        "iperf3": (iperf.stdout.split() or ["?", "?"])[1],
+    }
+
+
+class Bench:
+    """One lab and one netleak environment for the whole run."""
+
+    def __init__(self, plan: dict) -> None:
+        self.plan = plan
+        self.exec_bin = os.path.join(os.path.dirname(sys.executable), "netleak-exec")
+        self.own = lab.Isolated("bench")
+        self.world = lab.Lab(f"nlbench{os.getpid() % 1000}")
+        self.figures: list[report.Figure] = []
+        self.series: dict[str, list] = {}
+
+    def __enter__(self) -> "Bench":
+        self.own.__enter__()
+        try:
+            self.world.__enter__()
+        except BaseException:
+            self.own.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.world.__exit__(*exc)
+        finally:
+            self.own.__exit__(*exc)
+
+    @property
+    def env(self) -> dict:
+        return self.own.env
+
+    def add(self, *args, **kw) -> report.Figure:
+        f = report.figure(*args, **kw)
+        self.figures.append(f)
+        print(f"  {f.label}: {f.value:,.3f} {f.unit} vs {f.baseline:,.3f} "
+              f"({f.baseline_label}), ratio {f.ratio:.3f}", flush=True)
+        return f
+
+    def timed(self, argv: list[str]) -> float:
+        t0 = time.perf_counter()
+        r = self.world.run(argv, env=self.env)
+        dt = time.perf_counter() - t0
+        if r.returncode != 0:
+            raise SystemExit(f"bench: {' '.join(argv[:3])} failed: {r.stderr.strip()}")
+        return dt
+
+    def hold(self, iface: str = "vpn0") -> tuple[object, float]:
+        """A session that stays: (its process, seconds until its command ran)."""
+        t0 = time.perf_counter()
+        p = self.world.spawn([self.exec_bin, iface, "sh", "-c", "echo up; exec sleep 86400"],
+                             env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+        line = p.stdout.readline()
+        dt = time.perf_counter() - t0
+        p.stdout.close()
+        if line.strip() != "up":
+            raise SystemExit(f"bench: a session did not start: {p.stderr.read().strip()}")
+        p.stderr.close()
+        return p, dt
+
+    def wait_sessions(self, n: int, timeout: float = 600) -> float:
+        """Seconds until the state file holds N sessions."""
+        t0 = time.perf_counter()
+        while self.own.sessions() != n:
+            if time.perf_counter() - t0 > timeout:
+                raise SystemExit(f"bench: {self.own.sessions()} sessions, expected {n}")
+            time.sleep(0.005)
+        return time.perf_counter() - t0
+
+    # ----- start time -----
+
+    def start(self) -> None:
+        from netleak_hook.kernel import programs
+        p = self.plan
+        print("start time", flush=True)
+        # cold: no pins (programs compiled), no daemon: the first start after boot
+        cold = []
+        for _ in range(p["cold_rounds"]):
+            lab.stop_daemon(self.own.run_dir)
+            self.wait_sessions(0)
+            programs.remove_pins(self.own.bpf_dir)
+            cold.append(self.timed([self.exec_bin, "vpn0", "true"]))
+        holder, _ = self.hold()      # warm: the daemon is up and vpn0 bound
+        warm, py, bare = [], [], []
+        for _ in range(p["start_rounds"]):
+            warm.append(self.timed([self.exec_bin, "vpn0", "true"]))
+            py.append(self.timed([sys.executable, "-c", "pass"]))
+            bare.append(self.timed([sys.executable, "-I", "-S", "-c", "pass"]))
+        holder.kill()
+        holder.wait()
+        ms = [x * 1000 for x in warm]
+        self.add("warm_start", "warm start: `netleak-exec vpn0 true`", "ms", ms,
+                 [x * 1000 for x in py], "`python3 -c pass`", goal="ratio <= 3")
+        self.add("cold_start", "cold start (no pins, no daemon)", "ms",
+                 [x * 1000 for x in cold], ms, "warm start")
+        self.series["python_isolated_ms"] = [statistics.median(bare) * 1000]
+        self.wait_sessions(0)
+
+    # ----- traffic on one path, inside a session and outside -----
+
+    def _iperf(self, inside: bool, udp: bool) -> float:
+        """One iperf3 run by up0: bits/s sent (TCP) or 64-byte datagrams/s (UDP)."""
+        args = ["iperf3", "-c", lab.SERVER4, "-t", str(self.plan["traffic_seconds"]),
+                "-J", "-A", "0,1"]
+        if udp:
+            args += ["-u", "-l", "64", "-b", "0"]
+        argv = [self.exec_bin, "up0", *args] if inside else args
+        for _ in range(3):      # the server takes one test at a time: a busy one refuses
+            r = self.world.run(argv, env=self.env, timeout=60)
+            try:
+                out = json.loads(r.stdout)
+            except ValueError:
+                out = {"error": r.stderr.strip()}
+            if r.returncode == 0 and "error" not in out:
+                break
+            time.sleep(0.5)
+        else:
+            raise SystemExit(f"bench: iperf3 failed: {out.get('error')}")
+        end = out["end"]
+        if udp:
+            return end["sum"]["packets"] / end["sum"]["seconds"]
+        return end["sum_sent"]["bits_per_second"]
+
+    def _connects(self, inside: bool) -> float:
+        args = [sys.executable, "-c", CONNECT_CLIENT, lab.SERVER4, str(CONNECT_PORT),
+                str(self.plan["connects"])]
+        argv = [self.exec_bin, "up0", *args] if inside else args
+        r = self.world.run(argv, env=self.env, timeout=120)
+        if r.returncode != 0:
+            raise SystemExit(f"bench: connect loop failed: {r.stderr.strip()}")
+        return float(r.stdout)
+
+    def servers(self) -> None:
+        self.world.spawn(["iperf3", "-s", "-B", lab.SERVER4], ns=self.world.net,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        srv = self.world.spawn([sys.executable, "-c", CONNECT_SERVER, lab.SERVER4,
+                                str(CONNECT_PORT)], ns=self.world.net,
+                               stdout=subprocess.PIPE, text=True)
+        if srv.stdout.readline().strip() != "ready":
+            raise SystemExit("bench: the connect server did not start")
+        probe = ("import socket, sys; socket.create_connection((sys.argv[1], 5201), 1)")
+        deadline = time.monotonic() + 10
+        while self.world.run([sys.executable, "-c", probe, lab.SERVER4]).returncode:
+            if time.monotonic() > deadline:
+                raise SystemExit("bench: the iperf3 server does not answer")
+            time.sleep(0.1)
+
+    def udp_pair(self, rounds: int) -> tuple[list[float], list[float]]:
+        inside, outside = [], []
+        for _ in range(rounds):
+            inside.append(self._iperf(True, True) / 1e3)
+            outside.append(self._iperf(False, True) / 1e3)
+        return inside, outside
+
+    def traffic(self) -> None:
+        p = self.plan
+        print("traffic by up0, inside a session and outside", flush=True)
+        tcp_in, tcp_out, conn_in, conn_out = [], [], [], []
+        udp_in, udp_out = [], []
+        for _ in range(p["traffic_rounds"]):
+            tcp_in.append(self._iperf(True, False) / 1e9)
+            tcp_out.append(self._iperf(False, False) / 1e9)
+            i, o = self.udp_pair(1)
+            udp_in += i
+            udp_out += o
+            conn_in.append(self._connects(True))
+            conn_out.append(self._connects(False))
+        self.add("tcp_throughput", "TCP throughput (iperf3)", "Gbit/s", tcp_in, tcp_out,
+                 "outside", goal="ratio >= 0.97")
+        self.add("udp_64b_rate", "UDP 64-byte datagrams (iperf3)", "kpps", udp_in, udp_out,
+                 "outside", goal="ratio >= 0.97")
+        self.add("connect_rate", "TCP connect() + close", "conn/s", conn_in, conn_out,
+                 "outside", goal="ratio >= 0.95")
+
+    # ----- the egress program alone -----
+
+    def program_cost(self) -> None:
+        """The egress program's own time per packet, with and without its
+        counters: the kernel runs it on a 64-byte UDP packet a million times
+        in a row (BPF_PROG_TEST_RUN), from a process inside a cgroup with a
+        policy, on the path of a packet leaving by its interface."""
+        from netleak_hook.kernel import bpfsys, cgroupfs, programs
+        from netleak_hook.policy import Policy, pack_key
+        print("egress program time per packet", flush=True)
+        ifindex = next(i for i, name in socket.if_nameindex() if name != "lo")
+        ctx = struct.pack("<11I", *([0] * 10 + [ifindex]))   # __sk_buff up to ifindex
+        own = self.own
+        programs.ensure_bpffs(own.bpf_dir)
+        variants = {"counters": programs.ensure_pinned(own.bpf_dir),
+                    "no counters": programs.ensure_pinned(own.bpf_dir, ("-DNL_NO_STATS",))}
+        path = os.path.join(cgroupfs.abspath(cgroupfs.find_cgroup2(), own.parent),
+                            "test-run")
+        cgroupfs.make(path)
+        fds = {}
+        try:
+            for name, pins in variants.items():
+                maps = programs.Maps(pins)
+                bpfsys.map_update(maps.policy, pack_key(cgroupfs.cgroup_id(path)),
+                                  Policy(ifindex=ifindex, mark=0, killed=False).pack())
+                maps.close()
+                fds[name] = bpfsys.obj_get(pins.pin("prog_egress"))
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:        # inside the cgroup: the packet's socket is the child's
+                try:
+                    cgroupfs.join(path)
+                    out = {n: [] for n in fds}
+                    for _ in range(self.plan["test_runs"]):
+                        for name, fd in fds.items():
+                            ret, ns = bpfsys.prog_test_run(fd, _udp_packet(), ctx, 1_000_000)
+                            out[name].append(ns if ret == 1 else -1)
+                    os.write(w, json.dumps(out).encode())
+                finally:
+                    os._exit(0)
+            os.close(w)
+            with os.fdopen(r) as f:
+                data = f.read()
+            os.waitpid(pid, 0)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+            cgroupfs.remove_tree(path)
+        res = json.loads(data or "{}")
+        if not res or any(ns < 0 for v in res.values() for ns in v):
+            raise SystemExit("bench: the egress program did not pass the test packet")
+        self.add("egress_program", "egress program per packet (BPF_PROG_TEST_RUN)", "ns",
+                 res["counters"], res["no counters"], "same program without counters")
+
+    # ----- many sessions at once -----
+
+    def rules(self) -> int:
+        return sum(len(self.world.ip(self.world.host, fam, "rule").stdout.splitlines())
+                   for fam in ("-4", "-6"))
+
+    def daemon_rss_mb(self) -> float:
+        from netleak_hook.store import Store
+        pid = Store(self.own.run_dir).daemon_pid()
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        raise SystemExit("bench: no daemon")
+
+    def scale(self) -> None:
+        p = self.plan
+        n = p["sessions"]
+        print(f"scale: {n} concurrent sessions", flush=True)
+        # reaping one session alone: the baseline of reaping many
+        one = []
+        for _ in range(p["reap_rounds"]):
+            h, _ = self.hold()
+            h.kill()
+            t0 = time.perf_counter()
+            h.wait()
+            self.wait_sessions(0)
+            one.append((time.perf_counter() - t0) * 1000)
+        holders, setup, rss = [], [], []
+        first, _ = self.hold()
+        holders.append(first)
+        rules_one, rss_one = self.rules(), self.daemon_rss_mb()
+        step = max(1, n // 20)
+        for i in range(1, n):
+            h, dt = self.hold()
+            holders.append(h)
+            setup.append((i, dt * 1000))
+            if (i + 1) % step == 0:
+                rss.append((i + 1, self.daemon_rss_mb()))
+                print(f"  {i + 1} sessions", flush=True)
+        self.wait_sessions(n)
+        rules_n, rss_n = self.rules(), self.daemon_rss_mb()
+        udp_in, udp_out = self.udp_pair(p["scale_rounds"])
+        for h in holders:
+            h.kill()
+        t0 = time.perf_counter()
+        for h in holders:
+            h.wait()
+        self.wait_sessions(0)
+        reap_ms = (time.perf_counter() - t0) * 1000
+        first_ms = [ms for i, ms in setup[: max(1, step)]]
+        last_ms = [ms for i, ms in setup[-max(1, step):]]
+        self.add("scale_setup", f"set-up per session with {n} running", "ms", last_ms,
+                 first_ms, "with 1 running")
+        self.add("scale_reap", f"reap per session, {n} ended at once", "ms", [reap_ms / n],
+                 one, "one session alone")
+        self.add("scale_rules", f"routing rules with {n} sessions", "rules", [rules_n],
+                 [rules_one], "with 1 session", goal="ratio == 1")
+        self.add("scale_udp_64b_rate", f"UDP 64-byte datagrams with {n} sessions", "kpps",
+                 udp_in, udp_out, "outside", goal="ratio >= 0.97")
+        self.add("daemon_rss", f"daemon memory (RSS) with {n} sessions", "MB", [rss_n],
+                 [rss_one], "with 1 session", goal="value <= 60")
+        self.series["setup_ms"] = setup
+        self.series["rss_mb"] = [(1, rss_one)] + rss
+
+
+def _udp_packet() -> bytes:
+    """Ethernet, IPv4 and UDP headers and 18 bytes: a 64-byte frame."""
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 46, 0, 0, 64, 17, 0,
+                     socket.inet_aton("192.0.2.2"), socket.inet_aton(lab.SERVER4))
+    return b"\0" * 12 + b"\x08\x00" + ip + struct.pack("!HHHH", 40000, 53, 26, 0) + b"x" * 18
+
+
+def plot(series: dict, path: str, sessions: int) -> bool:
+    """Set-up time and daemon memory against the number of sessions."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench: no matplotlib, no plot", file=sys.stderr)
+        return False
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    pts = series["setup_ms"]
+    a.scatter([x for x, _ in pts], [y for _, y in pts], s=3, alpha=0.3, label="each start")
+    med = report.buckets(pts, max(1, sessions // 20))
+    a.plot([x for x, _ in med], [y for _, y in med], color="C1", label="median")
+    a.set_xlabel("sessions running")
+    a.set_ylabel("set-up of one more session (ms)")
+    a.set_ylim(bottom=0)
+    a.legend()
+    r = series["rss_mb"]
+    b.plot([x for x, _ in r], [y for _, y in r], marker="o", color="C2")
+    b.axhline(60, color="grey", linestyle="--", linewidth=1)
+    b.set_xlabel("sessions running")
+    b.set_ylabel("daemon RSS (MB)")
+    b.set_ylim(bottom=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench/run.py")
+    ap.add_argument("--quick", action="store_true", help="few rounds: a smoke run")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench"),
+                    help="folder for results.json and scale.png")
+    ap.add_argument("--readme", default=os.path.join(ROOT, "README.md"),
+                    help="README whose bench section is replaced ('' for none)")
+    ap.add_argument("--only", default="start,traffic,program,scale",
+                    help="comma-separated sections to run")
+    ap.add_argument("--sessions", type=int, help="sessions of the scale run")
+    a = ap.parse_args(argv)
+    plan = dict(QUICK if a.quick else FULL)
+    if a.sessions:
+        plan["sessions"] = a.sessions
+    only = set(a.only.split(","))
+    if os.geteuid() != 0:
+        print("bench: run as root (sudo make bench)", file=sys.stderr)
+        return 125
+    info = machine()
+    t0 = time.monotonic()
+    with Bench(plan) as b:
+        b.world.start_server()
+        b.servers()
+        for name, section in (("start", b.start), ("traffic", b.traffic),
+                              ("program", b.program_cost), ("scale", b.scale)):
+            if name in only:
+                section()
+    os.makedirs(a.out, exist_ok=True)
+    png = os.path.join(a.out, "scale.png")
+    has_plot = "setup_ms" in b.series and plot(b.series, png, plan["sessions"])
+    results = {"machine": info, "plan": plan, "seconds": round(time.monotonic() - t0),
+               "figures": [f.as_dict() for f in b.figures], "series": b.series}
+    with open(os.path.join(a.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+        f.write("\n")
+    print()
+    print(report.machine_line(info))
+    print(report.table(b.figures))
+    if a.readme:
+        with open(a.readme) as f:
+            text = f.read()
+        rel = os.path.relpath(png, os.path.dirname(os.path.abspath(a.readme)))
+        with open(a.readme, "w") as f:
+            f.write(report.replace_section(
+                text, report.readme_section(b.figures, info, rel if has_plot else None)))
+    missed = [f.key for f in b.figures if f.met is False]
+    print(f"\ngoals missed: {', '.join(missed)}" if missed else "\nevery goal met")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

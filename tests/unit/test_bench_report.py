@@ -1,0 +1,58 @@
+"""The benchmark's report: ratios, goals, the table and the README section."""
+from __future__ import annotations
+
+import pytest
+
+from bench import report
+
+
+def test_figure_is_the_median_of_runs_against_the_median_of_its_baseline():
+    f = report.figure("k", "thing", "ms", [10, 30, 20], [5, 100, 10], "base",
+                      goal="ratio <= 3")
+    assert (f.value, f.baseline, f.runs) == (20, 10, 3)
+    assert f.ratio == 2 and f.met is True
+    assert f.spread == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("goal, value, baseline, met", [
+    ("ratio <= 3", 31, 10, False),
+    ("ratio >= 0.97", 96, 100, False),
+    ("ratio >= 0.97", 97, 100, True),
+    ("value <= 60", 61, 1, False),
+    ("value <= 60", 59, 1000, True),
+    ("ratio == 1", 9, 9, True),
+    ("ratio == 1", 10, 9, False),
+    ("", 1, 2, None),
+])
+def test_goals(goal, value, baseline, met):
+    assert report.figure("k", "l", "u", [value], [baseline], "b", goal=goal).met is met
+
+
+def test_no_runs_is_an_error():
+    with pytest.raises(ValueError):
+        report.figure("k", "l", "u", [], [1], "b")
+
+
+def test_table_has_one_row_per_figure_and_says_missed():
+    figs = [report.figure("a", "start", "ms", [40], [20], "python", goal="ratio <= 3"),
+            report.figure("b", "tcp", "Gbit/s", [9], [10], "outside", goal="ratio >= 0.97")]
+    rows = report.table(figs).splitlines()
+    assert len(rows) == 4
+    assert "2.000" in rows[2] and "≤ 3x met" in rows[2]
+    assert "0.900" in rows[3] and "MISSED" in rows[3]
+
+
+def test_readme_section_replaced_between_markers_only():
+    text = f"intro\n{report.BEGIN}\nold table\n{report.END}\nafter\n"
+    out = report.replace_section(text, "new table")
+    assert out == f"intro\n{report.BEGIN}\nnew table\n{report.END}\nafter\n"
+    assert report.replace_section(out, "new table") == out
+    with pytest.raises(ValueError):
+        report.replace_section("no markers", "x")
+    with pytest.raises(ValueError):
+        report.replace_section(f"{report.BEGIN} but no end", "x")
+
+
+def test_buckets_take_the_median_per_bucket():
+    pts = [(0, 1.0), (1, 3.0), (2, 2.0), (10, 5.0), (19, 7.0)]
+    assert report.buckets(pts, 10) == [(0, 2.0), (10, 6.0)]
