@@ -52,7 +52,7 @@ bench: venv .stamp-bench-deps $(VENV)/.stamp-bench
 	$(PY) bench/run.py
 
 # the leak matrix in full (a short version runs in `make test`)
-soak: venv .stamp-test-deps
+soak: venv
 	$(PY) tests/soak.py
 
 # System-wide: a venv under $(OPT), its commands linked into $(PREFIX)/bin.

@@ -1,0 +1,48 @@
+"""The leak matrix in its short version (`make soak` runs it in full):
+every state and probe of tests/soak.py, nothing leaks, every control is
+seen, every cell ran, and the churn leaves nothing behind."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from tests import soak
+from tests.conftest import require_root
+
+pytestmark = pytest.mark.privileged
+
+
+def _require_tools() -> None:
+    """tcpdump, nsenter, unshare and BCC; with NETLEAK_REQUIRE_ROOT=1 their
+    absence fails instead of skipping."""
+    missing = [t for t in ("tcpdump", "nsenter", "unshare") if shutil.which(t) is None]
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        missing.append("BCC's python module")
+    if not missing:
+        return
+    msg = f"needs {', '.join(missing)} (make test installs them)"
+    if os.environ.get("NETLEAK_REQUIRE_ROOT") == "1":
+        pytest.fail(msg + " and NETLEAK_REQUIRE_ROOT=1 forbids skipping")
+    pytest.skip(msg)
+
+
+def test_short_matrix_leaks_nothing():
+    require_root()
+    _require_tools()
+    lines: list[str] = []
+    res = soak.run_matrix(short=True, say=lines.append)
+    soak.report(res, say=lines.append)
+    print("\n".join(lines))
+    bad = [c.line() for c in res.cells if c.verdict != "pass"]
+    assert res.controls and [c.line() for c in res.controls if c.verdict != "seen"] == []
+    assert res.failures == []
+    assert res.missing() == []
+    assert bad == []
+    assert res.total_leaked == 0
+    assert res.churn_sessions > 0 and res.churn_left == []
+    assert res.leftovers == []
+    assert res.ok
