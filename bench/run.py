@@ -10,10 +10,13 @@ bench/results.json, bench/scale.png and the table in README.md."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import platform
+import shutil
+import signal
 import socket
 import statistics
 import struct
@@ -165,8 +168,8 @@ class Bench:
         # cold: no pins (programs compiled), no daemon: the first start after boot
         cold = []
         for _ in range(p["cold_rounds"]):
+            self.wait_sessions(0)           # the last round's, reaped by its daemon
             lab.stop_daemon(self.own.run_dir)
-            self.wait_sessions(0)
             programs.remove_pins(self.own.bpf_dir)
             cold.append(self.timed([self.exec_bin, "vpn0", "true"]))
         holder, _ = self.hold()      # warm: the daemon is up and vpn0 bound
@@ -189,8 +192,9 @@ class Bench:
 
     def _iperf(self, inside: bool, udp: bool) -> float:
         """One iperf3 run by up0: bits/s sent (TCP) or 64-byte datagrams/s (UDP)."""
-        args = ["iperf3", "-c", lab.SERVER4, "-t", str(self.plan["traffic_seconds"]),
-                "-J", "-A", "0,1"]
+        args = ["iperf3", "-c", lab.SERVER4, "-t", str(self.plan["traffic_seconds"]), "-J"]
+        if (os.cpu_count() or 1) >= 2:      # client and server on CPUs of their own
+            args += ["-A", "0,1"]
         if udp:
             args += ["-u", "-l", "64", "-b", "0"]
         argv = [self.exec_bin, "up0", *args] if inside else args
@@ -236,9 +240,9 @@ class Bench:
 
     def udp_pair(self, rounds: int) -> tuple[list[float], list[float]]:
         inside, outside = [], []
-        for _ in range(rounds):
-            inside.append(self._iperf(True, True) / 1e3)
-            outside.append(self._iperf(False, True) / 1e3)
+        for i in range(rounds):
+            for where in ((True, False) if i % 2 == 0 else (False, True)):
+                (inside if where else outside).append(self._iperf(where, True) / 1e3)
         return inside, outside
 
     def traffic(self) -> None:
@@ -246,14 +250,15 @@ class Bench:
         print("traffic by up0, inside a session and outside", flush=True)
         tcp_in, tcp_out, conn_in, conn_out = [], [], [], []
         udp_in, udp_out = [], []
-        for _ in range(p["traffic_rounds"]):
-            tcp_in.append(self._iperf(True, False) / 1e9)
-            tcp_out.append(self._iperf(False, False) / 1e9)
-            i, o = self.udp_pair(1)
-            udp_in += i
-            udp_out += o
-            conn_in.append(self._connects(True))
-            conn_out.append(self._connects(False))
+        for r in range(p["traffic_rounds"]):
+            # in and out alternate which goes first, so that drift hits both alike
+            order = (True, False) if r % 2 == 0 else (False, True)
+            for inside in order:
+                (tcp_in if inside else tcp_out).append(self._iperf(inside, False) / 1e9)
+            for inside in order:
+                (udp_in if inside else udp_out).append(self._iperf(inside, True) / 1e3)
+            for inside in order:
+                (conn_in if inside else conn_out).append(self._connects(inside))
         self.add("tcp_throughput", "TCP throughput (iperf3)", "Gbit/s", tcp_in, tcp_out,
                  "outside", goal="ratio >= 0.97")
         self.add("udp_64b_rate", "UDP 64-byte datagrams (iperf3)", "kpps", udp_in, udp_out,
@@ -271,7 +276,11 @@ class Bench:
         from netleak_hook.kernel import bpfsys, cgroupfs, programs
         from netleak_hook.policy import Policy, pack_key
         print("egress program time per packet", flush=True)
-        ifindex = next(i for i, name in socket.if_nameindex() if name != "lo")
+        # "the interface": any device but loopback (the kernel wants one that
+        # exists); nothing is sent
+        ifindex = next((i for i, name in socket.if_nameindex() if name != "lo"), None)
+        if ifindex is None:
+            raise SystemExit("bench: no network device but lo to run the program with")
         ctx = struct.pack("<11I", *([0] * 10 + [ifindex]))   # __sk_buff up to ifindex
         own = self.own
         programs.ensure_bpffs(own.bpf_dir)
@@ -302,9 +311,13 @@ class Bench:
                 finally:
                     os._exit(0)
             os.close(w)
-            with os.fdopen(r) as f:
-                data = f.read()
-            os.waitpid(pid, 0)
+            try:
+                with os.fdopen(r) as f:
+                    data = f.read()
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
         finally:
             for fd in fds.values():
                 os.close(fd)
@@ -324,6 +337,8 @@ class Bench:
     def daemon_rss_mb(self) -> float:
         from netleak_hook.store import Store
         pid = Store(self.own.run_dir).daemon_pid()
+        if pid is None:
+            raise SystemExit("bench: the daemon is not running")
         with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
@@ -436,6 +451,11 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench: run as root (sudo make bench)", file=sys.stderr)
         return 125
+    if shutil.which("iperf3") is None:
+        print("bench: iperf3 is missing: run 'make bench' (it installs it)", file=sys.stderr)
+        return 125
+    # SIGTERM unwinds like Ctrl-C: labs, sessions and pins are removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     info = machine()
     t0 = time.monotonic()
     with Bench(plan) as b:

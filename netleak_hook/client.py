@@ -37,9 +37,11 @@ def _request(store: Store, msg: dict, timeout: float = REQUEST_TIMEOUT) -> dict:
     return reply
 
 
-def request_starting_daemon(store: Store, msg: dict, autostart: bool = True) -> dict:
+def request_starting_daemon(store: Store, msg: dict, autostart: bool = True,
+                            home: str | None = None) -> dict:
     """Like request(), but start the daemon first when none listens
-    (unless AUTOSTART is off: then say who should have started it)."""
+    (unless AUTOSTART is off: then say who should have started it). HOME:
+    the cgroup directory the daemon starts in, when not the caller's."""
     try:
         return _request(store, msg)
     except NO_DAEMON:
@@ -49,7 +51,7 @@ def request_starting_daemon(store: Store, msg: dict, autostart: bool = True) -> 
                 f"no netleak daemon answers at {store.socket_path} and "
                 f"NETLEAK_AUTOSTART=0: start it (the netleak-daemon service or the "
                 f"netleak agent container)") from None
-        ensure_daemon(store)
+        ensure_daemon(store, home=home)
     return request(store, msg)
 
 
@@ -100,12 +102,12 @@ def ping(store: Store) -> bool:
         return False
 
 
-def ensure_daemon(store: Store, idle_exit: float = 60.0) -> None:
+def ensure_daemon(store: Store, idle_exit: float = 60.0, home: str | None = None) -> None:
     """Start the daemon of this namespace when none answers, and wait for it."""
     if ping(store):
         return
     store.ensure_dir()
-    _spawn(store, idle_exit)
+    _spawn(store, idle_exit, home)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if ping(store):
@@ -114,8 +116,10 @@ def ensure_daemon(store: Store, idle_exit: float = 60.0) -> None:
     raise NetleakError(f"the netleak daemon did not start: see {store.log_file}")
 
 
-def _spawn(store: Store, idle_exit: float) -> None:
-    """Double fork, so the daemon is nobody's child and outlives us."""
+def _spawn(store: Store, idle_exit: float, home: str | None = None) -> None:
+    """Double fork, so the daemon is nobody's child and outlives us. HOME:
+    a cgroup directory to start in (netleak-exec may already be in its
+    session's cgroup, which the daemon must never share)."""
     pid = os.fork()
     if pid:
         os.waitpid(pid, 0)
@@ -124,6 +128,12 @@ def _spawn(store: Store, idle_exit: float) -> None:
         os.setsid()
         if os.fork():
             os._exit(0)
+        if home:
+            try:
+                with open(os.path.join(home, "cgroup.procs"), "w") as f:
+                    f.write(f"{os.getpid()}\n")
+            except OSError:
+                pass        # the daemon leaves the caller's cgroup itself too
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)

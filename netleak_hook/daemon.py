@@ -265,7 +265,13 @@ class Daemon:
                 waits = [self.listener, self.events, self.watch]
                 if self.ring is not None:
                     waits.append(self.ring)
-                r, _, _ = select.select(waits, [], [], TICK)
+                # poll, not select: with a cgroup.events open per session,
+                # a descriptor made later may be past select's 1,024
+                by_fd = {w.fileno(): w for w in waits}
+                poller = select.poll()
+                for fd in by_fd:
+                    poller.register(fd, select.POLLIN)
+                r = [by_fd[fd] for fd, _ in poller.poll(TICK * 1000)]
             except InterruptedError:
                 continue
             if self.ring is not None and self.ring in r:

@@ -30,38 +30,48 @@ def open_exec_session(cfg: Config, iface: str, via4: str | None,
     sid = new_session_id()
     rel = f"{cfg.cgroup_parent.strip('/')}/{exec_cgroup_name(sid, os.getpid())}"
     path = cgroupfs.abspath(root, rel)
+    home = cgroupfs.abspath(root, cgroupfs.of_pid(os.getpid()))
     try:
         cgroupfs.make(path)
     except OSError as e:
         raise NetleakError(f"cannot create cgroup {path}: {e.strerror}") from None
-    msg = {"op": "open", "id": sid, "iface": iface, "via4": via4, "via6": via6,
-           "cgroup": rel, "cgroup_id": cgroupfs.cgroup_id(path), "owned": True,
-           "join": True, **(guards or {})}
-    origin = cgroupfs.of_pid(os.getpid())
-    moving = _move_in_background(path)
-    from . import client    # json and socket: imported while the move waits
+    moving = None
     try:
+        msg = {"op": "open", "id": sid, "iface": iface, "via4": via4, "via6": via6,
+               "cgroup": rel, "cgroup_id": cgroupfs.cgroup_id(path), "owned": True,
+               "join": True, **(guards or {})}
+        moving = _move_in_background(path)
+        from . import client    # json and socket: imported while the move waits
         # The daemon protects the cgroup, then moves this process (the
-        # socket's peer, as the kernel reports it) into it:
-        # one round trip, and the session counts as committed only once the
-        # workload is inside.
-        reply = client.request_starting_daemon(store, msg, autostart=cfg.autostart)
+        # socket's peer, as the kernel reports it) into it: one round trip,
+        # and the session counts as committed only once the workload is
+        # inside. A daemon started on demand starts in HOME, not in here.
+        reply = client.request_starting_daemon(store, msg, autostart=cfg.autostart,
+                                               home=home)
         client.check_guards(msg, reply)
-        moving.acquire()
+        _wait(moving)
         if cgroupfs.of_pid(os.getpid()) != rel:
             raise NetleakError(f"this process did not land in cgroup {rel}")
     except BaseException:
-        moving.acquire(timeout=10)
+        if moving is not None:
+            _wait(moving)
+        from . import client
         with contextlib.suppress(Exception):
             client.request(store, {"op": "abort", "id": sid}, timeout=5)
         with contextlib.suppress(OSError, NetleakError):
             if cgroupfs.of_pid(os.getpid()) == rel:
-                cgroupfs.join(cgroupfs.abspath(root, origin))
+                cgroupfs.join(home)
         with contextlib.suppress(OSError):
             cgroupfs.remove_tree(path)
         cgroupfs.remove_if_empty(os.path.dirname(path))
         raise
     return sid
+
+
+def _wait(moving) -> None:
+    """Until the background move is over (it gives up after 10 s)."""
+    if moving.acquire(timeout=10):
+        moving.release()
 
 
 def _move_in_background(path: str):

@@ -662,7 +662,11 @@ class State:
                        if not EXPECTATIONS[want]([o for q, o in outcomes if q == ph])]
                 verdict = f"UNEXPECTED ({','.join(bad)})" if bad else "pass"
             out.append(Cell(self.name, p.name, packets, _saw(outcomes), verdict, len(outcomes)))
-        other = {link: counts[link]["other"] for link in WATCHED}
+        # lines of probes this state did not run (or could not be told
+        # apart) are leaks too
+        names = {p.name for p in probes}
+        other = {link: sum(n for name, n in counts[link].items() if name not in names)
+                 for link in WATCHED}
         if sum(other.values()):
             out.append(Cell(self.name, "(unattributed)", other, "-", "LEAK"))
         return out

@@ -168,12 +168,14 @@ def _compile_in_child(pins: Pinset, extra: tuple[str, ...]) -> None:
     import sys
     log.info("compiling BPF programs into %s", pins.path)
     r = subprocess.run([sys.executable, "-m", __name__, pins.path, *extra],
-                       stdin=subprocess.DEVNULL, capture_output=True, text=True)
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       errors="replace")
     lines = r.stderr.strip().splitlines()
-    for line in lines[:-1] if r.returncode else lines:
+    said = r.returncode == 125 and lines      # a NetleakError: its message last
+    for line in lines[:-1] if said else lines:
         log.info("compile: %s", line)
     if r.returncode != 0:
-        raise NetleakError(lines[-1] if lines else
+        raise NetleakError(lines[-1] if said else
                            f"BPF compile failed (exit {r.returncode}); run 'netleak doctor'")
 
 
