@@ -23,10 +23,29 @@ class Figure:
     runs: int
     goal: str = ""          # "ratio <= 3", "ratio >= 0.97", "value <= 60", "ratio == 1"
     spread: float = 0.0     # (max - min) / median of netleak's runs
+    samples: tuple = ()     # netleak's runs, then the baseline's, as measured
+    base_samples: tuple = ()
+    paired: bool = False    # run i of each was measured next to the other's run i
+
+    def _pair_ratios(self) -> list[float]:
+        return sorted(a / b for a, b in zip(self.samples, self.base_samples) if b)
 
     @property
     def ratio(self) -> float:
+        """Paired runs: the median of the per-round ratios (drift between
+        rounds cancels); otherwise the ratio of the two medians."""
+        if self.paired and self._pair_ratios():
+            return statistics.median(self._pair_ratios())
         return self.value / self.baseline if self.baseline else float("inf")
+
+    @property
+    def ratio_iqr(self) -> tuple[float, float] | None:
+        """Quartiles of the per-round ratios (paired runs, 4 or more)."""
+        r = self._pair_ratios() if self.paired else []
+        if len(r) < 4:
+            return None
+        q = statistics.quantiles(r, n=4)
+        return q[0], q[2]
 
     @property
     def met(self) -> bool | None:
@@ -40,19 +59,21 @@ class Figure:
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d.update(ratio=self.ratio, met=self.met)
+        d.update(ratio=self.ratio, ratio_iqr=self.ratio_iqr, met=self.met)
         return d
 
 
 def figure(key: str, label: str, unit: str, runs: list[float], base: list[float],
-           baseline_label: str, goal: str = "") -> Figure:
-    """A figure from repeated runs of netleak and of its baseline."""
+           baseline_label: str, goal: str = "", paired: bool = False) -> Figure:
+    """A figure from repeated runs of netleak and of its baseline (PAIRED:
+    run i of each was measured next to the other's run i)."""
     if not runs or not base:
         raise ValueError(f"{key}: no runs")
     med = statistics.median(runs)
     spread = (max(runs) - min(runs)) / med if med else 0.0
     return Figure(key, label, unit, med, statistics.median(base), baseline_label,
-                  len(runs), goal, spread)
+                  len(runs), goal, spread, tuple(runs), tuple(base),
+                  paired and len(runs) == len(base))
 
 
 def _num(x: float, unit: str) -> str:
@@ -76,11 +97,13 @@ def _goal(f: Figure) -> str:
 
 def table(figures: list[Figure]) -> str:
     """The Markdown table: one row per figure."""
-    rows = ["| figure | netleak | baseline (same run) | ratio | goal |",
+    rows = ["| figure | netleak | baseline (same run) | ratio (quartiles) | goal |",
             "|---|---|---|---|---|"]
     for f in figures:
+        iqr = f.ratio_iqr
+        spread = f" ({iqr[0]:.2f}–{iqr[1]:.2f})" if iqr else ""
         rows.append(f"| {f.label} | {_num(f.value, f.unit)} | "
-                    f"{_num(f.baseline, f.unit)} ({f.baseline_label}) | {f.ratio:.3f} | "
+                    f"{_num(f.baseline, f.unit)} ({f.baseline_label}) | {f.ratio:.3f}{spread} | "
                     f"{_goal(f)} |")
     return "\n".join(rows)
 
@@ -88,8 +111,10 @@ def table(figures: list[Figure]) -> str:
 def machine_line(machine: dict) -> str:
     return (f"Measured {machine['date']} on {machine['cpu']} ({machine['cpus']} CPUs), "
             f"{machine['memory_gb']:.1f} GB, {machine['os']}, Linux {machine['kernel']}, "
-            f"Python {machine['python']}; each figure the median of its runs "
-            f"(column \"runs\" in bench/results.json), interleaved with its baseline.")
+            f"Python {machine['python']}. Each figure is the median of its runs "
+            f"(all of them in bench/results.json); runs alternate with their "
+            f"baseline's, and the ratio of such pairs is the median of the "
+            f"per-pair ratios, with their quartiles.")
 
 
 def readme_section(figures: list[Figure], machine: dict, plot: str | None) -> str:

@@ -29,8 +29,8 @@ sys.path.insert(0, ROOT)
 from bench import report  # noqa: E402
 from netleak_hook import lab  # noqa: E402
 
-FULL = dict(start_rounds=40, cold_rounds=5, traffic_rounds=15, traffic_seconds=1,
-            connects=2000, sessions=1000, scale_rounds=7, reap_rounds=5, test_runs=15)
+FULL = dict(start_rounds=40, cold_rounds=5, traffic_rounds=25, traffic_seconds=2,
+            connects=3000, sessions=1000, scale_rounds=15, reap_rounds=5, test_runs=15)
 QUICK = dict(start_rounds=3, cold_rounds=1, traffic_rounds=2, traffic_seconds=1,
              connects=200, sessions=20, scale_rounds=2, reap_rounds=1, test_runs=2)
 
@@ -182,7 +182,7 @@ class Bench:
         holder.wait()
         ms = [x * 1000 for x in warm]
         self.add("warm_start", "warm start: `netleak-exec vpn0 true`", "ms", ms,
-                 [x * 1000 for x in py], "`python3 -c pass`", goal="ratio <= 3")
+                 [x * 1000 for x in py], "`python3 -c pass`", goal="ratio <= 3", paired=True)
         self.add("cold_start", "cold start (no pins, no daemon)", "ms",
                  [x * 1000 for x in cold], ms, "warm start")
         self.series["python_isolated_ms"] = [statistics.median(bare) * 1000]
@@ -260,11 +260,11 @@ class Bench:
             for inside in order:
                 (conn_in if inside else conn_out).append(self._connects(inside))
         self.add("tcp_throughput", "TCP throughput (iperf3)", "Gbit/s", tcp_in, tcp_out,
-                 "outside", goal="ratio >= 0.97")
+                 "outside", goal="ratio >= 0.97", paired=True)
         self.add("udp_64b_rate", "UDP 64-byte datagrams (iperf3)", "kpps", udp_in, udp_out,
-                 "outside", goal="ratio >= 0.97")
+                 "outside", goal="ratio >= 0.97", paired=True)
         self.add("connect_rate", "TCP connect() + close", "conn/s", conn_in, conn_out,
-                 "outside", goal="ratio >= 0.95")
+                 "outside", goal="ratio >= 0.95", paired=True)
 
     # ----- the egress program alone -----
 
@@ -326,7 +326,8 @@ class Bench:
         if not res or any(ns < 0 for v in res.values() for ns in v):
             raise SystemExit("bench: the egress program did not pass the test packet")
         self.add("egress_program", "egress program per packet (BPF_PROG_TEST_RUN)", "ns",
-                 res["counters"], res["no counters"], "same program without counters")
+                 res["counters"], res["no counters"], "same program without counters",
+                 paired=True)
 
     # ----- many sessions at once -----
 
@@ -389,7 +390,7 @@ class Bench:
         self.add("scale_rules", f"routing rules with {n} sessions", "rules", [rules_n],
                  [rules_one], "with 1 session", goal="ratio == 1")
         self.add("scale_udp_64b_rate", f"UDP 64-byte datagrams with {n} sessions", "kpps",
-                 udp_in, udp_out, "outside", goal="ratio >= 0.97")
+                 udp_in, udp_out, "outside", goal="ratio >= 0.97", paired=True)
         self.add("daemon_rss", f"daemon memory (RSS) with {n} sessions", "MB", [rss_n],
                  [rss_one], "with 1 session", goal="value <= 60")
         self.series["setup_ms"] = setup

@@ -56,3 +56,14 @@ def test_readme_section_replaced_between_markers_only():
 def test_buckets_take_the_median_per_bucket():
     pts = [(0, 1.0), (1, 3.0), (2, 2.0), (10, 5.0), (19, 7.0)]
     assert report.buckets(pts, 10) == [(0, 2.0), (10, 6.0)]
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios_with_quartiles():
+    # drift: both sides double halfway; the per-round ratios stay at 0.9
+    runs, base = [9, 9, 18, 18, 9], [10, 10, 20, 20, 10]
+    f = report.figure("k", "l", "u", runs, base, "b", goal="ratio >= 0.97", paired=True)
+    assert f.ratio == pytest.approx(0.9) and f.met is False
+    assert f.ratio_iqr == pytest.approx((0.9, 0.9))
+    assert "(0.90–0.90)" in report.table([f])
+    unpaired = report.figure("k", "l", "u", [1, 2, 3], [1, 2], "b", paired=True)
+    assert not unpaired.paired and unpaired.ratio_iqr is None
