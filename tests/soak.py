@@ -56,9 +56,10 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from netleak_hook import lab  # noqa: E402
-from netleak_hook.kernel import bpfsys, cgroupfs, programs  # noqa: E402
+from netleak_hook.kernel import bpfsys, cgroupfs  # noqa: E402
 from tests.privileged.conftest import (  # noqa: E402
-    EXEC, World, kill_cgroup_tree, wait_until)
+    EXEC, World, kill_cgroup_tree, netleak_pids, policy_keys, wait_until)
+from tests.privileged.probes import THEIRS  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DNSD_DIR = os.path.join(HERE, "privileged")
@@ -74,15 +75,6 @@ LAN_ADDRS = {"192.0.2.66", "2001:db8:3::2"}
 WATCHED = {"up0": lab.LINKS["up0"][1], "lan0": LAN[1]}    # link -> peer (end marker)
 SERVER_NETS = (ipaddress.ip_network("203.0.113.0/24"), ipaddress.ip_network("2001:db8:ff::/64"))
 CAPTURE_FILTER = "net 203.0.113.0/24 or net 2001:db8:ff::/64"
-THEIR_PROGRAM = rb"""
-BPF_ARRAY(seen, u64, 1);
-int theirs(struct __sk_buff *skb) {
-    int k = 0;
-    u64 *v = seen.lookup(&k);
-    if (v) __sync_fetch_and_add(v, 1);
-    return 1;
-}
-"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -848,20 +840,7 @@ class Soak:
         L.add_backup_default("vpn0")
 
     def netleak_pids(self) -> list[int]:
-        """netleak processes (daemon, netleak-exec, netleak) of our run directory."""
-        found = []
-        mark = f"NETLEAK_RUN_DIR={self.own.run_dir}".encode()
-        for d in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                with open(f"/proc/{d}/cmdline", "rb") as f:
-                    cmd = f.read()
-                with open(f"/proc/{d}/environ", "rb") as f:
-                    env = f.read()
-            except OSError:
-                continue
-            if b"netleak_hook" in cmd and mark in env and _alive(int(d)):
-                found.append(int(d))
-        return found
+        return netleak_pids(self.own.run_dir)
 
     def flap(self, st: State, run: Run, blocked_rounds: int) -> None:
         """vpn0 down until the workload is blocked, then back up until every
@@ -1204,7 +1183,7 @@ class Soak:
         if not wait_until(lambda: [x["procs"] for x in self.world.status()] == [1], timeout=20):
             raise SetupError("the holding session did not start")
         path = cgroupfs.abspath(cgroupfs.find_cgroup2(), self.world.status()[0]["cgroup"])
-        b = BPF(text=THEIR_PROGRAM)
+        b = BPF(text=THEIRS)
         cfd = -1
         try:
             fn = b.load_func(b"theirs", BPF.CGROUP_SKB)
@@ -1284,14 +1263,7 @@ class Soak:
                        for fam in ("-4", "-6"))
 
     def policy_keys(self) -> set[int]:
-        pins = programs.Pinset(os.path.join(self.own.bpf_dir, programs.pinset_name()))
-        if not pins.complete():
-            return set()
-        m = programs.Maps(pins)
-        try:
-            return {int.from_bytes(k, "little") for k in bpfsys.map_keys(m.policy, 8)}
-        finally:
-            m.close()
+        return policy_keys(self.own.bpf_dir)
 
     def run_all(self) -> None:
         self.warm_up()

@@ -133,9 +133,29 @@ def test_pins():
     assert not os.path.exists(bpf_dir)
 
 
-def policy_keys() -> set[int]:
-    """cgroup ids in the policy map of the suite's current pin set."""
-    pins = programs.Pinset(os.path.join(os.environ["NETLEAK_BPF_DIR"], programs.pinset_name()))
+def netleak_pids(run_dir: str) -> list[int]:
+    """netleak processes (daemon, netleak-exec, netleak) working for RUN_DIR
+    (a zombie has no command line: it is not counted)."""
+    found = []
+    mark = f"NETLEAK_RUN_DIR={run_dir}".encode()
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read()
+            with open(f"/proc/{d}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        if b"netleak_hook" in cmd and mark in env:
+            found.append(int(d))
+    return found
+
+
+def policy_keys(bpf_dir: str | None = None) -> set[int]:
+    """cgroup ids in the policy map of the current pin set of BPF_DIR (the
+    suite's by default)."""
+    pins = programs.Pinset(os.path.join(bpf_dir or os.environ["NETLEAK_BPF_DIR"],
+                                        programs.pinset_name()))
     if not pins.complete():
         return set()
     m = programs.Maps(pins)

@@ -27,3 +27,14 @@ for _ in range(5):
 
 # A socket opened after `unshare -n`: in another network namespace.
 UNSHARE_SOCKET = "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
+
+# Another tool's cgroup_skb program (BCC): counts packets and passes them all.
+THEIRS = rb"""
+BPF_ARRAY(seen, u64, 1);
+int theirs(struct __sk_buff *skb) {
+    int k = 0;
+    u64 *v = seen.lookup(&k);
+    if (v) __sync_fetch_and_add(v, 1);
+    return 1;
+}
+"""

@@ -15,6 +15,7 @@ import pytest
 from netleak_hook import lab as lablib
 from netleak_hook.kernel import bpfsys, cgroupfs
 from tests.privileged.conftest import CLI, end_and_remove, wait_until
+from tests.privileged.probes import THEIRS
 
 pytestmark = pytest.mark.privileged
 
@@ -209,17 +210,6 @@ def test_refusals_say_what_to_do_and_leave_nothing(world, job):
     assert world.cli("detach", "--cgroup", job.rel).returncode == 0
 
 
-THEIRS = rb"""
-BPF_ARRAY(seen, u64, 1);
-int theirs(struct __sk_buff *skb) {
-    int k = 0;
-    u64 *v = seen.lookup(&k);
-    if (v) __sync_fetch_and_add(v, 1);
-    return 1;
-}
-"""
-
-
 def test_another_tools_program_keeps_working(world, job):
     """Both run (ALLOW_MULTI); detaching ours leaves theirs attached."""
     from bcc import BPF
@@ -305,7 +295,6 @@ def test_entering_another_network_namespace_gives_no_path(world, alt):
     # and back in its own namespace the session routes as before
     r = world.netleak("vpn0", *lab.client())
     assert r.stdout.strip() == "ok 198.51.100.2"
-
 
 
 def test_scope_pattern_attach_self_then_exec(world, job):

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from netleak_hook.kernel import cgroupfs, programs
-from tests.privileged.conftest import wait_until
+from tests.privileged.conftest import netleak_pids, wait_until
 
 pytestmark = pytest.mark.privileged
 
@@ -55,24 +55,6 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-
-
-def _netleak_pids(run_dir: str) -> list[int]:
-    """netleak processes (daemon, netleak-exec) working for RUN_DIR."""
-    found = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                cmd = f.read()
-            with open(f"/proc/{d}/environ", "rb") as f:
-                env = f.read()
-        except OSError:
-            continue
-        if b"netleak_hook" in cmd and f"NETLEAK_RUN_DIR={run_dir}".encode() in env:
-            found.append(int(d))
-    return found
 
 
 def _reap_time(world, pid: int) -> float:
@@ -142,9 +124,9 @@ def test_sigkill_of_every_netleak_process_then_link_down_leaks_nothing(world, tm
         p.wait()
     # whichever daemon those started dies too (they run for our run directory)
     def all_dead() -> bool:
-        for pid_ in _netleak_pids(world.run_dir):
+        for pid_ in netleak_pids(world.run_dir):
             _kill(pid_)
-        return _netleak_pids(world.run_dir) == []
+        return netleak_pids(world.run_dir) == []
     assert wait_until(all_dead, timeout=5, step=0.2)
 
     with lab.capture("up0") as cap:
