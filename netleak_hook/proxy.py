@@ -1,0 +1,83 @@
+"""Proxy URLs for proxy mode (pure): `socks5://[user:pass@]host:port`,
+`socks5h://...` (names resolved by the proxy) and `http://host:port`
+(CONNECT)."""
+from __future__ import annotations
+
+import dataclasses
+
+from .errors import NetleakError
+
+SCHEMES = ("socks5", "socks5h", "http")
+EXAMPLE = "e.g. socks5://127.0.0.1:1080 or http://192.0.2.1:3128"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProxySpec:
+    scheme: str
+    host: str           # an address, or a name (resolved outside the session)
+    port: int
+    user: str = ""
+    password: str = ""
+
+    @property
+    def remote_dns(self) -> bool:
+        """Names go to the proxy unresolved (socks5h)."""
+        return self.scheme == "socks5h"
+
+    def url(self, secret: bool = False) -> str:
+        """The URL back; the password shown only when SECRET."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        auth = ""
+        if self.user:
+            from urllib.parse import quote
+            auth = quote(self.user, safe="") + (
+                ":" + (quote(self.password, safe="") if secret else "***")
+                if self.password else "") + "@"
+        return f"{self.scheme}://{auth}{host}:{self.port}"
+
+
+def parse(url: str, what: str = "--proxy") -> ProxySpec:
+    """Check a proxy URL; NetleakError says what is wrong in one line."""
+    from urllib.parse import unquote, urlsplit
+    shown = repr(url[:60])
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in SCHEMES:
+        raise NetleakError(f"{what} {shown}: the scheme must be one of "
+                           f"{', '.join(s + '://' for s in SCHEMES)} ({EXAMPLE})")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise NetleakError(f"{what} {shown}: {e} ({EXAMPLE})") from None
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise NetleakError(f"{what} {shown}: give only scheme, host and port ({EXAMPLE})")
+    host = parts.hostname or ""
+    if not host or "%" in host:
+        raise NetleakError(f"{what} {shown}: no proxy host (a %zone is not taken) "
+                           f"({EXAMPLE})")
+    if not _host_ok(host):
+        raise NetleakError(f"{what} {shown}: {host!r} is neither an address nor a host "
+                           f"name ({EXAMPLE})")
+    if port is None or port == 0:
+        raise NetleakError(f"{what} {shown}: give the proxy's port ({EXAMPLE})")
+    user = unquote(parts.username or "")
+    password = unquote(parts.password or "")
+    if len(user.encode("utf-8", "surrogateescape")) > 255 or \
+            len(password.encode("utf-8", "surrogateescape")) > 255:
+        raise NetleakError(f"{what}: user name and password are at most 255 bytes each")
+    if password and not user:
+        raise NetleakError(f"{what} {shown}: a password needs a user name")
+    return ProxySpec(scheme, host, port, user, password)
+
+
+def _host_ok(host: str) -> bool:
+    """An IP address, or a DNS name of letters, digits and hyphens."""
+    import ipaddress
+    import re
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    label = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+    return len(host) <= 253 and re.fullmatch(rf"{label}(\.{label})*\.?", host) is not None
