@@ -18,7 +18,6 @@ import platform
 import shutil
 import signal
 import socket
-import statistics
 import struct
 import subprocess
 import sys
@@ -173,11 +172,10 @@ class Bench:
             programs.remove_pins(self.own.bpf_dir)
             cold.append(self.timed([self.exec_bin, "vpn0", "true"]))
         holder, _ = self.hold()      # warm: the daemon is up and vpn0 bound
-        warm, py, bare = [], [], []
+        warm, py = [], []
         for _ in range(p["start_rounds"]):
             warm.append(self.timed([self.exec_bin, "vpn0", "true"]))
             py.append(self.timed([sys.executable, "-c", "pass"]))
-            bare.append(self.timed([sys.executable, "-I", "-S", "-c", "pass"]))
         holder.kill()
         holder.wait()
         ms = [x * 1000 for x in warm]
@@ -185,7 +183,6 @@ class Bench:
                  [x * 1000 for x in py], "`python3 -c pass`", goal="ratio <= 3", paired=True)
         self.add("cold_start", "cold start (no pins, no daemon)", "ms",
                  [x * 1000 for x in cold], ms, "warm start")
-        self.series["python_isolated_ms"] = [statistics.median(bare) * 1000]
         self.wait_sessions(0)
 
     # ----- traffic on one path, inside a session and outside -----

@@ -343,7 +343,9 @@ class Daemon:
                 reply = self.dispatch(msg)
             except NetleakError as e:
                 reply = {"ok": False, "error": e.message}
-            except (ValueError, OSError) as e:
+            except OSError as e:
+                reply = {"ok": False, "error": _os_refusal(e, len(self.state.sessions))}
+            except ValueError as e:
                 reply = {"ok": False, "error": f"bad request: {e}"}
             except Exception as e:  # never let one request kill the daemon
                 log.exception("request failed")
@@ -986,6 +988,16 @@ def _take_lock(store: Store) -> int | None:
     with open(store.pid_file, "w") as f:
         f.write(f"{os.getpid()}\n")
     return fd
+
+
+def _os_refusal(e: OSError, sessions: int) -> str:
+    """What a request that failed on a system call is told."""
+    import errno
+    if e.errno in (errno.EMFILE, errno.ENFILE):
+        return (f"the netleak daemon ran out of open files ({sessions} sessions, one "
+                f"each): raise its limit (LimitNOFILE= for the service, 'ulimit -n' "
+                f"where it is started on demand) and restart it")
+    return f"bad request: {e}"
 
 
 def _raise_open_files() -> None:

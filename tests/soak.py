@@ -58,7 +58,7 @@ if ROOT not in sys.path:
 from netleak_hook import lab  # noqa: E402
 from netleak_hook.kernel import bpfsys, cgroupfs  # noqa: E402
 from tests.privileged.conftest import (  # noqa: E402
-    EXEC, World, kill_cgroup_tree, netleak_pids, policy_keys, wait_until)
+    EXEC, World, alive, kill_cgroup_tree, netleak_pids, policy_keys, wait_until)
 from tests.privileged.probes import THEIRS  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -248,14 +248,6 @@ for addr in conf["echo"]:
         listen(addr, port, echo)
 for addr in conf["dns"]:
     listen(addr, 53, dns)
-def recv_exact(c, n):
-    data = b""
-    while len(data) < n:
-        chunk = c.recv(n - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
 print("ready", flush=True)
 while True:
     for s in select.select(echo + dns, [], [])[0]:
@@ -272,8 +264,8 @@ while True:
                 if s in echo:
                     c.sendall(peer[0].encode() + b"\n")
                     continue
-                size = struct.unpack("!H", recv_exact(c, 2))[0]
-                reply = dnsd.answer(recv_exact(c, size))
+                size = struct.unpack("!H", dnsd.recv_exact(c, 2))[0]
+                reply = dnsd.answer(dnsd.recv_exact(c, size))
                 c.sendall(struct.pack("!H", len(reply)) + reply)
         except (OSError, struct.error):
             pass
@@ -503,7 +495,7 @@ class Run:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 raise SetupError("the probe did not stop") from None
-        elif self.pid and not wait_until(lambda: not _alive(self.pid), timeout=timeout):
+        elif self.pid and not wait_until(lambda: not alive(self.pid), timeout=timeout):
             raise SetupError("the probe did not stop")
 
 
@@ -513,14 +505,6 @@ def _read(path: str) -> str:
             return f.read()
     except FileNotFoundError:
         return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 class Captures:
@@ -851,11 +835,15 @@ class Soak:
         st.expect["down"] = "blocked"
         run.enter("down")
         run.wait_rounds("down", blocked_rounds)
-        run.enter("~up")
-        self.restore_vpn()
-        st.expect["up"] = "resume"
-        run.set_phase("up")
-        run.wait_all_ok("up", "the workload did not resume after vpn0 came back")
+        self.resume(st, run, "up", self.restore_vpn, "after vpn0 came back")
+
+    def resume(self, st: State, run: Run, phase: str, bring_back, when: str) -> None:
+        """BRING_BACK the path, then every probe must answer again in PHASE."""
+        run.enter("~" + phase)
+        bring_back()
+        st.expect[phase] = "resume"
+        run.set_phase(phase)
+        run.wait_all_ok(phase, f"the workload did not resume {when}")
 
     def routed(self, st: State, run: Run, phase: str = "routed") -> None:
         st.expect[phase] = "ok"
@@ -990,11 +978,7 @@ class Soak:
             st.expect["gone"] = "blocked"
             run.enter("gone")
             run.wait_rounds("gone", self.reps(2, 5))
-            run.enter("~back")
-            self.lab.recreate("vpn0")
-            st.expect["back"] = "resume"
-            run.set_phase("back")
-            run.wait_all_ok("back", "the workload did not resume on the new vpn0")
+            self.resume(st, run, "back", lambda: self.lab.recreate("vpn0"), "on the new vpn0")
         run.finish()
 
     def st_peer_silent(self, st: State) -> None:
@@ -1013,11 +997,7 @@ class Soak:
             run.wait_rounds("silent", self.reps(2, 4))
             if self.states() != ["routed"]:
                 raise SetupError(f"vpn0 is up: the session should stay routed: {self.states()}")
-            run.enter("~back")
-            self.restore_vpn()
-            st.expect["back"] = "resume"
-            run.set_phase("back")
-            run.wait_all_ok("back", "the workload did not resume once the peer answered")
+            self.resume(st, run, "back", self.restore_vpn, "once the peer answered")
         run.finish()
 
     def st_peer_down(self, st: State) -> None:
@@ -1030,11 +1010,7 @@ class Soak:
             st.expect["peerdown"] = "blocked"
             run.enter("peerdown")
             run.wait_rounds("peerdown", self.reps(2, 4))
-            run.enter("~back")
-            self.restore_vpn()
-            st.expect["back"] = "resume"
-            run.set_phase("back")
-            run.wait_all_ok("back", "the workload did not resume once the peer came back")
+            self.resume(st, run, "back", self.restore_vpn, "once the peer came back")
         run.finish()
 
     def st_escape(self, st: State) -> None:
@@ -1144,7 +1120,7 @@ class Soak:
         if r.returncode != 0:
             raise SetupError(f"the session did not run: {r.stderr.strip()}")
         run.pid = int(_read(pidfile))
-        if not _alive(run.pid):
+        if not alive(run.pid):
             raise SetupError("the orphan ended before netleak-exec returned")
         self.routed(st, run, "orphan")
         ours = self.world.status()

@@ -14,7 +14,7 @@ import pytest
 from netleak_hook import lab
 from netleak_hook.config import DEFAULT_RULE_PRIORITY, DEFAULT_TABLE_BASE
 from netleak_hook.kernel import bpfsys, cgroupfs, programs
-from tests.conftest import require_root
+from tests.conftest import cannot_run, require_root
 from tests.privileged import podman
 
 EXEC = [sys.executable, "-m", "netleak_hook.execcmd"]
@@ -133,6 +133,15 @@ def test_pins():
     assert not os.path.exists(bpf_dir)
 
 
+def alive(pid: int) -> bool:
+    """PID exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def netleak_pids(run_dir: str) -> list[int]:
     """netleak processes (daemon, netleak-exec, netleak) working for RUN_DIR
     (a zombie has no command line: it is not counted)."""
@@ -245,10 +254,7 @@ def podman_env():
     require_root()
     missing = podman.have_podman()
     if missing:
-        msg = f"needs {missing} (make test installs them)"
-        if os.environ.get("NETLEAK_REQUIRE_ROOT") == "1":
-            pytest.fail(msg + " and NETLEAK_REQUIRE_ROOT=1 forbids skipping")
-        pytest.skip(msg)
+        cannot_run(f"needs {missing} (make test installs them)")
     base = tempfile.mkdtemp(prefix="netleak-test-podman-", dir="/var/tmp")
     try:
         pm = podman.Podman(base, f"netleak-test-podman-{os.getpid()}")

@@ -47,6 +47,17 @@ def query(name: str, qtype: int = 1, qid: int = 0x4E4C) -> bytes:
     return struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + labels + struct.pack("!HH", qtype, 1)
 
 
+def recv_exact(c: socket.socket, n: int) -> bytes:
+    """N bytes from a stream, or fewer if it ends first."""
+    data = b""
+    while len(data) < n:
+        chunk = c.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def serve(addrs: list[str]) -> None:
     socks = []
     for addr in addrs:
@@ -73,14 +84,8 @@ def serve(addrs: list[str]) -> None:
             c, _ = s.accept()
             c.settimeout(2)
             try:
-                size = struct.unpack("!H", c.recv(2))[0]
-                data = b""
-                while len(data) < size:
-                    chunk = c.recv(size - len(data))
-                    if not chunk:
-                        break
-                    data += chunk
-                reply = answer(data)
+                size = struct.unpack("!H", recv_exact(c, 2))[0]
+                reply = answer(recv_exact(c, size))
                 c.sendall(struct.pack("!H", len(reply)) + reply)
             except (OSError, struct.error):
                 pass

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from netleak_hook.kernel import cgroupfs, programs
-from tests.privileged.conftest import netleak_pids, wait_until
+from tests.privileged.conftest import alive, netleak_pids, wait_until
 
 pytestmark = pytest.mark.privileged
 
@@ -36,18 +36,10 @@ def _start_orphan(world, tmp_path, tries: int = 600) -> tuple[int, str]:
     assert r.returncode == 0, r.stderr
     pid = int(_lines(pidfile)[0])
     # netleak-exec returned while its orphan still runs: it did not wait for it
-    assert _alive(pid), "the orphan ended before netleak-exec returned"
+    assert alive(pid), "the orphan ended before netleak-exec returned"
     assert wait_until(lambda: bool(_lines(out)), timeout=10), "the orphan never answered"
     assert _lines(out)[0] == "ok 198.51.100.2", _lines(out)
     return pid, out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _kill(pid: int) -> None:

@@ -3,13 +3,12 @@ every state and probe of tests/soak.py, nothing leaks, every control is
 seen, every cell ran, and the churn leaves nothing behind."""
 from __future__ import annotations
 
-import os
 import shutil
 
 import pytest
 
 from tests import soak
-from tests.conftest import require_root
+from tests.conftest import cannot_run, require_root
 
 pytestmark = pytest.mark.privileged
 
@@ -22,12 +21,8 @@ def _require_tools() -> None:
         import bcc  # noqa: F401
     except ImportError:
         missing.append("BCC's python module")
-    if not missing:
-        return
-    msg = f"needs {', '.join(missing)} (make test installs them)"
-    if os.environ.get("NETLEAK_REQUIRE_ROOT") == "1":
-        pytest.fail(msg + " and NETLEAK_REQUIRE_ROOT=1 forbids skipping")
-    pytest.skip(msg)
+    if missing:
+        cannot_run(f"needs {', '.join(missing)} (make test installs them)")
 
 
 def test_short_matrix_leaks_nothing():

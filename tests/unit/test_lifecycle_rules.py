@@ -90,3 +90,12 @@ def test_attach_refuses_a_cgroup_holding_the_daemon(target):
                                     "netleak/daemon/x"])
 def test_attach_allows_others(target):
     assert plan.attach_refusal(target, "netleak/daemon") is None
+
+
+def test_out_of_open_files_says_how_to_raise_the_limit():
+    import errno
+
+    from netleak_hook.daemon import _os_refusal
+    msg = _os_refusal(OSError(errno.EMFILE, "Too many open files"), 1021)
+    assert "1021 sessions" in msg and "LimitNOFILE=" in msg and "ulimit -n" in msg
+    assert _os_refusal(OSError(errno.ENOENT, "No such file"), 3).startswith("bad request:")
