@@ -1,6 +1,7 @@
 /* netleak: mark every socket of a controlled cgroup and drop every packet of
  * it that would leave by anything but its interface or loopback (or an
- * --allow prefix); send its loopback DNS to the session's resolvers; drop
+ * --allow prefix); send its loopback DNS to the session's resolvers, and
+ * in proxy mode its TCP and DNS to netleak's relay; drop
  * what arrives by another interface; count each verdict, and report
  * blocked attempts through a ring buffer.
  *
@@ -12,6 +13,11 @@
 #include <uapi/linux/in.h>
 #include "netleak.h"
 
+#ifndef SOCK_STREAM
+#define SOCK_STREAM 1
+#define SOCK_DGRAM 2
+#endif
+
 BPF_HASH(policy, u64, struct nl_policy, NL_MAX_ENTRIES);
 BPF_PERCPU_HASH(stats, u64, struct nl_stats, NL_MAX_ENTRIES);
 
@@ -22,7 +28,7 @@ BPF_HASH_OF_MAPS(rings, u64, "ring_tmpl", NL_MAX_RINGS);
 
 enum nl_verdict { V_PASS, V_LOOPBACK, V_KILL, V_DEVICE, V_NOPOLICY, V_NETNS,
                   V_SUPPRESSED, V_LOST, V_ALLOWED, V_BLOCK, V_INBOUND, V_REFUSED_DNS,
-                  V_REFUSED_BLOCK, V_DNS };
+                  V_REFUSED_BLOCK, V_DNS, V_PROXIED, V_REFUSED_PROXY, V_PROXY };
 
 static __always_inline void count(u64 cgid, enum nl_verdict v, u32 len)
 {
@@ -47,11 +53,14 @@ static __always_inline void count(u64 cgid, enum nl_verdict v, u32 len)
     case V_ALLOWED:  c = &s->allowed; break;
     case V_BLOCK:    c = &s->drop_block; break;
     case V_INBOUND:  c = &s->drop_inbound; break;
+    case V_PROXY:    c = &s->drop_proxy; break;
     case V_NETNS:    s->refused_netns++; return;
     case V_SUPPRESSED: s->events_suppressed++; return;
     case V_REFUSED_DNS: s->refused_dns++; return;
     case V_REFUSED_BLOCK: s->refused_block++; return;
     case V_DNS:      s->dns_redirected++; return;
+    case V_PROXIED:  s->proxied++; return;
+    case V_REFUSED_PROXY: s->refused_proxy++; return;
     default:         s->events_lost++; return;
     }
     c->packets++;
@@ -364,6 +373,8 @@ int nl_egress(struct __sk_buff *skb)
     }
     if (p->flags & NL_FLAG_BLOCK)
         return drop(skb, p, key, self, V_BLOCK, NL_R_BLOCK);
+    if (p->flags & NL_FLAG_PROXY)   /* only the relay sends, from outside */
+        return drop(skb, p, key, self, V_PROXY, NL_R_PROXY);
     if (p->flags & NL_FLAG_KILL)
         return drop(skb, p, key, self, V_KILL, NL_R_KILL);
     if (skb->ifindex != p->ifindex)
@@ -406,8 +417,9 @@ int nl_sock_create(struct bpf_sock *sk)
 }
 
 /* Ingress: a controlled cgroup's sockets hear only from loopback, their
- * interface and --allow prefixes; a server inside is not reachable from
- * the LAN. The device is the one the packet arrived by. */
+ * interface and --allow prefixes (in proxy mode, not from the interface:
+ * the relay hears for them); a server inside is not reachable from the
+ * LAN. The device is the one the packet arrived by. */
 int nl_ingress(struct __sk_buff *skb)
 {
     u64 self = bpf_skb_cgroup_id(skb);
@@ -417,7 +429,7 @@ int nl_ingress(struct __sk_buff *skb)
 
     if (dev == LOOPBACK_IFINDEX)
         return 1;
-    if (p && !(p->flags & NL_FLAG_BLOCK) && dev == p->ifindex)
+    if (p && !(p->flags & (NL_FLAG_BLOCK | NL_FLAG_PROXY)) && dev == p->ifindex)
         return 1;
     if (p && skb_allowed(skb, p, 1))
         return 1;
@@ -503,7 +515,44 @@ static __always_inline int dns_pick(const struct nl_policy *p, const struct nl_a
     return 0;
 }
 
-BPF_TABLE("lru_hash", u64, struct nl_dns_orig, dns_orig, NL_MAX_DNS_SOCKETS);
+BPF_TABLE("lru_hash", u64, struct nl_redirect, redirect, NL_MAX_REDIRECTS);
+/* proxy mode's connections to the relay, for the relay to read */
+BPF_TABLE("lru_hash", struct nl_peer, struct nl_proxied, proxied, NL_MAX_REDIRECTS);
+
+/* Proxy mode: TCP, and DNS (port 53, UDP or TCP, to any address), go to
+ * the relay on loopback; the rest of what would leave the machine is
+ * refused (EPERM, at once). Loopback and --allow prefixes go on. */
+static __always_inline int to_relay(struct bpf_sock_addr *ctx, struct nl_policy *p, u64 key,
+                                    const struct nl_addr *a, u32 port, u8 hook, int v6)
+{
+    int dns = port == bpf_htons(DNS_PORT);
+    int tcp = ctx->type == SOCK_STREAM && ctx->protocol == IPPROTO_TCP;
+    struct nl_redirect r = {};
+    u64 cookie;
+
+    if (!dns && (is_loopback(a) || (p->allow_n && allowed(p, a))))
+        return 1;
+    if (!p->relay_port || !p->dns_port ||
+        !(tcp || (dns && ctx->type == SOCK_DGRAM && ctx->protocol == IPPROTO_UDP))) {
+        count(key, V_REFUSED_PROXY, 0);
+        call_event(ctx, p, key, a, port, hook, NL_R_PROXY, v6);
+        return 0;
+    }
+    if (!v6 || is_mapped(a))
+        mapped4(&r.server, bpf_htonl(0x7f000001));  /* 127.0.0.1 */
+    else
+        r.server.w[3] = bpf_htonl(1);               /* ::1 */
+    r.orig = *a;
+    r.orig_port = port;
+    r.server_port = tcp ? p->relay_port : p->dns_port;
+    r.cgroup = key;
+    r.proxy = tcp;
+    cookie = bpf_get_socket_cookie(ctx);
+    redirect.update(&cookie, &r);
+    set_ctx_addr(ctx, v6, &r.server, r.server_port);
+    count(key, V_PROXIED, 0);
+    return 1;
+}
 
 /* Where connect() and sendmsg() of a controlled cgroup may go.
  *
@@ -529,8 +578,10 @@ static __always_inline int sock_addr(struct bpf_sock_addr *ctx, u8 hook, int v6)
     if (!p || !sk)
         return 1;
     ctx_addr(ctx, v6, &a);
+    if (p->flags & NL_FLAG_PROXY)
+        return to_relay(ctx, p, key, &a, port, hook, v6);
     if (is_loopback(&a)) {
-        struct nl_dns_orig o = {};
+        struct nl_redirect o = {};
         u64 cookie;
 
         if (port != bpf_htons(DNS_PORT))
@@ -543,7 +594,9 @@ static __always_inline int sock_addr(struct bpf_sock_addr *ctx, u8 hook, int v6)
         }
         o.orig = a;
         o.orig_port = port;
-        dns_orig.update(&cookie, &o);
+        o.server_port = port;
+        o.cgroup = key;
+        redirect.update(&cookie, &o);
         set_ctx_addr(ctx, v6, &o.server, port);
         count(key, V_DNS, 0);
         a = o.server;
@@ -560,19 +613,52 @@ static __always_inline int sock_addr(struct bpf_sock_addr *ctx, u8 hook, int v6)
     return 1;
 }
 
-/* recvmsg() and getpeername() of a socket whose DNS went to a session's
- * resolver: show the address the app asked for. */
-static __always_inline int dns_restore(struct bpf_sock_addr *ctx, int v6)
+/* recvmsg() and getpeername() of a socket sent elsewhere (its DNS to a
+ * session's resolver, or to the relay): show the address the app asked for. */
+static __always_inline int restore(struct bpf_sock_addr *ctx, int v6)
 {
     u64 cookie = bpf_get_socket_cookie(ctx);
-    struct nl_dns_orig *o = dns_orig.lookup(&cookie);
+    struct nl_redirect *o = redirect.lookup(&cookie);
     struct nl_addr a = {};
 
     if (!o)
         return 1;
     ctx_addr(ctx, v6, &a);
-    if (ctx->user_port == bpf_htons(DNS_PORT) && same(&a, &o->server))
+    if (ctx->user_port == o->server_port && same(&a, &o->server))
         set_ctx_addr(ctx, v6, &o->orig, o->orig_port);
+    return 1;
+}
+
+/* The moment a connection to the relay gets its local port (just before
+ * the SYN): record it under that address and port, the peer the relay
+ * sees on accept, so the relay learns where it was going. */
+int nl_sockops(struct bpf_sock_ops *skops)
+{
+    struct nl_redirect *r;
+    struct nl_peer k = {};
+    struct nl_proxied v = {};
+    u64 cookie;
+
+    if (skops->op != BPF_SOCK_OPS_TCP_CONNECT_CB)
+        return 1;
+    cookie = bpf_get_socket_cookie(skops);
+    r = redirect.lookup(&cookie);
+    if (!r || !r->proxy)
+        return 1;
+    if (is_mapped(&r->server)) {
+        /* IPv4 on the wire (also a v6 socket's v4-mapped connect) */
+        mapped4(&k.addr, skops->local_ip4);
+    } else {
+        k.addr.w[0] = skops->local_ip6[0];
+        k.addr.w[1] = skops->local_ip6[1];
+        k.addr.w[2] = skops->local_ip6[2];
+        k.addr.w[3] = skops->local_ip6[3];
+    }
+    k.port = skops->local_port;
+    v.orig = r->orig;
+    v.orig_port = r->orig_port;
+    v.cgroup = r->cgroup;
+    proxied.update(&k, &v);
     return 1;
 }
 
@@ -581,7 +667,7 @@ int nl_connect4(struct bpf_sock_addr *ctx) { return sock_addr(ctx, NL_H_CONNECT,
 int nl_connect6(struct bpf_sock_addr *ctx) { return sock_addr(ctx, NL_H_CONNECT, 1); }
 int nl_sendmsg4(struct bpf_sock_addr *ctx) { return sock_addr(ctx, NL_H_SENDMSG, 0); }
 int nl_sendmsg6(struct bpf_sock_addr *ctx) { return sock_addr(ctx, NL_H_SENDMSG, 1); }
-int nl_recvmsg4(struct bpf_sock_addr *ctx) { return dns_restore(ctx, 0); }
-int nl_recvmsg6(struct bpf_sock_addr *ctx) { return dns_restore(ctx, 1); }
-int nl_getpeername4(struct bpf_sock_addr *ctx) { return dns_restore(ctx, 0); }
-int nl_getpeername6(struct bpf_sock_addr *ctx) { return dns_restore(ctx, 1); }
+int nl_recvmsg4(struct bpf_sock_addr *ctx) { return restore(ctx, 0); }
+int nl_recvmsg6(struct bpf_sock_addr *ctx) { return restore(ctx, 1); }
+int nl_getpeername4(struct bpf_sock_addr *ctx) { return restore(ctx, 0); }
+int nl_getpeername6(struct bpf_sock_addr *ctx) { return restore(ctx, 1); }

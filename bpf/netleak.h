@@ -12,6 +12,10 @@
 #define NL_FLAG_KILL 0x1
 /* No-network mode: loopback only (and --allow prefixes); no interface. */
 #define NL_FLAG_BLOCK 0x2
+/* Proxy mode: TCP goes to the relay (netleak's, on loopback), which carries
+ * it through the proxy; DNS goes to the relay's answerer; nothing else
+ * leaves. */
+#define NL_FLAG_PROXY 0x4
 
 #ifndef NL_MAX_DNS
 #define NL_MAX_DNS 4        /* resolvers per session */
@@ -53,6 +57,10 @@ struct nl_policy {
     u32 allow_n;        /* prefixes in allow[]: may use the main table */
     struct nl_addr dns[NL_MAX_DNS];
     struct nl_prefix allow[NL_MAX_ALLOW];
+    u32 relay_port;     /* proxy mode: the relay's TCP port on 127.0.0.1 and
+                         * ::1, network order */
+    u32 dns_port;       /* proxy mode: its DNS answerer's UDP port (one that
+                         * answers from the proxy, or one that refuses) */
 };
 
 /* about one second */
@@ -80,6 +88,9 @@ struct nl_stats {
     u64 refused_dns;                /* loopback DNS refused: no resolver to send it to */
     u64 refused_block;              /* connect/sendmsg refused in no-network mode */
     u64 dns_redirected;             /* loopback DNS sent to a session's resolver */
+    u64 proxied;                    /* proxy mode: connections and DNS sent to the relay */
+    u64 refused_proxy;              /* proxy mode: neither TCP nor DNS: refused */
+    struct nl_count drop_proxy;     /* proxy mode: a packet that would have left directly */
 };
 
 /* Why an attempt was blocked (struct nl_event.reason). */
@@ -91,6 +102,8 @@ enum nl_reason {
     NL_R_NETNS = 4,     /* socket opened in another network namespace: refused */
     NL_R_DNS = 5,       /* loopback DNS with no resolver of its family: refused */
     NL_R_BLOCK = 6,     /* no-network mode: refused or dropped */
+    NL_R_PROXY = 7,     /* proxy mode: not TCP (nor DNS), or a packet that would
+                         * have left directly: refused or dropped */
 };
 
 /* Where the attempt was seen (struct nl_event.hook). */
@@ -122,18 +135,37 @@ struct nl_event {
 #define LOOPBACK_IFINDEX 1
 #define DNS_PORT 53
 
-/* Loopback DNS sent elsewhere, by socket cookie: what the app asked for,
- * so replies and getpeername show it. */
-struct nl_dns_orig {
+/* A connect() or sendmsg() sent elsewhere (loopback DNS to a resolver, or
+ * proxy mode's to the relay), by socket cookie: what the app asked for, so
+ * replies and getpeername show it. */
+struct nl_redirect {
     struct nl_addr orig;
     struct nl_addr server;
     u32 orig_port;      /* network order, as in user_port */
+    u32 server_port;    /* network order */
+    u64 cgroup;         /* the session (policy key) */
+    u32 proxy;          /* to the relay: sock_ops hands it on by local port */
     u32 pad;
 };
 
-#ifndef NL_MAX_DNS_SOCKETS
-#define NL_MAX_DNS_SOCKETS 16384
+#ifndef NL_MAX_REDIRECTS
+#define NL_MAX_REDIRECTS 65536
 #endif
+
+/* A connection to the relay, by the workload's end (what the relay sees
+ * as the accepted socket's peer): where it was going, and whose it is. */
+struct nl_peer {
+    struct nl_addr addr;
+    u32 port;           /* host order */
+    u32 pad;
+};
+
+struct nl_proxied {
+    struct nl_addr orig;
+    u32 orig_port;      /* network order */
+    u32 pad;
+    u64 cgroup;
+};
 
 #ifndef NL_MAX_DEPTH
 /* How many cgroup levels the ancestor walk covers. */

@@ -62,6 +62,9 @@ def check_guards(msg: dict, reply: dict) -> None:
         raise NetleakError("the running netleak daemon is older than --dns, --allow and "
                            "--block, and ignored them: stop it ('netleak gc' starts a "
                            "new one) and retry")
+    if msg.get("proxy") and "proxy" not in reply:
+        raise NetleakError("the running netleak daemon is older than --proxy, and ignored "
+                           "it: stop it ('netleak gc' starts a new one) and retry")
 
 
 def _roundtrip(path: str, msg: dict, timeout: float) -> dict:

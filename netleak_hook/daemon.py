@@ -14,6 +14,7 @@ import fcntl
 import json
 import logging
 import os
+import queue
 import select
 import signal
 import socket
@@ -21,7 +22,7 @@ import struct
 import sys
 import time
 
-from . import dnsconf, events, logfmt, plan, reaper, validate
+from . import dnsconf, events, logfmt, plan, proxy, reaper, relay, validate
 from .config import Config
 from .errors import NetleakError
 from .kernel import bpfsys, cgroupfs, netlink, programs
@@ -127,6 +128,9 @@ class Daemon:
         self.event_log = events.EventLog(store.path)
         self.recent: dict[int, Session] = {}    # cgroup id -> ended session
         self.last_index: dict[str, int] = {}    # interface -> ifindex last seen present
+        self.relay: relay.Relay | None = None   # proxy mode's, started with its first session
+        self.relay_events: queue.SimpleQueue = queue.SimpleQueue()
+        self._routes: tuple[State | None, dict[int, relay.Route]] = (None, {})
 
     # ---------- start-up ----------
 
@@ -146,6 +150,8 @@ class Daemon:
         programs.ensure_bpffs(self.cfg.bpf_dir)
         self.pins = programs.ensure_pinned(self.cfg.bpf_dir)
         self.state = self.store.load()
+        if any(s.proxy for s in self.state.sessions.values()):
+            _step("relay", self._ensure_relay)
         report = self.unreported = self.gc()
         self.open_events()
         self.listener = _listen(self.store.socket_path)
@@ -279,6 +285,7 @@ class Daemon:
                     self.on_ring()
                 except Exception:   # events are best effort; the rest goes on
                     log.exception("reading the event ring")
+            self._relay_events()
             try:
                 if self.watch in r:
                     self.reap(self.watch.drain())
@@ -393,6 +400,14 @@ class Daemon:
         dns = validate.dns_servers(list(msg.get("dns") or ()))
         allow = validate.allow_prefixes(list(msg.get("allow") or ()))
         validate.guards(dns, allow, block)
+        spec = proxy.parse(str(msg["proxy"])) if msg.get("proxy") else None
+        if spec is not None and block:
+            raise NetleakError("--proxy and --block exclude each other: choose one")
+        if spec is not None and dns:
+            raise NetleakError("resolvers (--dns, io.netleak.dns) have no use in proxy "
+                               "mode: its DNS is answered by netleak or refused")
+        if not (iface or block or spec):
+            raise NetleakError("no interface given (nor --block, nor --proxy)")
         owned = bool(msg.get("owned", True))
         # the requester as the kernel names it (SO_PEERCRED), not as it says:
         # it is the process netleak-exec moves into the cgroup
@@ -401,6 +416,10 @@ class Daemon:
                     pid=int(msg.get("peer_pid") or 0), created=time.time(),
                     container=str(msg.get("container") or ""), block=block, dns=dns,
                     dns_from="user" if dns else "", allow=allow)
+        if spec is not None:
+            s = dataclasses.replace(s, proxy=spec.url(secret=True),
+                                    proxy_addr=self._proxy_address(spec, iface))
+            self._ensure_relay()
         path = cgroupfs.abspath(self.cgroot, s.cgroup)
         if not owned:
             self._check_attachable(s)
@@ -410,7 +429,8 @@ class Daemon:
         except FileNotFoundError:
             raise NetleakError(f"cgroup {s.cgroup} changed or vanished while being set "
                                f"up: retry") from None
-        binding = None if block else self._binding_for(iface, msg.get("via4"), msg.get("via6"))
+        binding = None if not iface else self._binding_for(iface, msg.get("via4"),
+                                                            msg.get("via6"))
         if binding is not None:
             s = self._own_guards(s, binding)
             # routes and rules of a known, unchanged binding are in place and
@@ -449,18 +469,21 @@ class Daemon:
         # the commit is saved after the reply: a crash before that leaves an
         # uncommitted record whose populated cgroup the next daemon commits
         self.dirty = True
-        pol = policy_for(s, self.live[iface] if binding else self._block_policy())
+        pol = policy_for(s, self.live[iface] if binding else self._block_policy(),
+                         self._relay_ports())
         mark, table = pol.mark, binding.table if binding else None
         note("session-open", "session %s: %s %s on %s (mark %#x, table %s)", s.id,
-             "made" if owned else "attached", s.cgroup, iface or "no network", mark, table,
+             "made" if owned else "attached", s.cgroup, s.what, mark, table,
              session=s.id, iface=iface or None, cgroup="/" + s.cgroup,
              container=s.container or None,
              kind="exec" if owned else ("hook" if s.container else "attach"),
              killed=pol.killed, block=block or None, dns=",".join(s.dns) or None,
-             dns_from=s.dns_from or None, allow=",".join(allow) or None)
+             dns_from=s.dns_from or None, allow=",".join(allow) or None,
+             proxy=spec.url() if spec else None)
         return {"ok": True, "id": s.id, "mark": mark, "table": table,
                 "ifindex": pol.ifindex, "killed": pol.killed, "block": block,
-                "dns": list(s.dns), "dns_from": s.dns_from, "allow": list(allow)}
+                "dns": list(s.dns), "dns_from": s.dns_from, "allow": list(allow),
+                "proxy": spec.url() if spec else None, "proxy_addr": s.proxy_addr or None}
 
     def _own_guards(self, s: Session, binding: plan.Binding) -> Session:
         """S with the interface's resolvers when it was given none, and a
@@ -487,6 +510,72 @@ class Daemon:
                                    "--allow first")
             s = dataclasses.replace(s, mark=mark)
         return s
+
+    # ---------- proxy mode ----------
+
+    def _proxy_address(self, spec: proxy.ProxySpec, iface: str) -> str:
+        """The proxy's address (its name looked up now, by this machine's
+        resolver, outside the session)."""
+        addr = proxy.resolve(spec)
+        if iface and proxy.is_local(addr):
+            raise NetleakError(
+                f"the proxy {spec.url()} is on this machine, so {iface} carries none of "
+                f"its traffic: drop {iface}, or run the proxy itself under "
+                f"netleak-exec {iface}")
+        return addr
+
+    def _ensure_relay(self) -> None:
+        if self.relay is not None:
+            return
+        maps = self.maps_for(self.pins.path)
+        if maps is None or maps.proxied < 0:
+            raise NetleakError(f"the programs pinned in {self.pins.path} have no proxy "
+                               f"mode: run 'netleak gc' and retry")
+        r = relay.Relay(maps.proxied, self._route, self.relay_events)
+        r.start()
+        self.relay = r
+
+    def _relay_ports(self) -> tuple[int, int, int]:
+        return self.relay.ports if self.relay is not None else (0, 0, 0)
+
+    def _route(self, cgroup_id: int) -> relay.Route | None:
+        """How the relay carries a session's connections (called from its
+        threads: reads one snapshot of the state)."""
+        state = self.state
+        cached, routes = self._routes
+        if cached is not state:
+            routes = {}
+            for s in state.sessions.values():
+                if not s.proxy:
+                    continue
+                spec = proxy.parse(s.proxy)
+                b = state.bindings.get(s.iface)
+                routes[s.cgroup_id] = relay.Route(
+                    scheme=spec.scheme, addr=s.proxy_addr, port=spec.port, user=spec.user,
+                    password=spec.password, iface=s.iface, mark=(s.mark or b.mark) if b else 0,
+                    info={"id": s.id, "container": s.container, "cgroup": "/" + s.cgroup,
+                          "cgroup_id": s.cgroup_id, "iface": s.iface or None})
+            self._routes = (state, routes)
+        return routes.get(cgroup_id)
+
+    def _relay_events(self) -> None:
+        out = []
+        while True:
+            try:
+                out.append(self.relay_events.get_nowait())
+            except queue.Empty:
+                break
+        if out:
+            try:
+                self.event_log.append(out)
+            except OSError as e:
+                log.warning("cannot write %s: %s", self.event_log.path, e)
+
+    def close_relay(self) -> None:
+        if self.relay is not None:
+            self.relay.close()
+            self.relay = None
+            self._relay_events()
 
     def _refresh_dns(self, iface: str, link: plan.Link) -> None:
         """Sessions given no --dns follow the interface's resolvers (a VPN
@@ -522,7 +611,7 @@ class Daemon:
             if other.cgroup_id == s.cgroup_id:
                 raise NetleakError(
                     f"cgroup /{s.cgroup} is already under netleak control (session "
-                    f"{other.id} on {other.iface or 'no network'}): detach it first")
+                    f"{other.id} on {other.what}): detach it first")
         key = pack_key(s.cgroup_id)
         for pinset in self._pinsets():
             maps = self.maps_for(pinset)
@@ -597,7 +686,7 @@ class Daemon:
         if maps is None:
             return
         key = pack_key(s.cgroup_id)
-        want = policy_for(s, pol)
+        want = policy_for(s, pol, self._relay_ports())
         raw = bpfsys.map_lookup(maps.policy, key, POLICY_SIZE)
         if raw is None or Policy.unpack(raw) != want:
             bpfsys.map_update(maps.policy, key, want.pack())
@@ -894,10 +983,13 @@ class Daemon:
         """Take back a controlled cgroup the state file does not know (it was
         lost while the cgroup ran): its entry names the interface by index.
         Entries of other network namespaces belong to their own daemon."""
-        if not pol.netns or pol.netns != self.netns or not (pol.ifindex or pol.block):
+        if not pol.netns or pol.netns != self.netns or not (pol.ifindex or pol.block or
+                                                              pol.proxy):
             return None
         iface, binding = "", None
-        if not pol.block:
+        # a proxy-mode entry does not hold its proxy: no network, fail closed
+        block = pol.block or pol.proxy
+        if not block:
             iface = netlink.link_names(self.ipr).get(pol.ifindex) or ""
             if not iface:
                 return None     # the entry keeps the cgroup blocked: fail closed
@@ -914,7 +1006,7 @@ class Daemon:
         s = Session(id=new_session_id(), iface=iface, cgroup=rel, cgroup_id=cid,
                     pinset=self.pins.path, owned=owned, created=time.time(),
                     committed=bool(cgroupfs.populated(cgroupfs.abspath(self.cgroot, rel))),
-                    block=pol.block, dns=pol.dns, dns_from="user" if pol.dns else "",
+                    block=block, dns=pol.dns, dns_from="user" if pol.dns else "",
                     allow=pol.allow,
                     mark=pol.mark if binding and pol.allow and
                     plan.session_mark(set(), self.cfg.mark_base) <= pol.mark <=
@@ -1045,6 +1137,7 @@ def serve(cfg: Config, idle_exit: float = 0.0, foreground: bool = False,
     try:
         d.start(own_cgroup=own_cgroup)
         d.run()
+        d.close_relay()
         d.close_events()
     except NetleakError as e:
         log.error("%s", e)

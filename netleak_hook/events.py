@@ -20,7 +20,7 @@ _EVENT = struct.Struct("<QQQIIBBBBHH16s16s")
 EVENT_SIZE = _EVENT.size
 
 REASONS = {1: "kill-switch", 2: "wrong-device", 3: "no-policy", 4: "netns", 5: "no-dns",
-           6: "no-network"}
+           6: "no-network", 7: "proxy"}
 REASON_TEXT = {
     "kill-switch": "the interface is down or gone: only loopback may be used",
     "wrong-device": "the packet would have left by another interface",
@@ -30,6 +30,8 @@ REASON_TEXT = {
               "to (--dns, io.netleak.dns): refused, as the stub would forward it by the "
               "default route",
     "no-network": "no-network mode (--block): only loopback may be used",
+    "proxy": "proxy mode (--proxy, io.netleak.proxy): only TCP (through the proxy) and "
+             "DNS (answered by netleak) may leave; UDP and the rest are refused",
 }
 HOOKS = {1: "egress", 2: "socket", 3: "connect", 4: "sendmsg"}
 FAMILIES = {2: "ipv4", 10: "ipv6"}

@@ -16,7 +16,8 @@ from .errors import Exit, NetleakError
 
 PROG = "netleak-exec"
 
-USAGE = f"{PROG} [OPTIONS] IFACE [--] COMMAND [ARG]...  or  {PROG} --block [--] COMMAND..."
+USAGE = (f"{PROG} [OPTIONS] IFACE [--] COMMAND [ARG]...  or  "
+         f"{PROG} --proxy URL [IFACE] [--] COMMAND...  or  {PROG} --block [--] COMMAND...")
 
 HELP = f"""\
 usage: {USAGE}
@@ -34,6 +35,11 @@ options:
   --allow CIDR     destinations that may use the main routing table (a printer
                    on the LAN); repeatable, at most 8
   --block          no network at all: loopback only (and --allow); no IFACE
+  --proxy URL      carry every TCP connection through this proxy, made in the
+                   kernel (static binaries too): socks5://[USER:PASS@]HOST:PORT,
+                   socks5h://... (the proxy resolves names) or http://HOST:PORT
+                   (CONNECT); UDP and the rest are refused. IFACE is then
+                   optional: given, the proxy is reached through it only
   --version        print the version
   -h, --help       this help
 
@@ -44,6 +50,8 @@ examples:
   netleak-exec --dns 10.64.0.1 wg0 getent hosts example.org
   netleak-exec --allow 192.168.1.0/24 wg0 firefox   the LAN printer stays local
   netleak-exec --block make test                no network for the build
+  netleak-exec --proxy socks5h://127.0.0.1:9050 curl https://example.org
+  netleak-exec wg0 --proxy http://192.0.2.8:3128 ./static-go-binary
 
 COMMAND keeps this process's PID, exit status and terminal. Exit status is
 125 when netleak fails, 126 when COMMAND cannot run, 127 when not found.
@@ -59,22 +67,62 @@ class Args:
         self.dns: list[str] = []
         self.allow: list[str] = []
         self.block = False
+        self.proxy = ""
         self.iface = ""
         self.command: list[str] = []
         self.action = "run"     # or "help", "version", "dump-bpf"
 
 
-def parse(argv: list[str]) -> Args:
-    """Options, then IFACE, then COMMAND untouched (like env and sudo).
+def parse(argv: list[str], is_interface=None) -> Args:
+    """Options, then IFACE, then COMMAND untouched (like env and sudo); the
+    one option taken after IFACE is --proxy (`IFACE --proxy URL COMMAND`).
+    With --proxy before, IFACE is optional: the first word is one when an
+    interface of that name exists (IS_INTERFACE) and a command follows.
 
     getopt, not click or argparse: importing either costs more than half of
     the whole warm start of netleak-exec.
     """
-    import getopt
     a = Args()
+    rest = _options(a, argv)
+    if a.action != "run":
+        return a
+    if a.block:
+        a.command = rest
+    elif a.proxy:
+        if len(rest) >= 2 and rest[0] != "--" and (is_interface or _is_interface)(rest[0]):
+            a.iface, rest = rest[0], rest[1:]
+        a.command = rest
+    elif not rest:
+        raise NetleakError(f"no IFACE given: {USAGE}")
+    else:
+        a.iface, a.command = rest[0], _proxy_after_iface(a, rest[1:])
+    if a.command and a.command[0] == "--":
+        a.command = a.command[1:]
+    if not a.command:
+        raise NetleakError(f"no COMMAND given: {USAGE}")
+    return a
+
+
+def _proxy_after_iface(a: Args, rest: list[str]) -> list[str]:
+    """`IFACE --proxy URL COMMAND...`: take the proxy; the rest."""
+    if not rest or not (rest[0] == "--proxy" or rest[0].startswith("--proxy=")):
+        return rest
+    if rest[0] == "--proxy":
+        if len(rest) < 2:
+            raise NetleakError(f"option --proxy requires argument (see '{PROG} --help')")
+        a.proxy, rest = rest[1], rest[2:]
+    else:
+        a.proxy, rest = rest[0].split("=", 1)[1], rest[1:]
+    return rest
+
+
+def _options(a: Args, argv: list[str]) -> list[str]:
+    """Take the options at the start of ARGV into A; the rest."""
+    import getopt
     try:
         opts, rest = getopt.getopt(argv, "hu:", ["help", "user=", "via=", "version",
-                                                  "dump-bpf", "dns=", "allow=", "block"])
+                                                  "dump-bpf", "dns=", "allow=", "block",
+                                                  "proxy="])
     except getopt.GetoptError as e:
         raise NetleakError(f"{e.msg} (see '{PROG} --help')") from None
     for opt, val in opts:
@@ -94,19 +142,11 @@ def parse(argv: list[str]) -> Args:
             a.allow.append(val)
         elif opt == "--block":
             a.block = True
-    if a.action != "run":
-        return a
-    if a.block:
-        a.command = rest
-    elif not rest:
-        raise NetleakError(f"no IFACE given: {USAGE}")
-    else:
-        a.iface, a.command = rest[0], rest[1:]
-    if a.command and a.command[0] == "--":
-        a.command = a.command[1:]
-    if not a.command:
-        raise NetleakError(f"no COMMAND given: {USAGE}")
-    return a
+        elif opt == "--proxy":
+            if a.proxy:
+                raise NetleakError("--proxy given twice: one proxy carries a session")
+            a.proxy = val
+    return rest
 
 
 def resolve_command(name: str, path_env: str | None) -> str:
@@ -173,11 +213,13 @@ def run(argv: list[str]) -> int:
         sys.stdout.write(render_source())
         return 0
     cfg = Config.from_env(os.environ)
-    iface = "" if a.block else validate.interface_name(a.iface)
+    iface = validate.interface_name(a.iface) if a.iface else ""
     via4, via6 = validate.gateways(a.via)
     guards: dict = {}
     if a.dns or a.allow or a.block:
         guards = validate.guard_request(a.dns, a.allow, a.block, a.via)
+    if a.proxy:
+        guards = {**guards, **validate.proxy_request(a.proxy, a.block, a.dns, iface, a.via)}
     if a.block and len(a.command) > 1 and _is_interface(a.command[0]):
         raise NetleakError(f"--block takes no IFACE ({a.command[0]} is one): "
                            f"{PROG} --block COMMAND...")

@@ -51,8 +51,10 @@ def run(argv: list[str], raw: bytes, environ: dict) -> tuple[int, str]:
     st = oci.parse_state(raw)
     stage = oci.stage(argv, st)
     iface = st.interface()
-    if iface is None:
-        return 0, f"{stage} {st.short_id}: no {oci.ANNOTATION_IFACE} annotation, nothing to do"
+    proxied = oci.ANNOTATION_PROXY in st.annotations
+    if iface is None and not proxied:
+        return 0, (f"{stage} {st.short_id}: no {oci.ANNOTATION_IFACE} or "
+                   f"{oci.ANNOTATION_PROXY} annotation, nothing to do")
     guards = st.guards() if stage != "poststop" else {}
     store = Store(run_dir(cfg))
     if stage == "poststop":
@@ -64,7 +66,10 @@ def run(argv: list[str], raw: bytes, environ: dict) -> tuple[int, str]:
     if os.geteuid() != 0:
         raise NetleakError("netleak-hook needs root: it is run by a rootful container "
                            "runtime")
-    reply = protect(store, st, iface, cfg.autostart, guards)
+    reply = protect(store, st, iface or "", cfg.autostart, guards)
+    if reply.get("proxy"):
+        via = f" via {iface}" if iface else ""
+        return 0, f"{stage} {st.short_id}: through {reply['proxy']}{via}, session {reply['id']}"
     state = "kill switch on until it is up" if reply.get("killed") else "routed"
     return 0, f"{stage} {st.short_id}: on {iface} ({state}), session {reply['id']}"
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import zipapp
 
 from . import files
 from .config import VARIABLES
-from .oci import ANNOTATION_IFACE
+from .oci import ANNOTATION_IFACE, ANNOTATION_PROXY
 
 FILE_NAME = "netleak.json"
 DEFAULT_HOOKS_DIR = "/usr/share/containers/oci/hooks.d"
@@ -35,7 +36,10 @@ def spec(path: str, args: list[str] | None = None,
                   "timeout": TIMEOUT}
     if env:
         hook["env"] = [f"{k}={v}" for k, v in sorted(env.items())]
-    pattern = "^" + ANNOTATION_IFACE.replace(".", "\\.") + "$"
+    # either annotation, in one pattern (the patterns of several keys would
+    # all have to match)
+    names = "|".join(re.escape(a) for a in (ANNOTATION_IFACE, ANNOTATION_PROXY))
+    pattern = f"^({names})$"
     return {"version": "1.0.0", "hook": hook,
             "when": {"annotations": {pattern: ".*"}}, "stages": list(STAGES)}
 

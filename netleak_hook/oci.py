@@ -11,6 +11,7 @@ from .validate import allow_prefixes, dns_servers, interface_name
 ANNOTATION_IFACE = "io.netleak.interface"
 ANNOTATION_DNS = "io.netleak.dns"        # resolvers, comma-separated (as --dns)
 ANNOTATION_ALLOW = "io.netleak.allow"    # prefixes, comma-separated (as --allow)
+ANNOTATION_PROXY = "io.netleak.proxy"    # a proxy URL (as --proxy)
 MAX_STATE_BYTES = 1 << 20      # a state with huge annotations is refused
 MAX_PID = 1 << 22              # the kernel's PID_MAX_LIMIT
 STAGES = ("createRuntime", "prestart", "poststop")
@@ -62,6 +63,11 @@ class ContainerState:
                 continue
             items = [v.strip() for v in value.split(",") if v.strip()]
             out[name] = list(check(items, f"annotation {key}"))
+        value = self.annotations.get(ANNOTATION_PROXY)
+        if value is not None:
+            from .proxy import parse
+            out["proxy"] = parse(value.strip(), f"annotation {ANNOTATION_PROXY}").url(
+                secret=True)
         return out
 
 

@@ -9,14 +9,16 @@ from .validate import MAX_ALLOW, MAX_DNS  # NL_MAX_DNS, NL_MAX_ALLOW
 
 FLAG_KILL = 0x1
 FLAG_BLOCK = 0x2
+FLAG_PROXY = 0x4
 
 _KEY = struct.Struct("<Q")
 # ifindex, mark, flags, event_rate, netns, the limiter's 3 words (zero from
 # us), dns_n, allow_n; then the resolvers and prefixes, 16 bytes per address
 _HEAD = struct.Struct("<IIIIQQQQII")
 _ADDR = 16
-_POLICY_SIZE = _HEAD.size + MAX_DNS * _ADDR + MAX_ALLOW * 2 * _ADDR
-_STATS = struct.Struct("<22Q")
+_TAIL = struct.Struct("<II")    # relay_port, dns_port (network order)
+_POLICY_SIZE = _HEAD.size + MAX_DNS * _ADDR + MAX_ALLOW * 2 * _ADDR + _TAIL.size
+_STATS = struct.Struct("<26Q")
 
 KEY_SIZE = _KEY.size
 POLICY_SIZE = _POLICY_SIZE
@@ -35,9 +37,13 @@ class Policy:
     block: bool = False  # no-network mode: loopback (and ALLOW) only
     dns: tuple[str, ...] = ()    # resolvers for loopback DNS (addresses)
     allow: tuple[str, ...] = ()  # prefixes that may use the main table (CIDRs)
+    proxy: bool = False  # proxy mode: TCP and DNS to the relay, nothing else leaves
+    relay_port: int = 0  # the relay's TCP port on loopback (proxy mode)
+    dns_port: int = 0    # its DNS answerer's UDP port (proxy mode)
 
     def pack(self) -> bytes:
-        flags = (FLAG_KILL if self.killed else 0) | (FLAG_BLOCK if self.block else 0)
+        flags = (FLAG_KILL if self.killed else 0) | (FLAG_BLOCK if self.block else 0) | \
+            (FLAG_PROXY if self.proxy else 0)
         out = bytearray(_POLICY_SIZE)
         _HEAD.pack_into(out, 0, self.ifindex, self.mark, flags, self.event_rate,
                         self.netns, 0, 0, 0, min(len(self.dns), MAX_DNS),
@@ -51,6 +57,8 @@ class Policy:
             addr, mask = _prefix16(cidr)
             out[at: at + 2 * _ADDR] = addr + mask
             at += 2 * _ADDR
+        _TAIL.pack_into(out, _POLICY_SIZE - _TAIL.size, _net16(self.relay_port),
+                        _net16(self.dns_port))
         return bytes(out)
 
     @classmethod
@@ -65,8 +73,17 @@ class Policy:
         at += MAX_DNS * _ADDR
         allow = tuple(_prefix_str(raw[at + i * 2 * _ADDR: at + (i + 1) * 2 * _ADDR])
                       for i in range(min(nallow, MAX_ALLOW)))
+        relay, dns_port = _TAIL.unpack_from(raw, _POLICY_SIZE - _TAIL.size)
         return cls(ifindex=ifindex, mark=mark, killed=bool(flags & FLAG_KILL), netns=netns,
-                   event_rate=rate, block=bool(flags & FLAG_BLOCK), dns=dns, allow=allow)
+                   event_rate=rate, block=bool(flags & FLAG_BLOCK), dns=dns, allow=allow,
+                   proxy=bool(flags & FLAG_PROXY),
+                   relay_port=_net16(relay), dns_port=_net16(dns_port))
+
+
+def _net16(port: int) -> int:
+    """A port to or from network order in the low 16 bits of a u32 (a
+    swap: its own inverse)."""
+    return int.from_bytes((port & 0xffff).to_bytes(2, "big"), "little")
 
 
 def _addr16(addr: str) -> bytes:
@@ -123,12 +140,17 @@ class Stats:
     refused_dns: int = 0            # loopback DNS with no resolver: refused
     refused_block: int = 0          # connect/sendmsg refused in no-network mode
     dns_redirected: int = 0         # loopback DNS sent to a session's resolver
+    proxied: int = 0                # proxy mode: connections and DNS sent to the relay
+    refused_proxy: int = 0          # proxy mode: neither TCP nor DNS: refused
+    drop_proxy_packets: int = 0     # proxy mode: would have left directly
+    drop_proxy_bytes: int = 0
 
     @property
     def dropped(self) -> int:
         """Outgoing packets dropped, whatever the reason."""
         return (self.drop_kill_packets + self.drop_device_packets +
-                self.drop_nopolicy_packets + self.drop_block_packets)
+                self.drop_nopolicy_packets + self.drop_block_packets +
+                self.drop_proxy_packets)
 
     @classmethod
     def unpack_percpu(cls, raw: bytes, ncpus: int, stride: int = 0) -> "Stats":

@@ -24,6 +24,12 @@ class ProxySpec:
         """Names go to the proxy unresolved (socks5h)."""
         return self.scheme == "socks5h"
 
+    @property
+    def takes_names(self) -> bool:
+        """The proxy is asked for host names (socks5h, and http's CONNECT);
+        socks5 takes addresses only."""
+        return self.scheme != "socks5"
+
     def url(self, secret: bool = False) -> str:
         """The URL back; the password shown only when SECRET."""
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -81,3 +87,28 @@ def _host_ok(host: str) -> bool:
         pass
     label = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
     return len(host) <= 253 and re.fullmatch(rf"{label}(\.{label})*\.?", host) is not None
+
+
+def resolve(spec: ProxySpec) -> str:
+    """The proxy's address: its host if that is one, else the first address
+    this machine's resolver gives for it."""
+    import ipaddress
+    import socket
+    try:
+        return str(ipaddress.ip_address(spec.host))
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(spec.host, spec.port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise NetleakError(f"cannot look up the proxy {spec.host!r}: {e.strerror or e}; "
+                           f"give its address instead") from None
+    return str(found[0][4][0])
+
+
+def is_local(addr: str) -> bool:
+    """ADDR is loopback (the proxy runs on this machine)."""
+    import ipaddress
+    a = ipaddress.ip_address(addr)
+    return a.is_loopback or (a.version == 6 and a.ipv4_mapped is not None and
+                             a.ipv4_mapped.is_loopback)

@@ -30,13 +30,29 @@ class Session:
     dns_from: str = ""     # "user" (--dns, annotation) or "interface"
     allow: tuple[str, ...] = ()  # prefixes that may use the main table
     mark: int = 0          # a mark of its own (with --allow); 0: the interface's
+    proxy: str = ""        # proxy mode: the proxy's URL (with its password)
+    proxy_addr: str = ""   # the proxy's address, resolved when the session began
+
+    @property
+    def what(self) -> str:
+        """Where its traffic goes, for people."""
+        if self.proxy:
+            from .proxy import parse
+            shown = parse(self.proxy).url()
+            return f"{shown} via {self.iface}" if self.iface else shown
+        return self.iface or "no network"
 
 
-def policy_for(s: Session, base: Policy) -> Policy:
+def policy_for(s: Session, base: Policy, relay: tuple[int, int, int] = (0, 0, 0)) -> Policy:
     """Session S's map entry: BASE (its interface's state, or no-network
-    mode's) with what is S's own."""
+    mode's) with what is S's own. RELAY: the relay's ports (TCP, DNS
+    answered with names, DNS refused), for a proxy-mode session."""
+    proxy = bool(s.proxy)
+    tcp, names, refused = relay if proxy else (0, 0, 0)
+    takes_names = proxy and not s.proxy.lower().startswith("socks5:")
     return dataclasses.replace(base, mark=s.mark or base.mark, block=s.block,
-                               dns=s.dns, allow=s.allow)
+                               dns=s.dns, allow=s.allow, proxy=proxy, relay_port=tcp,
+                               dns_port=names if takes_names else refused)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -142,3 +142,19 @@ def guards(dns: tuple[str, ...], allow: tuple[str, ...], block: bool) -> None:
             if not any(a in ipaddress.ip_network(p) for p in allow):
                 raise NetleakError(f"--dns {d} with --block: nothing leaves in no-network "
                                    f"mode; --allow {d} too, or drop --dns")
+
+
+def proxy_request(url: str, block: bool, dns: list[str], iface: str,
+                  via: list[str]) -> dict:
+    """The proxy part of a request to the daemon, checked."""
+    from .proxy import parse
+    spec = parse(url)
+    if block:
+        raise NetleakError("--proxy and --block exclude each other: --block is no "
+                           "network at all")
+    if dns:
+        raise NetleakError("--dns has no use with --proxy: the session's DNS is answered "
+                           "by netleak (socks5h, http) or refused (socks5)")
+    if via and not iface:
+        raise NetleakError("--via needs IFACE: netleak-exec --proxy URL IFACE COMMAND...")
+    return {"proxy": spec.url(secret=True)}

@@ -47,8 +47,9 @@ PROGRAMS = (  # (function and pin name, BCC program type name, attach type)
     ("recvmsg6", "CGROUP_SOCK_ADDR", bpfsys.BPF_CGROUP_UDP6_RECVMSG),
     ("getpeername4", "CGROUP_SOCK_ADDR", bpfsys.BPF_CGROUP_INET4_GETPEERNAME),
     ("getpeername6", "CGROUP_SOCK_ADDR", bpfsys.BPF_CGROUP_INET6_GETPEERNAME),
+    ("sockops", "SOCK_OPS", bpfsys.BPF_CGROUP_SOCK_OPS),
 )
-MAPS = ("policy", "stats", "rings")
+MAPS = ("policy", "stats", "rings", "proxied")
 PINS = tuple(f"prog_{n}" for n, _, _ in PROGRAMS) + tuple(f"map_{m}" for m in MAPS)
 RING_PAGES = 16     # NL_RING_PAGES: every reader's ring has this size
 # what older netleak versions pinned too: enough to manage their sessions
@@ -341,11 +342,13 @@ class Maps:
         # an older version's pin set has no rings and shorter counters
         self.rings = (bpfsys.obj_get(pins.pin("map_rings"))
                       if os.path.exists(pins.pin("map_rings")) else -1)
+        self.proxied = (bpfsys.obj_get(pins.pin("map_proxied"))
+                        if os.path.exists(pins.pin("map_proxied")) else -1)
         self.stats_size = bpfsys.map_value_size(self.stats)
         self.ncpus = bpfsys.possible_cpus()
 
     def close(self) -> None:
-        for fd in (self.policy, self.stats, self.rings):
+        for fd in (self.policy, self.stats, self.rings, self.proxied):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)

@@ -126,9 +126,9 @@ def test_cgroup2_mount_prefers_sys_fs_cgroup_over_earlier_ones():
 # ---------- policy ----------
 
 def test_sizes():
-    assert policy.POLICY_SIZE == 376
+    assert policy.POLICY_SIZE == 384
     assert policy.KEY_SIZE == 8
-    assert policy.STATS_SIZE == 176
+    assert policy.STATS_SIZE == 208
 
 
 def test_policy_layout_matches_the_c_struct():
@@ -150,7 +150,7 @@ def test_policy_layout_matches_the_c_struct():
 def test_policy_round_trip(killed):
     p = Policy(ifindex=7, mark=0x6E6C0001, killed=killed, netns=2**40 + 3)
     raw = p.pack()
-    assert len(raw) == 376
+    assert len(raw) == 384
     assert Policy.unpack(raw) == p
 
 
@@ -177,9 +177,9 @@ def test_policy_layout():
 
 
 def test_policy_unpack_flags_and_an_older_shorter_entry():
-    raw = struct.pack("<IIIIQQQQ", 3, 4, 0b100, 0, 0, 0, 0, 0)
+    raw = struct.pack("<IIIIQQQQ", 3, 4, 0b1000, 0, 0, 0, 0, 0)
     assert Policy.unpack(raw).killed is False
-    raw = struct.pack("<IIIIQQQQ", 3, 4, 0b111, 0, 0, 7, 8, 9)
+    raw = struct.pack("<IIIIQQQQ", 3, 4, 0b1011, 0, 0, 7, 8, 9)
     assert Policy.unpack(raw) == Policy(3, 4, True, block=True)
 
 
@@ -189,8 +189,8 @@ def test_policy_unpack_ignores_trailing_bytes():
 
 
 def test_stats_unpack_percpu_sums():
-    cpu0 = struct.pack("<22Q", *range(1, 23))
-    cpu1 = struct.pack("<22Q", *[10 * i for i in range(1, 11)], 2**40, 5, 6, *[0] * 9)
+    cpu0 = struct.pack("<26Q", *range(1, 27))
+    cpu1 = struct.pack("<26Q", *[10 * i for i in range(1, 11)], 2**40, 5, 6, *[0] * 13)
     s = Stats.unpack_percpu(cpu0 + cpu1, 2)
     assert s == Stats(passed_packets=11, passed_bytes=22, loopback_packets=33,
                       loopback_bytes=44, drop_kill_packets=55, drop_kill_bytes=66,
@@ -199,8 +199,9 @@ def test_stats_unpack_percpu_sums():
                       refused_netns=11 + 2**40, events_suppressed=17, events_lost=19,
                       allowed_packets=14, allowed_bytes=15, drop_block_packets=16,
                       drop_block_bytes=17, drop_inbound_packets=18, drop_inbound_bytes=19,
-                      refused_dns=20, refused_block=21, dns_redirected=22)
-    assert s.dropped == 55 + 77 + 99 + 16
+                      refused_dns=20, refused_block=21, dns_redirected=22, proxied=23,
+                      refused_proxy=24, drop_proxy_packets=25, drop_proxy_bytes=26)
+    assert s.dropped == 55 + 77 + 99 + 16 + 25
 
 
 def test_stats_of_an_older_layout_read_with_its_stride():
@@ -225,8 +226,8 @@ def test_pinset_usable_with_an_older_versions_pins(tmp_path):
 
 
 def test_stats_unpack_percpu_only_ncpus():
-    raw = struct.pack("<22Q", *range(22)) + struct.pack("<22Q", *range(100, 122))
-    assert Stats.unpack_percpu(raw, 1) == Stats(*range(22))
+    raw = struct.pack("<26Q", *range(26)) + struct.pack("<26Q", *range(100, 126))
+    assert Stats.unpack_percpu(raw, 1) == Stats(*range(26))
     assert Stats.unpack_percpu(b"", 0) == Stats()
 
 
@@ -238,7 +239,7 @@ def test_stats_layout_matches_the_c_struct():
     body = body[:body.index("};")]
     pairs = body.count("struct nl_count ")
     singles = body.count("u64 ")
-    assert policy.STATS_SIZE == (2 * pairs + singles) * 8 == 176
+    assert policy.STATS_SIZE == (2 * pairs + singles) * 8 == 208
 
 
 def test_stats_defaults():
@@ -287,3 +288,14 @@ def test_netleak_error_status_is_plain_int():
 ])
 def test_parse_populated(text, want):
     assert cgroupfs.parse_populated(text) is want
+
+
+def test_policy_round_trip_in_proxy_mode():
+    """The relay's port goes in network order, as the programs compare it
+    with user_port."""
+    p = Policy(ifindex=0, mark=0, killed=False, netns=5, proxy=True, relay_port=0x1234,
+               dns_port=0x5678)
+    raw = p.pack()
+    assert raw[-8:] == b"\x12\x34\0\0\x56\x78\0\0"
+    assert raw[8] == 0x4       # flags: NL_FLAG_PROXY
+    assert Policy.unpack(raw) == p

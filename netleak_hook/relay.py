@@ -1,0 +1,397 @@
+"""Proxy mode's relay, run inside the daemon.
+
+The programs send every TCP connect() of a proxy-mode session to
+127.0.0.1:PORT (or [::1]:PORT) and record, under the workload's end of the
+connection, where it was going (map `proxied`). The relay accepts, reads
+that record, opens a connection to the session's proxy (bound to the
+session's interface, if it has one), does the proxy's handshake for the
+original destination, and then moves bytes both ways with splice(2): the
+data stays in the kernel.
+
+DNS of such sessions comes here too (UDP to one of two answerers, TCP to
+the relay like any connection): with a proxy that takes names (socks5h,
+http) a name gets a stand-in address from a reserved block, and a
+connection to that address goes to the proxy with the name; with socks5,
+which takes addresses only, every query is refused.
+
+A connection the relay has no record for (another local process that
+found the port) is closed at once: the relay is no open proxy.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import ipaddress
+import logging
+import os
+import queue
+import select
+import socket
+import struct
+import threading
+import time
+from typing import Callable
+
+from . import fakedns
+from .kernel import bpfsys
+from .proxyproto import Handshake, ProxyError
+
+log = logging.getLogger("netleak.relay")
+
+# struct nl_peer (key) and struct nl_proxied (value), bpf/netleak.h
+_PEER = struct.Struct("<16sII")
+_PROXIED = struct.Struct("<16sIIQ")
+CONNECT_TIMEOUT = 10.0      # to the proxy, and its handshake
+PIPE_SIZE = 1 << 20
+CHUNK = 1 << 20
+SO_MARK = 36
+SO_BINDTODEVICE = 25
+F_SETPIPE_SZ = 1031
+EVENTS_PER_SECOND = 20      # the relay's own events, all sessions together
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """How one session's connections leave: what the relay needs of it."""
+
+    scheme: str             # socks5, socks5h, http
+    addr: str               # the proxy's address (resolved at session start)
+    port: int
+    user: str = ""
+    password: str = ""
+    iface: str = ""         # bind the connection to the proxy to it ("": routing decides)
+    mark: int = 0           # and give it this fwmark
+    info: dict = dataclasses.field(default_factory=dict)  # session id, cgroup... for events
+
+    @property
+    def names(self) -> bool:
+        """The proxy takes host names (so DNS gets stand-in addresses)."""
+        return self.scheme != "socks5"
+
+
+def peer_key(addr: str, port: int) -> bytes:
+    """The map key of a connection seen from the relay: its peer."""
+    return _PEER.pack(_addr16(addr), port, 0)
+
+
+def _addr16(addr: str) -> bytes:
+    a = ipaddress.ip_address(addr.split("%", 1)[0])
+    if a.version == 4:
+        return b"\0" * 10 + b"\xff\xff" + a.packed
+    return a.packed
+
+
+def unpack_proxied(raw: bytes) -> tuple[str, int, int]:
+    """(original address, port, session cgroup id) of a map value."""
+    orig, port, _, cgroup = _PROXIED.unpack_from(raw)
+    a = ipaddress.IPv6Address(orig)
+    addr = str(a.ipv4_mapped or a)
+    return addr, int.from_bytes(port.to_bytes(4, "little")[:2], "big"), cgroup
+
+
+def destination(addr: str, port: int, route: Route,
+                name_for: Callable[[str], str | None]) -> tuple[str | None, str]:
+    """What to ask the proxy for (pure): the host (the name behind a
+    stand-in address, when the proxy takes names), or None and why not."""
+    if route.names:
+        name = name_for(addr)
+        if name is not None:
+            return name, ""
+        if addr in fakedns.FakePool():
+            return None, (f"{addr} is a stand-in address netleak no longer knows (its "
+                          f"daemon restarted): look the name up again")
+    return addr, ""
+
+
+class Relay:
+    """The listeners and their threads. `lookup(cgroup_id)` gives the Route
+    of a session (None: not a proxy-mode session); events go to EVENTS as
+    dicts of the event log's form."""
+
+    def __init__(self, proxied_fd: int, lookup: Callable[[int], Route | None],
+                 events: "queue.SimpleQueue[dict]") -> None:
+        self.proxied_fd = proxied_fd
+        self.lookup = lookup
+        self.events = events
+        self.pool = fakedns.FakePool()
+        self.pool_lock = threading.Lock()
+        self.tcp: list[socket.socket] = []
+        self.dns_names: list[socket.socket] = []    # answers with stand-in addresses
+        self.dns_refuse: list[socket.socket] = []   # refuses every query
+        self.port = self.names_port = self.refuse_port = 0
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._window = (0, 0)       # (second, events sent in it)
+        self.served = 0             # connections carried, for status and tests
+
+    # ---------- listeners ----------
+
+    def start(self) -> None:
+        self.port, self.tcp = _pair(socket.SOCK_STREAM)
+        self.names_port, self.dns_names = _pair(socket.SOCK_DGRAM)
+        self.refuse_port, self.dns_refuse = _pair(socket.SOCK_DGRAM)
+        threading.stack_size(512 * 1024)
+        self._thread = threading.Thread(target=self._loop, name="relay", daemon=True)
+        self._thread.start()
+        log.info("relay on 127.0.0.1 and ::1: TCP port %d, DNS ports %d (names) and %d "
+                 "(refused)", self.port, self.names_port, self.refuse_port)
+
+    @property
+    def ports(self) -> tuple[int, int, int]:
+        return self.port, self.names_port, self.refuse_port
+
+    def close(self) -> None:
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        for s in self.tcp + self.dns_names + self.dns_refuse:
+            s.close()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _loop(self) -> None:
+        poller = select.poll()
+        by_fd = {}
+        for s in self.tcp + self.dns_names + self.dns_refuse:
+            poller.register(s.fileno(), select.POLLIN)
+            by_fd[s.fileno()] = s
+        poller.register(self._wake_r, select.POLLIN)
+        while not self._stopping:
+            try:
+                ready = poller.poll()
+            except InterruptedError:
+                continue
+            for fd, _ in ready:
+                s = by_fd.get(fd)
+                if s is None:
+                    continue
+                try:
+                    if s.type == socket.SOCK_STREAM:
+                        conn, _ = s.accept()
+                        threading.Thread(target=self._serve, args=(conn,),
+                                         name="relay-conn", daemon=True).start()
+                    else:
+                        self._answer_udp(s, names=s in self.dns_names)
+                except OSError as e:
+                    if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EINTR):
+                        log.warning("relay: %s", e)
+                except Exception:
+                    log.exception("relay")
+
+    # ---------- DNS ----------
+
+    def _respond(self, query: bytes, names: bool) -> tuple[bytes | None, str]:
+        with self.pool_lock:
+            return fakedns.respond(query, self.pool if names else None)
+
+    def _answer_udp(self, s: socket.socket, names: bool) -> None:
+        data, peer = s.recvfrom(4096)
+        answer, why = self._respond(data, names)
+        if answer is not None:
+            s.sendto(answer, peer)
+        if why == "refused-local":
+            self._event("proxy-dns", None, "udp", peer[0], 53,
+                        "names are not resolved with a socks5:// proxy (it takes addresses "
+                        "only): use socks5h:// to have the proxy resolve them")
+
+    def _serve_dns_tcp(self, conn: socket.socket, route: Route) -> None:
+        conn.settimeout(CONNECT_TIMEOUT)
+        buf = b""
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            msgs, buf = fakedns.tcp_frames(buf + chunk)
+            for m in msgs:
+                answer, why = self._respond(m, route.names)
+                if answer is not None:
+                    conn.sendall(fakedns.tcp_frame(answer))
+                if why == "refused-local":
+                    self._event("proxy-dns", route, "tcp", "", 53,
+                                "names are not resolved with a socks5:// proxy: use "
+                                "socks5h:// to have the proxy resolve them")
+
+    # ---------- connections ----------
+
+    def _serve(self, conn: socket.socket) -> None:
+        upstream = None
+        try:
+            peer = conn.getpeername()
+            key = peer_key(peer[0], peer[1])
+            raw = bpfsys.map_lookup(self.proxied_fd, key, _PROXIED.size)
+            if raw is None:
+                return      # not from a proxy-mode session: no open proxy here
+            bpfsys.map_delete(self.proxied_fd, key)
+            addr, port, cgroup = unpack_proxied(raw)
+            route = self.lookup(cgroup)
+            if route is None:
+                return
+            if port == 53:
+                self._serve_dns_tcp(conn, route)
+                return
+            with self.pool_lock:
+                host, why = destination(addr, port, route, self.pool.name_for)
+            if host is None:
+                self._event("proxy-failed", route, "tcp", addr, port, why)
+                _reset(conn)
+                return
+            try:
+                upstream, leftover = open_tunnel(route, host, port)
+            except (OSError, ProxyError) as e:
+                self._event("proxy-failed", route, "tcp", addr, port,
+                            f"{host}:{port} through {route.scheme}://{route.addr}:"
+                            f"{route.port}: {_why(e)}")
+                _reset(conn)
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if leftover:
+                conn.sendall(leftover)
+            self.served += 1
+            splice_both(conn, upstream)
+        except OSError as e:
+            log.debug("relay connection: %s", e)
+        finally:
+            conn.close()
+            if upstream is not None:
+                upstream.close()
+
+    # ---------- events ----------
+
+    def _event(self, reason: str, route: Route | None, proto: str, daddr: str,
+               dport: int, detail: str) -> None:
+        now = time.time()
+        second, sent = self._window
+        if int(now) != second:
+            second, sent = int(now), 0
+        if sent >= EVENTS_PER_SECOND:
+            return
+        self._window = (second, sent + 1)
+        info = route.info if route else {}
+        fam = None if not daddr else ("ipv6" if ":" in daddr else "ipv4")
+        from .events import iso
+        self.events.put({
+            "time": iso(now), "ts": round(now, 6), "session": info.get("id"),
+            "container": info.get("container") or None, "cgroup": info.get("cgroup"),
+            "cgroup_id": info.get("cgroup_id"), "iface": info.get("iface"),
+            "pid": None, "comm": None, "family": fam, "protocol": proto,
+            "daddr": daddr or None, "dport": dport or None, "reason": reason,
+            "hook": "relay", "suppressed": 0, "detail": detail})
+
+
+def _pair(kind: int) -> tuple[int, list[socket.socket]]:
+    """Sockets of KIND on 127.0.0.1 and ::1 with one port number (::1 only
+    where the machine has IPv6)."""
+    for _ in range(20):
+        v4 = socket.socket(socket.AF_INET, kind | socket.SOCK_CLOEXEC)
+        v4.bind(("127.0.0.1", 0))
+        port = v4.getsockname()[1]
+        try:
+            v6 = socket.socket(socket.AF_INET6, kind | socket.SOCK_CLOEXEC)
+        except OSError:
+            return port, _listening([v4])
+        v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            v6.bind(("::1", port))
+        except OSError as e:
+            v6.close()
+            if e.errno == errno.EADDRINUSE:
+                v4.close()
+                continue
+            return port, _listening([v4])      # no ::1 here
+        return port, _listening([v4, v6])
+    raise OSError(errno.EADDRINUSE, "no port free on both 127.0.0.1 and ::1")
+
+
+def _listening(socks: list[socket.socket]) -> list[socket.socket]:
+    for s in socks:
+        if s.type == socket.SOCK_STREAM:
+            s.listen(1024)
+    return socks
+
+
+def open_tunnel(route: Route, host: str, port: int) -> tuple[socket.socket, bytes]:
+    """A connection through ROUTE's proxy to HOST:PORT, and the first bytes
+    of the destination that came with the proxy's answer."""
+    fam = socket.AF_INET6 if ":" in route.addr else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        if route.iface:
+            # a session with an interface: the proxy is reached through it
+            # only (the device binding holds even if routing would differ)
+            s.setsockopt(socket.SOL_SOCKET, SO_MARK, route.mark)
+            s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, route.iface.encode())
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.settimeout(CONNECT_TIMEOUT)
+        s.connect((route.addr, route.port))
+        hs = Handshake(route.scheme, host, port, route.user, route.password)
+        s.sendall(hs.start())
+        deadline = time.monotonic() + CONNECT_TIMEOUT
+        while not hs.done:
+            s.settimeout(max(0.1, deadline - time.monotonic()))
+            out = hs.feed(s.recv(4096))
+            if out:
+                s.sendall(out)
+        s.settimeout(None)
+        return s, hs.leftover
+    except BaseException:
+        s.close()
+        raise
+
+
+def splice_both(a: socket.socket, b: socket.socket) -> None:
+    """Bytes both ways until both sides are done; a half-close is passed
+    on, an error resets both."""
+    failed = threading.Event()
+    other = threading.Thread(target=_splice_one, args=(b, a, failed), name="relay-back",
+                             daemon=True)
+    other.start()
+    _splice_one(a, b, failed)
+    other.join()
+
+
+def _splice_one(src: socket.socket, dst: socket.socket, failed: threading.Event) -> None:
+    r, w = os.pipe2(os.O_CLOEXEC)
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
+    try:
+        while True:
+            n = os.splice(src.fileno(), w, CHUNK, flags=os.SPLICE_F_MOVE)
+            if n == 0:
+                break
+            while n:
+                n -= os.splice(r, dst.fileno(), n, flags=os.SPLICE_F_MOVE)
+        if not failed.is_set():
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+    except OSError:
+        # a reset on one side: reset the other too, and stop the other way
+        failed.set()
+        _reset(dst)
+        _reset(src)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def _reset(s: socket.socket) -> None:
+    """Have S's close send a reset, so its peer sees the failure (not an
+    end of file), and wake whoever reads it."""
+    with contextlib.suppress(OSError):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.shutdown(socket.SHUT_RD)
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, ProxyError):
+        return e.message
+    if isinstance(e, socket.timeout):
+        return "no answer from the proxy"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror.lower()
+    return str(e)
