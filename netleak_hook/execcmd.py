@@ -67,7 +67,7 @@ class Args:
         self.dns: list[str] = []
         self.allow: list[str] = []
         self.block = False
-        self.proxy = ""
+        self.proxy: str | None = None
         self.iface = ""
         self.command: list[str] = []
         self.action = "run"     # or "help", "version", "dump-bpf"
@@ -83,13 +83,14 @@ def parse(argv: list[str], is_interface=None) -> Args:
     the whole warm start of netleak-exec.
     """
     a = Args()
-    rest = _options(a, argv)
+    rest, ended = _options(a, argv)
     if a.action != "run":
         return a
     if a.block:
         a.command = rest
-    elif a.proxy:
-        if len(rest) >= 2 and rest[0] != "--" and (is_interface or _is_interface)(rest[0]):
+    elif a.proxy is not None:
+        if not ended and len(rest) >= 2 and rest[0] != "--" and \
+                (is_interface or _is_interface)(rest[0]):
             a.iface, rest = rest[0], rest[1:]
         a.command = rest
     elif not rest:
@@ -110,14 +111,23 @@ def _proxy_after_iface(a: Args, rest: list[str]) -> list[str]:
     if rest[0] == "--proxy":
         if len(rest) < 2:
             raise NetleakError(f"option --proxy requires argument (see '{PROG} --help')")
-        a.proxy, rest = rest[1], rest[2:]
-    else:
-        a.proxy, rest = rest[0].split("=", 1)[1], rest[1:]
-    return rest
+        _take_proxy(a, rest[1])
+        return rest[2:]
+    _take_proxy(a, rest[0].split("=", 1)[1])
+    return rest[1:]
 
 
-def _options(a: Args, argv: list[str]) -> list[str]:
-    """Take the options at the start of ARGV into A; the rest."""
+def _take_proxy(a: Args, url: str) -> None:
+    if a.proxy is not None:
+        raise NetleakError("--proxy given twice: one proxy carries a session")
+    if not url:
+        raise NetleakError("--proxy '': give a proxy URL, e.g. socks5h://127.0.0.1:9050")
+    a.proxy = url
+
+
+def _options(a: Args, argv: list[str]) -> tuple[list[str], bool]:
+    """Take the options at the start of ARGV into A; the rest, and whether
+    a `--` ended them (getopt drops it)."""
     import getopt
     try:
         opts, rest = getopt.getopt(argv, "hu:", ["help", "user=", "via=", "version",
@@ -143,10 +153,9 @@ def _options(a: Args, argv: list[str]) -> list[str]:
         elif opt == "--block":
             a.block = True
         elif opt == "--proxy":
-            if a.proxy:
-                raise NetleakError("--proxy given twice: one proxy carries a session")
-            a.proxy = val
-    return rest
+            _take_proxy(a, val)
+    used = len(argv) - len(rest)
+    return rest, used > 0 and argv[used - 1] == "--" and not (opts and opts[-1][1] == "--")
 
 
 def resolve_command(name: str, path_env: str | None) -> str:
@@ -218,7 +227,7 @@ def run(argv: list[str]) -> int:
     guards: dict = {}
     if a.dns or a.allow or a.block:
         guards = validate.guard_request(a.dns, a.allow, a.block, a.via)
-    if a.proxy:
+    if a.proxy is not None:
         guards = {**guards, **validate.proxy_request(a.proxy, a.block, a.dns, iface, a.via)}
     if a.block and len(a.command) > 1 and _is_interface(a.command[0]):
         raise NetleakError(f"--block takes no IFACE ({a.command[0]} is one): "

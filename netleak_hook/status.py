@@ -19,6 +19,8 @@ STATES = {
     "waiting": "interface absent: everything but loopback is dropped until it returns",
     "starting": "being set up: the workload has not entered the cgroup yet",
     "no-network": "no-network mode: only loopback (and --allow prefixes) may be used",
+    "proxied": "proxy mode: TCP goes through the proxy, DNS is answered by netleak or "
+               "refused, the rest is refused",
     "no-policy": "no policy entry: everything is dropped (fail closed); run 'netleak gc'",
     "unknown": "the BPF maps cannot be read (is bpffs mounted?)",
 }
@@ -45,11 +47,13 @@ def session_state(committed: bool, f: Facts) -> str:
         return "starting"
     if f.policy.block:
         return "no-network"
+    if f.policy.proxy and not f.policy.ifindex:
+        return "proxied"        # no interface: the proxy is reached by routing
     if f.link_index is None:
         return "waiting"
     if f.policy.killed or not f.link_up:
         return "kill-switch"
-    return "routed"
+    return "proxied" if f.policy.proxy else "routed"
 
 
 def rows(state: State, facts: dict[str, Facts], now: float) -> list[dict]:
@@ -73,12 +77,26 @@ def rows(state: State, facts: dict[str, Facts], now: float) -> list[dict]:
             "dropped": f.stats.dropped if f.stats else None,
             "block": s.block, "allow": list(s.allow), "dns": list(s.dns),
             "dns_from": s.dns_from or None, "guards": guards_text(s),
+            "proxy": _proxy_shown(s.proxy) or None,
         })
     return out
 
 
+def _proxy_shown(url: str) -> str:
+    """The proxy's URL without its password."""
+    if not url:
+        return ""
+    from .proxy import parse
+    return parse(url).url()
+
+
 def guards_text(s) -> str:
     """What a session has beyond its interface, in one line."""
+    if s.proxy:
+        names = not s.proxy.lower().startswith("socks5:")
+        parts = [f"proxy {_proxy_shown(s.proxy)}",
+                 "dns answered with stand-in addresses" if names else "dns refused (socks5)"]
+        return "; ".join(parts + [f"allow {','.join(s.allow)}"] * bool(s.allow))
     if s.dns:
         dns = f"dns {','.join(s.dns)} ({'--dns' if s.dns_from == 'user' else 'the interface'})"
     else:
@@ -125,7 +143,7 @@ def render(table: list[dict], width: int = 79) -> str:
                      f"{r['state']:<11} {r['procs']:>5} {age_text(r['age']):>4} "
                      f"{count_text(c.get('passed_packets')):>5} "
                      f"{count_text(r['dropped']):>5}  {_fit(r['cgroup'], room)}")
-        if r.get("dns") or r.get("allow"):
+        if r.get("dns") or r.get("allow") or r.get("proxy"):
             lines.append(f"{'':<10} {_fit(r['guards'], width - 11)}")
     return "\n".join(lines)
 
