@@ -117,8 +117,17 @@ def machine_line(machine: dict) -> str:
             f"per-pair ratios, with their quartiles.")
 
 
-def readme_section(figures: list[Figure], machine: dict, plot: str | None) -> str:
+def not_measured(failures: dict[str, str]) -> str:
+    """One line per part that failed (and so has no rows): which, and why."""
+    return "\n".join(f"Not measured: {part} ({' '.join(str(why).split())})."
+                     for part, why in failures.items())
+
+
+def readme_section(figures: list[Figure], machine: dict, plot: str | None,
+                   failures: dict[str, str] | None = None) -> str:
     parts = [machine_line(machine), "", table(figures)]
+    if failures:
+        parts += ["", not_measured(failures)]
     if plot:
         parts += ["", f"![start time and daemon memory against sessions]({plot})"]
     return "\n".join(parts)
@@ -133,6 +142,15 @@ def replace_section(text: str, section: str) -> str:
     if not sep:
         raise ValueError(f"no {END} marker after {BEGIN}")
     return f"{head}{BEGIN}\n{section}\n{END}{tail}"
+
+
+def per_unit(parts: list[dict[str, float]], amounts: list[float]) -> dict[str, float]:
+    """The median over runs of each part's share divided by the run's
+    amount (CPU seconds per GB moved, say); runs with no amount are left
+    out, and a part missing from a run counts as 0 in it."""
+    runs = [(p, a) for p, a in zip(parts, amounts) if a]
+    keys = sorted({k for p, _ in runs for k in p})
+    return {k: statistics.median(p.get(k, 0.0) / a for p, a in runs) for k in keys}
 
 
 def buckets(points: list[tuple[int, float]], width: int) -> list[tuple[int, float]]:

@@ -5,8 +5,8 @@ The programs send every TCP connect() of a proxy-mode session to
 connection, where it was going (map `proxied`). The relay accepts, reads
 that record, opens a connection to the session's proxy (bound to the
 session's interface, if it has one), does the proxy's handshake for the
-original destination, and then moves bytes both ways with splice(2): the
-data stays in the kernel.
+original destination, and then moves bytes both ways with splice(2) (the
+data stays in the kernel), one thread per connection.
 
 DNS of such sessions comes here too (UDP to one of two answerers, TCP to
 the relay like any connection): with a proxy that takes names (socks5h,
@@ -49,6 +49,7 @@ CHUNK = 1 << 20
 SO_MARK = 36
 SO_BINDTODEVICE = 25
 F_SETPIPE_SZ = 1031
+F_GETPIPE_SZ = 1032
 EVENTS_PER_SECOND = 20      # the relay's own events, all sessions together
 
 
@@ -174,12 +175,18 @@ class Relay:
                 try:
                     if s.type == socket.SOCK_STREAM:
                         conn, _ = s.accept()
+                        conn.setblocking(True)
                         threading.Thread(target=self._serve, args=(conn,),
                                          name="relay-conn", daemon=True).start()
                     else:
                         self._answer_udp(s, names=s in self.dns_names)
                 except OSError as e:
-                    if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EINTR):
+                    if e.errno in (errno.EMFILE, errno.ENFILE):
+                        # the connection waits in the backlog: let descriptors
+                        # free up rather than spin on it
+                        log.warning("relay: %s", e.strerror)
+                        time.sleep(0.05)
+                    elif e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EINTR):
                         log.warning("relay: %s", e)
                 except Exception:
                     log.exception("relay")
@@ -309,9 +316,11 @@ def _pair(kind: int) -> tuple[int, list[socket.socket]]:
 
 
 def _listening(socks: list[socket.socket]) -> list[socket.socket]:
+    """Non-blocking: the loop never waits on one that turned out empty."""
     for s in socks:
         if s.type == socket.SOCK_STREAM:
             s.listen(1024)
+        s.setblocking(False)
     return socks
 
 
@@ -345,46 +354,100 @@ def open_tunnel(route: Route, host: str, port: int) -> tuple[socket.socket, byte
 
 
 def splice_both(a: socket.socket, b: socket.socket) -> None:
-    """Bytes both ways until both sides are done; a half-close is passed
-    on, an error resets both."""
-    failed = threading.Event()
-    other = threading.Thread(target=_splice_one, args=(b, a, failed), name="relay-back",
-                             daemon=True)
-    other.start()
-    _splice_one(a, b, failed)
-    other.join()
+    """Bytes both ways, in this thread, until both sides are done: a
+    half-close is passed on; a reset or error on either side resets both
+    (also while the other is blocked, as poll watches both at once)."""
+    Pump(a, b).run()
 
 
-def _splice_one(src: socket.socket, dst: socket.socket, failed: threading.Event) -> None:
-    r, w = os.pipe2(os.O_CLOEXEC)
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
-    try:
-        while True:
-            n = os.splice(src.fileno(), w, CHUNK, flags=os.SPLICE_F_MOVE)
-            if n == 0:
-                break
-            while n:
-                n -= os.splice(r, dst.fileno(), n, flags=os.SPLICE_F_MOVE)
-        if not failed.is_set():
+class Pump:
+    """Both directions of one tunnel: per direction a pipe that splice(2)
+    fills from one socket and drains into the other, all non-blocking
+    under one poll."""
+
+    def __init__(self, a: socket.socket, b: socket.socket) -> None:
+        self.socks = (a, b)
+        self.pipes = []
+        self.room = []              # each pipe's size: a full one is not read into
+        for _ in self.socks:
+            r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
             with contextlib.suppress(OSError):
-                dst.shutdown(socket.SHUT_WR)
-    except OSError:
-        # a reset on one side: reset the other too, and stop the other way
-        failed.set()
-        _reset(dst)
-        _reset(src)
-    finally:
-        os.close(r)
-        os.close(w)
+                fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
+            self.pipes.append((r, w))
+            self.room.append(fcntl.fcntl(w, F_GETPIPE_SZ))
+        self.queued = [0, 0]        # bytes in the pipe read from socks[i]
+        self.eof = [False, False]   # socks[i] has nothing more to send
+        self.shut = [False, False]  # socks[i]'s end passed on (other's write side shut)
+
+    def run(self) -> None:
+        try:
+            for s in self.socks:
+                s.setblocking(False)
+            poller = select.poll()
+            while not all(self.shut):
+                want = {}
+                for i, s in enumerate(self.socks):
+                    if self.eof[i] and self.shut[1 - i]:
+                        with contextlib.suppress(KeyError):
+                            poller.unregister(s.fileno())
+                        continue        # done both ways (its hang-up is no news)
+                    ev = 0
+                    if not self.eof[i] and self.queued[i] < self.room[i]:
+                        ev |= select.POLLIN
+                    if self.queued[1 - i]:
+                        ev |= select.POLLOUT
+                    # also with nothing asked: poll still reports an error
+                    # or a hang-up (a reset while this side waits)
+                    want[s.fileno()] = (i, ev)
+                    poller.register(s.fileno(), ev)
+                for fd, ev in poller.poll():
+                    i, asked = want[fd]
+                    if ev & (select.POLLERR | select.POLLNVAL):
+                        raise ConnectionResetError
+                    if ev & select.POLLOUT and asked & select.POLLOUT:
+                        self._write(i)
+                    if ev & (select.POLLIN | select.POLLHUP) and asked & select.POLLIN:
+                        self._read(i)
+                self._pass_on_ends()
+        except OSError:
+            for s in self.socks:
+                _reset(s)
+        finally:
+            for r, w in self.pipes:
+                os.close(r)
+                os.close(w)
+
+    def _read(self, i: int) -> None:
+        try:
+            n = os.splice(self.socks[i].fileno(), self.pipes[i][1], CHUNK,
+                          flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
+        except BlockingIOError:
+            return
+        if n == 0:
+            self.eof[i] = True
+        self.queued[i] += n
+
+    def _write(self, i: int) -> None:
+        """Drain what socks[1 - i] sent into socks[i]."""
+        try:
+            n = os.splice(self.pipes[1 - i][0], self.socks[i].fileno(), self.queued[1 - i],
+                          flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
+        except BlockingIOError:
+            return
+        self.queued[1 - i] -= n
+
+    def _pass_on_ends(self) -> None:
+        for i in (0, 1):
+            if self.eof[i] and not self.queued[i] and not self.shut[i]:
+                self.socks[1 - i].shutdown(socket.SHUT_WR)
+                self.shut[i] = True
 
 
 def _reset(s: socket.socket) -> None:
     """Have S's close send a reset, so its peer sees the failure (not an
-    end of file), and wake whoever reads it."""
+    end of file)."""
     with contextlib.suppress(OSError):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        s.shutdown(socket.SHUT_RD)
 
 
 def _why(e: BaseException) -> str:

@@ -67,3 +67,22 @@ def test_paired_ratio_is_the_median_of_per_round_ratios_with_quartiles():
     assert "(0.90–0.90)" in report.table([f])
     unpaired = report.figure("k", "l", "u", [1, 2, 3], [1, 2], "b", paired=True)
     assert not unpaired.paired and unpaired.ratio_iqr is None
+
+
+def test_per_unit_is_the_median_share_per_amount_of_each_part():
+    parts = [{"relay": 1.0, "proxy": 2.0}, {"relay": 3.0, "proxy": 2.0},
+             {"relay": 2.0}, {"relay": 9.0, "proxy": 9.0}]
+    amounts = [1.0, 1.0, 2.0, 0.0]          # the last run moved nothing: left out
+    out = report.per_unit(parts, amounts)
+    assert out == {"proxy": pytest.approx(2.0), "relay": pytest.approx(1.0)}
+    assert report.per_unit([], []) == {}
+
+
+def test_a_failed_part_is_said_under_the_table():
+    fig = report.figure("a", "start", "ms", [40], [20], "python")
+    info = {"date": "d", "cpu": "c", "cpus": 2, "memory_gb": 1.0, "os": "o",
+            "kernel": "k", "python": "p"}
+    out = report.readme_section([fig], info, None,
+                                {"proxy": "the proxy did not start:\n  no such file"})
+    assert out.endswith("Not measured: proxy (the proxy did not start: no such file).")
+    assert "Not measured" not in report.readme_section([fig], info, None, {})
