@@ -521,14 +521,14 @@ def test_bytes_sent_before_the_tunnel_is_up_arrive_in_order(lab, proxies, server
     assert read_all(s) == first + b"--second--"
 
 
-def test_destination_bytes_that_come_with_the_proxys_answer(lab, servers):
-    """A proxy that sends the destination's first bytes in the same segment
-    as its answer: the relay passes them on first (open_tunnel's leftover)."""
+def fake_http_proxy(early: bytes, then):
+    """A one-connection HTTP proxy on loopback that answers 200 (with EARLY
+    bytes of the destination in the same segment), then calls THEN(conn,
+    request head). Returns its listener and thread."""
     fake = socket.socket()
     fake.bind(("127.0.0.1", 0))
     fake.listen(1)
     fake.settimeout(T)
-    got: list = []
 
     def proxy():
         c, _ = fake.accept()
@@ -536,14 +536,26 @@ def test_destination_bytes_that_come_with_the_proxys_answer(lab, servers):
         head = b""
         while b"\r\n\r\n" not in head:
             head += c.recv(4096)
-        got.append(head)
-        c.sendall(b"HTTP/1.1 200 Connection established\r\n\r\nEARLY")
-        while d := c.recv(4096):    # then an echo
-            c.sendall(d)
-        c.close()
+        c.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n" + early)
+        then(c, head)
 
     t = threading.Thread(target=proxy, daemon=True)
     t.start()
+    return fake, t
+
+
+def test_destination_bytes_that_come_with_the_proxys_answer(lab, servers):
+    """A proxy that sends the destination's first bytes in the same segment
+    as its answer: the relay passes them on first (open_tunnel's leftover)."""
+    got: list = []
+
+    def then(c: socket.socket, head: bytes) -> None:
+        got.append(head)
+        while d := c.recv(4096):    # an echo
+            c.sendall(d)
+        c.close()
+
+    fake, t = fake_http_proxy(b"EARLY", then)
     lab.route("http", fake.getsockname()[1])
     s = lab.client("192.0.2.7", 8443)       # only asked of the fake proxy
     assert read_exactly(s, 5) == b"EARLY"
@@ -933,22 +945,8 @@ def test_client_reset_while_relay_blocked_writing_resets_the_upstream(lab):
     that answers 200 and then never reads) stops taking bytes, so the relay's
     conn->upstream thread blocks in splice(2) writing to upstream; the
     other thread blocks reading upstream. Then the client resets."""
-    fake = socket.socket()
-    fake.bind(("127.0.0.1", 0))
-    fake.listen(1)
-    fake.settimeout(T)
     held: list = []
-
-    def proxy():
-        c, _ = fake.accept()
-        c.settimeout(T)
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += c.recv(4096)
-        c.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        held.append(c)                  # and never reads again
-
-    threading.Thread(target=proxy, daemon=True).start()
+    fake, _ = fake_http_proxy(b"", lambda c, head: held.append(c))  # never reads again
     lab.route("http", fake.getsockname()[1])
     s = lab.client("192.0.2.7", 80)
     assert wait_until(lambda: held)
