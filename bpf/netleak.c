@@ -629,36 +629,90 @@ static __always_inline int restore(struct bpf_sock_addr *ctx, int v6)
     return 1;
 }
 
+/* A context field read where it stands: the verifier refuses a context
+ * pointer the compiler computed (as it does to merge loads of two fields
+ * chosen by a branch into one). */
+#define CTX(field) ({ u32 __v = (field); asm volatile("" : "+r"(__v)); __v; })
+
+/* A connection's own end, as the relay sees its peer. V4: IPv4 on the
+ * wire (also a v6 socket's v4-mapped connect). */
+static __always_inline void peer_of(struct bpf_sock_ops *skops, int v4, struct nl_peer *k)
+{
+    u32 l4 = CTX(skops->local_ip4);
+    u32 l6_0 = CTX(skops->local_ip6[0]), l6_1 = CTX(skops->local_ip6[1]);
+    u32 l6_2 = CTX(skops->local_ip6[2]), l6_3 = CTX(skops->local_ip6[3]);
+
+    if (v4) {
+        mapped4(&k->addr, l4);
+    } else {
+        k->addr.w[0] = l6_0;
+        k->addr.w[1] = l6_1;
+        k->addr.w[2] = l6_2;
+        k->addr.w[3] = l6_3;
+    }
+    k->port = skops->local_port;
+    k->netns = bpf_get_netns_cookie(skops);
+}
+
 /* The moment a connection to the relay gets its local port (just before
  * the SYN): record it under that address and port, the peer the relay
- * sees on accept, so the relay learns where it was going. */
+ * sees on accept, so the relay learns where it was going. The record goes
+ * when the connection closes (or when the relay takes it): none outlives
+ * its socket for another program to claim with the same address and port. */
 int nl_sockops(struct bpf_sock_ops *skops)
 {
     struct nl_redirect *r;
     struct nl_peer k = {};
     struct nl_proxied v = {};
+    struct nl_addr remote = {};
     u64 cookie;
+    u32 rport, r4, r6_0, r6_1, r6_2, r6_3;
 
+    if (skops->op == BPF_SOCK_OPS_STATE_CB) {
+        if (skops->args[1] == BPF_TCP_CLOSE) {
+            struct nl_addr l6 = {};
+
+            l6.w[0] = CTX(skops->local_ip6[0]);
+            l6.w[1] = CTX(skops->local_ip6[1]);
+            l6.w[2] = CTX(skops->local_ip6[2]);
+            l6.w[3] = CTX(skops->local_ip6[3]);
+            peer_of(skops, CTX(skops->family) == 2 || is_mapped(&l6), &k);
+            proxied.delete(&k);
+        }
+        return 1;
+    }
     if (skops->op != BPF_SOCK_OPS_TCP_CONNECT_CB)
         return 1;
     cookie = bpf_get_socket_cookie(skops);
     r = redirect.lookup(&cookie);
     if (!r || !r->proxy)
         return 1;
+    /* only the connection connect() sent to the relay (not a later one of
+     * the same socket, after AF_UNSPEC, to somewhere on loopback) */
+    r4 = CTX(skops->remote_ip4);
+    r6_0 = CTX(skops->remote_ip6[0]);
+    r6_1 = CTX(skops->remote_ip6[1]);
+    r6_2 = CTX(skops->remote_ip6[2]);
+    r6_3 = CTX(skops->remote_ip6[3]);
     if (is_mapped(&r->server)) {
-        /* IPv4 on the wire (also a v6 socket's v4-mapped connect) */
-        mapped4(&k.addr, skops->local_ip4);
+        mapped4(&remote, r4);
     } else {
-        k.addr.w[0] = skops->local_ip6[0];
-        k.addr.w[1] = skops->local_ip6[1];
-        k.addr.w[2] = skops->local_ip6[2];
-        k.addr.w[3] = skops->local_ip6[3];
+        remote.w[0] = r6_0;
+        remote.w[1] = r6_1;
+        remote.w[2] = r6_2;
+        remote.w[3] = r6_3;
     }
-    k.port = skops->local_port;
+    rport = CTX(skops->remote_port);    /* network order, in the high half on LE */
+    if (!same(&remote, &r->server) ||
+        (rport != r->server_port && (rport >> 16) != r->server_port))
+        return 1;
+    peer_of(skops, is_mapped(&r->server), &k);
     v.orig = r->orig;
     v.orig_port = r->orig_port;
     v.cgroup = r->cgroup;
     proxied.update(&k, &v);
+    bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+                              BPF_SOCK_OPS_STATE_CB_FLAG);
     return 1;
 }
 

@@ -158,6 +158,7 @@ struct nl_peer {
     struct nl_addr addr;
     u32 port;           /* host order */
     u32 pad;
+    u64 netns;          /* its network namespace's cookie: each has a relay */
 };
 
 struct nl_proxied {

@@ -19,6 +19,10 @@ DEFAULT_MARK_BASE = 0x6E6C0000      # "nl" in the high half; slot in the low hal
 DEFAULT_TABLE_BASE = 28200
 DEFAULT_RULE_PRIORITY = 1700        # before main (32766) and before Tailscale
 DEFAULT_MAX_INTERFACES = 64
+# proxy mode's relay: TCP and DNS on this port, refused DNS on the next; below
+# 1024 so no unprivileged program can take them while the daemon is away
+# (1021-1022: RFC 4727's experiment ports)
+DEFAULT_RELAY_PORT = 1021
 
 # (environment variable, attribute, kind: "str", "int", "float" or "bool")
 _ENV = (
@@ -32,6 +36,7 @@ _ENV = (
     ("NETLEAK_RECONCILE_SECONDS", "reconcile_seconds", "float"),
     ("NETLEAK_AUTOSTART", "autostart", "bool"),
     ("NETLEAK_EVENT_RATE", "event_rate", "int"),
+    ("NETLEAK_RELAY_PORT", "relay_port", "int"),
 )
 
 
@@ -44,7 +49,7 @@ class Config:
 
     __slots__ = ("run_dir", "bpf_dir", "cgroup_parent", "mark_base", "table_base",
                  "rule_priority", "max_interfaces", "log_file", "reconcile_seconds", "autostart",
-                 "event_rate")
+                 "event_rate", "relay_port")
 
     def __init__(self, run_dir: str | None = None, bpf_dir: str = "/sys/fs/bpf/netleak",
                  cgroup_parent: str = "netleak", mark_base: int = DEFAULT_MARK_BASE,
@@ -52,7 +57,8 @@ class Config:
                  rule_priority: int = DEFAULT_RULE_PRIORITY,
                  max_interfaces: int = DEFAULT_MAX_INTERFACES,
                  log_file: str | None = None, reconcile_seconds: float = 1.0,
-                 autostart: bool = True, event_rate: int = 50) -> None:
+                 autostart: bool = True, event_rate: int = 50,
+                 relay_port: int = DEFAULT_RELAY_PORT) -> None:
         self.run_dir = run_dir            # None: /run/netleak/net-<netns inode>
         self.bpf_dir = bpf_dir
         self.cgroup_parent = cgroup_parent  # under the cgroup2 mount
@@ -69,6 +75,7 @@ class Config:
         # blocked-attempt events per session and second (0: none); the
         # rest are counted as suppressed
         self.event_rate = event_rate
+        self.relay_port = relay_port
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
@@ -124,6 +131,10 @@ class Config:
             raise NetleakError(
                 f"NETLEAK_EVENT_RATE={self.event_rate} must be between 0 (no events) "
                 f"and 100000 per second")
+        if not 1 <= self.relay_port <= 1022:
+            raise NetleakError(
+                f"NETLEAK_RELAY_PORT={self.relay_port} must be between 1 and 1022 (it and "
+                f"the next port, privileged ones, serve proxy mode's relay)")
         rel = self.cgroup_parent.strip("/")
         if not rel or {".", ".."} & set(rel.split("/")):
             raise NetleakError(

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import dataclasses
 import fcntl
+import ipaddress
 import json
 import logging
 import os
@@ -418,7 +419,8 @@ class Daemon:
                     dns_from="user" if dns else "", allow=allow)
         if spec is not None:
             s = dataclasses.replace(s, proxy=spec.url(secret=True),
-                                    proxy_addr=self._proxy_address(spec, iface))
+                                    proxy_addr=self._proxy_address(spec, iface,
+                                                                   msg.get("proxy_addr")))
             self._ensure_relay()
         path = cgroupfs.abspath(self.cgroot, s.cgroup)
         if not owned:
@@ -513,10 +515,13 @@ class Daemon:
 
     # ---------- proxy mode ----------
 
-    def _proxy_address(self, spec: proxy.ProxySpec, iface: str) -> str:
-        """The proxy's address (its name looked up now, by this machine's
-        resolver, outside the session)."""
-        addr = proxy.resolve(spec)
+    def _proxy_address(self, spec: proxy.ProxySpec, iface: str, given=None) -> str:
+        """The proxy's address: as the requester looked it up, or looked up
+        now (by this machine's resolver, outside the session)."""
+        try:
+            addr = str(ipaddress.ip_address(str(given)))
+        except ValueError:
+            addr = proxy.resolve(spec)
         if iface and proxy.is_local(addr):
             raise NetleakError(
                 f"the proxy {spec.url()} is on this machine, so {iface} carries none of "
@@ -531,7 +536,8 @@ class Daemon:
         if maps is None or maps.proxied < 0:
             raise NetleakError(f"the programs pinned in {self.pins.path} have no proxy "
                                f"mode: run 'netleak gc' and retry")
-        r = relay.Relay(maps.proxied, self._route, self.relay_events)
+        r = relay.Relay(maps.proxied, self._route, self.relay_events,
+                        port=self.cfg.relay_port, netns=self.netns)
         r.start()
         self.relay = r
 
@@ -847,6 +853,8 @@ class Daemon:
              iface=s.iface, cgroup="/" + s.cgroup, container=s.container or None, cause=cause,
              age=round(max(0.0, time.time() - s.created), 3), passed=stats.passed_packets,
              dropped=stats.dropped, suppressed=stats.events_suppressed)
+        if s.proxy and not any(o.proxy for o in self.state.sessions.values()):
+            _step("relay", self.close_relay)    # the next proxy session starts it again
         unused = self.state.unused_bindings()
         for iface in unused:
             self.remove_binding(iface)

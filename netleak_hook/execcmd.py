@@ -232,7 +232,15 @@ def run(argv: list[str]) -> int:
     if a.block and len(a.command) > 1 and _is_interface(a.command[0]):
         raise NetleakError(f"--block takes no IFACE ({a.command[0]} is one): "
                            f"{PROG} --block COMMAND...")
-    target = resolve_command(a.command[0], os.environ.get("PATH"))
+    try:
+        target = resolve_command(a.command[0], os.environ.get("PATH"))
+    except NetleakError as e:
+        if a.proxy is not None and not a.iface and e.exit_status == Exit.NOT_FOUND:
+            # `--proxy URL wg1 CMD` with no wg1 here reads wg1 as the command
+            raise NetleakError(f"{e.message} (nor an interface of this name: with --proxy, "
+                               f"IFACE is taken as one only when it exists)",
+                               Exit.NOT_FOUND) from None
+        raise
     pw = resolve_user(a.user)
     if os.geteuid() != 0:
         raise NetleakError(f"{PROG} needs root (cgroups, BPF, routing): run it with sudo")

@@ -10,6 +10,7 @@ import collections
 import dataclasses
 import ipaddress
 import struct
+import time
 from typing import Sequence
 
 FAKE_NET4 = "198.18.0.0/15"      # RFC 2544 benchmarking range
@@ -98,11 +99,6 @@ def reply(q: Query, rcode: int = RCODE_NOERROR, addrs: Sequence[str] = (),
     return _message(q, rcode, records, ttl)
 
 
-def ptr_reply(q: Query, name: str, ttl: int = FAKE_TTL) -> bytes:
-    """A response to Q with one PTR record naming NAME."""
-    return _message(q, RCODE_NOERROR, [(QTYPE_PTR, encode_name(name))], ttl)
-
-
 def encode_name(name: str) -> bytes:
     """NAME in uncompressed wire form; ValueError when it does not fit."""
     labels = [x.encode("ascii") for x in name.rstrip(".").split(".")] if name.strip(".") \
@@ -118,9 +114,13 @@ def encode_name(name: str) -> bytes:
 class FakePool:
     """Addresses of an IPv4 NETWORK handed out to names: the same name gets
     the same address while remembered; once CAPACITY (or the network) is
-    used up, the least recently used name's address goes to the new one."""
+    used up, the least recently used name's address goes to the new one,
+    but only if unused for HOLD seconds: an address a program may still
+    hold is never given to another name (a flood of lookups cannot steer
+    it elsewhere); the pool is then full."""
 
-    def __init__(self, network: str = FAKE_NET4, capacity: int = 65536) -> None:
+    def __init__(self, network: str = FAKE_NET4, capacity: int = 65536,
+                 hold: float = 10 * FAKE_TTL) -> None:
         net = ipaddress.ip_network(network)
         if net.version != 4:
             raise ValueError(f"fake network {network}: must be IPv4 (A records)")
@@ -131,7 +131,10 @@ class FakePool:
         self.network = net
         self.capacity = min(capacity, size)
         self._first = int(net.network_address) + 1
-        self._by_name: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self.hold = hold
+        # name -> (address, last used, time.monotonic()), least recent first
+        self._by_name: collections.OrderedDict[str, tuple[int, float]] = \
+            collections.OrderedDict()
         self._by_addr: dict[int, str] = {}
 
     def __len__(self) -> int:
@@ -142,26 +145,30 @@ class FakePool:
         a = _ipv4(addr)
         return a is not None and a in self.network
 
-    def address_for(self, name: str) -> str:
-        """NAME's address; it becomes the most recently used."""
+    def address_for(self, name: str, now: float | None = None) -> str | None:
+        """NAME's address (it becomes the most recently used), or None when
+        the pool is full."""
+        now = time.monotonic() if now is None else now
         if name in self._by_name:
-            self._by_name.move_to_end(name)
-            return str(ipaddress.IPv4Address(self._by_name[name]))
-        if len(self._by_name) < self.capacity:
+            addr = self._by_name.pop(name)[0]
+        elif len(self._by_name) < self.capacity:
             addr = self._first + len(self._by_name)
         else:
-            _, addr = self._by_name.popitem(last=False)
-            del self._by_addr[addr]
-        self._by_name[name] = addr
+            old, (addr, used) = next(iter(self._by_name.items()))
+            if now - used < self.hold:
+                return None
+            del self._by_name[old]
+        self._by_name[name] = (addr, now)
         self._by_addr[addr] = name
         return str(ipaddress.IPv4Address(addr))
 
-    def name_for(self, addr: str) -> str | None:
+    def name_for(self, addr: str, now: float | None = None) -> str | None:
         """The name ADDR was handed out to (now most recently used), or None."""
         a = _ipv4(addr)
         name = self._by_addr.get(int(a)) if a is not None else None
         if name is not None:
-            self._by_name.move_to_end(name)
+            self._by_name[name] = (self._by_name.pop(name)[0],
+                                   time.monotonic() if now is None else now)
         return name
 
 
@@ -170,17 +177,6 @@ def _ipv4(addr: object) -> ipaddress.IPv4Address | None:
         return ipaddress.IPv4Address(addr)  # type: ignore[arg-type]
     except ValueError:
         return None
-
-
-def _reverse_v4(name: str) -> str | None:
-    """The address of an in-addr.arpa NAME (d.c.b.a.in-addr.arpa), or None."""
-    labels = name.split(".")
-    if len(labels) != 6 or labels[4:] != ["in-addr", "arpa"]:
-        return None
-    if not all(x.isdigit() and x.isascii() and len(x) <= 3 and int(x) <= 255
-               and (x == "0" or not x.startswith("0")) for x in labels[:4]):
-        return None
-    return ".".join(reversed(labels[:4]))
 
 
 def respond(packet: bytes, pool: FakePool | None) -> tuple[bytes | None, str]:
@@ -195,15 +191,14 @@ def respond(packet: bytes, pool: FakePool | None) -> tuple[bytes | None, str]:
         return reply(q, RCODE_REFUSED), "refused-local"
     if q.qclass == QCLASS_IN and q.name:
         if q.qtype == QTYPE_A:
-            return reply(q, addrs=[pool.address_for(q.name)]), "fake"
+            addr = pool.address_for(q.name)
+            if addr is None:
+                return reply(q, RCODE_SERVFAIL), "pool-full"
+            return reply(q, addrs=[addr]), "fake"
         if q.qtype == QTYPE_AAAA:
             return reply(q), "nodata"
-        addr = _reverse_v4(q.name) if q.qtype == QTYPE_PTR else None
-        if addr is not None and addr in pool:
-            name = pool.name_for(addr)
-            if name is None:
-                return reply(q, RCODE_NXDOMAIN), "ptr"
-            return ptr_reply(q, name), "ptr"
+    # not PTR either: any local program may ask, and the names sessions
+    # looked up are theirs
     return reply(q, RCODE_REFUSED), "refused-type"
 
 

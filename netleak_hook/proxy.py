@@ -45,7 +45,7 @@ class ProxySpec:
 def parse(url: str, what: str = "--proxy") -> ProxySpec:
     """Check a proxy URL; NetleakError says what is wrong in one line."""
     from urllib.parse import unquote, urlsplit
-    shown = repr(url[:60])
+    shown = repr(masked(url)[:60])
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme not in SCHEMES:
         raise NetleakError(f"{what} {shown}: the scheme must be one of "
@@ -74,6 +74,19 @@ def parse(url: str, what: str = "--proxy") -> ProxySpec:
     if password and not user:
         raise NetleakError(f"{what} {shown}: a password needs a user name")
     return ProxySpec(scheme, host, port, user, password)
+
+
+def masked(url: str) -> str:
+    """URL with its password (if any) as ***: for messages and logs."""
+    head, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc, slash, tail = rest.partition("/")
+    if "@" in netloc:
+        auth, _, host = netloc.rpartition("@")
+        if ":" in auth:
+            netloc = f"{auth.split(':', 1)[0]}:***@{host}"
+    return head + sep + netloc + slash + tail
 
 
 def _host_ok(host: str) -> bool:
@@ -107,8 +120,19 @@ def resolve(spec: ProxySpec) -> str:
 
 
 def is_local(addr: str) -> bool:
-    """ADDR is loopback (the proxy runs on this machine)."""
+    """ADDR is this machine's (the proxy runs here): loopback, or an address
+    of one of this namespace's interfaces, which the kernel also delivers
+    by loopback."""
     import ipaddress
+    import socket
     a = ipaddress.ip_address(addr)
-    return a.is_loopback or (a.version == 6 and a.ipv4_mapped is not None and
-                             a.ipv4_mapped.is_loopback)
+    if a.is_loopback or (a.version == 6 and a.ipv4_mapped is not None and
+                         a.ipv4_mapped.is_loopback):
+        return True
+    with socket.socket(socket.AF_INET6 if a.version == 6 else socket.AF_INET,
+                       socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((addr, 0))
+        except OSError:
+            return False
+    return True

@@ -35,13 +35,14 @@ import time
 from typing import Callable
 
 from . import fakedns
+from .errors import NetleakError
 from .kernel import bpfsys
 from .proxyproto import Handshake, ProxyError
 
 log = logging.getLogger("netleak.relay")
 
 # struct nl_peer (key) and struct nl_proxied (value), bpf/netleak.h
-_PEER = struct.Struct("<16sII")
+_PEER = struct.Struct("<16sIIQ")
 _PROXIED = struct.Struct("<16sIIQ")
 CONNECT_TIMEOUT = 10.0      # to the proxy, and its handshake
 PIPE_SIZE = 1 << 20
@@ -49,8 +50,8 @@ CHUNK = 1 << 20
 SO_MARK = 36
 SO_BINDTODEVICE = 25
 F_SETPIPE_SZ = 1031
-F_GETPIPE_SZ = 1032
 EVENTS_PER_SECOND = 20      # the relay's own events, all sessions together
+MAX_CONNECTIONS = 4096      # relayed at once (each: a thread, 2 sockets, 2 pipes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +73,10 @@ class Route:
         return self.scheme != "socks5"
 
 
-def peer_key(addr: str, port: int) -> bytes:
-    """The map key of a connection seen from the relay: its peer."""
-    return _PEER.pack(_addr16(addr), port, 0)
+def peer_key(addr: str, port: int, netns: int = 0) -> bytes:
+    """The map key of a connection seen from the relay: its peer, and the
+    network namespace (cookie) both are in."""
+    return _PEER.pack(_addr16(addr), port, 0, netns)
 
 
 def _addr16(addr: str) -> bytes:
@@ -112,7 +114,10 @@ class Relay:
     dicts of the event log's form."""
 
     def __init__(self, proxied_fd: int, lookup: Callable[[int], Route | None],
-                 events: "queue.SimpleQueue[dict]") -> None:
+                 events: "queue.SimpleQueue[dict]", port: int = 0, netns: int = 0) -> None:
+        """PORT: TCP and DNS with names on it, refused DNS on the next (0:
+        any free ones, for tests). NETNS: this namespace's cookie (the
+        map's keys hold it)."""
         self.proxied_fd = proxied_fd
         self.lookup = lookup
         self.events = events
@@ -122,18 +127,31 @@ class Relay:
         self.dns_names: list[socket.socket] = []    # answers with stand-in addresses
         self.dns_refuse: list[socket.socket] = []   # refuses every query
         self.port = self.names_port = self.refuse_port = 0
+        self.want_port = port
+        self.netns = netns
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._window = (0, 0)       # (second, events sent in it)
         self.served = 0             # connections carried, for status and tests
+        self.active = 0             # connections being served now
+        self._count = threading.Lock()
 
     # ---------- listeners ----------
 
     def start(self) -> None:
-        self.port, self.tcp = _pair(socket.SOCK_STREAM)
-        self.names_port, self.dns_names = _pair(socket.SOCK_DGRAM)
-        self.refuse_port, self.dns_refuse = _pair(socket.SOCK_DGRAM)
+        p = self.want_port
+        try:
+            self.port, self.tcp = _pair(socket.SOCK_STREAM, p)
+            self.names_port, self.dns_names = _pair(socket.SOCK_DGRAM, p)
+            self.refuse_port, self.dns_refuse = _pair(socket.SOCK_DGRAM, p + 1 if p else 0)
+        except OSError as e:
+            for s in self.tcp + self.dns_names + self.dns_refuse:
+                s.close()
+            raise NetleakError(
+                f"proxy mode's relay cannot listen on 127.0.0.1 and ::1, ports {p} and "
+                f"{p + 1} ({e.strerror}): another program uses them; set "
+                f"NETLEAK_RELAY_PORT to a free port below 1023") from None
         threading.stack_size(512 * 1024)
         self._thread = threading.Thread(target=self._loop, name="relay", daemon=True)
         self._thread.start()
@@ -176,6 +194,15 @@ class Relay:
                     if s.type == socket.SOCK_STREAM:
                         conn, _ = s.accept()
                         conn.setblocking(True)
+                        if self.active >= MAX_CONNECTIONS:
+                            _reset(conn)
+                            conn.close()
+                            self._event("proxy-failed", None, "tcp", "", 0,
+                                        f"more than {MAX_CONNECTIONS} connections through "
+                                        f"the relay at once: this one was reset")
+                            continue
+                        with self._count:
+                            self.active += 1
                         threading.Thread(target=self._serve, args=(conn,),
                                          name="relay-conn", daemon=True).start()
                     else:
@@ -230,7 +257,7 @@ class Relay:
         upstream = None
         try:
             peer = conn.getpeername()
-            key = peer_key(peer[0], peer[1])
+            key = peer_key(peer[0], peer[1], self.netns)
             raw = bpfsys.map_lookup(self.proxied_fd, key, _PROXIED.size)
             if raw is None:
                 return      # not from a proxy-mode session: no open proxy here
@@ -267,6 +294,8 @@ class Relay:
             conn.close()
             if upstream is not None:
                 upstream.close()
+            with self._count:
+                self.active -= 1
 
     # ---------- events ----------
 
@@ -291,24 +320,34 @@ class Relay:
             "hook": "relay", "suppressed": 0, "detail": detail})
 
 
-def _pair(kind: int) -> tuple[int, list[socket.socket]]:
-    """Sockets of KIND on 127.0.0.1 and ::1 with one port number (::1 only
-    where the machine has IPv6)."""
+def _pair(kind: int, want: int = 0) -> tuple[int, list[socket.socket]]:
+    """Sockets of KIND on 127.0.0.1 and ::1 with one port number, WANT or a
+    free one (::1 only where the machine has IPv6)."""
     for _ in range(20):
         v4 = socket.socket(socket.AF_INET, kind | socket.SOCK_CLOEXEC)
-        v4.bind(("127.0.0.1", 0))
+        if kind == socket.SOCK_STREAM:
+            v4.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            v4.bind(("127.0.0.1", want))
+        except OSError:
+            v4.close()
+            raise
         port = v4.getsockname()[1]
         try:
             v6 = socket.socket(socket.AF_INET6, kind | socket.SOCK_CLOEXEC)
         except OSError:
             return port, _listening([v4])
         v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if kind == socket.SOCK_STREAM:
+            v6.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             v6.bind(("::1", port))
         except OSError as e:
             v6.close()
             if e.errno == errno.EADDRINUSE:
                 v4.close()
+                if want:
+                    raise
                 continue
             return port, _listening([v4])      # no ::1 here
         return port, _listening([v4, v6])
@@ -367,17 +406,24 @@ class Pump:
 
     def __init__(self, a: socket.socket, b: socket.socket) -> None:
         self.socks = (a, b)
-        self.pipes = []
-        self.room = []              # each pipe's size: a full one is not read into
-        for _ in self.socks:
-            r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
-            self.pipes.append((r, w))
-            self.room.append(fcntl.fcntl(w, F_GETPIPE_SZ))
+        self.pipes: list[tuple[int, int]] = []
+        try:
+            for _ in self.socks:
+                r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+                self.pipes.append((r, w))
+                with contextlib.suppress(OSError):
+                    fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            self._close_pipes()
+            raise
         self.queued = [0, 0]        # bytes in the pipe read from socks[i]
+        # the pipe read from socks[i] took no more (splice said EAGAIN with
+        # bytes in it): not read into until some drained; a pipe fills by
+        # slots, one a fragment, so its byte size says little
+        self.full = [False, False]
         self.eof = [False, False]   # socks[i] has nothing more to send
         self.shut = [False, False]  # socks[i]'s end passed on (other's write side shut)
+        self.hup = [False, False]   # poll said socks[i] hung up (closed both ways)
 
     def run(self) -> None:
         try:
@@ -387,17 +433,19 @@ class Pump:
             while not all(self.shut):
                 want = {}
                 for i, s in enumerate(self.socks):
-                    if self.eof[i] and self.shut[1 - i]:
-                        with contextlib.suppress(KeyError):
-                            poller.unregister(s.fileno())
-                        continue        # done both ways (its hang-up is no news)
                     ev = 0
-                    if not self.eof[i] and self.queued[i] < self.room[i]:
+                    if not self.eof[i] and not self.full[i]:
                         ev |= select.POLLIN
                     if self.queued[1 - i]:
                         ev |= select.POLLOUT
-                    # also with nothing asked: poll still reports an error
-                    # or a hang-up (a reset while this side waits)
+                    if not ev and self.hup[i]:
+                        # nothing to do with it now, and its hang-up (its end
+                        # came, ours went) would wake us in a loop
+                        with contextlib.suppress(KeyError):
+                            poller.unregister(s.fileno())
+                        continue
+                    # also with nothing asked: poll reports an error (a
+                    # reset while the other side blocks) and a hang-up
                     want[s.fileno()] = (i, ev)
                     poller.register(s.fileno(), ev)
                 for fd, ev in poller.poll():
@@ -408,20 +456,27 @@ class Pump:
                         self._write(i)
                     if ev & (select.POLLIN | select.POLLHUP) and asked & select.POLLIN:
                         self._read(i)
+                    elif ev & select.POLLHUP:
+                        self.hup[i] = True
                 self._pass_on_ends()
         except OSError:
             for s in self.socks:
                 _reset(s)
         finally:
-            for r, w in self.pipes:
-                os.close(r)
-                os.close(w)
+            self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        for r, w in self.pipes:
+            os.close(r)
+            os.close(w)
+        self.pipes = []
 
     def _read(self, i: int) -> None:
         try:
             n = os.splice(self.socks[i].fileno(), self.pipes[i][1], CHUNK,
                           flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
         except BlockingIOError:
+            self.full[i] = self.queued[i] > 0
             return
         if n == 0:
             self.eof[i] = True
@@ -435,6 +490,8 @@ class Pump:
         except BlockingIOError:
             return
         self.queued[1 - i] -= n
+        if n:
+            self.full[1 - i] = False
 
     def _pass_on_ends(self) -> None:
         for i in (0, 1):

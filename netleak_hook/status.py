@@ -47,8 +47,8 @@ def session_state(committed: bool, f: Facts) -> str:
         return "starting"
     if f.policy.block:
         return "no-network"
-    if f.policy.proxy and not f.policy.ifindex:
-        return "proxied"        # no interface: the proxy is reached by routing
+    if f.policy.proxy and not f.policy.mark:
+        return "proxied"        # no interface (no mark): the proxy is reached by routing
     if f.link_index is None:
         return "waiting"
     if f.policy.killed or not f.link_up:

@@ -157,4 +157,6 @@ def proxy_request(url: str, block: bool, dns: list[str], iface: str,
                            "by netleak (socks5h, http) or refused (socks5)")
     if via and not iface:
         raise NetleakError("--via needs IFACE: netleak-exec --proxy URL IFACE COMMAND...")
-    return {"proxy": spec.url(secret=True)}
+    # looked up here, not by the daemon (one slow lookup would hold up all)
+    from .proxy import resolve
+    return {"proxy": spec.url(secret=True), "proxy_addr": resolve(spec)}

@@ -247,8 +247,9 @@ def test_bad_proxy_urls_are_refused_in_one_line(world, url, says):
     assert world.cgroups() == [] and world.sessions() == 0
 
 
-def test_a_local_proxy_with_an_interface_is_refused(world):
-    r = world.netleak("vpn0", "--proxy", "socks5://127.0.0.1:1080", "true")
+@pytest.mark.parametrize("addr", ["127.0.0.1", "192.0.2.2"])   # loopback; up0's own
+def test_a_local_proxy_with_an_interface_is_refused(world, addr):
+    r = world.netleak("vpn0", "--proxy", f"socks5://{addr}:1080", "true")
     assert r.returncode == 125 and "is on this machine" in r.stderr, r.stderr
     assert len(r.stderr.splitlines()) == 1
     assert world.cgroups() == [] and world.sessions() == 0
@@ -280,3 +281,60 @@ def test_status_shows_the_proxy_without_its_password(proxy_lab):
     finally:
         p.kill()
         p.wait()
+
+
+def proxied_entries() -> int:
+    """Records in the `proxied` map of the suite's pin set."""
+    from netleak_hook.kernel import bpfsys, programs
+    pins = programs.Pinset(os.path.join(os.environ["NETLEAK_BPF_DIR"],
+                                        programs.pinset_name()))
+    fd = bpfsys.obj_get(pins.pin("map_proxied"))
+    try:
+        return len(bpfsys.map_keys(fd, 32))
+    finally:
+        os.close(fd)
+
+
+# connect (the relay, frozen, cannot take it), say so, wait for a line, close
+HOLD_CONNECT = r"""
+import socket, sys
+s = socket.socket(); s.settimeout(5)
+s.connect((sys.argv[1], int(sys.argv[2])))
+print("connected", flush=True)
+sys.stdin.readline()
+s.close()
+print("closed", flush=True)
+"""
+
+
+def test_a_record_goes_with_its_connection(proxy_lab):
+    """While the daemon (and so the relay) is frozen, a connection waits in
+    the relay's backlog with its record in the map; when the program
+    closes it, the record goes at once, before the relay ever sees it: no
+    record outlives its socket for another program to claim."""
+    import signal
+    w = proxy_lab
+    Proxy(w, "socks5")
+    held = Held(w, "--proxy", f"socks5://{PROXY4}:{PORT}")
+    try:
+        before = proxied_entries()
+        os.kill(w.daemon_pid(), signal.SIGSTOP)
+        try:
+            join = f'echo $$ > {held.path}/cgroup.procs && exec "$@"'
+            p = w.lab.spawn(["sh", "-c", join, "sh", sys.executable, "-c", HOLD_CONNECT, S4,
+                             str(labmod.PORT)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+            assert p.stdout.readline().strip() == "connected"
+            assert proxied_entries() == before + 1
+            p.stdin.write("\n")
+            p.stdin.flush()
+            assert p.stdout.readline().strip() == "closed"
+            assert wait_until(lambda: proxied_entries() == before)
+        finally:
+            os.kill(w.daemon_pid(), signal.SIGCONT)
+        p.wait(timeout=10)
+        # and the relay, thawed, still carries new connections
+        assert held.run(sys.executable, "-c", PEER, S4, str(labmod.PORT)).stdout.split()[:2] \
+            == ["ok", PROXY4]
+    finally:
+        held.close()

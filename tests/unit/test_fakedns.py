@@ -20,7 +20,6 @@ Q_AAAA = Q_EXAMPLE + b"\x00\x1c\x00\x01"               # AAAA, IN
 Q_PTR = b"\x011\x010\x0218\x03198\x07in-addr\x04arpa\x00\x00\x0c\x00\x01"
 # an answer: pointer to offset 12, TYPE, CLASS IN, TTL 60, RDLENGTH
 ANS_A = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04"
-ANS_PTR = b"\xc0\x0c\x00\x0c\x00\x01\x00\x00\x00\x3c\x00\x0d"
 # ID, flags QR RD RA (+rcode), QDCOUNT 1, ANCOUNT, NSCOUNT 0, ARCOUNT 0
 HEAD_1 = b"\x12\x34\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00"
 HEAD_0 = b"\x12\x34\x81\x80\x00\x01\x00\x00\x00\x00\x00\x00"
@@ -52,8 +51,19 @@ def test_respond_a_aaaa_ptr():
     assert respond(query(Q_A), pool) == (HEAD_1 + Q_A + ANS_A + b"\xc6\x12\x00\x01", "fake")
     assert respond(query(Q_A), pool)[0].endswith(b"\xc6\x12\x00\x01")     # same again
     assert respond(query(Q_AAAA), pool) == (HEAD_0 + Q_AAAA, "nodata")
+    # no PTR: any local program could list the names sessions looked up
     assert respond(query(Q_PTR), pool) == (
-        HEAD_1 + Q_PTR + ANS_PTR + b"\x07example\x03com\x00", "ptr")
+        b"\x12\x34\x81\x85" + HEAD_0[4:] + Q_PTR, "refused-type")
+
+
+def test_respond_pool_full():
+    """An address held within the last HOLD seconds is not given away:
+    SERVFAIL instead."""
+    pool = FakePool("192.0.2.0/30", hold=3600)
+    assert pool.address_for("a") and pool.address_for("b")
+    assert respond(query(Q_A), pool) == (
+        b"\x12\x34\x81\x82" + HEAD_0[4:] + Q_A, "pool-full")
+    assert pool.address_for("a") == "192.0.2.1"         # the known keep theirs
 
 
 def test_respond_with_edns():
@@ -63,9 +73,9 @@ def test_respond_with_edns():
 
 
 @pytest.mark.parametrize("question, rcode, why", [
-    # PTR for an address of the pool not handed out
-    (b"\x012\x010\x0218\x03198\x07in-addr\x04arpa\x00\x00\x0c\x00\x01", 3, "ptr"),
-    (b"\x010\x010\x0218\x03198\x07in-addr\x04arpa\x00\x00\x0c\x00\x01", 3, "ptr"),
+    # PTR, of the pool's addresses too
+    (b"\x012\x010\x0218\x03198\x07in-addr\x04arpa\x00\x00\x0c\x00\x01", 5, "refused-type"),
+    (b"\x010\x010\x0218\x03198\x07in-addr\x04arpa\x00\x00\x0c\x00\x01", 5, "refused-type"),
     # PTR outside the pool, or not an address
     (b"\x011\x012\x010\x03192\x07in-addr\x04arpa\x00\x00\x0c\x00\x01", 5, "refused-type"),
     (b"\x0201\x010\x0218\x03198\x07in-addr\x04arpa\x00\x00\x0c\x00\x01", 5, "refused-type"),
@@ -122,7 +132,7 @@ def test_longest_name():
 
 
 def test_pool_lru():
-    pool = FakePool("192.0.2.0/29", capacity=3)
+    pool = FakePool("192.0.2.0/29", capacity=3, hold=0)
     assert [pool.address_for(n) for n in "abc"] == ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
     assert pool.address_for("a") == "192.0.2.1"          # order now b, c, a
     assert pool.address_for("d") == "192.0.2.2"          # b forgotten
@@ -136,7 +146,7 @@ def test_pool_lru():
 
 
 def test_pool_network_size():
-    pool = FakePool("192.0.2.0/30")                     # .1 and .2 only
+    pool = FakePool("192.0.2.0/30", hold=0)             # .1 and .2 only
     assert [pool.address_for(n) for n in "abcd"] == [
         "192.0.2.1", "192.0.2.2", "192.0.2.1", "192.0.2.2"]
     assert pool.name_for("192.0.2.1") == "c"

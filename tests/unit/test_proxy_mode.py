@@ -122,8 +122,11 @@ def test_proxy_request_refusals(block, dns, iface, via, words):
 
 
 def test_proxy_request_good():
-    assert validate.proxy_request(SECRET, False, [], "", []) == {"proxy": SECRET}
-    assert validate.proxy_request(URL, False, [], "wg0", ["192.0.2.1"]) == {"proxy": URL}
+    # the proxy's address as looked up by the requester (here: the address)
+    assert validate.proxy_request(SECRET, False, [], "", []) == {
+        "proxy": SECRET, "proxy_addr": "192.0.2.1"}
+    assert validate.proxy_request(URL, False, [], "wg0", ["192.0.2.1"]) == {
+        "proxy": URL, "proxy_addr": "127.0.0.1"}
     refused(validate.proxy_request, "ftp://x:1", False, [], "", [], words="scheme")
 
 
@@ -175,14 +178,16 @@ V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 
 
 def test_peer_key_layout():
-    """struct nl_peer: 16-byte address (IPv4 mapped), u32 port in host order, pad."""
-    want = V4_MAPPED + b"\x7f\0\0\x01" + struct.pack("<I", 40000) + b"\0" * 4
+    """struct nl_peer: 16-byte address (IPv4 mapped), u32 port in host order,
+    pad, u64 netns cookie."""
+    want = V4_MAPPED + b"\x7f\0\0\x01" + struct.pack("<I", 40000) + b"\0" * 4 + b"\0" * 8
     assert relay.peer_key("127.0.0.1", 40000) == want
     assert relay.peer_key("::ffff:127.0.0.1", 40000) == want
-    v6 = relay.peer_key("::1", 0x1234)
-    assert v6 == b"\0" * 15 + b"\x01" + b"\x34\x12\0\0" + b"\0" * 4
+    v6 = relay.peer_key("::1", 0x1234, netns=2**40 + 7)
+    assert v6 == b"\0" * 15 + b"\x01" + b"\x34\x12\0\0" + b"\0" * 4 + \
+        struct.pack("<Q", 2**40 + 7)
     assert relay.peer_key("fe80::1%lo", 1) == relay.peer_key("fe80::1", 1)
-    assert len(v6) == 24
+    assert len(v6) == 32
 
 
 def proxied(addr16: bytes, port: int, cgroup: int) -> bytes:
@@ -240,9 +245,10 @@ def state(annotations: dict, **over) -> bytes:
 
 def test_guards_with_proxy_annotation():
     s = oci.parse_state(state({"io.netleak.proxy": f" {SECRET} "}))
-    assert s.guards() == {"proxy": SECRET} and s.interface() is None
+    assert s.guards() == {"proxy": SECRET, "proxy_addr": "192.0.2.1"}
+    assert s.interface() is None
     s = oci.parse_state(state({"io.netleak.proxy": URL, "io.netleak.allow": "10.0.0.0/8"}))
-    assert s.guards() == {"proxy": URL, "allow": ["10.0.0.0/8"]}
+    assert s.guards() == {"proxy": URL, "proxy_addr": "127.0.0.1", "allow": ["10.0.0.0/8"]}
 
 
 @pytest.mark.parametrize("value", ["", "ftp://x:1", "socks5://h", "socks5://a b:1\nx"])
@@ -268,13 +274,14 @@ def acting(tmp_path, monkeypatch):
 
 def test_hook_acts_on_the_proxy_annotation_alone(acting):
     (code, line), calls = acting([], {"io.netleak.proxy": URL})
-    assert code == 0 and calls == [("", {"proxy": URL})]
+    assert code == 0 and calls == [("", {"proxy": URL, "proxy_addr": "127.0.0.1"})]
     assert f"through {URL}" in line and "via" not in line and "session s1" in line
 
 
 def test_hook_proxy_with_interface(acting):
     (code, line), calls = acting([], {"io.netleak.proxy": URL, "io.netleak.interface": "wg0"})
-    assert calls == [("wg0", {"proxy": URL})] and "via wg0" in line
+    assert calls == [("wg0", {"proxy": URL, "proxy_addr": "127.0.0.1"})]
+    assert "via wg0" in line
 
 
 def test_hook_poststop_of_a_proxy_container_tells_the_reaper(acting):
@@ -314,3 +321,15 @@ def test_policy_proxy_ports_edges(relay_port, dns_port, tail):
     raw = p.pack()
     assert raw[-8:] == tail and raw[8] == 0x4 | 0x1
     assert Policy.unpack(raw) == p
+
+
+@pytest.mark.parametrize("url", [
+    "socks5://alice:hunter2@proxy.example",          # no port
+    "ftp://alice:hunter2@proxy.example:21",
+    "socks5://alice:hunter2@proxy.example:1080/path",
+])
+def test_refusals_never_show_the_password(url):
+    from netleak_hook import proxy
+    with pytest.raises(NetleakError) as e:
+        proxy.parse(url)
+    assert "hunter2" not in e.value.message and "alice:***@" in e.value.message

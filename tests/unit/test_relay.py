@@ -398,7 +398,7 @@ def lab(monkeypatch):
     lab.close()
     # the map was used as the programs' layouts say, on the given descriptor
     for call in lab.bpf.calls:
-        assert call[1] == -1 and len(call[2]) == 24, call
+        assert call[1] == -1 and len(call[2]) == 32, call
         assert call[0] == "delete" or call[3] == 32, call
 
 
