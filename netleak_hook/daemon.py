@@ -205,6 +205,10 @@ class Daemon:
             info = ({"id": s.id, "container": s.container, "cgroup": "/" + s.cgroup,
                      "iface": s.iface} if s else None)
             out.append(events.enrich(ev, offset, info))
+        self._log_events(out)
+
+    def _log_events(self, out: list[dict]) -> None:
+        """Append events (the kernel's and the relay's) to the event log."""
         if out:
             try:
                 self.event_log.append(out)
@@ -571,11 +575,7 @@ class Daemon:
                 out.append(self.relay_events.get_nowait())
             except queue.Empty:
                 break
-        if out:
-            try:
-                self.event_log.append(out)
-            except OSError as e:
-                log.warning("cannot write %s: %s", self.event_log.path, e)
+        self._log_events(out)
 
     def close_relay(self) -> None:
         if self.relay is not None:
