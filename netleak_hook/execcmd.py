@@ -222,7 +222,9 @@ def run(argv: list[str]) -> int:
         sys.stdout.write(render_source())
         return 0
     cfg = Config.from_env(os.environ)
-    iface = validate.interface_name(a.iface) if a.iface else ""
+    # no IFACE only with --block, or with --proxy when none was given
+    no_iface = a.block or (a.proxy is not None and not a.iface)
+    iface = "" if no_iface else validate.interface_name(a.iface)
     via4, via6 = validate.gateways(a.via)
     guards: dict = {}
     if a.dns or a.allow or a.block:

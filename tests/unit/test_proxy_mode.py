@@ -333,3 +333,14 @@ def test_refusals_never_show_the_password(url):
     with pytest.raises(NetleakError) as e:
         proxy.parse(url)
     assert "hunter2" not in e.value.message and "alice:***@" in e.value.message
+
+
+def test_an_empty_iface_is_refused_without_proxy(monkeypatch):
+    """`netleak-exec -- '' true`: IFACE is optional only with --proxy (or
+    --block); an empty one is refused before anything is done."""
+    monkeypatch.setattr(execcmd.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(session, "open_exec_session",
+                        lambda *a: pytest.fail("reached open_exec_session"))
+    with pytest.raises(NetleakError) as e:
+        execcmd.run(["--", "", "true"])
+    assert "interface name is empty" in e.value.message
