@@ -44,6 +44,7 @@ log = logging.getLogger("netleak.relay")
 # struct nl_peer (key) and struct nl_proxied (value), bpf/netleak.h
 _PEER = struct.Struct("<16sIIQ")
 _PROXIED = struct.Struct("<16sIIQ")
+_STAND_INS = ipaddress.ip_network(fakedns.FAKE_NET4)
 CONNECT_TIMEOUT = 10.0      # to the proxy, and its handshake
 PIPE_SIZE = 1 << 20
 CHUNK = 1 << 20
@@ -102,7 +103,7 @@ def destination(addr: str, port: int, route: Route,
         name = name_for(addr)
         if name is not None:
             return name, ""
-        if addr in fakedns.FakePool():
+        if ipaddress.ip_address(addr) in _STAND_INS:
             return None, (f"{addr} is a stand-in address netleak no longer knows (its "
                           f"daemon restarted): look the name up again")
     return addr, ""

@@ -34,6 +34,13 @@ class Session:
     proxy_addr: str = ""   # the proxy's address, resolved when the session began
 
     @property
+    def takes_names(self) -> bool:
+        """Proxy mode with a proxy that is asked for host names (so its DNS
+        gets stand-in addresses)."""
+        from .proxy import parse
+        return bool(self.proxy) and parse(self.proxy).takes_names
+
+    @property
     def what(self) -> str:
         """Where its traffic goes, for people."""
         if self.proxy:
@@ -49,10 +56,9 @@ def policy_for(s: Session, base: Policy, relay: tuple[int, int, int] = (0, 0, 0)
     answered with names, DNS refused), for a proxy-mode session."""
     proxy = bool(s.proxy)
     tcp, names, refused = relay if proxy else (0, 0, 0)
-    takes_names = proxy and not s.proxy.lower().startswith("socks5:")
     return dataclasses.replace(base, mark=s.mark or base.mark, block=s.block,
                                dns=s.dns, allow=s.allow, proxy=proxy, relay_port=tcp,
-                               dns_port=names if takes_names else refused)
+                               dns_port=names if s.takes_names else refused)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -93,9 +93,9 @@ def _proxy_shown(url: str) -> str:
 def guards_text(s) -> str:
     """What a session has beyond its interface, in one line."""
     if s.proxy:
-        names = not s.proxy.lower().startswith("socks5:")
         parts = [f"proxy {_proxy_shown(s.proxy)}",
-                 "dns answered with stand-in addresses" if names else "dns refused (socks5)"]
+                 "dns answered with stand-in addresses" if s.takes_names
+                 else "dns refused (socks5)"]
         return "; ".join(parts + [f"allow {','.join(s.allow)}"] * bool(s.allow))
     if s.dns:
         dns = f"dns {','.join(s.dns)} ({'--dns' if s.dns_from == 'user' else 'the interface'})"

@@ -179,6 +179,17 @@ def _drain(s: socket.socket) -> tuple[int, str]:
         h.update(d)
 
 
+def _send_while_draining(s: socket.socket, data: bytes):
+    """Send DATA (then half-close) from a thread while reading S to its end:
+    (bytes read, their SHA-256), the sender's errors, whether it still runs."""
+    err: list = []
+    sender = threading.Thread(target=_send_and_close, args=(s, data, err), daemon=True)
+    sender.start()
+    got = _drain(s)
+    sender.join(T_BULK)
+    return got, err, sender.is_alive()
+
+
 def _send_and_close(s: socket.socket, data: bytes, err: list) -> None:
     try:
         s.sendall(data)
@@ -470,12 +481,8 @@ def test_20mb_each_way_at_once_through_echo(lab, proxies, servers, scheme):
     lab.via(proxies, scheme)
     data = os.urandom(BIG)
     s = lab.client("127.0.0.1", servers.echo.port, timeout=T_BULK)
-    err: list = []
-    sender = threading.Thread(target=_send_and_close, args=(s, data, err), daemon=True)
-    sender.start()
-    n, h = _drain(s)        # the echo comes back while the rest still goes out
-    sender.join(T_BULK)
-    assert not err and not sender.is_alive()
+    (n, h), err, alive = _send_while_draining(s, data)  # the echo comes back meanwhile
+    assert not err and not alive
     assert (n, h) == (BIG, hashlib.sha256(data).hexdigest())
     assert lab.relay.served == 1
     assert lab.bpf.map == {}        # the entry is gone once used
@@ -487,11 +494,7 @@ def test_20mb_different_bytes_each_way(lab, proxies, servers, scheme):
     lab.via(proxies, scheme)
     data = os.urandom(BIG)
     s = lab.client("127.0.0.1", servers.duplex.port, timeout=T_BULK)
-    err: list = []
-    sender = threading.Thread(target=_send_and_close, args=(s, data, err), daemon=True)
-    sender.start()
-    got = _drain(s)
-    sender.join(T_BULK)
+    got, err, _ = _send_while_draining(s, data)
     assert not err
     assert got == (BIG, hashlib.sha256(servers.duplex.data).hexdigest())
     assert servers.duplex.seen.get(timeout=T) == ("got", BIG, hashlib.sha256(data).hexdigest())
