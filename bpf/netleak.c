@@ -17,6 +17,17 @@
 #define SOCK_STREAM 1
 #define SOCK_DGRAM 2
 #endif
+#ifndef IPPROTO_MPTCP
+#define IPPROTO_MPTCP 262
+#endif
+/* socket options that let a socket carry a source address that is not
+ * this machine's (uapi/linux/in.h, in6.h) */
+#define NL_SOL_IP 0
+#define NL_SOL_IPV6 41
+#define NL_IP_FREEBIND 15
+#define NL_IP_TRANSPARENT 19
+#define NL_IPV6_TRANSPARENT 75
+#define NL_IPV6_FREEBIND 78
 
 BPF_HASH(policy, u64, struct nl_policy, NL_MAX_ENTRIES);
 BPF_PERCPU_HASH(stats, u64, struct nl_stats, NL_MAX_ENTRIES);
@@ -28,7 +39,8 @@ BPF_HASH_OF_MAPS(rings, u64, "ring_tmpl", NL_MAX_RINGS);
 
 enum nl_verdict { V_PASS, V_LOOPBACK, V_KILL, V_DEVICE, V_NOPOLICY, V_NETNS,
                   V_SUPPRESSED, V_LOST, V_ALLOWED, V_BLOCK, V_INBOUND, V_REFUSED_DNS,
-                  V_REFUSED_BLOCK, V_DNS, V_PROXIED, V_REFUSED_PROXY, V_PROXY };
+                  V_REFUSED_BLOCK, V_DNS, V_PROXIED, V_REFUSED_PROXY, V_PROXY, V_SOURCE,
+                  V_REFUSED_SOURCE, V_REFUSED_MPTCP };
 
 static __always_inline void count(u64 cgid, enum nl_verdict v, u32 len)
 {
@@ -54,6 +66,7 @@ static __always_inline void count(u64 cgid, enum nl_verdict v, u32 len)
     case V_BLOCK:    c = &s->drop_block; break;
     case V_INBOUND:  c = &s->drop_inbound; break;
     case V_PROXY:    c = &s->drop_proxy; break;
+    case V_SOURCE:   c = &s->drop_source; break;
     case V_NETNS:    s->refused_netns++; return;
     case V_SUPPRESSED: s->events_suppressed++; return;
     case V_REFUSED_DNS: s->refused_dns++; return;
@@ -61,6 +74,8 @@ static __always_inline void count(u64 cgid, enum nl_verdict v, u32 len)
     case V_DNS:      s->dns_redirected++; return;
     case V_PROXIED:  s->proxied++; return;
     case V_REFUSED_PROXY: s->refused_proxy++; return;
+    case V_REFUSED_SOURCE: s->refused_source++; return;
+    case V_REFUSED_MPTCP: s->refused_mptcp++; return;
     default:         s->events_lost++; return;
     }
     c->packets++;
@@ -259,6 +274,22 @@ static __always_inline void packet_dest(struct __sk_buff *skb, struct nl_event *
     }
 }
 
+/* Whether a loopback packet's source is this machine's: a loopback address,
+ * or the very address it goes to (the kernel's choice for any of the
+ * host's own addresses). A socket given another source (IP_FREEBIND,
+ * IP_TRANSPARENT, ip_nonlocal_bind, IPV6_PKTINFO) would have whatever
+ * answers it (the kernel's ICMP errors and resets, a local listener,
+ * netleak's own DNS answerer), from outside the session, answer that
+ * address by the main table: out of the default route. Not IP: no. */
+static __always_inline int loopback_source_ok(struct __sk_buff *skb)
+{
+    struct nl_addr s = {}, d = {};
+
+    if (!skb_addr(skb, 1, &s) || !skb_addr(skb, 0, &d))
+        return 0;
+    return is_loopback(&s) || same(&s, &d);
+}
+
 /* Whether a loopback packet goes to port 53 (UDP or TCP). */
 static __always_inline int loopback_dns(struct __sk_buff *skb)
 {
@@ -357,6 +388,8 @@ int nl_egress(struct __sk_buff *skb)
         return drop(skb, p, self, self, V_NOPOLICY, NL_R_NOPOLICY);
     }
     if (skb->ifindex == LOOPBACK_IFINDEX) {
+        if (!loopback_source_ok(skb))
+            return drop(skb, p, key, self, V_SOURCE, NL_R_SOURCE);
         /* loopback never leaves the machine: local IPC keeps working. But
          * DNS that reached it unrewritten (a socket connected before the
          * session began, a resolver on one of the host's own addresses)
@@ -398,6 +431,23 @@ int nl_sock_create(struct bpf_sock *sk)
 
     if (!p)
         return 1;   /* egress decides (and fails closed) */
+    if (sk->protocol == IPPROTO_MPTCP) {
+        /* Its subflows are the kernel's own sockets, which this program
+         * never marks: they would route by the main table and be dropped.
+         * Refused at once instead, so programs fall back to TCP. */
+        struct nl_event e = {};
+
+        count(key, V_REFUSED_MPTCP, 0);
+        e.time_ns = bpf_ktime_get_boot_ns();
+        e.cgroup = key;
+        e.sock_cgroup = bpf_get_current_cgroup_id();
+        e.reason = NL_R_MPTCP;
+        e.hook = NL_H_SOCK;
+        e.family = sk->family;
+        e.protocol = 0;     /* 262 does not fit; the reason says it */
+        report(&e, p, p->netns, 0);
+        return 0;
+    }
     if (p->netns && bpf_get_netns_cookie(sk) != p->netns) {
         struct nl_event e = {};
 
@@ -714,6 +764,45 @@ int nl_sockops(struct bpf_sock_ops *skops)
     bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
                               BPF_SOCK_OPS_STATE_CB_FLAG);
     return 1;
+}
+
+/* setsockopt(2) on a session's socket: the options that let it carry a
+ * source address that is not this machine's are refused (EPERM) when
+ * turned on; see loopback_source_ok for why. The program runs for the
+ * sockets made in a controlled cgroup, whoever calls. */
+int nl_setsockopt(struct bpf_sockopt *ctx)
+{
+    int level = ctx->level, name = ctx->optname;
+    u8 *v = ctx->optval, *end = ctx->optval_end;
+    u32 on = 1;     /* unreadable: taken as on (fail closed) */
+    struct nl_policy *p;
+    u64 key;
+
+    if (!((level == NL_SOL_IP && (name == NL_IP_FREEBIND || name == NL_IP_TRANSPARENT)) ||
+          (level == NL_SOL_IPV6 && (name == NL_IPV6_FREEBIND ||
+                                    name == NL_IPV6_TRANSPARENT))))
+        return 1;
+    /* the kernel takes an int, or a single byte when optlen is 1 */
+    if (ctx->optlen >= 4 && v + 4 <= end)
+        on = *(u32 *)v;
+    else if (ctx->optlen >= 1 && v + 1 <= end)
+        on = *v;
+    if (!on)
+        return 1;   /* turning it off is harmless */
+    p = lookup_task(&key);
+    if (p) {
+        struct nl_event e = {};
+
+        count(key, V_REFUSED_SOURCE, 0);
+        e.time_ns = bpf_ktime_get_boot_ns();
+        e.cgroup = key;
+        e.sock_cgroup = bpf_get_current_cgroup_id();
+        e.reason = NL_R_SOURCE;
+        e.hook = NL_H_SETSOCKOPT;
+        e.family = level == NL_SOL_IP ? 2 : 10;
+        report(&e, p, p->netns, 0);
+    }
+    return 0;
 }
 
 /* one program per hook: the kernel checks context fields per attach type */

@@ -91,6 +91,9 @@ struct nl_stats {
     u64 proxied;                    /* proxy mode: connections and DNS sent to the relay */
     u64 refused_proxy;              /* proxy mode: neither TCP nor DNS: refused */
     struct nl_count drop_proxy;     /* proxy mode: a packet that would have left directly */
+    struct nl_count drop_source;    /* on loopback from an address not this machine's */
+    u64 refused_source;             /* setsockopt refused: non-local source addresses */
+    u64 refused_mptcp;              /* MPTCP sockets refused */
 };
 
 /* Why an attempt was blocked (struct nl_event.reason). */
@@ -104,6 +107,10 @@ enum nl_reason {
     NL_R_BLOCK = 6,     /* no-network mode: refused or dropped */
     NL_R_PROXY = 7,     /* proxy mode: not TCP (nor DNS), or a packet that would
                          * have left directly: refused or dropped */
+    NL_R_SOURCE = 8,    /* a source address that is not this machine's: a
+                         * setsockopt that would allow one refused, or a
+                         * loopback packet that carries one dropped */
+    NL_R_MPTCP = 9,     /* an MPTCP socket: refused */
 };
 
 /* Where the attempt was seen (struct nl_event.hook). */
@@ -112,6 +119,7 @@ enum nl_hook {
     NL_H_SOCK = 2,
     NL_H_CONNECT = 3,
     NL_H_SENDMSG = 4,
+    NL_H_SETSOCKOPT = 5,
 };
 
 /* One blocked attempt, sent through the ring of the session's network

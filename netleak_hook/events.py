@@ -20,7 +20,7 @@ _EVENT = struct.Struct("<QQQIIBBBBHH16s16s")
 EVENT_SIZE = _EVENT.size
 
 REASONS = {1: "kill-switch", 2: "wrong-device", 3: "no-policy", 4: "netns", 5: "no-dns",
-           6: "no-network", 7: "proxy"}
+           6: "no-network", 7: "proxy", 8: "source", 9: "mptcp"}
 REASON_TEXT = {
     "kill-switch": "the interface is down or gone: only loopback may be used",
     "wrong-device": "the packet would have left by another interface",
@@ -32,8 +32,13 @@ REASON_TEXT = {
     "no-network": "no-network mode (--block): only loopback may be used",
     "proxy": "proxy mode (--proxy, io.netleak.proxy): only TCP (through the proxy) and "
              "DNS (answered by netleak) may leave; UDP and the rest are refused",
+    "source": "a source address that is not this machine's (IP_FREEBIND, IP_TRANSPARENT, "
+              "ip_nonlocal_bind): refused or dropped, as whatever answers it would answer "
+              "by the default route",
+    "mptcp": "an MPTCP socket: refused (its subflows would not follow the session's "
+             "routing); programs fall back to TCP",
 }
-HOOKS = {1: "egress", 2: "socket", 3: "connect", 4: "sendmsg"}
+HOOKS = {1: "egress", 2: "socket", 3: "connect", 4: "sendmsg", 5: "setsockopt"}
 FAMILIES = {2: "ipv4", 10: "ipv6"}
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6", 132: "sctp"}
 

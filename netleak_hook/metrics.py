@@ -7,7 +7,9 @@ from .status import STATES
 
 # packet verdicts, as the counters name them (<verdict>_packets, _bytes)
 VERDICTS = ("passed", "loopback", "allowed", "drop_kill", "drop_device", "drop_nopolicy",
-            "drop_block", "drop_inbound")
+            "drop_block", "drop_inbound", "drop_proxy", "drop_source")
+# socket calls refused, as the counters name them (refused_<reason>)
+REFUSALS = ("netns", "dns", "block", "proxy", "source", "mptcp")
 
 
 def _escape(value: str) -> str:
@@ -33,7 +35,8 @@ def render(data: dict) -> str:
          "its interface), loopback, allowed (to an --allow prefix), drop_kill (kill "
          "switch on), drop_device (would have left by another interface), drop_nopolicy "
          "(no policy entry: fail closed), drop_block (no-network mode), drop_inbound "
-         "(arrived by another interface).",
+         "(arrived by another interface), drop_proxy (proxy mode: would have left "
+         "directly), drop_source (on loopback from an address not this machine's).",
          "packets"),
         ("netleak_bytes_total", "Bytes of a session, by verdict (as netleak_packets_total).",
          "bytes"),
@@ -48,12 +51,14 @@ def render(data: dict) -> str:
                 out.append(f"{name}{_labels(**_ids(s), verdict=v)} {c[f'{v}_{unit}']}")
     out += ["# HELP netleak_sockets_refused_total Socket calls of a session refused: "
             "netns (socket opened in another network namespace), dns (loopback DNS with "
-            "no resolver to send it to), block (connect or sendmsg in no-network mode).",
+            "no resolver to send it to), block (connect or sendmsg in no-network mode), "
+            "proxy (proxy mode: neither TCP nor DNS), source (setsockopt for a source "
+            "address not this machine's), mptcp (MPTCP sockets).",
             "# TYPE netleak_sockets_refused_total counter"]
     for s in sessions:
         c = s.get("counters")
         if c:
-            for why in ("netns", "dns", "block"):
+            for why in REFUSALS:
                 out.append(f"netleak_sockets_refused_total{_labels(**_ids(s), reason=why)} "
                            f"{c[f'refused_{why}']}")
     out += ["# HELP netleak_dns_redirected_total Loopback DNS queries of a session sent "

@@ -18,7 +18,7 @@ _HEAD = struct.Struct("<IIIIQQQQII")
 _ADDR = 16
 _TAIL = struct.Struct("<II")    # relay_port, dns_port (network order)
 _POLICY_SIZE = _HEAD.size + MAX_DNS * _ADDR + MAX_ALLOW * 2 * _ADDR + _TAIL.size
-_STATS = struct.Struct("<26Q")
+_STATS = struct.Struct("<30Q")
 
 KEY_SIZE = _KEY.size
 POLICY_SIZE = _POLICY_SIZE
@@ -144,13 +144,17 @@ class Stats:
     refused_proxy: int = 0          # proxy mode: neither TCP nor DNS: refused
     drop_proxy_packets: int = 0     # proxy mode: would have left directly
     drop_proxy_bytes: int = 0
+    drop_source_packets: int = 0    # on loopback from an address not this machine's
+    drop_source_bytes: int = 0
+    refused_source: int = 0         # setsockopt refused: non-local source addresses
+    refused_mptcp: int = 0          # MPTCP sockets refused
 
     @property
     def dropped(self) -> int:
         """Outgoing packets dropped, whatever the reason."""
         return (self.drop_kill_packets + self.drop_device_packets +
                 self.drop_nopolicy_packets + self.drop_block_packets +
-                self.drop_proxy_packets)
+                self.drop_proxy_packets + self.drop_source_packets)
 
     @classmethod
     def unpack_percpu(cls, raw: bytes, ncpus: int, stride: int = 0) -> "Stats":

@@ -48,7 +48,11 @@ PROGRAMS = (  # (function and pin name, BCC program type name, attach type)
     ("getpeername4", "CGROUP_SOCK_ADDR", bpfsys.BPF_CGROUP_INET4_GETPEERNAME),
     ("getpeername6", "CGROUP_SOCK_ADDR", bpfsys.BPF_CGROUP_INET6_GETPEERNAME),
     ("sockops", "SOCK_OPS", bpfsys.BPF_CGROUP_SOCK_OPS),
+    ("setsockopt", "CGROUP_SOCKOPT", bpfsys.BPF_CGROUP_SETSOCKOPT),
 )
+# program types whose load names the attach type (the kernel checks their
+# context per hook)
+TYPED = ("CGROUP_SOCK_ADDR", "CGROUP_SOCKOPT")
 MAPS = ("policy", "stats", "rings", "proxied")
 PINS = tuple(f"prog_{n}" for n, _, _ in PROGRAMS) + tuple(f"map_{m}" for m in MAPS)
 RING_PAGES = 16     # NL_RING_PAGES: every reader's ring has this size
@@ -189,7 +193,7 @@ def render_source() -> str:
 def compile_and_pin(pins: Pinset, extra: tuple[str, ...] = ()) -> None:
     """Compile with BCC and pin programs and maps (cold path)."""
     try:
-        from bcc import BPF  # heavy: LLVM; only here
+        from bcc import BPF, BPFProgType  # heavy: LLVM; only here
     except ImportError:
         raise NetleakError(
             "BCC's Python module is missing: install python3-bpfcc (Debian/Ubuntu) "
@@ -209,9 +213,8 @@ def compile_and_pin(pins: Pinset, extra: tuple[str, ...] = ()) -> None:
         try:
             b = BPF(src_file=os.path.join(BPF_SRC_DIR, "netleak.c").encode(),
                     cflags=cflags(extra=extra + more))
-            fds = {name: b.load_func(f"nl_{name}".encode(), getattr(BPF, ptype),
-                                     attach_type=(-1 if ptype != "CGROUP_SOCK_ADDR"
-                                                  else atype)).fd
+            fds = {name: b.load_func(f"nl_{name}".encode(), getattr(BPFProgType, ptype),
+                                     attach_type=atype if ptype in TYPED else -1).fd
                    for name, ptype, atype in PROGRAMS}
             break
         except Exception as e:  # BCC raises bare Exception

@@ -38,3 +38,66 @@ int theirs(struct __sk_buff *skb) {
     return 1;
 }
 """
+
+# A hostile workload that gives its sockets a source address that is not
+# this machine's (ARGV[1], ARGV[2]: an IPv4 and an IPv6 one) and sends to
+# this machine (loopback, its own addresses, local listeners): whatever
+# answers (the kernel's ICMP errors and resets, a listener, netleak's DNS
+# answerer) answers that source by the main table. ARGV[3] is how the
+# source is had: freebind (IP_FREEBIND), transparent (IP_TRANSPARENT, root
+# only) or plain (the ip_nonlocal_bind sysctl). ARGV[4:] are the cases, as
+# NAME=KIND,HOST,PORT with KIND udp, tcp, ping or dns (a query over UDP);
+# a v4-mapped HOST (::ffff:a.b.c.d) is sent from the v4-mapped source.
+# Prints one line per case: "NAME sent N" or "NAME refused REASON".
+SPOOF = r"""
+import socket, sys, time
+spoof4, spoof6, how = sys.argv[1], sys.argv[2], sys.argv[3]
+OPT = {"freebind": {socket.AF_INET: (0, 15), socket.AF_INET6: (41, 78)},
+       "transparent": {socket.AF_INET: (0, 19), socket.AF_INET6: (41, 75)}}
+DNS = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x04leak\x04test\x00\x00\x01\x00\x01"
+PAYLOAD = {"udp": b"x" * 64, "dns": DNS, "tcp": b"",
+           "ping4": b"\x08\x00\xf7\xfd\x00\x01\x00\x01", "ping6": b"\x80\x00\x00\x00\x00\x01\x00\x01"}
+def sock(fam, kind, proto):
+    s = socket.socket(fam, kind, proto)
+    if how in OPT:
+        level, name = OPT[how][fam]
+        try:
+            s.setsockopt(level, name, 1)
+        except OSError as e:
+            s.close()
+            raise OSError(e.errno, f"setsockopt: {e.strerror}")
+    return s
+for arg in sys.argv[4:]:
+    name, spec = arg.split("=", 1)
+    kind, host, port = spec.split(",")
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    src = spoof4 if fam == socket.AF_INET else (
+        "::ffff:" + spoof4 if host.startswith("::ffff:") else spoof6)
+    stype = socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM
+    proto = 0
+    payload = PAYLOAD.get(kind)
+    if kind == "ping":
+        proto = socket.IPPROTO_ICMP if fam == socket.AF_INET else socket.IPPROTO_ICMPV6
+        payload = PAYLOAD["ping4" if fam == socket.AF_INET else "ping6"]
+    sent = 0
+    try:
+        for _ in range(3 if kind == "tcp" else 10):
+            s = sock(fam, stype, proto)
+            try:
+                s.bind((src, 0))
+                if kind == "tcp":
+                    s.setblocking(False)
+                    try:
+                        s.connect((host, int(port)))
+                    except BlockingIOError:
+                        pass
+                    time.sleep(0.05)
+                else:
+                    s.sendto(payload, (host, int(port)))
+                sent += 1
+            finally:
+                s.close()
+        print(name, "sent", sent, flush=True)
+    except OSError as e:
+        print(name, "refused", e.strerror or e, flush=True)
+"""

@@ -43,7 +43,7 @@ def test_reason_and_hook_numbers_match_the_c_enums():
     c_reasons = {int(v): k for k, v in re.findall(r"NL_R_(\w+) = (\d+)", header)}
     assert {n: events.REASONS[n] for n in c_reasons} == {
         1: "kill-switch", 2: "wrong-device", 3: "no-policy", 4: "netns", 5: "no-dns",
-        6: "no-network", 7: "proxy"}
+        6: "no-network", 7: "proxy", 8: "source", 9: "mptcp"}
     assert set(c_reasons) == set(events.REASONS)
     c_hooks = {int(v) for _, v in re.findall(r"NL_H_(\w+) = (\d+)", header)}
     assert c_hooks == set(events.HOOKS)
@@ -74,9 +74,9 @@ def test_decode_socket_hook_has_no_destination_nor_task_outside_task_context():
 
 
 def test_decode_unknown_numbers_kept_as_text():
-    ev = events.decode(raw_event(reason=9, hook=8, family=0, proto=200))
+    ev = events.decode(raw_event(reason=99, hook=98, family=0, proto=200))
     assert (ev["reason"], ev["hook"], ev["family"], ev["protocol"], ev["daddr"]) == \
-        ("9", "8", None, "200", None)
+        ("99", "98", None, "200", None)
 
 
 def test_decode_comm_not_utf8():
