@@ -280,8 +280,11 @@ def _target_options(f):
 
 
 def _store(env: Env):
+    """The run directory's Store, refused when others may write it."""
     from .store import Store, run_dir
-    return Store(run_dir(env.config()))
+    store = Store(run_dir(env.config()))
+    store.check()
+    return store
 
 
 def _need_root() -> None:

@@ -31,6 +31,8 @@ def request(store: Store, msg: dict, timeout: float = REQUEST_TIMEOUT) -> dict:
 
 
 def _request(store: Store, msg: dict, timeout: float = REQUEST_TIMEOUT) -> dict:
+    if not store.check():       # refuses a directory others may write
+        raise FileNotFoundError(store.path)
     reply = _roundtrip(store.socket_path, msg, timeout)
     if not reply.get("ok"):
         raise NetleakError(reply.get("error") or "the netleak daemon refused the request")
@@ -72,6 +74,7 @@ def _roundtrip(path: str, msg: dict, timeout: float) -> dict:
     try:
         s.settimeout(timeout)
         s.connect(path)
+        _check_peer(s, path)
         s.sendall(json.dumps(msg).encode() + b"\n")
         buf = b""
         while not buf.endswith(b"\n"):
@@ -98,19 +101,52 @@ def _roundtrip(path: str, msg: dict, timeout: float) -> dict:
             f"{os.path.dirname(path)}/daemon.log") from None
 
 
+class Impostor(NetleakError):
+    """Something other than root's daemon answers on the daemon's socket."""
+
+
+def _check_peer(s: socket.socket, path: str) -> None:
+    """Only root's daemon is believed: whatever else answers there (a
+    socket some user managed to put in place) is refused before it is
+    told anything."""
+    import struct
+    _, uid, _ = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                  struct.calcsize("3i")))
+    if uid != 0:
+        raise Impostor(f"the process answering at {path} runs as uid {uid}, not as "
+                           f"root: it is no netleak daemon; remove the socket, and see who "
+                           f"could put it there")
+
+
 def ping(store: Store) -> bool:
     try:
+        if not store.check():
+            return False
         return bool(_roundtrip(store.socket_path, {"op": "ping"}, 2.0).get("ok"))
+    except Impostor:
+        raise
     except (OSError, NetleakError):
         return False
 
 
 def ensure_daemon(store: Store, idle_exit: float = 60.0, home: str | None = None) -> None:
-    """Start the daemon of this namespace when none answers, and wait for it."""
+    """Start the daemon of this namespace when none answers, and wait for
+    it; what keeps it from starting is said here, in one line."""
     if ping(store):
         return
     store.ensure_dir()
-    _spawn(store, idle_exit, home)
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        _spawn(store, idle_exit, home, w)
+        os.close(w)
+        w = -1
+        said = _read_report(r, START_TIMEOUT)
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    if said not in ("ready", "busy"):
+        raise NetleakError(said or f"the netleak daemon did not start: see {store.log_file}")
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if ping(store):
@@ -119,10 +155,28 @@ def ensure_daemon(store: Store, idle_exit: float = 60.0, home: str | None = None
     raise NetleakError(f"the netleak daemon did not start: see {store.log_file}")
 
 
-def _spawn(store: Store, idle_exit: float, home: str | None = None) -> None:
+def _read_report(fd: int, timeout: float) -> str:
+    """The daemon's one line about its start ("ready", "busy": another one
+    runs, or why it cannot start); "" if it said nothing in time."""
+    import select
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while not buf.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        buf += chunk
+    return buf.decode("utf-8", "replace").strip()
+
+
+def _spawn(store: Store, idle_exit: float, home: str | None, report: int) -> None:
     """Double fork, so the daemon is nobody's child and outlives us. HOME:
     a cgroup directory to start in (netleak-exec may already be in its
-    session's cgroup, which the daemon must never share)."""
+    session's cgroup, which the daemon must never share). REPORT: where it
+    says whether it started."""
     pid = os.fork()
     if pid:
         os.waitpid(pid, 0)
@@ -140,9 +194,11 @@ def _spawn(store: Store, idle_exit: float, home: str | None = None) -> None:
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
+        os.set_inheritable(report, True)
         env = dict(os.environ, NETLEAK_RUN_DIR=store.path)
         os.execve(sys.executable,
                   [sys.executable, "-m", "netleak_hook.daemon",
-                   "--idle-exit", str(idle_exit), "--own-cgroup"], env)
+                   "--idle-exit", str(idle_exit), "--own-cgroup", "--report-fd", str(report)],
+                  env)
     finally:
         os._exit(125)

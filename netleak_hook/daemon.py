@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import fcntl
 import ipaddress
 import json
 import logging
@@ -23,7 +22,7 @@ import struct
 import sys
 import time
 
-from . import dnsconf, events, logfmt, plan, proxy, reaper, relay, validate
+from . import dnsconf, events, logfile, logfmt, plan, proxy, reaper, relay, validate
 from .config import Config
 from .errors import NetleakError
 from .kernel import bpfsys, cgroupfs, netlink, programs
@@ -126,7 +125,7 @@ class Daemon:
         self.unreported: dict = {}      # the start-up gc, until someone asks
         self.dirty = False              # state changed but not saved yet
         self.ring: RingReader | None = None     # this namespace's blocked-attempt events
-        self.event_log = events.EventLog(store.path)
+        self.event_log = events.EventLog(store.dir_fd(create=True), store.path)
         self.recent: dict[int, Session] = {}    # cgroup id -> ended session
         self.last_index: dict[str, int] = {}    # interface -> ifindex last seen present
         self.relay: relay.Relay | None = None   # proxy mode's, started with its first session
@@ -155,7 +154,7 @@ class Daemon:
             _step("relay", self._ensure_relay)
         report = self.unreported = self.gc()
         self.open_events()
-        self.listener = _listen(self.store.socket_path)
+        self.listener = _listen(self.store)
         note("daemon-ready", "daemon %d ready in %s (pins %s); start-up gc: %s", os.getpid(),
              self.store.path, self.pins.path, json.dumps(report, sort_keys=True),
              run_dir=self.store.path, pins=self.pins.path, sessions=len(self.state.sessions))
@@ -1038,8 +1037,15 @@ class Daemon:
             names = sorted(os.listdir(self.cfg.bpf_dir))
         except OSError:
             return []
-        return [os.path.join(self.cfg.bpf_dir, n) for n in names
-                if programs.Pinset(os.path.join(self.cfg.bpf_dir, n)).usable()]
+        found = []
+        for n in names:
+            pins = programs.Pinset(os.path.join(self.cfg.bpf_dir, n))
+            try:
+                if pins.check() and pins.usable():
+                    found.append(pins.path)
+            except NetleakError as e:
+                log.warning("%s", e)     # never taken: another user's folder
+        return found
 
 
 def _step(what: str, fn, *args):
@@ -1063,31 +1069,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _listen(path: str) -> socket.socket:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+def _listen(store: Store) -> socket.socket:
+    """The daemon's socket, in the checked run directory, for root only."""
+    store.remove(Store.SOCKET)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     old = os.umask(0o077)
     try:
-        s.bind(path)
+        s.bind(store.socket_path)
     finally:
         os.umask(old)
     s.listen(64)
     return s
-
-
-def _take_lock(store: Store) -> int | None:
-    """Hold daemon.lock for life; None if another daemon holds it."""
-    store.ensure_dir()
-    fd = os.open(store.daemon_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    with open(store.pid_file, "w") as f:
-        f.write(f"{os.getpid()}\n")
-    return fd
 
 
 def _os_refusal(e: OSError, sessions: int) -> str:
@@ -1112,50 +1104,84 @@ def _raise_open_files() -> None:
 
 
 def setup_logging(store: Store, cfg: Config, foreground: bool) -> None:
-    handlers: list[logging.Handler] = [logging.FileHandler(cfg.log_file or store.log_file)]
+    """daemon.log in the run directory (or NETLEAK_LOG_FILE), capped and
+    never through a link; repeated warnings held back."""
+    if cfg.log_file:
+        where = os.path.dirname(os.path.abspath(cfg.log_file))
+        dir_fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        target = logfile.CappedFile(dir_fd, os.path.basename(cfg.log_file),
+                                    logfile.DAEMON_LOG_MAX, where)
+    else:
+        target = logfile.CappedFile(store.dir_fd(create=True), Store.LOG,
+                                    logfile.DAEMON_LOG_MAX, store.path)
+    target.write(b"")       # a link in its place is refused now, not at the first line
+    handlers: list[logging.Handler] = [logfile.CappedHandler(target)]
     if foreground:
         handlers.append(logging.StreamHandler(sys.stderr))
     fmt = logfmt.Formatter()
+    repeats = logfile.RepeatFilter()
     for h in handlers:
         h.setFormatter(fmt)
-    logging.basicConfig(level=logging.INFO, handlers=handlers)
+        h.addFilter(repeats)
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
 
 
 def serve(cfg: Config, idle_exit: float = 0.0, foreground: bool = False,
-          own_cgroup: bool = False) -> int:
+          own_cgroup: bool = False, report: int = -1) -> int:
     """Run the daemon of this network namespace until stopped.
 
     own_cgroup: move into a cgroup of its own under the cgroup parent (for a
     daemon netleak starts on demand; one run by systemd stays in its unit).
+    REPORT: a descriptor to say, in one line, whether it started ("ready",
+    "busy" when another daemon runs, or why not), then closed.
     """
+    def tell(line: str) -> None:
+        nonlocal report
+        if report >= 0:
+            with contextlib.suppress(OSError):
+                os.write(report, line.encode("utf-8", "replace") + b"\n")
+                os.close(report)
+            report = -1
+
     store = Store(run_dir(cfg))
-    store.ensure_dir()
-    setup_logging(store, cfg, foreground)
+    try:
+        store.ensure_dir()
+        setup_logging(store, cfg, foreground)
+    except NetleakError as e:
+        print(f"netleak daemon: {e}", file=sys.stderr)
+        tell(e.message)
+        return 125
     _raise_open_files()
-    lock = _take_lock(store)
+    lock = store.take_lock()
     if lock is None:
         log.info("a daemon already runs for %s", store.path)
+        tell("busy")
         return 0
-    d = Daemon(cfg, store, idle_exit=idle_exit)
+    d: Daemon | None = None
 
     def stop(signum, frame):
-        d.stopping = True
+        if d is not None:
+            d.stopping = True
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
+        d = Daemon(cfg, store, idle_exit=idle_exit)
         d.start(own_cgroup=own_cgroup)
+        tell("ready")
         d.run()
         d.close_relay()
         d.close_events()
     except NetleakError as e:
         log.error("%s", e)
+        tell(e.message)
         return 125
     finally:
+        tell("")
         with contextlib.suppress(OSError):
-            os.unlink(store.socket_path)
+            store.remove(Store.SOCKET)
         with contextlib.suppress(OSError):
-            os.unlink(store.pid_file)
-        if own_cgroup:
+            store.remove(Store.PID)
+        if own_cgroup and d is not None:
             d.leave_own_cgroup()
     return 0
 
@@ -1165,14 +1191,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle-exit", type=float, default=0.0)
     p.add_argument("--foreground", action="store_true")
     p.add_argument("--own-cgroup", action="store_true")
+    p.add_argument("--report-fd", type=int, default=-1)
     a = p.parse_args(argv)
     try:
         cfg = Config.from_env(os.environ)
     except NetleakError as e:
         print(f"netleak daemon: {e}", file=sys.stderr)
+        if a.report_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.write(a.report_fd, e.message.encode() + b"\n")
         return 125
     return serve(cfg, idle_exit=a.idle_exit, foreground=a.foreground,
-                 own_cgroup=a.own_cgroup)
+                 own_cgroup=a.own_cgroup, report=a.report_fd)
 
 
 if __name__ == "__main__":

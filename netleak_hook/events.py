@@ -132,28 +132,21 @@ def held_back(ev: dict) -> str | None:
 # ---------- the log file ----------
 
 class EventLog:
-    """Append-only JSON lines in the run directory, turned over at
-    LOG_MAX_BYTES into one older file."""
+    """Append-only JSON lines in the run directory (by its descriptor, never
+    through a link), turned over at LOG_MAX_BYTES into one older file."""
 
-    def __init__(self, run_dir: str, max_bytes: int = LOG_MAX_BYTES) -> None:
-        self.path = os.path.join(run_dir, LOG_NAME)
-        self.max_bytes = max_bytes
+    def __init__(self, dir_fd: int, where: str = "", max_bytes: int = LOG_MAX_BYTES) -> None:
+        from .logfile import CappedFile
+        self.path = os.path.join(where, LOG_NAME)
+        self.file = CappedFile(dir_fd, LOG_NAME, max_bytes, where)
 
     def append(self, events: list[dict]) -> None:
         if not events:
             return
-        data = "".join(json.dumps(e, sort_keys=True) + "\n" for e in events).encode()
-        try:
-            size = os.path.getsize(self.path)
-        except FileNotFoundError:
-            size = 0
-        if size and size + len(data) > self.max_bytes:
-            os.replace(self.path, self.path + ".1")
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+        self.file.write("".join(json.dumps(e, sort_keys=True) + "\n" for e in events).encode())
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def _parse(lines: list[bytes]) -> Iterator[dict]:

@@ -75,11 +75,13 @@ def run(argv: list[str], raw: bytes, environ: dict) -> tuple[int, str]:
 
 
 def _log(environ: dict, line: str) -> None:
+    """One line in <run dir>/hook.log (capped, never through a link)."""
+    from .logfile import HOOK_LOG_MAX, append_capped
     try:
         store = Store(run_dir(Config.from_env(environ)))
-        store.ensure_dir()
-        with open(os.path.join(store.path, "hook.log"), "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {PROG}[{os.getpid()}] {line}\n")
+        text = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {PROG}[{os.getpid()}] {line}\n"
+        append_capped(store.dir_fd(create=True), "hook.log", text.encode("utf-8", "replace"),
+                      HOOK_LOG_MAX, store.path)
     except (OSError, NetleakError):
         pass
 

@@ -27,6 +27,7 @@ def open_exec_session(cfg: Config, iface: str, via4: str | None,
     """
     root = cgroupfs.find_cgroup2()
     store = Store(run_dir(cfg))
+    store.check()       # a run directory others may write: refused before anything is made
     sid = new_session_id()
     rel = f"{cfg.cgroup_parent.strip('/')}/{exec_cgroup_name(sid, os.getpid())}"
     path = cgroupfs.abspath(root, rel)

@@ -1,14 +1,17 @@
-"""The run directory: state file, daemon lock and socket, log.
+"""The run directory: state file, daemon lock and socket, logs.
 
 Only the daemon writes the state file (it holds daemon.lock for life), so
 writes are serialized by construction; readers see whole files, since each
-write is a rename."""
+write is a rename. The directory must be root's and writable by nobody
+else (safedir), and every file in it is opened relative to it, never
+through a link."""
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import os
 
+from . import safedir
 from .config import Config
 from .errors import NetleakError
 
@@ -17,6 +20,7 @@ if TYPE_CHECKING:  # typing costs ~3 ms at import: only for checkers
     from .state import State
 
 DEFAULT_RUN_ROOT = "/run/netleak"
+FIX = "set NETLEAK_RUN_DIR to a directory of root's (under /run, say)"
 
 
 def netns_id() -> int:
@@ -31,29 +35,68 @@ def run_dir(cfg: Config) -> str:
 class Store:
     """State of one network namespace, kept in its run directory."""
 
+    STATE = "state.json"
+    SOCKET = "daemon.sock"
+    LOCK = "daemon.lock"
+    PID = "daemon.pid"
+    LOG = "daemon.log"
+
     def __init__(self, path: str) -> None:
         self.path = path
-        self.state_file = os.path.join(path, "state.json")
-        self.socket_path = os.path.join(path, "daemon.sock")
-        self.daemon_lock = os.path.join(path, "daemon.lock")
-        self.pid_file = os.path.join(path, "daemon.pid")
-        self.log_file = os.path.join(path, "daemon.log")
+        self.state_file = os.path.join(path, self.STATE)
+        self.socket_path = os.path.join(path, self.SOCKET)
+        self.daemon_lock = os.path.join(path, self.LOCK)
+        self.pid_file = os.path.join(path, self.PID)
+        self.log_file = os.path.join(path, self.LOG)
+        self._fd: int | None = None
+
+    # ---------- the directory ----------
+
+    def dir_fd(self, create: bool = False) -> int:
+        """The run directory's descriptor, once checked (and made, with
+        CREATE). FileNotFoundError when it does not exist."""
+        if self._fd is None:
+            try:
+                self._fd = safedir.open_dir(self.path, "run directory", FIX, create=create)
+            except FileNotFoundError:
+                raise
+            except OSError as e:
+                raise NetleakError(f"cannot open run directory {self.path}: {e.strerror} "
+                                   f"({FIX})") from None
+        return self._fd
 
     def ensure_dir(self) -> None:
+        self.dir_fd(create=True)
+
+    def check(self) -> bool:
+        """Whether the run directory exists; NetleakError when it is not to
+        be trusted (what anyone who reads or talks to it asks first)."""
         try:
-            os.makedirs(self.path, mode=0o700, exist_ok=True)
-        except OSError as e:
-            raise NetleakError(
-                f"cannot create run directory {self.path}: {e.strerror} "
-                f"(set NETLEAK_RUN_DIR to a writable place)") from None
+            self.dir_fd()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def open(self, name: str, flags: int, mode: int = 0o600) -> int:
+        """NAME in the run directory (never through a link)."""
+        return safedir.open_file(self.dir_fd(create=bool(flags & os.O_CREAT)), name,
+                                 flags, mode, self.path)
+
+    # ---------- the state file ----------
 
     def load(self) -> "State":
         from .state import State, from_json  # dataclasses: off the exec path
         try:
-            with open(self.state_file, "rb") as f:
-                raw = f.read()
+            fd = self.open(self.STATE, os.O_RDONLY)
         except FileNotFoundError:
             return State()
+        with os.fdopen(fd, "rb") as f:
+            raw = f.read()
         try:
             return from_json(raw.decode("utf-8"))
         except UnicodeDecodeError:      # not ours: as any bad file, empty
@@ -61,35 +104,58 @@ class Store:
 
     def save(self, state: "State") -> None:
         from .state import to_json
-        self.ensure_dir()
-        tmp = os.path.join(self.path, f".state.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        dfd = self.dir_fd(create=True)
+        tmp = f".state.{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dfd)      # a crash's leftover of this pid
+        fd = self.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(to_json(state))
             # No fsync: the run directory lives on tmpfs and does not outlive
             # a reboot; the rename alone makes the update atomic for readers
             # and against a crash of this process.
-            os.replace(tmp, self.state_file)
+            os.replace(tmp, self.STATE, src_dir_fd=dfd, dst_dir_fd=dfd)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+                os.unlink(tmp, dir_fd=dfd)
             raise
+
+    # ---------- the daemon ----------
+
+    def take_lock(self) -> int | None:
+        """Hold daemon.lock (for the daemon's life) and write daemon.pid;
+        None if another daemon holds it."""
+        fd = self.open(self.LOCK, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        pid = self.open(self.PID, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        with os.fdopen(pid, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        return fd
 
     def daemon_pid(self) -> int | None:
         """PID of the live daemon of this run directory, if any."""
         try:
-            fd = os.open(self.daemon_lock, os.O_RDONLY | os.O_CLOEXEC)
+            fd = self.open(self.LOCK, os.O_RDONLY)
         except FileNotFoundError:
             return None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             try:
-                with open(self.pid_file) as f:
+                with os.fdopen(self.open(self.PID, os.O_RDONLY)) as f:
                     return int(f.read().strip() or 0) or None
             except (FileNotFoundError, ValueError):
                 return None
         finally:
             os.close(fd)
         return None
+
+    def remove(self, name: str) -> None:
+        """Unlink NAME in the run directory; gone already is fine."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=self.dir_fd())

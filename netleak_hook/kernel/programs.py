@@ -15,6 +15,7 @@ import logging
 import os
 from typing import Iterator
 
+from .. import safedir
 from ..errors import NetleakError
 from . import bpfsys
 
@@ -103,6 +104,14 @@ class Pinset:
         """Enough to manage sessions, also those an older version started."""
         return all(os.path.exists(self.pin(p)) for p in BASE_PINS)
 
+    def check(self) -> bool:
+        """Whether the pin folder exists; NetleakError when it is not root's
+        alone (another user's programs and maps must never be taken)."""
+        return safedir.check_dir(self.path, "pin folder", PIN_FIX)
+
+
+PIN_FIX = "remove it (programs stay attached where they are) or set NETLEAK_BPF_DIR"
+
 
 def ensure_bpffs(bpf_dir: str) -> None:
     """Mount the BPF filesystem at /sys/fs/bpf when absent, as systemd does."""
@@ -121,7 +130,7 @@ def ensure_bpffs(bpf_dir: str) -> None:
         raise NetleakError(
             f"{parent} is not a BPF filesystem: mount one with "
             f"'mount -t bpf bpf {parent}' or set NETLEAK_BPF_DIR")
-    os.makedirs(bpf_dir, mode=0o700, exist_ok=True)
+    os.close(safedir.open_dir(bpf_dir, "pin folder", PIN_FIX, create=True))
 
 
 def _is_bpffs(path: str) -> bool:
@@ -159,10 +168,10 @@ def ensure_pinned(bpf_dir: str, extra: tuple[str, ...] = ()) -> Pinset:
     """The current pin set, compiling and pinning it first if needed.
     EXTRA cflags make a variant (the benchmark's, without counters)."""
     pins = Pinset(os.path.join(bpf_dir, pinset_name(extra)))
-    if pins.complete():
+    if pins.check() and pins.complete():
         return pins
     with _compile_lock(bpf_dir):
-        if not pins.complete():
+        if not (pins.check() and pins.complete()):
             _compile_in_child(pins, extra)
     return pins
 

@@ -17,6 +17,7 @@ import sys
 import pytest
 
 from netleak_hook import lab as labmod
+from tests.privileged.conftest import EXEC, wait_until
 from tests.privileged.probes import SPOOF
 
 pytestmark = pytest.mark.privileged
@@ -191,3 +192,182 @@ def test_egress_program_verdicts_on_loopback(test_pins):
         maps.close()
         os.close(prog)
         cgroupfs.remove_tree(path)
+
+
+# ---------- the run directory, the daemon's socket, links ----------
+
+FAKE_DAEMON = r"""
+import json, os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1]); s.listen(8)
+print("ready", flush=True)
+while True:
+    c, _ = s.accept()
+    data = c.recv(65536)
+    print("asked", len(data), flush=True)
+    c.sendall(json.dumps({"ok": True, "id": "f00d", "block": True, "dns": [], "allow": [],
+                          "proxy": None, "killed": False}).encode() + b"\n")
+    c.close()
+"""
+
+
+def _refused(r, *words: str) -> None:
+    """One line on stderr saying WORDS, exit 125."""
+    assert r.returncode == 125, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and all(w in lines[0] for w in words), r.stderr
+
+
+def _untrusted_dirs(base: str) -> dict[str, str]:
+    """Run directories netleak must refuse, made under BASE (root's)."""
+    import os
+    made = {}
+    d = os.path.join(base, "users"); os.mkdir(d, 0o700); os.chown(d, 65534, 65534)
+    made["another user's"] = d
+    d = os.path.join(base, "open"); os.mkdir(d); os.chmod(d, 0o777)
+    made["writable by others"] = d
+    p = os.path.join(base, "open-parent"); os.mkdir(p); os.chmod(p, 0o777)
+    d = os.path.join(p, "run"); os.mkdir(d, 0o700)
+    made["under a parent others may write"] = d
+    good = os.path.join(base, "good"); os.mkdir(good, 0o700)
+    d = os.path.join(base, "link"); os.symlink(good, d)
+    made["a link"] = d
+    return made
+
+
+def test_run_directory_others_may_write_is_refused(world, tmp_path):
+    import os
+    base = tmp_path / "dirs"
+    base.mkdir(mode=0o755)
+    marker = tmp_path / "ran"
+    for what, d in _untrusted_dirs(str(base)).items():
+        env = dict(world.env, NETLEAK_RUN_DIR=d)
+        r = world.lab.run(EXEC + ["--block", "touch", str(marker)], env=env)
+        _refused(r, "run directory")
+        assert not marker.exists(), what
+        assert world.cgroups() == [], what
+        real = os.path.realpath(d)
+        assert os.listdir(real) == [], (what, os.listdir(real))    # nothing written there
+        r = world.cli("status", env=env)
+        _refused(r, "run directory")
+    # control: the world's own run directory (root's, 0700, under the sticky /tmp) works
+    r = world.netleak("--block", "touch", str(marker))
+    assert r.returncode == 0, r.stderr
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("owner", ["nobody", "root"])
+def test_a_daemon_that_is_not_root_is_not_believed(world, tmp_path, owner):
+    """Another user's fake daemon in place of the real one: netleak-exec
+    refuses it before telling it anything, and the command never runs. The
+    control: the same fake run by root is believed (what the check stops)."""
+    import os
+    from netleak_hook.kernel import cgroupfs
+    own = tempfile_dir(tmp_path, "fake", 65534 if owner == "nobody" else 0)
+    sock = os.path.join(own, "sock")
+    run = ([] if owner == "root" else NOBODY) + [PY, "-c", FAKE_DAEMON, sock]
+    fake = world.lab.spawn(run, stdout=subprocess.PIPE, text=True)
+    assert fake.stdout.readline().strip() == "ready"
+    os.makedirs(world.run_dir, exist_ok=True)
+    os.rename(sock, os.path.join(world.run_dir, "daemon.sock"))  # as if it got there
+    marker = tmp_path / "ran"
+    try:
+        r = world.lab.run(EXEC + ["--block", "touch", str(marker)], env=world.env)
+        if owner == "nobody":
+            _refused(r, "uid 65534", "not as root")
+            assert not marker.exists()
+        else:
+            assert r.returncode == 0 and marker.exists(), r.stderr
+            assert fake.stdout.readline().startswith("asked")
+    finally:
+        fake.kill()
+        fake.wait()
+        os.unlink(os.path.join(world.run_dir, "daemon.sock"))
+        os.rmdir(own)
+        parent = world.parent_path()    # what netleak-exec made for the fake session
+        cgroupfs.remove_tree(parent)
+    if owner == "nobody":     # it was connected to, and told nothing
+        heard = fake.stdout.read().split()
+        assert heard and all(n == "0" for n in heard[1::2]), heard
+
+
+def tempfile_dir(tmp_path, name: str, uid: int) -> str:
+    """A directory of UID's that UID can reach (pytest's own are root's)."""
+    import os
+    import tempfile
+    d = tempfile.mkdtemp(prefix=f"netleak-test-{name}-", dir="/tmp")
+    os.chown(d, uid, uid)
+    (tmp_path / f"{name}.dir").write_text(d)
+    return d
+
+
+@pytest.mark.parametrize("name", ["daemon.log", "state.json", "events.jsonl", "hook.log"])
+def test_nothing_is_written_through_a_link(world, tmp_path, name):
+    """A link in the run directory in place of one of netleak's files: root
+    never writes (nor reads) through it. The control: without the link, the
+    same run writes that file."""
+    import os
+    target = tmp_path / "precious"
+    target.write_text("precious\n")
+    os.chmod(target, 0o600)
+    os.makedirs(world.run_dir, exist_ok=True)
+    link = os.path.join(world.run_dir, name)
+    state = json.dumps({"ociVersion": "1.0.0", "id": "c0ffee", "status": "stopped",
+                        "pid": 0, "bundle": "/x",
+                        "annotations": {"io.netleak.interface": "vpn0"}})
+    connect = [PY, "-c", "import socket\ntry: socket.create_connection(('203.0.113.10', 80), 1)"
+               "\nexcept OSError: pass"]
+
+    def attempt():
+        if name == "hook.log":      # the hook's poststop: nothing to do but log
+            return subprocess.run([sys.executable, "-m", "netleak_hook.hook", "poststop"],
+                                  input=state, env=world.env, capture_output=True, text=True,
+                                  timeout=30)
+        return world.netleak("--block", *connect)
+
+    os.symlink(target, link)
+    try:
+        r = attempt()
+        if name in ("daemon.log", "state.json"):
+            _refused(r, "symbolic link")
+        elif name == "events.jsonl":    # the daemon runs; the event it records is refused
+            assert r.returncode == 0, r.stderr
+            assert wait_until(lambda: "symbolic link" in _read(world.run_dir, "daemon.log"))
+        assert target.read_text() == "precious\n"
+        assert os.stat(target).st_mode & 0o777 == 0o600
+    finally:
+        os.unlink(link)
+    r = attempt()
+    assert r.returncode == 0, r.stderr
+    assert wait_until(lambda: os.path.isfile(link) and os.path.getsize(link) > 0), name
+
+
+def _read(run_dir: str, name: str) -> str:
+    import os
+    try:
+        with open(os.path.join(run_dir, name)) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+def test_another_users_pin_folder_is_refused(world):
+    import os
+    from netleak_hook.kernel import programs
+    evil = f"/sys/fs/bpf/netleak-test-evil-{os.getpid()}"
+    os.mkdir(evil, 0o700)
+    os.chown(evil, 65534, 65534)
+    good = f"/sys/fs/bpf/netleak-test-evil2-{os.getpid()}"
+    os.mkdir(good, 0o700)
+    inner = os.path.join(good, programs.pinset_name())
+    os.mkdir(inner, 0o700)
+    os.chown(inner, 65534, 65534)
+    try:
+        for d in (evil, good):
+            r = world.lab.run(EXEC + ["--block", "true"], env=dict(world.env, NETLEAK_BPF_DIR=d))
+            _refused(r, "pin folder", "uid 65534")
+            assert world.cgroups() == []
+    finally:
+        os.rmdir(inner)
+        os.rmdir(good)
+        os.rmdir(evil)

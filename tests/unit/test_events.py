@@ -143,8 +143,12 @@ def test_matches_by_id_or_prefix():
 
 # ---------- the log file ----------
 
+def _log(path, **kw) -> "events.EventLog":
+    return events.EventLog(os.open(str(path), os.O_RDONLY | os.O_DIRECTORY), str(path), **kw)
+
+
 def test_log_appends_turns_over_and_reads_back(tmp_path):
-    log = events.EventLog(str(tmp_path), max_bytes=1400)
+    log = _log(tmp_path, max_bytes=1400)
     batches = [[_ev(dport=i)] for i in range(6)]
     for b in batches:
         log.append(b)
@@ -152,6 +156,18 @@ def test_log_appends_turns_over_and_reads_back(tmp_path):
     got = [e["dport"] for e in events.recorded(str(tmp_path))]
     assert got == sorted(got) and got[-1] == 5 and len(got) >= 3
     assert os.stat(tmp_path / "events.jsonl").st_mode & 0o777 == 0o600
+
+
+def test_log_never_writes_through_a_link(tmp_path):
+    from netleak_hook.errors import NetleakError
+    target = tmp_path / "elsewhere"
+    target.write_text("precious\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "events.jsonl").symlink_to(target)
+    with pytest.raises(NetleakError, match="symbolic link"):
+        _log(run).append([_ev()])
+    assert target.read_text() == "precious\n"
 
 
 def test_recorded_skips_torn_and_foreign_lines(tmp_path):
@@ -194,7 +210,7 @@ class Following:
 
 
 def test_follow_sees_new_events_across_a_turn_over(tmp_path):
-    log = events.EventLog(str(tmp_path), max_bytes=1400)    # ~3 lines a file
+    log = _log(tmp_path, max_bytes=1400)    # ~3 lines a file
     log.append([_ev(dport=1)])              # before follow: not shown
     with Following(str(tmp_path)) as f:
         for i in range(2, 12):
@@ -207,7 +223,7 @@ def test_follow_sees_new_events_across_a_turn_over(tmp_path):
 
 def test_follow_waits_for_a_log_that_does_not_exist_yet(tmp_path):
     with Following(str(tmp_path)) as f:
-        events.EventLog(str(tmp_path)).append([_ev(dport=3)])
+        _log(tmp_path).append([_ev(dport=3)])
         assert f.wait_for(1) == [3]
 
 

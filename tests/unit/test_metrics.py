@@ -80,3 +80,27 @@ def test_write_replaces_atomically(tmp_path):
     metrics.write(str(target), "new\n")
     assert target.read_text() == "new\n"
     assert os.listdir(tmp_path) == ["netleak.prom"]
+
+
+def test_write_never_changes_a_file_swapped_in_by_link(tmp_path, monkeypatch):
+    """The attack on an atomic replace in a directory another user may
+    write: the temporary file swapped for a link to someone else's file
+    right after it is made. The mode is set on the descriptor, so that file
+    keeps its own; the rename puts the link itself in place."""
+    from netleak_hook import files
+    real_mkstemp = files.tempfile.mkstemp
+    victim = tmp_path / "victim"
+    victim.write_text("secret\n")
+    os.chmod(victim, 0o600)
+    prom = tmp_path / "prom"
+    prom.mkdir()
+
+    def swapped(*a, **kw):
+        fd, name = real_mkstemp(*a, **kw)
+        os.unlink(name)
+        os.symlink(victim, name)        # the other user's move
+        return fd, name
+    monkeypatch.setattr(files.tempfile, "mkstemp", swapped)
+    metrics.write(str(prom / "netleak.prom"), "x 1\n")
+    assert os.stat(victim).st_mode & 0o777 == 0o600
+    assert victim.read_text() == "secret\n"
