@@ -625,7 +625,8 @@ class Daemon:
                     f"cgroup /{s.cgroup} is under the control of another netleak daemon "
                     f"(of another network namespace): detach it there first")
         mine = cgroupfs.of_pid(os.getpid())
-        problem = plan.attach_refusal(s.cgroup, mine)
+        problem = plan.attach_refusal(s.cgroup, mine) or plan.delegation_refusal(
+            s.cgroup, cgroupfs.delegated(self.cgroot, plan.ancestors(s.cgroup)))
         if problem:
             raise NetleakError(problem)
         here = netns_id()

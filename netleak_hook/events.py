@@ -14,6 +14,8 @@ import struct
 import time
 from typing import Callable, Iterator
 
+from .errors import one_line
+
 # struct nl_event: time_ns, cgroup, sock_cgroup, pid, suppressed, reason,
 # hook, family, protocol, dport, pad, daddr[16], comm[16]
 _EVENT = struct.Struct("<QQQIIBBBBHH16s16s")
@@ -116,9 +118,12 @@ def line(ev: dict) -> str:
     proto = ev.get("protocol") or "-"
     if ev.get("family") == "ipv6" and proto in ("tcp", "udp"):
         proto += "6"
-    return (f"{clock:<8} {(ev.get('session') or '-'):<8.8} {ev.get('pid') or '-':>7} "
-            f"{(ev.get('comm') or '-'):<10.10} {ev['reason']:<12.12} {proto:<5.5} "
-            f"{dest_text(ev)}")
+    # a workload names its own process (prctl PR_SET_NAME): shown escaped,
+    # so no terminal control sequence of its choosing reaches the reader
+    comm = one_line(ev.get("comm") or "-")
+    return (f"{clock:<8} {one_line(ev.get('session') or '-'):<8.8} {ev.get('pid') or '-':>7} "
+            f"{comm:<10.10} {one_line(str(ev['reason'])):<12.12} {proto:<5.5} "
+            f"{one_line(dest_text(ev))}")
 
 
 def held_back(ev: dict) -> str | None:

@@ -18,6 +18,10 @@ PROG = "netleak-exec"
 
 USAGE = (f"{PROG} [OPTIONS] IFACE [--] COMMAND [ARG]...  or  "
          f"{PROG} --proxy URL [IFACE] [--] COMMAND...  or  {PROG} --block [--] COMMAND...")
+PASSWORD_WARNING = (
+    f"{PROG}: warning: the proxy password on the command line can be read by every local "
+    f"user (/proc/PID/cmdline): put the URL in a root-only file (--proxy-file FILE) or the "
+    f"password in NETLEAK_PROXY_PASSWORD\n")
 
 HELP = f"""\
 usage: {USAGE}
@@ -39,7 +43,17 @@ options:
                    kernel (static binaries too): socks5://[USER:PASS@]HOST:PORT,
                    socks5h://... (the proxy resolves names) or http://HOST:PORT
                    (CONNECT); UDP and the rest are refused. IFACE is then
-                   optional: given, the proxy is reached through it only
+                   optional: given, the proxy is reached through it only.
+                   A password given here can be read by every local user
+                   while netleak-exec starts: prefer one of these two
+  --proxy-file FILE  the proxy URL from FILE (its first line), which must be
+                   root's and readable by root only (chmod 600)
+                   NETLEAK_PROXY_PASSWORD=... in the environment: the
+                   password for a URL that names a user and no password
+                   (the variable is removed before COMMAND runs)
+  --keep-sockets   leave COMMAND the sockets this process inherited (by
+                   default those above fd 2 are closed: they were opened
+                   outside the session, and nothing would control them)
   --version        print the version
   -h, --help       this help
 
@@ -68,6 +82,8 @@ class Args:
         self.allow: list[str] = []
         self.block = False
         self.proxy: str | None = None
+        self.proxy_file: str | None = None
+        self.keep_sockets = False
         self.iface = ""
         self.command: list[str] = []
         self.action = "run"     # or "help", "version", "dump-bpf"
@@ -88,7 +104,7 @@ def parse(argv: list[str], is_interface=None) -> Args:
         return a
     if a.block:
         a.command = rest
-    elif a.proxy is not None:
+    elif a.proxy is not None or a.proxy_file is not None:
         if not ended and len(rest) >= 2 and rest[0] != "--" and \
                 (is_interface or _is_interface)(rest[0]):
             a.iface, rest = rest[0], rest[1:]
@@ -105,24 +121,32 @@ def parse(argv: list[str], is_interface=None) -> Args:
 
 
 def _proxy_after_iface(a: Args, rest: list[str]) -> list[str]:
-    """`IFACE --proxy URL COMMAND...`: take the proxy; the rest."""
-    if not rest or not (rest[0] == "--proxy" or rest[0].startswith("--proxy=")):
-        return rest
-    if rest[0] == "--proxy":
-        if len(rest) < 2:
-            raise NetleakError(f"option --proxy requires argument (see '{PROG} --help')")
-        _take_proxy(a, rest[1])
-        return rest[2:]
-    _take_proxy(a, rest[0].split("=", 1)[1])
-    return rest[1:]
+    """`IFACE --proxy URL COMMAND...` (or --proxy-file FILE): take the
+    proxy; the rest."""
+    for opt in ("--proxy", "--proxy-file"):
+        if not rest or not (rest[0] == opt or rest[0].startswith(opt + "=")):
+            continue
+        if rest[0] == opt:
+            if len(rest) < 2:
+                raise NetleakError(f"option {opt} requires argument (see '{PROG} --help')")
+            _take_proxy(a, opt, rest[1])
+            return rest[2:]
+        _take_proxy(a, opt, rest[0].split("=", 1)[1])
+        return rest[1:]
+    return rest
 
 
-def _take_proxy(a: Args, url: str) -> None:
-    if a.proxy is not None:
-        raise NetleakError("--proxy given twice: one proxy carries a session")
-    if not url:
-        raise NetleakError("--proxy '': give a proxy URL, e.g. socks5h://127.0.0.1:9050")
-    a.proxy = url
+def _take_proxy(a: Args, opt: str, value: str) -> None:
+    if a.proxy is not None or a.proxy_file is not None:
+        raise NetleakError(f"{opt} given twice: one proxy carries a session (give --proxy "
+                           f"or --proxy-file, once)")
+    if not value:
+        raise NetleakError(f"{opt} '': give a proxy URL, e.g. socks5h://127.0.0.1:9050"
+                           if opt == "--proxy" else f"{opt} '': give a file's path")
+    if opt == "--proxy":
+        a.proxy = value
+    else:
+        a.proxy_file = value
 
 
 def _options(a: Args, argv: list[str]) -> tuple[list[str], bool]:
@@ -132,7 +156,7 @@ def _options(a: Args, argv: list[str]) -> tuple[list[str], bool]:
     try:
         opts, rest = getopt.getopt(argv, "hu:", ["help", "user=", "via=", "version",
                                                   "dump-bpf", "dns=", "allow=", "block",
-                                                  "proxy="])
+                                                  "proxy=", "proxy-file=", "keep-sockets"])
     except getopt.GetoptError as e:
         raise NetleakError(f"{e.msg} (see '{PROG} --help')") from None
     for opt, val in opts:
@@ -143,6 +167,9 @@ def _options(a: Args, argv: list[str]) -> tuple[list[str], bool]:
         elif opt == "--dump-bpf":
             a.action = "dump-bpf"
         elif opt in ("-u", "--user"):
+            if a.user is not None:
+                raise NetleakError(f"-u given twice ({a.user!r}, {val!r}): COMMAND runs as "
+                                   f"one user; give one")
             a.user = val
         elif opt == "--via":
             a.via.append(val)
@@ -152,8 +179,10 @@ def _options(a: Args, argv: list[str]) -> tuple[list[str], bool]:
             a.allow.append(val)
         elif opt == "--block":
             a.block = True
-        elif opt == "--proxy":
-            _take_proxy(a, val)
+        elif opt in ("--proxy", "--proxy-file"):
+            _take_proxy(a, opt, val)
+        elif opt == "--keep-sockets":
+            a.keep_sockets = True
     used = len(argv) - len(rest)
     return rest, used > 0 and argv[used - 1] == "--" and not (opts and opts[-1][1] == "--")
 
@@ -209,6 +238,20 @@ def drop_privileges(pw) -> None:
     os.environ.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
 
 
+def _proxy_url(a: Args) -> str | None:
+    """The proxy URL of --proxy or --proxy-file, with NETLEAK_PROXY_PASSWORD
+    put in (and taken out of the environment COMMAND gets, whatever the
+    mode); a password on the command line is warned about, once."""
+    password = os.environ.pop("NETLEAK_PROXY_PASSWORD", "")
+    if a.proxy is None and a.proxy_file is None:
+        return None
+    from .proxy import has_password, read_url_file, with_password
+    url = a.proxy if a.proxy is not None else read_url_file(a.proxy_file or "")
+    if a.proxy is not None and has_password(url):
+        sys.stderr.write(PASSWORD_WARNING)
+    return with_password(url, password)
+
+
 def run(argv: list[str]) -> int:
     a = parse(argv)
     if a.action == "help":
@@ -222,22 +265,23 @@ def run(argv: list[str]) -> int:
         sys.stdout.write(render_source())
         return 0
     cfg = Config.from_env(os.environ)
+    url = _proxy_url(a)
     # no IFACE only with --block, or with --proxy when none was given
-    no_iface = a.block or (a.proxy is not None and not a.iface)
+    no_iface = a.block or (url is not None and not a.iface)
     iface = "" if no_iface else validate.interface_name(a.iface)
     via4, via6 = validate.gateways(a.via)
     guards: dict = {}
     if a.dns or a.allow or a.block:
         guards = validate.guard_request(a.dns, a.allow, a.block, a.via)
-    if a.proxy is not None:
-        guards = {**guards, **validate.proxy_request(a.proxy, a.block, a.dns, iface, a.via)}
+    if url is not None:
+        guards = {**guards, **validate.proxy_request(url, a.block, a.dns, iface, a.via)}
     if a.block and len(a.command) > 1 and _is_interface(a.command[0]):
         raise NetleakError(f"--block takes no IFACE ({a.command[0]} is one): "
                            f"{PROG} --block COMMAND...")
     try:
         target = resolve_command(a.command[0], os.environ.get("PATH"))
     except NetleakError as e:
-        if a.proxy is not None and not a.iface and e.exit_status == Exit.NOT_FOUND:
+        if url is not None and not a.iface and e.exit_status == Exit.NOT_FOUND:
             # `--proxy URL wg1 CMD` with no wg1 here reads wg1 as the command
             raise NetleakError(f"{e.message} (nor an interface of this name: with --proxy, "
                                f"IFACE is taken as one only when it exists)",
@@ -253,6 +297,9 @@ def run(argv: list[str]) -> int:
     from .session import open_exec_session
     open_exec_session(cfg, iface, via4, via6, guards)
 
+    if not a.keep_sockets:
+        from .confine import close_inherited_sockets
+        close_inherited_sockets()
     if pw is not None:
         drop_privileges(pw)
     try:

@@ -205,3 +205,32 @@ def attach_refusal(target: str, daemon_cgroup: str) -> str | None:
         return (f"cgroup /{target} contains netleak's own daemon (in /{daemon_cgroup}): "
                 f"attach a cgroup below it, or run 'netleak daemon' elsewhere")
     return None
+
+
+def ancestors(target: str) -> list[str]:
+    """The cgroups above TARGET, nearest first, the root cgroup ("") not
+    among them."""
+    parts = target.strip("/").split("/")
+    return ["/".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
+
+
+def delegation_refusal(target: str, writers: dict[str, str]) -> str | None:
+    """Why TARGET may not be attached when a user may move processes within
+    a subtree above it, or None. WRITERS: the ancestors of TARGET whose
+    cgroup.procs someone other than root may write, with who ("uid 1000",
+    "group 100", "everyone").
+
+    Whoever may write the cgroup.procs of a cgroup may move their own
+    processes between any cgroups below it (cgroup v2 delegation, what
+    systemd gives user@UID.service): a process of TARGET could move itself
+    into a sibling, or into that ancestor itself, and be out of control.
+    The topmost such ancestor is safe to attach: what is above it is
+    root's."""
+    found = [a for a in ancestors(target) if a in writers]
+    if not found:
+        return None
+    top = found[-1]
+    who = writers[top]
+    return (f"cgroup /{target.strip('/')} lies in /{top}, whose processes {who} may move "
+            f"between its cgroups (a delegated subtree): one could leave /{target.strip('/')} "
+            f"and its control; attach /{top} instead, or start the job with netleak-exec")

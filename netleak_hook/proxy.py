@@ -136,3 +136,80 @@ def is_local(addr: str) -> bool:
         except OSError:
             return False
     return True
+
+
+PASSWORD_VARIABLE = "NETLEAK_PROXY_PASSWORD"
+MAX_FILE_BYTES = 4096
+
+
+def with_password(url: str, password: str, what: str = "--proxy") -> str:
+    """URL with PASSWORD put in, for a URL that names a user and no
+    password; URL unchanged when PASSWORD is empty."""
+    if not password:
+        return url
+    spec = parse(url, what)
+    if not spec.user:
+        raise NetleakError(f"{PASSWORD_VARIABLE} is set but the proxy URL names no user: "
+                           f"give one (socks5://USER@HOST:PORT), or unset it")
+    if spec.password:
+        raise NetleakError(f"the proxy URL has a password and {PASSWORD_VARIABLE} is set "
+                           f"too: keep one of them")
+    return dataclasses.replace(spec, password=password).url(secret=True)
+
+
+def has_password(url: str) -> bool:
+    """Whether URL carries a password (it may be malformed: then no)."""
+    try:
+        return bool(parse(url).password)
+    except NetleakError:
+        return False
+
+
+def url_from_file_text(text: str, path: str) -> str:
+    """The proxy URL a --proxy-file holds: its first line that is neither
+    empty nor a # comment."""
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            return line
+    raise NetleakError(f"--proxy-file {path}: no proxy URL in it (one line such as "
+                       f"socks5h://user:password@192.0.2.8:1080)")
+
+
+def file_problem(mode: int, uid: int, regular: bool) -> str | None:
+    """Why a --proxy-file of these attributes must not hold a password
+    (pure): it must be root's own, a plain file no one else may read."""
+    if not regular:
+        return "is not a regular file"
+    if uid != 0:
+        return f"belongs to uid {uid}, not root: chown root"
+    if mode & 0o077:
+        return f"may be read or written by others (mode {mode & 0o7777:04o}): chmod 600"
+    return None
+
+
+def read_url_file(path: str) -> str:
+    """The proxy URL of a root-only file, so its password never appears on
+    a command line (/proc/PID/cmdline is every local user's to read)."""
+    import os
+    import stat
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        raise NetleakError(f"--proxy-file {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        why = file_problem(st.st_mode, st.st_uid, stat.S_ISREG(st.st_mode))
+        if why:
+            raise NetleakError(f"--proxy-file {path} {why}: it holds the proxy's password")
+        raw = os.read(fd, MAX_FILE_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_FILE_BYTES:
+        raise NetleakError(f"--proxy-file {path}: longer than {MAX_FILE_BYTES} bytes; it "
+                           f"holds one proxy URL")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise NetleakError(f"--proxy-file {path}: not UTF-8 text") from None
+    return url_from_file_text(text, path)

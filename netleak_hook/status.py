@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
+from .errors import one_line
 from .policy import Policy, Stats
 from .state import State
 
@@ -142,7 +143,7 @@ def render(table: list[dict], width: int = 79) -> str:
         lines.append(f"{r['id']:<10.10} {_fit(r['iface'] or '-', 8):<8} "
                      f"{r['state']:<11} {r['procs']:>5} {age_text(r['age']):>4} "
                      f"{count_text(c.get('passed_packets')):>5} "
-                     f"{count_text(r['dropped']):>5}  {_fit(r['cgroup'], room)}")
+                     f"{count_text(r['dropped']):>5}  {_fit(one_line(r['cgroup']), room)}")
         if r.get("dns") or r.get("allow") or r.get("proxy"):
             lines.append(f"{'':<10} {_fit(r['guards'], width - 11)}")
     return "\n".join(lines)

@@ -124,6 +124,24 @@ def index_ids(root: str) -> dict[int, str]:
     return ids
 
 
+def delegated(root: str, cgroups: list[str]) -> dict[str, str]:
+    """Those of CGROUPS whose cgroup.procs someone other than root may
+    write, with who ("uid 1000", "group 100", "everyone")."""
+    out = {}
+    for rel in cgroups:
+        try:
+            st = os.stat(os.path.join(abspath(root, rel), "cgroup.procs"))
+        except FileNotFoundError:
+            continue
+        if st.st_mode & 0o002:
+            out[rel] = "everyone"
+        elif st.st_uid != 0 and st.st_mode & 0o200:
+            out[rel] = f"uid {st.st_uid}"
+        elif st.st_mode & 0o020 and st.st_gid != 0:
+            out[rel] = f"group {st.st_gid}"
+    return out
+
+
 INIT_CGROUP_NS_INO = 0xEFFFFFFB   # the kernel's fixed inode of the first cgroup namespace
 
 

@@ -620,7 +620,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--listen", required=True, action="append", metavar="ADDR:PORT")
     p.add_argument("--source", action="append", default=[], metavar="ADDR")
     p.add_argument("--user")
-    p.add_argument("--password")
+    p.add_argument("--password", help="the password, or env:NAME to take it from the "
+                   "environment variable NAME (off the command line)")
     p.add_argument("--hosts", action="extend", nargs="+", default=[], metavar="NAME=ADDR")
     p.add_argument("--log", metavar="FILE")
     args = p.parse_args(argv)
@@ -648,6 +649,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if not sep or not name or addr is None:
             p.error(f"--hosts {text!r}: want NAME=ADDR with a numeric ADDR")
         hosts.setdefault(name_key(name), []).append(addr)
+    if args.password is not None and args.password.startswith("env:"):
+        args.password = os.environ.get(args.password[4:], "")
     if args.password is not None and args.user is None:
         p.error("--password needs --user")
     for what in ("user", "password"):

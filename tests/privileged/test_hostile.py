@@ -19,6 +19,7 @@ import pytest
 from netleak_hook import lab as labmod
 from tests.privileged.conftest import EXEC, wait_until
 from tests.privileged.probes import SPOOF
+from tests.privileged.test_proxy import PEER, PORT, PROXY4, Proxy, proxy_lab  # noqa: F401
 
 pytestmark = pytest.mark.privileged
 
@@ -371,3 +372,254 @@ def test_another_users_pin_folder_is_refused(world):
         os.rmdir(inner)
         os.rmdir(good)
         os.rmdir(evil)
+
+
+# ---------- sockets from outside the session ----------
+
+# opens a UDP socket to the server (outside any session: the caller's), puts
+# it at fd 7 as a shell or service manager passes one on, then execs ARGV[2:]
+HAND_DOWN = r"""
+import os, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((sys.argv[1], 8080))
+os.dup2(s.fileno(), 7)
+os.set_inheritable(7, True)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+USE_FD7 = r"""
+import socket
+try:
+    s = socket.socket(fileno=7)
+    for _ in range(5):
+        s.send(b"through an inherited socket")
+    print("sent", flush=True)
+except OSError as e:
+    print("refused", e.strerror, flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["--block", "vpn0"])
+def test_inherited_sockets_are_closed(world, mode):
+    """A socket the caller opened belongs to the caller's cgroup: nothing of
+    the session sees it. netleak-exec closes it (above fd 2) before COMMAND
+    runs; the control, --keep-sockets, shows what got out through it."""
+    for keep, expect in (([], "refused Bad file descriptor"), (["--keep-sockets"], "sent")):
+        with world.lab.capture("up0") as cap:
+            r = world.lab.run([sys.executable, "-c", HAND_DOWN, S4, *EXEC, *keep, "-u", "nobody",
+                               mode, PY, "-c", USE_FD7], env=world.env)
+            leaked = cap.stop()
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == expect, (keep, r.stdout, r.stderr)
+        assert (leaked == 0) if not keep else (leaked >= 5), (keep, leaked)
+
+
+# ---------- proxy passwords ----------
+
+# as nobody: every command line and environment it can read (but its own),
+# searched for the line it reads first, until the file ARGV[1] exists;
+# prints what it found
+SCAN = r"""
+import os, sys, time
+secret, stop = sys.stdin.readline().strip().encode(), sys.argv[1]
+seen, rounds, me = set(), 0, str(os.getpid())
+print("ready", flush=True)
+while not os.path.exists(stop) or rounds < 3:
+    rounds += 1
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        if pid == me:
+            continue
+        for what in ("cmdline", "environ"):
+            try:
+                with open(f"/proc/{pid}/{what}", "rb") as f:
+                    if secret in f.read():
+                        seen.add(f"{pid}:{what}")
+            except OSError:
+                pass
+    time.sleep(0.005)
+print(rounds, *sorted(seen), flush=True)
+"""
+SECRET = "s3cret-Pw0rd"
+
+
+def _scan(world, tmp_path, run):
+    """What nobody reads of SECRET while RUN() runs."""
+    import os
+    stop = tempfile_dir(tmp_path, "scan", 65534) + "/stop"
+    scanner = world.lab.spawn(NOBODY + [PY, "-c", SCAN, stop], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        scanner.stdin.write(SECRET + "\n")
+        scanner.stdin.close()
+        assert scanner.stdout.readline().strip() == "ready"
+        result = run()
+    finally:
+        open(stop, "w").close()
+        found = scanner.stdout.readline().split()
+        scanner.wait()
+        os.unlink(stop)
+        os.rmdir(os.path.dirname(stop))
+    assert int(found[0]) >= 3, found       # it did look, while RUN ran
+    return result, found[1:]
+
+
+def test_proxy_password_stays_out_of_sight(proxy_lab, tmp_path):
+    """Given in a root-only file, or in NETLEAK_PROXY_PASSWORD, the proxy's
+    password is in no command line or environment another user (nobody,
+    as the workload runs) can read, and it works. The control: nobody does
+    read it on a root process's command line."""
+    import os
+    world = lab = proxy_lab
+    lab = world.lab
+    Proxy(world, "socks5", "--user", "alice", "--password", "env:PROXYD_PASSWORD",
+          env=dict(os.environ, PROXYD_PASSWORD=SECRET))
+    peer = [PY, "-c", PEER, S4, str(labmod.PORT)]
+    # control: the scanner sees a command line with the secret on it
+    shown = lab.spawn(["sh", "-c", "sleep 30", f"socks5://alice:{SECRET}@{PROXY4}:{PORT}"])
+    _, found = _scan(world, tmp_path, lambda: None)
+    shown.kill()
+    shown.wait()
+    assert any(f.endswith(":cmdline") for f in found), found
+    f = tmp_path / "proxy"
+    f.write_text(f"# the lab's proxy\nsocks5://alice:{SECRET}@{PROXY4}:{PORT}\n")
+    os.chmod(f, 0o600)
+    r, found = _scan(world, tmp_path, lambda: world.netleak(
+        "-u", "nobody", "--proxy-file", str(f), *peer))
+    assert r.returncode == 0 and r.stdout.split() == ["ok", PROXY4, S4], r.stderr
+    assert found == [] and r.stderr == "", (found, r.stderr)
+    env = dict(world.env, NETLEAK_PROXY_PASSWORD=SECRET)
+    show_env = [PY, "-c", "import os, subprocess, sys; print(os.environ.get("
+                "'NETLEAK_PROXY_PASSWORD', 'unset')); sys.stdout.flush(); "
+                "os.execv(sys.argv[1], sys.argv[1:])", *peer]
+    r, found = _scan(world, tmp_path, lambda: world.lab.run(
+        EXEC + ["-u", "nobody", "--proxy", f"socks5://alice@{PROXY4}:{PORT}", *show_env],
+        env=env))
+    assert r.returncode == 0 and r.stdout.split() == ["unset", "ok", PROXY4, S4], r.stderr
+    assert found == [], found
+    # on the command line: it works, and says once where else to put it
+    r = world.netleak("--proxy", f"socks5://alice:{SECRET}@{PROXY4}:{PORT}", *peer)
+    assert r.returncode == 0 and r.stdout.split()[0] == "ok", r.stderr
+    assert r.stderr.count("warning") == 1 and "--proxy-file" in r.stderr, r.stderr
+    assert SECRET not in r.stderr
+    # a file others may read is refused, and nothing is left
+    os.chmod(f, 0o644)
+    r = world.netleak("--proxy-file", str(f), *peer)
+    _refused(r, "--proxy-file", "chmod 600")
+    assert world.cgroups() == []
+
+
+# ---------- attach inside a subtree a user may rearrange ----------
+
+# as nobody, in cgroup ARGV[1]: waits for a line on stdin, then moves itself
+# into ARGV[2] (a cgroup above it), and connects to the server
+ESCAPE_CGROUP = r"""
+import socket, sys
+sys.stdin.readline()
+try:
+    with open(sys.argv[2] + "/cgroup.procs", "w") as f:
+        f.write("0")
+    print("moved", flush=True)
+except OSError as e:
+    print("stayed", e.strerror, flush=True)
+try:
+    s = socket.create_connection((sys.argv[3], 8080), timeout=2)
+    print("ok", s.recv(100).decode().strip(), flush=True)
+except OSError as e:
+    print("refused", e.strerror, flush=True)
+"""
+
+
+def test_attach_inside_a_delegated_subtree(world):
+    """A user's delegated subtree (as systemd gives user@UID.service): its
+    processes may move between its cgroups. Attaching one inside it is
+    refused (the control shows such a process does move out, and then
+    reaches the server by up0); attaching the subtree's top is what holds."""
+    import os
+    from netleak_hook.kernel import cgroupfs
+    root = cgroupfs.find_cgroup2()
+    top = f"{world.parent}-user"
+    inner = f"{top}/app/job"
+    for rel in (top, f"{top}/app", inner):
+        path = cgroupfs.abspath(root, rel)
+        os.makedirs(path, exist_ok=True)
+        for name in ("", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"):
+            os.chown(os.path.join(path, name), 65534, 65534)
+
+    def job():
+        join = f'echo $$ > {cgroupfs.abspath(root, inner)}/cgroup.procs && exec "$@"'
+        p = world.lab.spawn(["sh", "-c", join, "sh", *NOBODY, PY, "-c", ESCAPE_CGROUP,
+                             cgroupfs.abspath(root, inner), cgroupfs.abspath(root, top), S4],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert wait_until(lambda: cgroupfs.procs(cgroupfs.abspath(root, inner)))
+        return p
+
+    # refused, one line, nothing made
+    p = job()
+    r = world.cli("attach", "vpn0", "--cgroup", f"/{inner}")
+    _refused(r, f"attach /{top} instead", "uid 65534")
+    assert world.sessions() == 0
+    # the control: that process can leave for the top, and then goes by up0
+    with world.lab.capture("up0") as cap:
+        out, _ = p.communicate("go\n", timeout=30)
+        assert cap.stop() > 0
+    assert out.split()[:3] == ["moved", "ok", "192.0.2.2"], out
+    # the top attached: the same process stays in it, and goes by vpn0 only
+    p = job()
+    r = world.cli("attach", "vpn0", "--cgroup", f"/{top}")
+    assert r.returncode == 0, r.stderr
+    with world.lab.capture("up0") as cap:
+        out, _ = p.communicate("go\n", timeout=30)
+        leaked = cap.stop()
+    assert leaked == 0
+    assert out.split()[0] == "moved" and "ok 198.51.100.2" in out, out   # moved within the top
+    world.control()     # the session ends with its process: the reaper removes it
+
+
+def test_a_workload_naming_itself_with_escapes_reaches_no_terminal(world):
+    """The process name (16 bytes the workload sets itself) with terminal
+    control sequences: `netleak events` shows them escaped; the JSON, the
+    control, carries them as they came."""
+    name = "\x1b]0;pwned\x07\x1b[2J"
+    probe = (f"open('/proc/self/comm', 'w').write({name!r})\n"
+             "import socket\ntry: socket.create_connection(('203.0.113.10', 80), 1)\n"
+             "except OSError: pass")
+    r = world.netleak("-u", "nobody", "--block", PY, "-c", probe)
+    assert r.returncode == 0, r.stderr
+    assert wait_until(lambda: any(e.get("comm") == name for e in events(world)))
+    r = world.cli("events")
+    assert r.returncode == 0 and "\x1b" not in r.stdout and "\x07" not in r.stdout
+    assert "\\x1b]0;pwn" in r.stdout, r.stdout      # escaped, and cut to its column
+
+
+MPTCP = r"""
+import socket, sys
+try:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)     # IPPROTO_MPTCP
+    s.settimeout(2)
+    s.connect((sys.argv[1], 8080))
+    print("mptcp", s.recv(100).decode().strip(), flush=True)
+except OSError as e:
+    print("mptcp refused", e.strerror, flush=True)
+s = socket.create_connection((sys.argv[1], 8080), timeout=2)
+print("tcp", s.recv(100).decode().strip(), flush=True)
+"""
+
+
+def test_mptcp_is_refused_at_once_and_tcp_still_works(world):
+    """MPTCP's subflows are the kernel's sockets, never marked: instead of
+    timing out, an MPTCP socket is refused at once (programs fall back to
+    TCP). The control: outside netleak, MPTCP works."""
+    r = world.lab.run(NOBODY + [PY, "-c", MPTCP, S4])
+    assert r.stdout.splitlines() == ["mptcp 192.0.2.2", "tcp 192.0.2.2"], r.stdout + r.stderr
+    with world.lab.capture("up0") as cap:
+        r = world.netleak("-u", "nobody", "vpn0", PY, "-c", MPTCP, S4)
+        assert cap.stop() == 0
+    assert r.stdout.splitlines() == ["mptcp refused Operation not permitted",
+                                     "tcp 198.51.100.2"], r.stdout + r.stderr
+    assert wait_until(lambda: any(e["reason"] == "mptcp" for e in events(world)))
+
+
+def test_user_given_twice_is_refused(world, tmp_path):
+    marker = tmp_path / "ran"
+    r = world.netleak("-u", "nobody", "-u", "root", "vpn0", "touch", str(marker))
+    _refused(r, "-u given twice")
+    assert not marker.exists() and world.cgroups() == [] and world.sessions() == 0

@@ -70,14 +70,15 @@ except OSError as e:
 class Proxy:
     """proxyd in NET, by PID."""
 
-    def __init__(self, world, kind: str, *extra: str) -> None:
+    def __init__(self, world, kind: str, *extra: str, env: dict | None = None) -> None:
         self.world = world
         self.log = os.path.join(world.run_dir, f"proxyd-{kind}.log")
         self.proc = world.lab.spawn(
             [sys.executable, PROXYD, "--kind", kind, "--listen", f"{PROXY4}:{PORT}",
              "--listen", f"[{PROXY6}]:{PORT}", "--source", PROXY4, "--source", PROXY6,
              "--hosts", f"{NAME}={S4}", "--log", self.log, *extra],
-            ns=world.lab.net, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            ns=world.lab.net, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True)
         assert wait_until(lambda: self.ready() or self.proc.poll() is not None, timeout=10)
         assert self.proc.poll() is None, self.proc.stderr.read()
 

@@ -1,0 +1,179 @@
+"""The pure parts of keeping hostile workloads and neighbours out: proxy
+credentials off the command line, -u once, inherited sockets."""
+from __future__ import annotations
+
+import os
+import socket
+import stat
+
+import pytest
+
+from netleak_hook import confine, execcmd, proxy
+from netleak_hook.errors import NetleakError
+
+
+# ---------- proxy credentials ----------
+
+def test_password_goes_into_a_url_with_a_user():
+    url = proxy.with_password("socks5h://alice@192.0.2.8:1080", "p@ss:w/rd")
+    spec = proxy.parse(url)
+    assert (spec.user, spec.password, spec.host, spec.port) == \
+        ("alice", "p@ss:w/rd", "192.0.2.8", 1080)
+
+
+def test_no_password_leaves_the_url_alone():
+    assert proxy.with_password("socks5://192.0.2.8:1080", "") == "socks5://192.0.2.8:1080"
+
+
+@pytest.mark.parametrize("url,why", [
+    ("socks5://192.0.2.8:1080", "names no user"),
+    ("socks5://alice:x@192.0.2.8:1080", "keep one of them"),
+])
+def test_password_refusals(url, why):
+    with pytest.raises(NetleakError, match=why):
+        proxy.with_password(url, "secret")
+
+
+def test_has_password():
+    assert proxy.has_password("http://a:b@192.0.2.1:3128")
+    assert not proxy.has_password("http://a@192.0.2.1:3128")
+    assert not proxy.has_password("not a url")
+
+
+@pytest.mark.parametrize("text,url", [
+    ("socks5h://a:b@192.0.2.8:1080\n", "socks5h://a:b@192.0.2.8:1080"),
+    ("# the VPN's proxy\n\n  http://192.0.2.8:3128  \nignored\n", "http://192.0.2.8:3128"),
+])
+def test_url_from_file_text(text, url):
+    assert proxy.url_from_file_text(text, "f") == url
+
+
+def test_empty_proxy_file_is_refused():
+    with pytest.raises(NetleakError, match="no proxy URL"):
+        proxy.url_from_file_text("# nothing\n\n", "/etc/netleak/proxy")
+
+
+@pytest.mark.parametrize("mode,uid,regular,why", [
+    (0o600, 0, True, None),
+    (0o400, 0, True, None),
+    (0o640, 0, True, "mode 0640"),
+    (0o604, 0, True, "mode 0604"),
+    (0o600, 1000, True, "uid 1000"),
+    (0o600, 0, False, "not a regular file"),
+])
+def test_proxy_file_must_be_roots_alone(mode, uid, regular, why):
+    got = proxy.file_problem(stat.S_IFREG | mode, uid, regular)
+    assert (got is None) if why is None else (why in got)
+
+
+def test_read_url_file(tmp_path):
+    f = tmp_path / "proxy"
+    f.write_text("socks5h://u:pw@192.0.2.8:1080\n")
+    os.chmod(f, 0o644)
+    if os.geteuid() == 0:
+        with pytest.raises(NetleakError, match="chmod 600"):
+            proxy.read_url_file(str(f))
+        os.chmod(f, 0o600)
+        assert proxy.read_url_file(str(f)) == "socks5h://u:pw@192.0.2.8:1080"
+    else:
+        with pytest.raises(NetleakError, match="not root"):
+            proxy.read_url_file(str(f))
+    with pytest.raises(NetleakError, match="No such file"):
+        proxy.read_url_file(str(tmp_path / "none"))
+
+
+# ---------- netleak-exec's options ----------
+
+def test_user_given_twice_is_refused():
+    with pytest.raises(NetleakError, match="-u given twice"):
+        execcmd.parse(["-u", "alice", "--user=bob", "wg0", "true"])
+
+
+def test_proxy_file_takes_the_place_of_proxy():
+    a = execcmd.parse(["--proxy-file", "/etc/netleak/proxy", "curl", "x"],
+                      is_interface=lambda n: False)
+    assert (a.proxy, a.proxy_file, a.iface, a.command) == \
+        (None, "/etc/netleak/proxy", "", ["curl", "x"])
+    a = execcmd.parse(["wg0", "--proxy-file=/p", "curl"])
+    assert (a.proxy_file, a.iface, a.command) == ("/p", "wg0", ["curl"])
+    with pytest.raises(NetleakError, match="given twice"):
+        execcmd.parse(["--proxy", "socks5://192.0.2.8:1", "--proxy-file", "/p", "curl"])
+
+
+def test_keep_sockets():
+    assert execcmd.parse(["--keep-sockets", "wg0", "x"]).keep_sockets
+    assert not execcmd.parse(["wg0", "x"]).keep_sockets
+
+
+def test_password_variable_never_reaches_the_command(monkeypatch):
+    monkeypatch.setenv("NETLEAK_PROXY_PASSWORD", "hunter2")
+    a = execcmd.parse(["--block", "true"])
+    assert execcmd._proxy_url(a) is None
+    assert "NETLEAK_PROXY_PASSWORD" not in os.environ
+
+
+def test_password_on_the_command_line_is_warned_about_once(capsys, monkeypatch):
+    monkeypatch.delenv("NETLEAK_PROXY_PASSWORD", raising=False)
+    a = execcmd.parse(["--proxy", "socks5://u:pw@192.0.2.8:1080", "true"],
+                      is_interface=lambda n: False)
+    assert execcmd._proxy_url(a) == "socks5://u:pw@192.0.2.8:1080"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--proxy-file" in err and "pw" not in err
+
+
+# ---------- inherited sockets ----------
+
+def test_inherited_sockets_are_found_and_closed():
+    a, b = socket.socketpair()
+    r, w = os.pipe()
+    try:
+        found = confine.inherited_sockets()
+        assert a.fileno() in found and b.fileno() in found
+        assert r not in found and w not in found
+        assert all(fd > 2 for fd in found)
+    finally:
+        for s in (a, b):
+            s.close()
+        os.close(r)
+        os.close(w)
+
+
+# ---------- attaching inside a delegated subtree ----------
+
+def test_ancestors():
+    from netleak_hook import plan
+    assert plan.ancestors("a/b/c") == ["a/b", "a"]
+    assert plan.ancestors("/a/") == []
+
+
+def test_attach_inside_a_delegated_subtree_is_refused_and_its_top_named():
+    from netleak_hook import plan
+    u = "user.slice/user-1000.slice/user@1000.service"
+    target = f"{u}/app.slice/job.scope"
+    writers = {u: "uid 1000", f"{u}/app.slice": "uid 1000"}
+    why = plan.delegation_refusal(target, writers)
+    assert f"attach /{u} instead" in why and "uid 1000" in why and "\n" not in why
+    assert plan.delegation_refusal(u, writers) is None     # the top itself
+    assert plan.delegation_refusal("system.slice/x.service", writers) is None
+    # a writable cgroup itself, with root's above it: its processes stay inside
+    assert plan.delegation_refusal(f"{u}", {u: "uid 1000"}) is None
+
+
+# ---------- what a workload names itself, shown to people ----------
+
+def test_event_lines_escape_what_the_workload_named_itself():
+    from netleak_hook import events
+    ev = {"ts": 0, "session": "ab12", "pid": 42, "comm": "\x1b]0;owned\x07\x1b[2J",
+          "reason": "no-network", "protocol": "tcp", "family": "ipv4",
+          "daddr": "203.0.113.7", "dport": 443}
+    text = events.line(ev)
+    assert "\x1b" not in text and "\x07" not in text and "\\x1b" in text
+    assert text.isprintable()
+
+
+def test_status_rows_escape_cgroup_names():
+    from netleak_hook import status
+    row = {"id": "ab12", "iface": "wg0", "state": "routed", "procs": 1, "age": 5,
+           "counters": None, "dropped": None, "cgroup": "/a/\x1b[31mred\x1b[0m"}
+    out = status.render([row])
+    assert "\x1b" not in out and "\\x1b[31mred" in out
