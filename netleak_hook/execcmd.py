@@ -297,9 +297,14 @@ def run(argv: list[str]) -> int:
     from .session import open_exec_session
     open_exec_session(cfg, iface, via4, via6, guards)
 
+    from . import confine
     if not a.keep_sockets:
-        from .confine import close_inherited_sockets
-        close_inherited_sockets()
+        confine.close_inherited_sockets()
+    try:
+        for warning in confine.confine(as_user=pw is not None and pw.pw_uid != 0):
+            sys.stderr.write(f"{PROG}: warning: {warning}\n")
+    except OSError as e:
+        raise NetleakError(f"cannot confine COMMAND ({e.strerror}): not run") from None
     if pw is not None:
         drop_privileges(pw)
     try:

@@ -623,3 +623,105 @@ def test_user_given_twice_is_refused(world, tmp_path):
     r = world.netleak("-u", "nobody", "-u", "root", "vpn0", "touch", str(marker))
     _refused(r, "-u given twice")
     assert not marker.exists() and world.cgroups() == [] and world.sessions() == 0
+
+
+# ---------- other socket families ----------
+
+FAMILIES = r"""
+import socket
+for name, fam, kind in (("vsock", 40, socket.SOCK_STREAM), ("packet", 17, socket.SOCK_DGRAM),
+                        ("xdp", 44, socket.SOCK_RAW), ("inet", 2, socket.SOCK_STREAM),
+                        ("inet6", 10, socket.SOCK_DGRAM), ("unix", 1, socket.SOCK_STREAM),
+                        ("netlink", 16, socket.SOCK_RAW)):
+    try:
+        socket.socket(fam, kind).close()        # made, never used: nothing is sent
+        print(name, "made", flush=True)
+    except OSError as e:
+        print(name, "refused", e.strerror, flush=True)
+"""
+
+
+def test_other_socket_families_are_refused(world):
+    """AF_VSOCK (this machine is a VM: it reaches the host), AF_PACKET and
+    AF_XDP pass no program of the session: refused in it, as root too. The
+    control: outside netleak the same sockets are made (and never used)."""
+    def made(r):
+        assert r.returncode == 0, r.stderr
+        return dict(ln.split(" ", 1) for ln in r.stdout.splitlines())
+    outside = made(world.lab.run([PY, "-c", FAMILIES]))
+    assert outside["vsock"] == "made" and outside["packet"] == "made", outside
+    inside = made(world.netleak("vpn0", PY, "-c", FAMILIES))
+    assert inside == {"vsock": "refused Address family not supported by protocol",
+                      "packet": "refused Address family not supported by protocol",
+                      "xdp": "refused Address family not supported by protocol",
+                      "inet": "made", "inet6": "made", "unix": "made", "netlink": "made"}, inside
+    assert made(world.netleak("-u", "nobody", "--block", PY, "-c", FAMILIES))["vsock"] == \
+        "refused Address family not supported by protocol"
+
+
+# ---------- same-user take-over ----------
+
+# nobody, outside any session: holds a UDP socket connected to the server
+VICTIM = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((sys.argv[1], 8080))
+print("ready", flush=True)
+time.sleep(60)
+"""
+# as the same user: take the victim's socket (pidfd_getfd), and send through
+# it; open its memory for writing; attach to it with ptrace
+TAKE_OVER = r"""
+import ctypes, os, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+pid = int(sys.argv[1])
+def err():
+    return os.strerror(ctypes.get_errno())
+pidfd = libc.syscall(434, pid, 0)                       # pidfd_open
+fd = libc.syscall(438, pidfd, 3, 0) if pidfd >= 0 else -1   # pidfd_getfd: its fd 3
+if fd >= 0:
+    s = socket.socket(fileno=fd)
+    for _ in range(5):
+        s.send(b"sent for the workload")
+    print("getfd sent", flush=True)
+else:
+    print("getfd refused", err(), flush=True)
+try:
+    os.close(os.open(f"/proc/{pid}/mem", os.O_RDWR))
+    print("mem opened", flush=True)
+except OSError as e:
+    print("mem refused", e.strerror, flush=True)
+if libc.ptrace(16, pid, None, None) == 0:               # PTRACE_ATTACH
+    print("ptrace attached", flush=True)
+    libc.ptrace(17, pid, None, None)                    # PTRACE_DETACH
+else:
+    print("ptrace refused", err(), flush=True)
+"""
+
+
+def test_a_workload_cannot_take_over_its_users_other_processes(world):
+    """As nobody, in a session: another nobody process outside it holds a
+    socket. Taking that socket (pidfd_getfd), writing its memory, tracing
+    it: all refused (a Landlock domain of the session's own), nothing by
+    up0. The control: the same attempt from outside the session takes the
+    socket and sends by up0."""
+    victim = world.lab.spawn(NOBODY + [PY, "-c", VICTIM, S4], stdout=subprocess.PIPE, text=True)
+    assert victim.stdout.readline().strip() == "ready"
+    attempt = [PY, "-c", TAKE_OVER, str(victim.pid)]
+    try:
+        with world.lab.capture("up0") as cap:
+            r = world.lab.run(NOBODY + attempt)
+            assert cap.stop() >= 5
+        assert r.stdout.split("\n")[:3] == ["getfd sent", "mem opened", "ptrace attached"], \
+            r.stdout + r.stderr
+        with world.lab.capture("up0") as cap:
+            r = world.netleak("-u", "nobody", "vpn0", *attempt)
+            assert cap.stop() == 0
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines() == ["getfd refused Operation not permitted",
+                                         "mem refused Permission denied",
+                                         "ptrace refused Operation not permitted"], r.stdout
+    finally:
+        victim.kill()
+        victim.wait()

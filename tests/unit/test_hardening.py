@@ -177,3 +177,51 @@ def test_status_rows_escape_cgroup_names():
            "counters": None, "dropped": None, "cgroup": "/a/\x1b[31mred\x1b[0m"}
     out = status.render([row])
     assert "\x1b" not in out and "\\x1b[31mred" in out
+
+
+# ---------- the socket family filter (classic BPF, run here) ----------
+
+X86_64, I386, AARCH64, ARM = 0xC000003E, 0x40000003, 0xC00000B7, 0x40000028
+ALLOW = confine.RET_ALLOW
+REFUSE = confine.RET_ERRNO | confine.EAFNOSUPPORT
+NOSYS = confine.RET_ERRNO | confine.ENOSYS
+
+
+@pytest.mark.parametrize("machine,arch,nr,args,want", [
+    ("x86_64", X86_64, 41, (2,), ALLOW),            # socket(AF_INET)
+    ("x86_64", X86_64, 41, (10,), ALLOW),
+    ("x86_64", X86_64, 41, (1,), ALLOW),            # AF_UNIX
+    ("x86_64", X86_64, 41, (16,), ALLOW),           # AF_NETLINK
+    ("x86_64", X86_64, 41, (40,), REFUSE),          # AF_VSOCK
+    ("x86_64", X86_64, 41, (17,), REFUSE),          # AF_PACKET
+    ("x86_64", X86_64, 41, (44,), REFUSE),          # AF_XDP
+    ("x86_64", X86_64, 41, (31,), REFUSE),          # AF_BLUETOOTH
+    ("x86_64", X86_64, 41, (2 | 1 << 32,), ALLOW),  # the family is an int: low half
+    ("x86_64", X86_64, 0, (), ALLOW),               # read(2)
+    ("x86_64", X86_64, 102, (1,), ALLOW),           # getuid: no socketcall on x86_64
+    ("x86_64", X86_64, 41 | 0x40000000, (2,), NOSYS),   # x32
+    ("x86_64", I386, 359, (40,), REFUSE),
+    ("x86_64", I386, 359, (2,), ALLOW),
+    ("x86_64", I386, 102, (1,), REFUSE),            # socketcall(SYS_SOCKET, ...)
+    ("x86_64", I386, 102, (3,), ALLOW),             # socketcall(SYS_CONNECT, ...)
+    ("x86_64", I386, 41, (40,), ALLOW),             # i386's 41 is dup(2)
+    ("x86_64", AARCH64, 198, (40,), NOSYS),         # an architecture it is not
+    ("aarch64", AARCH64, 198, (40,), REFUSE),
+    ("aarch64", AARCH64, 198, (10,), ALLOW),
+    ("aarch64", ARM, 281, (40,), REFUSE),
+    ("aarch64", AARCH64, 41, (40,), ALLOW),
+])
+def test_family_filter(machine, arch, nr, args, want):
+    prog = confine.family_filter(machine)
+    assert confine.run_filter(prog, arch, nr, args) == want
+
+
+def test_family_filter_unknown_machine():
+    assert confine.family_filter("sparc64") is None
+
+
+def test_family_filter_fits_seccomp():
+    for machine in confine.ARCHES:
+        prog = confine.family_filter(machine)
+        assert 0 < len(prog) < 64
+        assert all(0 <= jt < 256 and 0 <= jf < 256 for _, jt, jf, _ in prog)
