@@ -187,15 +187,16 @@ def install_family_filter() -> bool:
 # A workload as alice may ptrace(2) alice's other processes, write their
 # /proc/PID/mem or take their descriptors (pidfd_getfd), and have them
 # send for it from outside its session. In a Landlock domain a process may
-# do none of that to processes outside the domain. The ruleset restricts
-# next to nothing else: executing, and linking or renaming across
-# directories, are allowed everywhere beneath / (what lies outside it, in
-# another mount namespace, only is off limits).
+# do none of that to processes outside the domain. The domain netleak makes
+# handles no file-system right (one that did would forbid every mount, and
+# with it the user-namespace sandboxes of browsers and flatpak); it scopes
+# signals (ABI 6, Linux 6.12), the one restriction that needs no rules: a
+# workload cannot signal processes outside its session either.
 
 _SYS_LANDLOCK = (444, 445, 446)     # create_ruleset, add_rule, restrict_self (every arch)
-_LL_EXECUTE, _LL_REFER = 1 << 0, 1 << 13
-_LL_RULE_PATH_BENEATH = 1
 _LL_VERSION = 1
+_LL_SCOPE_SIGNAL = 1 << 1
+LANDLOCK_SCOPED_ABI = 6
 
 
 def landlock_abi() -> int:
@@ -209,29 +210,20 @@ def landlock_abi() -> int:
 
 def scope_ptrace() -> bool:
     """Put this process (and what it runs) in a Landlock domain of its own,
-    so it can neither trace nor read or write the memory of processes
-    outside it. Needs CAP_SYS_ADMIN or no_new_privs. False when the kernel
-    has no Landlock."""
+    so it can neither trace, nor read or write the memory of, nor signal
+    processes outside it. Needs CAP_SYS_ADMIN or no_new_privs. False when
+    the kernel's Landlock is older than ABI 6 (or absent)."""
     import ctypes
     import struct
-    abi = landlock_abi()
-    if abi < 1:
+    if landlock_abi() < LANDLOCK_SCOPED_ABI:
         return False
     libc = _libc()
-    handled = _LL_EXECUTE | (_LL_REFER if abi >= 2 else 0)
-    attr = ctypes.create_string_buffer(struct.pack("<Q", handled), 8)
-    rs = libc.syscall(_SYS_LANDLOCK[0], attr, ctypes.c_size_t(8), ctypes.c_uint32(0))
+    # struct landlock_ruleset_attr: handled_access_fs, handled_access_net, scoped
+    attr = ctypes.create_string_buffer(struct.pack("<QQQ", 0, 0, _LL_SCOPE_SIGNAL), 24)
+    rs = libc.syscall(_SYS_LANDLOCK[0], attr, ctypes.c_size_t(24), ctypes.c_uint32(0))
     if rs < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset")
     try:
-        root = os.open("/", os.O_PATH | os.O_CLOEXEC)
-        try:
-            rule = ctypes.create_string_buffer(struct.pack("<Qi", handled, root), 12)
-            if libc.syscall(_SYS_LANDLOCK[1], ctypes.c_int(rs), ctypes.c_int(_LL_RULE_PATH_BENEATH),
-                            rule, ctypes.c_uint32(0)) != 0:
-                raise OSError(ctypes.get_errno(), "landlock_add_rule")
-        finally:
-            os.close(root)
         if libc.syscall(_SYS_LANDLOCK[2], ctypes.c_int(rs), ctypes.c_uint32(0)) != 0:
             raise OSError(ctypes.get_errno(), "landlock_restrict_self")
     finally:
@@ -250,9 +242,10 @@ def confine(as_user: bool) -> list[str]:
                         f"calls netleak knows: sockets of other families than IPv4 and "
                         f"IPv6 (AF_VSOCK, AF_PACKET...) are not refused")
     if not scope_ptrace() and as_user and yama_ptrace_scope() < 1:
-        warnings.append("this kernel has no Landlock (nor Yama's ptrace_scope 1): COMMAND "
-                        "may trace its user's other processes and have them send for it; "
-                        "set kernel.yama.ptrace_scope=1 or run it as a user of its own")
+        warnings.append("this kernel has no Landlock scopes (Linux 6.12) nor Yama's "
+                        "ptrace_scope 1: COMMAND may trace its user's other processes and "
+                        "have them send for it; set kernel.yama.ptrace_scope=1 or run it "
+                        "as a user of its own")
     return warnings
 
 
