@@ -40,7 +40,7 @@ BPF_HASH_OF_MAPS(rings, u64, "ring_tmpl", NL_MAX_RINGS);
 enum nl_verdict { V_PASS, V_LOOPBACK, V_KILL, V_DEVICE, V_NOPOLICY, V_NETNS,
                   V_SUPPRESSED, V_LOST, V_ALLOWED, V_BLOCK, V_INBOUND, V_REFUSED_DNS,
                   V_REFUSED_BLOCK, V_DNS, V_PROXIED, V_REFUSED_PROXY, V_PROXY, V_SOURCE,
-                  V_REFUSED_SOURCE, V_REFUSED_MPTCP };
+                  V_REFUSED_SOURCE, V_REFUSED_MPTCP, V_REFUSED_LIMIT };
 
 static __always_inline void count(u64 cgid, enum nl_verdict v, u32 len)
 {
@@ -76,6 +76,7 @@ static __always_inline void count(u64 cgid, enum nl_verdict v, u32 len)
     case V_REFUSED_PROXY: s->refused_proxy++; return;
     case V_REFUSED_SOURCE: s->refused_source++; return;
     case V_REFUSED_MPTCP: s->refused_mptcp++; return;
+    case V_REFUSED_LIMIT: s->refused_limit++; return;
     default:         s->events_lost++; return;
     }
     c->packets++;
@@ -565,9 +566,71 @@ static __always_inline int dns_pick(const struct nl_policy *p, const struct nl_a
     return 0;
 }
 
-BPF_TABLE("lru_hash", u64, struct nl_redirect, redirect, NL_MAX_REDIRECTS);
-/* proxy mode's connections to the relay, for the relay to read */
-BPF_TABLE("lru_hash", struct nl_peer, struct nl_proxied, proxied, NL_MAX_REDIRECTS);
+/* Not an LRU map: one workload's churn must never evict another session's
+ * entries. Each entry lives as long as its socket (nl_sock_release), and
+ * a session holds at most NL_SESSION_REDIRECTS of them at once. */
+BPF_HASH(redirect, u64, struct nl_redirect, NL_MAX_REDIRECTS);
+BPF_HASH(redirect_n, u64, u64, NL_MAX_ENTRIES);     /* session -> its live entries */
+
+/* Record R for the socket COOKIE; 0 when the session is at its limit (or
+ * the map full): the call is then refused. */
+static __always_inline int remember(u64 cookie, struct nl_redirect *r)
+{
+    struct nl_redirect *old = redirect.lookup(&cookie);
+    u64 zero = 0, before = 0, *n;
+
+    if (old) {
+        if (old->cgroup == r->cgroup) {
+            *old = *r;      /* the same socket again: no new entry */
+            return 1;
+        }
+        before = old->cgroup;   /* a socket another session sent elsewhere */
+    }
+    n = redirect_n.lookup(&r->cgroup);
+    if (!n) {
+        redirect_n.insert(&r->cgroup, &zero);
+        n = redirect_n.lookup(&r->cgroup);
+        if (!n)
+            return 0;
+    }
+    if (*n >= NL_SESSION_REDIRECTS)
+        return 0;
+    if (redirect.update(&cookie, r) != 0)
+        return 0;
+    __sync_fetch_and_add(n, 1);
+    if (before) {
+        n = redirect_n.lookup(&before);
+        if (n && *n)
+            __sync_fetch_and_add(n, -1);
+    }
+    return 1;
+}
+
+/* A socket of a controlled cgroup closes: its entry goes, and its
+ * session's count with it. */
+int nl_sock_release(struct bpf_sock *sk)
+{
+    u64 cookie = bpf_get_socket_cookie(sk);
+    struct nl_redirect *r = redirect.lookup(&cookie);
+    u64 *n;
+
+    if (!r)
+        return 1;
+    n = redirect_n.lookup(&r->cgroup);
+    if (n && *n)
+        __sync_fetch_and_add(n, -1);
+    redirect.delete(&cookie);
+    return 1;
+}
+
+/* Refused: the session holds NL_SESSION_REDIRECTS redirected sockets. */
+static __always_inline int over_limit(struct bpf_sock_addr *ctx, struct nl_policy *p, u64 key,
+                                      const struct nl_addr *a, u32 port, u8 hook, int v6)
+{
+    count(key, V_REFUSED_LIMIT, 0);
+    call_event(ctx, p, key, a, port, hook, NL_R_LIMIT, v6);
+    return 0;
+}
 
 /* Proxy mode: TCP, and DNS (port 53, UDP or TCP, to any address), go to
  * the relay on loopback; the rest of what would leave the machine is
@@ -598,7 +661,8 @@ static __always_inline int to_relay(struct bpf_sock_addr *ctx, struct nl_policy 
     r.cgroup = key;
     r.proxy = tcp;
     cookie = bpf_get_socket_cookie(ctx);
-    redirect.update(&cookie, &r);
+    if (!remember(cookie, &r))
+        return over_limit(ctx, p, key, a, port, hook, v6);
     set_ctx_addr(ctx, v6, &r.server, r.server_port);
     count(key, V_PROXIED, 0);
     return 1;
@@ -646,7 +710,8 @@ static __always_inline int sock_addr(struct bpf_sock_addr *ctx, u8 hook, int v6)
         o.orig_port = port;
         o.server_port = port;
         o.cgroup = key;
-        redirect.update(&cookie, &o);
+        if (!remember(cookie, &o))
+            return over_limit(ctx, p, key, &a, port, hook, v6);
         set_ctx_addr(ctx, v6, &o.server, port);
         count(key, V_DNS, 0);
         a = o.server;
@@ -676,93 +741,6 @@ static __always_inline int restore(struct bpf_sock_addr *ctx, int v6)
     ctx_addr(ctx, v6, &a);
     if (ctx->user_port == o->server_port && same(&a, &o->server))
         set_ctx_addr(ctx, v6, &o->orig, o->orig_port);
-    return 1;
-}
-
-/* A context field read where it stands: the verifier refuses a context
- * pointer the compiler computed (as it does to merge loads of two fields
- * chosen by a branch into one). */
-#define CTX(field) ({ u32 __v = (field); asm volatile("" : "+r"(__v)); __v; })
-
-/* A connection's own end, as the relay sees its peer. V4: IPv4 on the
- * wire (also a v6 socket's v4-mapped connect). */
-static __always_inline void peer_of(struct bpf_sock_ops *skops, int v4, struct nl_peer *k)
-{
-    u32 l4 = CTX(skops->local_ip4);
-    u32 l6_0 = CTX(skops->local_ip6[0]), l6_1 = CTX(skops->local_ip6[1]);
-    u32 l6_2 = CTX(skops->local_ip6[2]), l6_3 = CTX(skops->local_ip6[3]);
-
-    if (v4) {
-        mapped4(&k->addr, l4);
-    } else {
-        k->addr.w[0] = l6_0;
-        k->addr.w[1] = l6_1;
-        k->addr.w[2] = l6_2;
-        k->addr.w[3] = l6_3;
-    }
-    k->port = skops->local_port;
-    k->netns = bpf_get_netns_cookie(skops);
-}
-
-/* The moment a connection to the relay gets its local port (just before
- * the SYN): record it under that address and port, the peer the relay
- * sees on accept, so the relay learns where it was going. The record goes
- * when the connection closes (or when the relay takes it): none outlives
- * its socket for another program to claim with the same address and port. */
-int nl_sockops(struct bpf_sock_ops *skops)
-{
-    struct nl_redirect *r;
-    struct nl_peer k = {};
-    struct nl_proxied v = {};
-    struct nl_addr remote = {};
-    u64 cookie;
-    u32 rport, r4, r6_0, r6_1, r6_2, r6_3;
-
-    if (skops->op == BPF_SOCK_OPS_STATE_CB) {
-        if (skops->args[1] == BPF_TCP_CLOSE) {
-            struct nl_addr l6 = {};
-
-            l6.w[0] = CTX(skops->local_ip6[0]);
-            l6.w[1] = CTX(skops->local_ip6[1]);
-            l6.w[2] = CTX(skops->local_ip6[2]);
-            l6.w[3] = CTX(skops->local_ip6[3]);
-            peer_of(skops, CTX(skops->family) == 2 || is_mapped(&l6), &k);
-            proxied.delete(&k);
-        }
-        return 1;
-    }
-    if (skops->op != BPF_SOCK_OPS_TCP_CONNECT_CB)
-        return 1;
-    cookie = bpf_get_socket_cookie(skops);
-    r = redirect.lookup(&cookie);
-    if (!r || !r->proxy)
-        return 1;
-    /* only the connection connect() sent to the relay (not a later one of
-     * the same socket, after AF_UNSPEC, to somewhere on loopback) */
-    r4 = CTX(skops->remote_ip4);
-    r6_0 = CTX(skops->remote_ip6[0]);
-    r6_1 = CTX(skops->remote_ip6[1]);
-    r6_2 = CTX(skops->remote_ip6[2]);
-    r6_3 = CTX(skops->remote_ip6[3]);
-    if (is_mapped(&r->server)) {
-        mapped4(&remote, r4);
-    } else {
-        remote.w[0] = r6_0;
-        remote.w[1] = r6_1;
-        remote.w[2] = r6_2;
-        remote.w[3] = r6_3;
-    }
-    rport = CTX(skops->remote_port);    /* network order, in the high half on LE */
-    if (!same(&remote, &r->server) ||
-        (rport != r->server_port && (rport >> 16) != r->server_port))
-        return 1;
-    peer_of(skops, is_mapped(&r->server), &k);
-    v.orig = r->orig;
-    v.orig_port = r->orig_port;
-    v.cgroup = r->cgroup;
-    proxied.update(&k, &v);
-    bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
-                              BPF_SOCK_OPS_STATE_CB_FLAG);
     return 1;
 }
 

@@ -94,6 +94,7 @@ struct nl_stats {
     struct nl_count drop_source;    /* on loopback from an address not this machine's */
     u64 refused_source;             /* setsockopt refused: non-local source addresses */
     u64 refused_mptcp;              /* MPTCP sockets refused */
+    u64 refused_limit;              /* over NL_SESSION_REDIRECTS: refused */
 };
 
 /* Why an attempt was blocked (struct nl_event.reason). */
@@ -111,6 +112,8 @@ enum nl_reason {
                          * setsockopt that would allow one refused, or a
                          * loopback packet that carries one dropped */
     NL_R_MPTCP = 9,     /* an MPTCP socket: refused */
+    NL_R_LIMIT = 10,    /* more than NL_SESSION_REDIRECTS of the session's sockets
+                         * sent elsewhere at once: refused */
 };
 
 /* Where the attempt was seen (struct nl_event.hook). */
@@ -145,36 +148,27 @@ struct nl_event {
 
 /* A connect() or sendmsg() sent elsewhere (loopback DNS to a resolver, or
  * proxy mode's to the relay), by socket cookie: what the app asked for, so
- * replies and getpeername show it. */
+ * replies and getpeername show it, and so the relay (which asks the kernel
+ * for the cookie of the socket it hears from) learns where it was going
+ * and whose it is. Kept while the socket lives: the release program
+ * removes it. Userspace mirrors it in netleak_hook/relay.py. */
 struct nl_redirect {
     struct nl_addr orig;
     struct nl_addr server;
     u32 orig_port;      /* network order, as in user_port */
     u32 server_port;    /* network order */
     u64 cgroup;         /* the session (policy key) */
-    u32 proxy;          /* to the relay: sock_ops hands it on by local port */
+    u32 proxy;          /* a TCP connection to the relay */
     u32 pad;
 };
 
 #ifndef NL_MAX_REDIRECTS
-#define NL_MAX_REDIRECTS 65536
+#define NL_MAX_REDIRECTS 65536      /* sockets sent elsewhere, all sessions */
 #endif
-
-/* A connection to the relay, by the workload's end (what the relay sees
- * as the accepted socket's peer): where it was going, and whose it is. */
-struct nl_peer {
-    struct nl_addr addr;
-    u32 port;           /* host order */
-    u32 pad;
-    u64 netns;          /* its network namespace's cookie: each has a relay */
-};
-
-struct nl_proxied {
-    struct nl_addr orig;
-    u32 orig_port;      /* network order */
-    u32 pad;
-    u64 cgroup;
-};
+#ifndef NL_SESSION_REDIRECTS
+#define NL_SESSION_REDIRECTS 8192   /* ... of one session at once: no workload can
+                                     * crowd out the others' */
+#endif
 
 #ifndef NL_MAX_DEPTH
 /* How many cgroup levels the ancestor walk covers. */

@@ -536,10 +536,10 @@ class Daemon:
         if self.relay is not None:
             return
         maps = self.maps_for(self.pins.path)
-        if maps is None or maps.proxied < 0:
+        if maps is None or maps.redirect < 0:
             raise NetleakError(f"the programs pinned in {self.pins.path} have no proxy "
                                f"mode: run 'netleak gc' and retry")
-        r = relay.Relay(maps.proxied, self._route, self.relay_events,
+        r = relay.Relay(maps.redirect, self._route, self.relay_events,
                         port=self.cfg.relay_port, netns=self.netns)
         r.start()
         self.relay = r
@@ -841,6 +841,11 @@ class Daemon:
             stats = _step("read counters", maps.read_stats, s.cgroup_id) or stats
             _step("policy entry", bpfsys.map_delete, maps.policy, pack_key(s.cgroup_id))
             _step("stats entry", bpfsys.map_delete, maps.stats, pack_key(s.cgroup_id))
+            if maps.redirect_n >= 0:    # its sockets' entries went with them
+                _step("redirect count", bpfsys.map_delete, maps.redirect_n,
+                      pack_key(s.cgroup_id))
+        if self.relay is not None:
+            self.relay.forget(s.cgroup_id)
         if s.owned:
             if _step(f"remove cgroup {s.cgroup}", cgroupfs.remove_tree, path) is False:
                 log.warning("cgroup %s not removed (busy)", s.cgroup)
@@ -985,7 +990,24 @@ class Daemon:
             for key, _, rel in unclaimed(maps.stats):
                 if rel is None and whole_tree:
                     _step("stale stats entry", bpfsys.map_delete, maps.stats, key)
+            if maps.redirect_n >= 0:
+                for key, _, rel in unclaimed(maps.redirect_n):
+                    if rel is None and whole_tree:
+                        _step("stale redirect count", bpfsys.map_delete, maps.redirect_n, key)
+            if maps.redirect >= 0 and whole_tree:
+                removed += _step("stale redirects", self._gc_redirects, maps, claimed) or 0
         return adopted, removed
+
+    def _gc_redirects(self, maps: programs.Maps, claimed: set[int]) -> int:
+        """Entries of sockets that outlived their session's programs (the
+        release program removes the others as their sockets close)."""
+        stale = 0
+        for key in bpfsys.map_keys(maps.redirect, 8):
+            raw = bpfsys.map_lookup(maps.redirect, key, relay.REDIRECT_SIZE)
+            if raw is not None and relay.unpack_redirect(raw).cgroup not in claimed:
+                bpfsys.map_delete(maps.redirect, key)
+                stale += 1
+        return stale
 
     def _adopt(self, cid: int, rel: str, pol: Policy) -> str | None:
         """Take back a controlled cgroup the state file does not know (it was

@@ -40,12 +40,14 @@ FIX_BCC = ("apt-get install python3-bpfcc (Debian/Ubuntu) or dnf install "
 
 @dataclass(frozen=True)
 class Check:
-    """The outcome of one check: what was found and, on failure, what to do."""
+    """The outcome of one check: what was found and, on failure (or a
+    warning: netleak works, with a limit worth knowing), what to do."""
 
     name: str
     ok: bool
     detail: str
     fix: str = ""
+    warn: bool = False
 
     def as_dict(self) -> dict:
         """A JSON-ready dict with the keys name, ok, detail and fix."""
@@ -73,6 +75,19 @@ class Facts:
     euid: int
     rp_filter: dict                       # "all"/"default" -> "0"/"1"/"2" or None
     tools: dict                           # program name -> path or None
+    security: "Security" = dataclasses.field(default_factory=lambda: Security())
+
+
+@dataclass(frozen=True)
+class Security:
+    """What a hostile workload or neighbour could use, read off the system."""
+
+    nonlocal_bind: tuple = ("0", "0")     # net.ipv4/ipv6.ip_nonlocal_bind (None: unreadable)
+    landlock_abi: int = 7                 # 0: none
+    yama_ptrace_scope: int = -1           # -1: no Yama
+    vsock: bool = False                   # an AF_VSOCK socket can be made (a VM's host)
+    unprivileged_port_start: Optional[int] = 1024
+    relay_port: int = 1021                # NETLEAK_RELAY_PORT
 
 
 # ---------------------------------------------------------------- reading
@@ -194,7 +209,33 @@ def read_facts(environ: Mapping[str, str]) -> Facts:
         headers_realpath=real, headers_link=link, headers_dir=is_dir,
         headers_complete=complete, headers_release=headers_release,
         euid=os.geteuid(), rp_filter=read_rp_filter(),
-        tools=find_tools(environ))
+        tools=find_tools(environ), security=read_security(environ))
+
+
+def read_security(environ: Mapping[str, str]) -> Security:
+    """The settings the security checks look at."""
+    import socket
+
+    def sysctl(name: str) -> Optional[str]:
+        text = _read_text("/proc/sys/" + name.replace(".", "/"))
+        return text.strip() if text is not None else None
+    from .confine import landlock_abi, yama_ptrace_scope
+    try:
+        socket.socket(40, socket.SOCK_STREAM).close()      # AF_VSOCK: made, never used
+        vsock = True
+    except OSError:
+        vsock = False
+    start = sysctl("net.ipv4.ip_unprivileged_port_start")
+    try:
+        relay = int(environ.get("NETLEAK_RELAY_PORT") or "1021", 0)
+    except ValueError:
+        relay = 1021
+    return Security(nonlocal_bind=(sysctl("net.ipv4.ip_nonlocal_bind"),
+                                   sysctl("net.ipv6.ip_nonlocal_bind")),
+                    landlock_abi=landlock_abi(), yama_ptrace_scope=yama_ptrace_scope(),
+                    vsock=vsock,
+                    unprivileged_port_start=int(start) if start and start.isdigit() else None,
+                    relay_port=relay)
 
 
 # ---------------------------------------------------------------- deciding
@@ -399,10 +440,79 @@ def check_tools(facts: Facts) -> Check:
                  ", ".join(f"{t} {facts.tools[t]}" for t in DEMO_TOOLS))
 
 
+def check_forged_sources(facts: Facts) -> Check:
+    """ip_nonlocal_bind: what a workload may give its sockets as a source."""
+    v4, v6 = facts.security.nonlocal_bind
+    on = [f for f, v in (("ipv4", v4), ("ipv6", v6)) if v not in (None, "0")]
+    if not on:
+        return Check("forged sources", True, "ip_nonlocal_bind off (ipv4, ipv6): sockets "
+                     "carry only this machine's addresses")
+    return Check("forged sources", True,
+                 f"net.{'/'.join(on)}.ip_nonlocal_bind=1: a workload may bind addresses "
+                 f"that are not this machine's; netleak drops what carries one on "
+                 f"loopback (nothing answers it by the default route), but through its "
+                 f"interface it may send with one", warn=True,
+                 fix="sysctl net.ipv4.ip_nonlocal_bind=0 net.ipv6.ip_nonlocal_bind=0 "
+                     "unless a service here needs it")
+
+
+def check_confinement(facts: Facts) -> Check:
+    """Whether a workload can reach its user's other processes (ptrace,
+    /proc/PID/mem, pidfd_getfd) and have them send for it."""
+    from .confine import LANDLOCK_SCOPED_ABI
+    sec = facts.security
+    name = "other processes"
+    attached = ("; cgroups netleak attaches (attach, the hook) are not confined: "
+                "their processes were running before")
+    if sec.landlock_abi >= LANDLOCK_SCOPED_ABI:
+        return Check(name, True, f"Landlock ABI {sec.landlock_abi}: netleak-exec's "
+                     f"workloads cannot trace, read, write or signal processes outside "
+                     f"their session" + (attached if sec.yama_ptrace_scope < 1 else ""),
+                     warn=sec.yama_ptrace_scope < 1,
+                     fix="sysctl kernel.yama.ptrace_scope=1 covers attached cgroups too")
+    if sec.yama_ptrace_scope >= 1:
+        return Check(name, True, f"Yama ptrace_scope {sec.yama_ptrace_scope}: a workload "
+                     f"cannot trace processes it did not start")
+    why = (f"Landlock ABI {sec.landlock_abi} (scopes need 6, Linux 6.12)"
+           if sec.landlock_abi else "no Landlock")
+    return Check(name, True, f"{why} and no Yama ptrace_scope: a workload may trace its "
+                 f"user's other processes and have them send for it", warn=True,
+                 fix="sysctl kernel.yama.ptrace_scope=1, or run workloads as users of "
+                     "their own (-u)")
+
+
+def check_socket_families(facts: Facts) -> Check:
+    """AF_VSOCK and the other families no cgroup program sees."""
+    if not facts.security.vsock:
+        return Check("socket families", True, "netleak-exec refuses all but unix, IPv4, "
+                     "IPv6, netlink and alg; no AF_VSOCK here")
+    return Check("socket families", True,
+                 "AF_VSOCK exists (a VM: it reaches the host): netleak-exec's workloads "
+                 "may not make such sockets; attached cgroups and containers may",
+                 warn=True, fix="containers: a seccomp profile that refuses socket(AF_VSOCK) "
+                                "(family 40)")
+
+
+def check_relay_port(facts: Facts) -> Check:
+    """Proxy mode's relay port must stay privileged while the daemon is down."""
+    sec = facts.security
+    start, port = sec.unprivileged_port_start, sec.relay_port
+    if start is None or port + 1 < start:
+        return Check("relay port", True, f"{port} and {port + 1} are privileged "
+                     f"(unprivileged ports start at {start})")
+    return Check("relay port", True,
+                 f"ip_unprivileged_port_start={start}: any local program may take "
+                 f"ports {port} and {port + 1} while netleak's daemon is down, and answer "
+                 f"proxy-mode sessions' connections", warn=True,
+                 fix=f"sysctl net.ipv4.ip_unprivileged_port_start={max(1024, port + 2)}, or "
+                     f"NETLEAK_RELAY_PORT below {start - 1}")
+
+
 CHECKS: tuple[Callable[[Facts], Check], ...] = (
     check_kernel_version, check_kernel_config, check_cgroup2, check_bpffs,
     check_btf, check_bcc, check_headers, check_privileges, check_rp_filter,
-    check_containers, check_tools)
+    check_containers, check_tools, check_forged_sources, check_confinement,
+    check_socket_families, check_relay_port)
 
 
 def evaluate(facts: Facts) -> list[Check]:
@@ -433,10 +543,13 @@ def render(results: list[Check]) -> str:
     lines = []
     detail_col = 5 + NAME_WIDTH + 1
     for r in results:
-        head = f"{'OK' if r.ok else 'FAIL':<4} {r.name:<{NAME_WIDTH}} "
+        word = "FAIL" if not r.ok else ("WARN" if r.warn else "OK")
+        head = f"{word:<4} {r.name:<{NAME_WIDTH}} "
         lines.append(_wrap(r.detail, head, detail_col))
-        if not r.ok and r.fix:
+        if (not r.ok or r.warn) and r.fix:
             lines.append(_wrap(r.fix, "     fix: ", 10))
     failed = sum(not r.ok for r in results)
-    lines.append(f"{len(results)} checks, {failed} failed")
+    warned = sum(r.ok and r.warn for r in results)
+    lines.append(f"{len(results)} checks, {failed} failed" +
+                 (f", {warned} warnings" if warned else ""))
     return "\n".join(lines)

@@ -22,7 +22,7 @@ _EVENT = struct.Struct("<QQQIIBBBBHH16s16s")
 EVENT_SIZE = _EVENT.size
 
 REASONS = {1: "kill-switch", 2: "wrong-device", 3: "no-policy", 4: "netns", 5: "no-dns",
-           6: "no-network", 7: "proxy", 8: "source", 9: "mptcp"}
+           6: "no-network", 7: "proxy", 8: "source", 9: "mptcp", 10: "limit"}
 REASON_TEXT = {
     "kill-switch": "the interface is down or gone: only loopback may be used",
     "wrong-device": "the packet would have left by another interface",
@@ -39,6 +39,8 @@ REASON_TEXT = {
               "by the default route",
     "mptcp": "an MPTCP socket: refused (its subflows would not follow the session's "
              "routing); programs fall back to TCP",
+    "limit": "the session holds as many sockets sent to a resolver or the relay as it "
+             "may at once (8,192): refused until some close",
 }
 HOOKS = {1: "egress", 2: "socket", 3: "connect", 4: "sendmsg", 5: "setsockopt"}
 FAMILIES = {2: "ipv4", 10: "ipv6"}

@@ -117,10 +117,12 @@ class FakePool:
     used up, the least recently used name's address goes to the new one,
     but only if unused for HOLD seconds: an address a program may still
     hold is never given to another name (a flood of lookups cannot steer
-    it elsewhere); the pool is then full."""
+    it elsewhere); the pool is then full. A new name gets an address drawn
+    at random (RANDOM, an int in [0, n) for n), so addresses say nothing of
+    how many names came before, or in what order."""
 
     def __init__(self, network: str = FAKE_NET4, capacity: int = 65536,
-                 hold: float = 10 * FAKE_TTL) -> None:
+                 hold: float = 10 * FAKE_TTL, random=None) -> None:
         net = ipaddress.ip_network(network)
         if net.version != 4:
             raise ValueError(f"fake network {network}: must be IPv4 (A records)")
@@ -129,9 +131,14 @@ class FakePool:
             raise ValueError(f"fake network {network} with capacity {capacity}: "
                              f"no address to hand out")
         self.network = net
+        self.size = size
         self.capacity = min(capacity, size)
         self._first = int(net.network_address) + 1
         self.hold = hold
+        if random is None:
+            import secrets
+            random = secrets.randbelow
+        self._random = random
         # name -> (address, last used, time.monotonic()), least recent first
         self._by_name: collections.OrderedDict[str, tuple[int, float]] = \
             collections.OrderedDict()
@@ -152,7 +159,7 @@ class FakePool:
         if name in self._by_name:
             addr = self._by_name.pop(name)[0]
         elif len(self._by_name) < self.capacity:
-            addr = self._first + len(self._by_name)
+            addr = self._free()
         else:
             old, (addr, used) = next(iter(self._by_name.items()))
             if now - used < self.hold:
@@ -161,6 +168,16 @@ class FakePool:
         self._by_name[name] = (addr, now)
         self._by_addr[addr] = name
         return str(ipaddress.IPv4Address(addr))
+
+    def _free(self) -> int:
+        """A random address no name holds (there is one: fewer names than
+        addresses)."""
+        start = self._random(self.size)
+        for i in range(self.size):
+            addr = self._first + (start + i) % self.size
+            if addr not in self._by_addr:
+                return addr
+        raise AssertionError("no free address below capacity")
 
     def name_for(self, addr: str, now: float | None = None) -> str | None:
         """The name ADDR was handed out to (now most recently used), or None."""

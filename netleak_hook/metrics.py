@@ -9,7 +9,7 @@ from .status import STATES
 VERDICTS = ("passed", "loopback", "allowed", "drop_kill", "drop_device", "drop_nopolicy",
             "drop_block", "drop_inbound", "drop_proxy", "drop_source")
 # socket calls refused, as the counters name them (refused_<reason>)
-REFUSALS = ("netns", "dns", "block", "proxy", "source", "mptcp")
+REFUSALS = ("netns", "dns", "block", "proxy", "source", "mptcp", "limit")
 
 
 def _escape(value: str) -> str:
@@ -53,7 +53,8 @@ def render(data: dict) -> str:
             "netns (socket opened in another network namespace), dns (loopback DNS with "
             "no resolver to send it to), block (connect or sendmsg in no-network mode), "
             "proxy (proxy mode: neither TCP nor DNS), source (setsockopt for a source "
-            "address not this machine's), mptcp (MPTCP sockets).",
+            "address not this machine's), mptcp (MPTCP sockets), limit (more sockets "
+            "sent to a resolver or the relay at once than a session may hold).",
             "# TYPE netleak_sockets_refused_total counter"]
     for s in sessions:
         c = s.get("counters")

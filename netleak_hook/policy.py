@@ -18,7 +18,7 @@ _HEAD = struct.Struct("<IIIIQQQQII")
 _ADDR = 16
 _TAIL = struct.Struct("<II")    # relay_port, dns_port (network order)
 _POLICY_SIZE = _HEAD.size + MAX_DNS * _ADDR + MAX_ALLOW * 2 * _ADDR + _TAIL.size
-_STATS = struct.Struct("<30Q")
+_STATS = struct.Struct("<31Q")
 
 KEY_SIZE = _KEY.size
 POLICY_SIZE = _POLICY_SIZE
@@ -148,6 +148,7 @@ class Stats:
     drop_source_bytes: int = 0
     refused_source: int = 0         # setsockopt refused: non-local source addresses
     refused_mptcp: int = 0          # MPTCP sockets refused
+    refused_limit: int = 0          # over the redirected sockets a session may hold
 
     @property
     def dropped(self) -> int:

@@ -1,21 +1,25 @@
 """Proxy mode's relay, run inside the daemon.
 
 The programs send every TCP connect() of a proxy-mode session to
-127.0.0.1:PORT (or [::1]:PORT) and record, under the workload's end of the
-connection, where it was going (map `proxied`). The relay accepts, reads
-that record, opens a connection to the session's proxy (bound to the
-session's interface, if it has one), does the proxy's handshake for the
-original destination, and then moves bytes both ways with splice(2) (the
-data stays in the kernel), one thread per connection.
+127.0.0.1:PORT (or [::1]:PORT) and record, under the socket's cookie,
+where it was going and whose it is (map `redirect`). The relay accepts,
+asks the kernel which socket is at the other end (its cookie: socket
+diagnostics, which no process can make lie), reads that record, opens a
+connection to the session's proxy (bound to the session's interface, if
+it has one), does the proxy's handshake for the original destination, and
+then moves bytes both ways with splice(2) (the data stays in the kernel),
+one thread per connection.
 
 DNS of such sessions comes here too (UDP to one of two answerers, TCP to
-the relay like any connection): with a proxy that takes names (socks5h,
-http) a name gets a stand-in address from a reserved block, and a
-connection to that address goes to the proxy with the name; with socks5,
-which takes addresses only, every query is refused.
+the relay like any connection), told apart the same way: with a proxy
+that takes names (socks5h, http) a name gets a stand-in address from a
+reserved block, the session's own (no other session, nor any other
+program, can ask for them or connect to them), and a connection to that
+address goes to the proxy with the name; with socks5, which takes
+addresses only, every query is refused.
 
-A connection the relay has no record for (another local process that
-found the port) is closed at once: the relay is no open proxy.
+Whatever the relay has no record for (another local program that found
+its ports) gets nothing: the relay is no open proxy, and no oracle.
 """
 from __future__ import annotations
 
@@ -41,9 +45,10 @@ from .proxyproto import Handshake, ProxyError
 
 log = logging.getLogger("netleak.relay")
 
-# struct nl_peer (key) and struct nl_proxied (value), bpf/netleak.h
-_PEER = struct.Struct("<16sIIQ")
-_PROXIED = struct.Struct("<16sIIQ")
+# struct nl_redirect (the map's value, by socket cookie), bpf/netleak.h:
+# orig, server, orig_port, server_port (network order), cgroup, proxy, pad
+_REDIRECT = struct.Struct("<16s16sIIQII")
+REDIRECT_SIZE = _REDIRECT.size
 _STAND_INS = ipaddress.ip_network(fakedns.FAKE_NET4)
 CONNECT_TIMEOUT = 10.0      # to the proxy, and its handshake
 PIPE_SIZE = 1 << 20
@@ -74,25 +79,53 @@ class Route:
         return self.scheme != "socks5"
 
 
-def peer_key(addr: str, port: int, netns: int = 0) -> bytes:
-    """The map key of a connection seen from the relay: its peer, and the
-    network namespace (cookie) both are in."""
-    return _PEER.pack(_addr16(addr), port, 0, netns)
+@dataclasses.dataclass(frozen=True)
+class Redirect:
+    """Where a session's socket was going, and where the programs sent it."""
+
+    orig_addr: str
+    orig_port: int      # host order
+    server_addr: str
+    server_port: int
+    cgroup: int         # the session (its policy key)
+    proxy: bool         # a TCP connection to the relay
 
 
-def _addr16(addr: str) -> bytes:
-    a = ipaddress.ip_address(addr.split("%", 1)[0])
-    if a.version == 4:
-        return b"\0" * 10 + b"\xff\xff" + a.packed
-    return a.packed
+def _addr_text(raw: bytes) -> str:
+    a = ipaddress.IPv6Address(raw)
+    return str(a.ipv4_mapped or a)
 
 
-def unpack_proxied(raw: bytes) -> tuple[str, int, int]:
-    """(original address, port, session cgroup id) of a map value."""
-    orig, port, _, cgroup = _PROXIED.unpack_from(raw)
-    a = ipaddress.IPv6Address(orig)
-    addr = str(a.ipv4_mapped or a)
-    return addr, int.from_bytes(port.to_bytes(4, "little")[:2], "big"), cgroup
+def _port(net: int) -> int:
+    return int.from_bytes(net.to_bytes(4, "little")[:2], "big")
+
+
+def unpack_redirect(raw: bytes) -> Redirect:
+    orig, server, oport, sport, cgroup, proxy, _ = _REDIRECT.unpack_from(raw)
+    return Redirect(_addr_text(orig), _port(oport), _addr_text(server), _port(sport), cgroup,
+                    bool(proxy))
+
+
+def cookie_key(cookie: int) -> bytes:
+    return cookie.to_bytes(8, "little")
+
+
+def _same_addr(a: str, b: str) -> bool:
+    def norm(x: str):
+        v = ipaddress.ip_address(x.split("%", 1)[0])
+        return v.ipv4_mapped or v if v.version == 6 else v
+    return norm(a) == norm(b)
+
+
+def kernel_identify(protocol: int, peer: tuple, local: tuple) -> int | None:
+    """The cookie of the socket at PEER that talks to LOCAL, as the kernel
+    says (None: there is none, or it is gone)."""
+    from .kernel import sockdiag
+    try:
+        found = sockdiag.lookup(protocol, peer[:2], local[:2])
+    except OSError:
+        return None
+    return found.cookie if found else None
 
 
 def destination(addr: str, port: int, route: Route,
@@ -104,8 +137,9 @@ def destination(addr: str, port: int, route: Route,
         if name is not None:
             return name, ""
         if ipaddress.ip_address(addr) in _STAND_INS:
-            return None, (f"{addr} is a stand-in address netleak no longer knows (its "
-                          f"daemon restarted): look the name up again")
+            return None, (f"{addr} is a stand-in address this session was not given "
+                          f"(another session's, or from before the daemon restarted): "
+                          f"look the name up again")
     return addr, ""
 
 
@@ -114,16 +148,19 @@ class Relay:
     of a session (None: not a proxy-mode session); events go to EVENTS as
     dicts of the event log's form."""
 
-    def __init__(self, proxied_fd: int, lookup: Callable[[int], Route | None],
-                 events: "queue.SimpleQueue[dict]", port: int = 0, netns: int = 0) -> None:
+    def __init__(self, redirect_fd: int, lookup: Callable[[int], Route | None],
+                 events: "queue.SimpleQueue[dict]", port: int = 0, netns: int = 0,
+                 identify: Callable[[int, tuple, tuple], int | None] = kernel_identify) -> None:
         """PORT: TCP and DNS with names on it, refused DNS on the next (0:
-        any free ones, for tests). NETNS: this namespace's cookie (the
-        map's keys hold it)."""
-        self.proxied_fd = proxied_fd
+        any free ones, for tests). NETNS: this namespace's cookie.
+        IDENTIFY(protocol, peer, local): the cookie of the socket at PEER."""
+        self.redirect_fd = redirect_fd
         self.lookup = lookup
         self.events = events
-        self.pool = fakedns.FakePool()
+        self.identify = identify
+        self.pools: dict[int, fakedns.FakePool] = {}    # session (cgroup id) -> its names
         self.pool_lock = threading.Lock()
+        self.strangers = 0          # what came from no session's socket: no answer
         self.tcp: list[socket.socket] = []
         self.dns_names: list[socket.socket] = []    # answers with stand-in addresses
         self.dns_refuse: list[socket.socket] = []   # refuses every query
@@ -221,17 +258,53 @@ class Relay:
 
     # ---------- DNS ----------
 
-    def _respond(self, query: bytes, names: bool) -> tuple[bytes | None, str]:
+    def _entry(self, protocol: int, peer: tuple, local: tuple) -> Redirect | None:
+        """The record of the session socket at PEER, when the programs sent
+        it here (to LOCAL); None for anything else."""
+        cookie = self.identify(protocol, peer, local)
+        if cookie is None:
+            return None
+        raw = bpfsys.map_lookup(self.redirect_fd, cookie_key(cookie), _REDIRECT.size)
+        if raw is None:
+            return None
+        r = unpack_redirect(raw)
+        if r.server_port != local[1] or not _same_addr(r.server_addr, local[0]):
+            return None     # sent elsewhere (a resolver), or here by itself
+        if (protocol == socket.IPPROTO_TCP) != r.proxy:
+            return None
+        return r
+
+    def _pool(self, route: Route) -> fakedns.FakePool | None:
+        """The stand-in names of ROUTE's session (None: it takes no names)."""
+        if not route.names:
+            return None
+        key = route.info.get("cgroup_id", 0)
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pools[key] = fakedns.FakePool()
+        return pool
+
+    def forget(self, cgroup_id: int) -> None:
+        """A session ended: its names go with it."""
         with self.pool_lock:
-            return fakedns.respond(query, self.pool if names else None)
+            self.pools.pop(cgroup_id, None)
+
+    def _respond(self, query: bytes, route: Route) -> tuple[bytes | None, str]:
+        with self.pool_lock:
+            return fakedns.respond(query, self._pool(route))
 
     def _answer_udp(self, s: socket.socket, names: bool) -> None:
         data, peer = s.recvfrom(4096)
-        answer, why = self._respond(data, names)
+        r = self._entry(socket.IPPROTO_UDP, peer, s.getsockname())
+        route = self.lookup(r.cgroup) if r is not None else None
+        if route is None or route.names != names:
+            self.strangers += 1     # nothing to say to whoever that is
+            return
+        answer, why = self._respond(data, route)
         if answer is not None:
             s.sendto(answer, peer)
         if why == "refused-local":
-            self._event("proxy-dns", None, "udp", peer[0], 53,
+            self._event("proxy-dns", route, "udp", r.orig_addr, r.orig_port,
                         "names are not resolved with a socks5:// proxy (it takes addresses "
                         "only): use socks5h:// to have the proxy resolve them")
 
@@ -244,7 +317,7 @@ class Relay:
                 return
             msgs, buf = fakedns.tcp_frames(buf + chunk)
             for m in msgs:
-                answer, why = self._respond(m, route.names)
+                answer, why = self._respond(m, route)
                 if answer is not None:
                     conn.sendall(fakedns.tcp_frame(answer))
                 if why == "refused-local":
@@ -257,21 +330,20 @@ class Relay:
     def _serve(self, conn: socket.socket) -> None:
         upstream = None
         try:
-            peer = conn.getpeername()
-            key = peer_key(peer[0], peer[1], self.netns)
-            raw = bpfsys.map_lookup(self.proxied_fd, key, _PROXIED.size)
-            if raw is None:
+            r = self._entry(socket.IPPROTO_TCP, conn.getpeername(), conn.getsockname())
+            if r is None:
                 return      # not from a proxy-mode session: no open proxy here
-            bpfsys.map_delete(self.proxied_fd, key)
-            addr, port, cgroup = unpack_proxied(raw)
-            route = self.lookup(cgroup)
+            addr, port = r.orig_addr, r.orig_port
+            route = self.lookup(r.cgroup)
             if route is None:
                 return
             if port == 53:
                 self._serve_dns_tcp(conn, route)
                 return
             with self.pool_lock:
-                host, why = destination(addr, port, route, self.pool.name_for)
+                pool = self._pool(route)
+                host, why = destination(addr, port, route,
+                                        pool.name_for if pool else lambda a: None)
             if host is None:
                 self._event("proxy-failed", route, "tcp", addr, port, why)
                 _reset(conn)

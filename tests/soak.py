@@ -18,7 +18,9 @@ double-forked, setsid grandchild probing after the session's main process
 exited; `unshare -n`; every netleak process SIGKILLed, then vpn0 down,
 deleted, re-created, and `netleak gc`; the reaper ending sessions around a
 live orphan; another tool's pass-everything egress program on the
-session's cgroup. Then a churn of sessions created and reaped, after which
+session's cgroup; a hostile workload (as nobody) beside a probing session,
+forging sources (IP_FREEBIND, ip_nonlocal_bind), taking its user's other
+process's socket, making AF_VSOCK, AF_PACKET and MPTCP sockets. Then a churn of sessions created and reaped, after which
 nothing may be left. --short runs every state and probe with fewer cycles
 and rounds, and a churn of 20 sessions instead of 200.
 
@@ -59,7 +61,8 @@ from netleak_hook import lab  # noqa: E402
 from netleak_hook.kernel import bpfsys, cgroupfs  # noqa: E402
 from tests.privileged.conftest import (  # noqa: E402
     EXEC, World, alive, kill_cgroup_tree, netleak_pids, policy_keys, wait_until)
-from tests.privileged.probes import THEIRS  # noqa: E402
+from tests.privileged.probes import (  # noqa: E402
+    FAMILIES, MPTCP, SPOOF, TAKE_OVER, THEIRS, VICTIM)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DNSD_DIR = os.path.join(HERE, "privileged")
@@ -70,6 +73,7 @@ R4, R6 = "203.0.113.53", "2001:db8:ff::53"       # the sessions' resolvers (--dn
 VIA4 = lab.LINKS["vpn0"][1]
 VPN_ADDRS = {"198.51.100.2", "2001:db8:2::2"}
 UP_ADDRS = {"192.0.2.2", "2001:db8:1::2"}
+UP_ADDRS_ORDERED = ("192.0.2.2", "2001:db8:1::2")
 LAN = ("192.0.2.66/26", "192.0.2.65", "2001:db8:3::2/64", "2001:db8:3::1")
 LAN_ADDRS = {"192.0.2.66", "2001:db8:3::2"}
 WATCHED = {"up0": lab.LINKS["up0"][1], "lan0": LAN[1]}    # link -> peer (end marker)
@@ -887,6 +891,30 @@ class Soak:
                 cell = Cell(name, p.name, packets, saw.get(p.name, "-"), verdict, 1)
                 self.res.controls.append(cell)
                 self.say(cell.line())
+        self.control_hostile()
+
+    def control_hostile(self) -> None:
+        """The hostile state's forged sources, outside netleak (as nobody,
+        with ip_nonlocal_bind on): their answers do leave by up0."""
+        L = self.lab
+        cases = [f"udp6=udp,::1,9", f"ping6=ping,::1,0", f"udp6-own=udp,{UP_ADDRS_ORDERED[1]},9"]
+        L.sysctl(L.host, "net.ipv4.ping_group_range", "0 2147483647")
+        for fam in ("ipv4", "ipv6"):
+            L.sysctl(L.host, f"net.{fam}.ip_nonlocal_bind", "1")
+        try:
+            with Captures(self.lab) as caps:
+                L.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                       "/usr/bin/python3", "-c", SPOOF, S4, S6, "plain", *cases], timeout=60)
+                caps.stop()
+        finally:
+            for fam in ("ipv4", "ipv6"):
+                L.sysctl(L.host, f"net.{fam}.ip_nonlocal_bind", "0")
+        counts = caps.counts()
+        packets = {lk: sum(counts[lk].values()) for lk in WATCHED}
+        verdict = "seen" if packets["up0"] > 0 and "up0" not in caps.blind else "BLIND"
+        cell = Cell("control-hostile", "forged", packets, "-", verdict, 1)
+        self.res.controls.append(cell)
+        self.say(cell.line())
 
     def state(self, name: str, fn, probes=PROBES) -> None:
         st = State(name)
@@ -1189,6 +1217,64 @@ class Soak:
             holder.kill()
             holder.wait()
 
+    def st_hostile(self, st: State) -> None:
+        """A hostile workload, as nobody, beside a routed session probing:
+        forged sources sent to loopback and the host's own addresses (with
+        the ip_nonlocal_bind sysctl on, and by IP_FREEBIND), a socket of its
+        user's other process taken (pidfd_getfd), AF_VSOCK and AF_PACKET,
+        MPTCP. Whatever of it got out shows on the captures: answers to the
+        forged sources are no probe's, so any is an unattributed leak."""
+        L = self.lab
+        run = self.continuous(st, "hostile")
+        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        py = "/usr/bin/python3"
+        own4, own6 = UP_ADDRS_ORDERED
+        cases = [f"{k}{t}={k},{h},{port}" for t, h in (("4", "127.0.0.1"), ("6", "::1"),
+                                                       ("4-own", own4), ("6-own", own6))
+                 for k, port in (("udp", 9), ("tcp", 9), ("ping", 0), ("dns", 53))]
+        victim = L.spawn(nobody + [py, "-c", VICTIM, S4], stdout=subprocess.PIPE, text=True)
+        try:
+            if victim.stdout.readline().strip() != "ready":
+                raise SetupError("the victim process did not start")
+            L.sysctl(L.host, "net.ipv4.ping_group_range", "0 2147483647")
+            attempts = {"freebind": [py, "-c", SPOOF, S4, S6, "freebind", *cases],
+                        "take-over": [py, "-c", TAKE_OVER, str(victim.pid)],
+                        "families": [py, "-c", FAMILIES], "mptcp": [py, "-c", MPTCP, S4]}
+            for fam in ("ipv4", "ipv6"):
+                L.sysctl(L.host, f"net.{fam}.ip_nonlocal_bind", "1")
+            attempts["nonlocal"] = [py, "-c", SPOOF, S4, S6, "plain", *cases]
+            st.expect["routed"] = "ok"
+            for _ in range(self.reps(1, 3)):
+                for what, argv in attempts.items():
+                    r = self.lab.run(EXEC + ["-u", "nobody", "vpn0", *argv], env=self.world.env,
+                                     timeout=120)
+                    self.judge_hostile(what, r)
+        finally:
+            for fam in ("ipv4", "ipv6"):
+                L.sysctl(L.host, f"net.{fam}.ip_nonlocal_bind", "0")
+            victim.kill()
+            victim.wait()
+        run.wait_rounds("routed", 1)
+        run.finish()
+
+    @staticmethod
+    def judge_hostile(what: str, r: subprocess.CompletedProcess) -> None:
+        """What the workload saw of each attempt, against what must be."""
+        out = dict(ln.split(" ", 1) for ln in r.stdout.splitlines() if " " in ln)
+        bad = []
+        if what == "freebind":
+            bad = [k for k, v in out.items() if not v.startswith("refused setsockopt")]
+        elif what == "take-over":
+            bad = [k for k, v in out.items() if not v.startswith("refused")]
+        elif what == "families":
+            bad = [k for k in ("vsock", "packet") if not out.get(k, "").startswith("refused")]
+        elif what == "mptcp":
+            bad = [] if out.get("mptcp", "").startswith("refused") else ["mptcp"]
+        # the MPTCP probe's TCP fallback finds no server on its port here
+        if (r.returncode != 0 and what != "mptcp") or bad or not out:
+            raise SetupError(f"hostile {what}: {', '.join(bad) or 'no run'}: "
+                             f"{r.stdout.strip()[-300:]} {r.stderr.strip()[-200:]}")
+
     def st_churn(self, st: State) -> None:
         """Sessions created and reaped in a loop, a few at a time: most on
         vpn0 probing once, some on lan0, one in ten killed mid-set-up.
@@ -1261,6 +1347,7 @@ STATES = (
     ("sigkill-all", "st_sigkill", PROBES),
     ("reaper", "st_reaper", PROBES),
     ("other-tool", "st_other_tool", PROBES),
+    ("hostile", "st_hostile", PROBES),
     ("churn", "st_churn", CHURN_PROBES),
 )
 

@@ -48,13 +48,16 @@ PROGRAMS = (  # (function and pin name, BCC program type name, attach type)
     ("recvmsg6", "CGROUP_SOCK_ADDR", bpfsys.BPF_CGROUP_UDP6_RECVMSG),
     ("getpeername4", "CGROUP_SOCK_ADDR", bpfsys.BPF_CGROUP_INET4_GETPEERNAME),
     ("getpeername6", "CGROUP_SOCK_ADDR", bpfsys.BPF_CGROUP_INET6_GETPEERNAME),
-    ("sockops", "SOCK_OPS", bpfsys.BPF_CGROUP_SOCK_OPS),
     ("setsockopt", "CGROUP_SOCKOPT", bpfsys.BPF_CGROUP_SETSOCKOPT),
+    ("sock_release", "CGROUP_SOCK", bpfsys.BPF_CGROUP_INET_SOCK_RELEASE),
 )
 # program types whose load names the attach type (the kernel checks their
 # context per hook)
-TYPED = ("CGROUP_SOCK_ADDR", "CGROUP_SOCKOPT")
-MAPS = ("policy", "stats", "rings", "proxied")
+TYPED = ("CGROUP_SOCK_ADDR", "CGROUP_SOCKOPT", "CGROUP_SOCK")
+# programs an earlier version pinned and attached that this one has not:
+# detached all the same (a cgroup netleak releases keeps none of them)
+LEGACY = (("prog_sockops", bpfsys.BPF_CGROUP_SOCK_OPS),)
+MAPS = ("policy", "stats", "rings", "redirect", "redirect_n")
 PINS = tuple(f"prog_{n}" for n, _, _ in PROGRAMS) + tuple(f"map_{m}" for m in MAPS)
 RING_PAGES = 16     # NL_RING_PAGES: every reader's ring has this size
 # what older netleak versions pinned too: enough to manage their sessions
@@ -241,8 +244,13 @@ def compile_and_pin(pins: Pinset, extra: tuple[str, ...] = ()) -> None:
     os.makedirs(tmp, mode=0o700)
     for name, fd in fds.items():
         bpfsys.obj_pin(fd, os.path.join(tmp, f"prog_{name}"))
+    from bcc import lib
     for name in MAPS:
-        bpfsys.obj_pin(b[name.encode()].map_fd, os.path.join(tmp, f"map_{name}"))
+        # by name: BCC's tables do not wrap every map type (socket storage)
+        fd = lib.bpf_table_fd(b.module, name.encode())
+        if fd < 0:
+            raise NetleakError(f"BPF compile: no map {name}; run 'netleak doctor'")
+        bpfsys.obj_pin(fd, os.path.join(tmp, f"map_{name}"))
     _remove_dir(pins.path)
     os.rename(tmp, pins.path)
     b.cleanup()
@@ -277,8 +285,8 @@ class Programs:
     def __init__(self, pins: Pinset) -> None:
         self.pins = pins
         self.fds: dict[str, int] = {}
-        # an older version's pin set has fewer programs: those it has
-        self.hooks = tuple((n, t) for n, t in self.HOOKS
+        # an older version's pin set has other programs: those it has
+        self.hooks = tuple((n, t) for n, t in self.HOOKS + LEGACY
                            if n in BASE_PINS or os.path.exists(pins.pin(n)))
         try:
             for name, _ in self.hooks:
@@ -354,13 +362,15 @@ class Maps:
         # an older version's pin set has no rings and shorter counters
         self.rings = (bpfsys.obj_get(pins.pin("map_rings"))
                       if os.path.exists(pins.pin("map_rings")) else -1)
-        self.proxied = (bpfsys.obj_get(pins.pin("map_proxied"))
-                        if os.path.exists(pins.pin("map_proxied")) else -1)
+        self.redirect = (bpfsys.obj_get(pins.pin("map_redirect"))
+                         if os.path.exists(pins.pin("map_redirect")) else -1)
+        self.redirect_n = (bpfsys.obj_get(pins.pin("map_redirect_n"))
+                           if os.path.exists(pins.pin("map_redirect_n")) else -1)
         self.stats_size = bpfsys.map_value_size(self.stats)
         self.ncpus = bpfsys.possible_cpus()
 
     def close(self) -> None:
-        for fd in (self.policy, self.stats, self.rings, self.proxied):
+        for fd in (self.policy, self.stats, self.rings, self.redirect, self.redirect_n):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)

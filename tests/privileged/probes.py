@@ -101,3 +101,71 @@ for arg in sys.argv[4:]:
     except OSError as e:
         print(name, "refused", e.strerror or e, flush=True)
 """
+
+
+# makes a socket of each family (never used: nothing is sent) and says
+# which were refused: ones no cgroup program sees, and controls it does
+FAMILIES = r"""
+import socket
+for name, fam, kind in (("vsock", 40, socket.SOCK_STREAM), ("packet", 17, socket.SOCK_DGRAM),
+                        ("xdp", 44, socket.SOCK_RAW), ("inet", 2, socket.SOCK_STREAM),
+                        ("inet6", 10, socket.SOCK_DGRAM), ("unix", 1, socket.SOCK_STREAM),
+                        ("netlink", 16, socket.SOCK_RAW)):
+    try:
+        socket.socket(fam, kind).close()        # made, never used: nothing is sent
+        print(name, "made", flush=True)
+    except OSError as e:
+        print(name, "refused", e.strerror, flush=True)
+"""
+
+# nobody, outside any session: holds a UDP socket connected to the server
+VICTIM = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((sys.argv[1], 8080))
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+# as the same user: take the victim's socket (pidfd_getfd), and send through
+# it; open its memory for writing; attach to it with ptrace
+TAKE_OVER = r"""
+import ctypes, os, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+pid = int(sys.argv[1])
+def err():
+    return os.strerror(ctypes.get_errno())
+pidfd = libc.syscall(434, pid, 0)                       # pidfd_open
+fd = libc.syscall(438, pidfd, 3, 0) if pidfd >= 0 else -1   # pidfd_getfd: its fd 3
+if fd >= 0:
+    s = socket.socket(fileno=fd)
+    for _ in range(5):
+        s.send(b"sent for the workload")
+    print("getfd sent", flush=True)
+else:
+    print("getfd refused", err(), flush=True)
+try:
+    os.close(os.open(f"/proc/{pid}/mem", os.O_RDWR))
+    print("mem opened", flush=True)
+except OSError as e:
+    print("mem refused", e.strerror, flush=True)
+if libc.ptrace(16, pid, None, None) == 0:               # PTRACE_ATTACH
+    print("ptrace attached", flush=True)
+    libc.ptrace(17, pid, None, None)                    # PTRACE_DETACH
+else:
+    print("ptrace refused", err(), flush=True)
+"""
+
+MPTCP = r"""
+import socket, sys
+try:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)     # IPPROTO_MPTCP
+    s.settimeout(2)
+    s.connect((sys.argv[1], 8080))
+    print("mptcp", s.recv(100).decode().strip(), flush=True)
+except OSError as e:
+    print("mptcp refused", e.strerror, flush=True)
+s = socket.create_connection((sys.argv[1], 8080), timeout=2)
+print("tcp", s.recv(100).decode().strip(), flush=True)
+"""

@@ -18,7 +18,7 @@ import pytest
 
 from netleak_hook import lab as labmod
 from tests.privileged.conftest import EXEC, wait_until
-from tests.privileged.probes import SPOOF
+from tests.privileged.probes import FAMILIES, MPTCP, SPOOF, TAKE_OVER, VICTIM
 from tests.privileged.test_proxy import PEER, PORT, PROXY4, Proxy, proxy_lab  # noqa: F401
 
 pytestmark = pytest.mark.privileged
@@ -590,18 +590,6 @@ def test_a_workload_naming_itself_with_escapes_reaches_no_terminal(world):
     assert "\\x1b]0;pwn" in r.stdout, r.stdout      # escaped, and cut to its column
 
 
-MPTCP = r"""
-import socket, sys
-try:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)     # IPPROTO_MPTCP
-    s.settimeout(2)
-    s.connect((sys.argv[1], 8080))
-    print("mptcp", s.recv(100).decode().strip(), flush=True)
-except OSError as e:
-    print("mptcp refused", e.strerror, flush=True)
-s = socket.create_connection((sys.argv[1], 8080), timeout=2)
-print("tcp", s.recv(100).decode().strip(), flush=True)
-"""
 
 
 def test_mptcp_is_refused_at_once_and_tcp_still_works(world):
@@ -627,18 +615,6 @@ def test_user_given_twice_is_refused(world, tmp_path):
 
 # ---------- other socket families ----------
 
-FAMILIES = r"""
-import socket
-for name, fam, kind in (("vsock", 40, socket.SOCK_STREAM), ("packet", 17, socket.SOCK_DGRAM),
-                        ("xdp", 44, socket.SOCK_RAW), ("inet", 2, socket.SOCK_STREAM),
-                        ("inet6", 10, socket.SOCK_DGRAM), ("unix", 1, socket.SOCK_STREAM),
-                        ("netlink", 16, socket.SOCK_RAW)):
-    try:
-        socket.socket(fam, kind).close()        # made, never used: nothing is sent
-        print(name, "made", flush=True)
-    except OSError as e:
-        print(name, "refused", e.strerror, flush=True)
-"""
 
 
 def test_other_socket_families_are_refused(world):
@@ -661,43 +637,6 @@ def test_other_socket_families_are_refused(world):
 
 # ---------- same-user take-over ----------
 
-# nobody, outside any session: holds a UDP socket connected to the server
-VICTIM = r"""
-import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.connect((sys.argv[1], 8080))
-print("ready", flush=True)
-time.sleep(60)
-"""
-# as the same user: take the victim's socket (pidfd_getfd), and send through
-# it; open its memory for writing; attach to it with ptrace
-TAKE_OVER = r"""
-import ctypes, os, socket, sys
-libc = ctypes.CDLL(None, use_errno=True)
-libc.syscall.restype = ctypes.c_long
-pid = int(sys.argv[1])
-def err():
-    return os.strerror(ctypes.get_errno())
-pidfd = libc.syscall(434, pid, 0)                       # pidfd_open
-fd = libc.syscall(438, pidfd, 3, 0) if pidfd >= 0 else -1   # pidfd_getfd: its fd 3
-if fd >= 0:
-    s = socket.socket(fileno=fd)
-    for _ in range(5):
-        s.send(b"sent for the workload")
-    print("getfd sent", flush=True)
-else:
-    print("getfd refused", err(), flush=True)
-try:
-    os.close(os.open(f"/proc/{pid}/mem", os.O_RDWR))
-    print("mem opened", flush=True)
-except OSError as e:
-    print("mem refused", e.strerror, flush=True)
-if libc.ptrace(16, pid, None, None) == 0:               # PTRACE_ATTACH
-    print("ptrace attached", flush=True)
-    libc.ptrace(17, pid, None, None)                    # PTRACE_DETACH
-else:
-    print("ptrace refused", err(), flush=True)
-"""
 
 
 def test_a_workload_cannot_take_over_its_users_other_processes(world):
@@ -725,3 +664,153 @@ def test_a_workload_cannot_take_over_its_users_other_processes(world):
     finally:
         victim.kill()
         victim.wait()
+
+
+# ---------- stand-in names: each session's own ----------
+
+# resolve ARGV[1] (the session's DNS goes to netleak's answerer), print the
+# address, wait for a line, then connect to it on port ARGV[2]
+RESOLVE_HOLD = r"""
+import socket, sys
+addr = socket.getaddrinfo(sys.argv[1], 80, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+print(addr, flush=True)
+sys.stdin.readline()
+try:
+    s = socket.create_connection((addr, int(sys.argv[2])), timeout=5)
+    print("ok", s.recv(100).decode().strip(), flush=True)
+except OSError as e:
+    print("refused", e.strerror or e, flush=True)
+"""
+# one DNS query for ARGV[1] to each HOST:PORT of ARGV[2:]: what came back
+ASK = r"""
+import socket, sys
+q = (b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" +
+     b"".join(bytes([len(x)]) + x.encode() for x in sys.argv[1].split(".")) + b"\0\0\x01\0\x01")
+for target in sys.argv[2:]:
+    host, port = target.rsplit(":", 1)
+    host = host.strip("[]")
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(1.0)
+    s.sendto(q, (host, int(port)))
+    try:
+        a = s.recv(512)
+        print(target, "answered", socket.inet_ntoa(a[-4:]) if len(a) > len(q) else "empty",
+              flush=True)
+    except socket.timeout:
+        print(target, "silent", flush=True)
+"""
+
+
+def test_stand_in_names_are_each_sessions_own(proxy_lab):
+    """Session A looks a name up and gets a stand-in address. Another local
+    user asking the relay's answerer directly gets no answer at all (no
+    oracle of what was looked up); session B connecting to A's address gets
+    a reset, and B's proxy is never asked for A's name; A's own connection
+    goes through by name. The control: B's own query is answered."""
+    from tests.privileged.test_proxy import NAME
+    w = proxy_lab
+    proxy = Proxy(w, "socks5")
+    url = f"socks5h://{PROXY4}:{PORT}"
+    a = w.lab.spawn(EXEC + ["--proxy", url, PY, "-c", RESOLVE_HOLD, NAME, str(labmod.PORT)],
+                    env=w.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        addr = a.stdout.readline().strip()
+        assert addr.startswith("198.1"), addr
+        relay_ends = [f"127.0.0.1:{RELAY_PORT}", f"[::1]:{RELAY_PORT}"]
+        r = w.lab.run(NOBODY + [PY, "-c", ASK, NAME, *relay_ends])
+        assert r.stdout.split("\n")[:2] == [f"{t} silent" for t in relay_ends], r.stdout
+        r = w.netleak("-u", "nobody", "--proxy", url, PY, "-c", ASK, NAME, "192.0.2.53:53")
+        assert r.stdout.startswith("192.0.2.53:53 answered 198.1"), r.stdout + r.stderr
+        asked = len(proxy.asked())
+        r = w.netleak("-u", "nobody", "--proxy", url, PY, "-c", PEER, addr, str(labmod.PORT))
+        assert r.stdout.split()[0] == "refused", r.stdout
+        assert len(proxy.asked()) == asked        # B's proxy never heard of A's name
+        a.stdin.write("\n")
+        a.stdin.flush()
+        assert a.stdout.readline().split() == ["ok", PROXY4]
+        assert proxy.asked()[-1] == f"{NAME} {labmod.PORT} ok"
+    finally:
+        a.kill()
+        a.wait()
+    assert any(e["reason"] == "proxy-failed" and addr in (e.get("detail") or "")
+               for e in events(w))
+
+
+# a DNS socket held across ARGV[1]'s signal: query before and after; what
+# each reply says its source is
+HOLD_DNS = r"""
+import socket, sys
+q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x04held\x04test\x00\x00\x01\x00\x01"
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.connect(("192.0.2.53", 53))
+for round in ("before", "after"):
+    s.send(q)
+    data, src = s.recvfrom(512)
+    print(round, src[0], src[1], len(data) > len(q), flush=True)
+    if round == "before":
+        sys.stdin.readline()
+"""
+# as many DNS sockets held at once as it may, then a churn of many more
+FLOOD = r"""
+import resource, socket, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 20000), hard))
+held, refused = [], 0
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.connect(("192.0.2.53", 53))
+        held.append(s)
+    except PermissionError:
+        refused += 1
+        s.close()
+print("held", len(held), "refused", refused, flush=True)
+sys.stdin.readline()
+for s in held:
+    s.close()
+for _ in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect(("192.0.2.53", 53))
+    s.close()
+print("churned", flush=True)
+"""
+
+
+def _redirects() -> int:
+    from tests.privileged.test_proxy import proxied_entries
+    return proxied_entries()
+
+
+def test_one_workload_cannot_crowd_out_anothers_redirects(proxy_lab):
+    """Session B holds as many redirected sockets as it may (8,192: the rest
+    are refused, with a 'limit' event), then churns 70,000 more; session A's
+    DNS socket keeps its record all along, so its answers still show the
+    address it asked (an evicted record shows the relay's). The control is
+    the attempt itself: B's records are in the map while it holds them, and
+    gone once it closes them."""
+    w = proxy_lab
+    Proxy(w, "socks5")
+    url = f"socks5h://{PROXY4}:{PORT}"
+    base = _redirects()
+    a = w.lab.spawn(EXEC + ["--proxy", url, PY, "-c", HOLD_DNS], env=w.env,
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    b = w.lab.spawn(EXEC + ["-u", "nobody", "--proxy", url, PY, "-c", FLOOD, "9000", "70000"],
+                    env=w.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert a.stdout.readline().split() == ["before", "192.0.2.53", "53", "True"]
+        assert b.stdout.readline().split() == ["held", "8192", "refused", "808"]
+        assert _redirects() == base + 1 + 8192
+        b.stdin.write("\n")
+        b.stdin.flush()
+        assert b.stdout.readline().strip() == "churned"
+        assert wait_until(lambda: _redirects() == base + 1)
+        a.stdin.write("\n")
+        a.stdin.flush()
+        assert a.stdout.readline().split() == ["after", "192.0.2.53", "53", "True"]
+    finally:
+        for p in (a, b):
+            p.kill()
+            p.wait()
+    assert wait_until(lambda: _redirects() == base)
+    assert any(e["reason"] == "limit" for e in events(w))

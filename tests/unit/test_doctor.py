@@ -65,17 +65,18 @@ def by_name(f: Facts) -> dict[str, Check]:
 def test_check_is_frozen_and_as_dict():
     c = Check("BCC", False, "not found", "install it")
     assert c.as_dict() == {"name": "BCC", "ok": False, "detail": "not found",
-                           "fix": "install it"}
+                           "fix": "install it", "warn": False}
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.ok = True  # type: ignore[misc]
 
 
-def test_healthy_machine_passes_all_eleven_checks_in_order():
-    results = doc.evaluate(facts())
+def test_healthy_machine_passes_all_checks_in_order():
+    results = doc.evaluate(facts(security=doc.Security(yama_ptrace_scope=1)))
     assert [r.name for r in results] == [
         "kernel version", "kernel config", "cgroup v2", "bpffs", "BTF", "BCC",
-        "kernel headers", "privileges", "rp_filter", "containers", "tools"]
-    assert all(r.ok for r in results)
+        "kernel headers", "privileges", "rp_filter", "containers", "tools",
+        "forged sources", "other processes", "socket families", "relay port"]
+    assert all(r.ok and not r.warn for r in results)
 
 
 SCENARIOS = {
@@ -101,7 +102,7 @@ def test_fix_is_one_line_exactly_when_a_check_fails(changes):
     for r in doc.evaluate(facts(**changes)):
         assert r.detail and "\n" not in r.detail
         assert "\n" not in r.fix
-        assert bool(r.fix) == (not r.ok), r
+        assert bool(r.fix) == (not r.ok or r.warn), r
 
 
 def test_evaluate_is_pure_and_repeatable():
@@ -514,8 +515,8 @@ def test_render_stays_under_80_columns(changes):
     out = doc.render(doc.evaluate(facts(**changes)))
     lines = out.splitlines()
     assert all(len(line) < 80 for line in lines), out
-    assert lines[-1].startswith("11 checks, ")
-    assert lines[-1].endswith(" failed")
+    assert lines[-1].startswith(f"{len(doc.CHECKS)} checks, ")
+    assert lines[-1].endswith((" failed", " warnings"))
 
 
 def test_render_wraps_long_detail_with_alignment():
@@ -527,8 +528,9 @@ def test_render_wraps_long_detail_with_alignment():
 
 def test_render_counts_failures():
     out = doc.render(doc.evaluate(facts(euid=1000, tools={})))
-    assert out.splitlines()[-1] == "11 checks, 2 failed"
-    assert out.count("     fix: ") == 2
+    assert out.splitlines()[-1] == "15 checks, 2 failed, 1 warnings"
+    assert out.count("     fix: ") == 3
+    assert sum(ln.startswith("WARN ") for ln in out.splitlines()) == 1
 
 
 # ------------------------------------------------------------ this machine
@@ -557,3 +559,42 @@ def test_import_and_gather_do_not_load_heavy_modules():
     out = subprocess.run([sys.executable, "-c", code], check=True,
                          capture_output=True, text=True).stdout
     assert out.strip() == "[]"
+
+
+# ------------------------------------------------------------ security
+
+def sec(**kw) -> Facts:
+    return facts(security=doc.Security(**kw))
+
+
+def test_forged_sources():
+    assert not by_name(sec())["forged sources"].warn
+    c = by_name(sec(nonlocal_bind=("0", "1")))["forged sources"]
+    assert c.ok and c.warn and "net.ipv6.ip_nonlocal_bind=1" in c.detail
+    assert "ip_nonlocal_bind=0" in c.fix
+
+
+@pytest.mark.parametrize("abi,yama,warn,says", [
+    (7, 1, False, "Landlock ABI 7"),
+    (7, -1, True, "not confined"),
+    (5, 1, False, "Yama ptrace_scope 1"),
+    (5, 0, True, "scopes need 6"),
+    (0, -1, True, "no Landlock"),
+])
+def test_confinement(abi, yama, warn, says):
+    c = by_name(sec(landlock_abi=abi, yama_ptrace_scope=yama))["other processes"]
+    assert c.ok and c.warn == warn and says in c.detail, c
+
+
+def test_socket_families():
+    assert not by_name(sec())["socket families"].warn
+    c = by_name(sec(vsock=True))["socket families"]
+    assert c.warn and "AF_VSOCK" in c.detail and "40" in c.fix
+
+
+@pytest.mark.parametrize("start,port,warn", [(1024, 1021, False), (1023, 1021, False),
+                                             (1022, 1021, True), (0, 1021, True),
+                                             (1023, 1022, True), (None, 1021, False)])
+def test_relay_port(start, port, warn):
+    c = by_name(sec(unprivileged_port_start=start, relay_port=port))["relay port"]
+    assert c.ok and c.warn == warn, c

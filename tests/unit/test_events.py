@@ -43,7 +43,7 @@ def test_reason_and_hook_numbers_match_the_c_enums():
     c_reasons = {int(v): k for k, v in re.findall(r"NL_R_(\w+) = (\d+)", header)}
     assert {n: events.REASONS[n] for n in c_reasons} == {
         1: "kill-switch", 2: "wrong-device", 3: "no-policy", 4: "netns", 5: "no-dns",
-        6: "no-network", 7: "proxy", 8: "source", 9: "mptcp"}
+        6: "no-network", 7: "proxy", 8: "source", 9: "mptcp", 10: "limit"}
     assert set(c_reasons) == set(events.REASONS)
     c_hooks = {int(v) for _, v in re.findall(r"NL_H_(\w+) = (\d+)", header)}
     assert c_hooks == set(events.HOOKS)

@@ -2,10 +2,17 @@
 the pool's reuse order, and the refusals."""
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 from netleak_hook import fakedns
 from netleak_hook.fakedns import FakePool, parse_query, reply, respond
+
+
+def FIRST(n: int) -> int:
+    """The pool's draw, made predictable: the lowest free address."""
+    return 0
 
 
 def query(question: bytes, flags: bytes = b"\x01\x00", counts: bytes = b"\x00\x01",
@@ -47,7 +54,7 @@ def test_reply_bytes():
 
 
 def test_respond_a_aaaa_ptr():
-    pool = FakePool()
+    pool = FakePool(random=FIRST)
     assert respond(query(Q_A), pool) == (HEAD_1 + Q_A + ANS_A + b"\xc6\x12\x00\x01", "fake")
     assert respond(query(Q_A), pool)[0].endswith(b"\xc6\x12\x00\x01")     # same again
     assert respond(query(Q_AAAA), pool) == (HEAD_0 + Q_AAAA, "nodata")
@@ -59,7 +66,7 @@ def test_respond_a_aaaa_ptr():
 def test_respond_pool_full():
     """An address held within the last HOLD seconds is not given away:
     SERVFAIL instead."""
-    pool = FakePool("192.0.2.0/30", hold=3600)
+    pool = FakePool("192.0.2.0/30", hold=3600, random=FIRST)
     assert pool.address_for("a") and pool.address_for("b")
     assert respond(query(Q_A), pool) == (
         b"\x12\x34\x81\x82" + HEAD_0[4:] + Q_A, "pool-full")
@@ -68,7 +75,7 @@ def test_respond_pool_full():
 
 def test_respond_with_edns():
     opt = b"\x00\x00\x29\x10\x00\x00\x00\x00\x00\x00\x00"   # root, OPT, 4096, no options
-    answer, why = respond(query(Q_A, rest=opt, arcount=b"\x00\x01"), FakePool())
+    answer, why = respond(query(Q_A, rest=opt, arcount=b"\x00\x01"), FakePool(random=FIRST))
     assert why == "fake" and answer == HEAD_1 + Q_A + ANS_A + b"\xc6\x12\x00\x01"
 
 
@@ -86,7 +93,7 @@ def test_respond_with_edns():
     (b"\x00\x00\x01\x00\x01", 5, "refused-type"),                    # A for the root
 ])
 def test_respond_other(question, rcode, why):
-    pool = FakePool()
+    pool = FakePool(random=FIRST)
     assert respond(query(Q_A), pool)[1] == "fake"
     assert respond(query(question), pool) == (
         b"\x12\x34\x81" + bytes([0x80 | rcode]) + HEAD_0[4:] + question, why)
@@ -121,7 +128,7 @@ MALFORMED = [
 def test_malformed(packet):
     with pytest.raises(ValueError):
         parse_query(packet)
-    assert respond(packet, FakePool()) == (None, "malformed")
+    assert respond(packet, FakePool(random=FIRST)) == (None, "malformed")
     assert respond(packet, None) == (None, "malformed")
 
 
@@ -132,7 +139,7 @@ def test_longest_name():
 
 
 def test_pool_lru():
-    pool = FakePool("192.0.2.0/29", capacity=3, hold=0)
+    pool = FakePool("192.0.2.0/29", capacity=3, hold=0, random=FIRST)
     assert [pool.address_for(n) for n in "abc"] == ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
     assert pool.address_for("a") == "192.0.2.1"          # order now b, c, a
     assert pool.address_for("d") == "192.0.2.2"          # b forgotten
@@ -146,7 +153,7 @@ def test_pool_lru():
 
 
 def test_pool_network_size():
-    pool = FakePool("192.0.2.0/30", hold=0)             # .1 and .2 only
+    pool = FakePool("192.0.2.0/30", hold=0, random=FIRST)             # .1 and .2 only
     assert [pool.address_for(n) for n in "abcd"] == [
         "192.0.2.1", "192.0.2.2", "192.0.2.1", "192.0.2.2"]
     assert pool.name_for("192.0.2.1") == "c"
@@ -154,7 +161,7 @@ def test_pool_network_size():
 
 
 def test_pool_membership():
-    pool = FakePool()
+    pool = FakePool(random=FIRST)
     for addr in ("198.18.0.0", "198.18.0.1", "198.19.255.255"):
         assert addr in pool and pool.name_for(addr) is None
     for addr in ("198.17.255.255", "198.20.0.0", "::1", "garbage", ""):
@@ -184,8 +191,21 @@ def test_tcp_frames():
 
 def test_tcp_round_trip():
     stream = fakedns.tcp_frame(query(Q_A)) + fakedns.tcp_frame(query(Q_AAAA))
-    pool = FakePool()
+    pool = FakePool(random=FIRST)
     msgs, rest = fakedns.tcp_frames(stream[:-3])
     assert len(msgs) == 1 and respond(msgs[0], pool)[1] == "fake"
     msgs, rest = fakedns.tcp_frames(rest + stream[-3:])
     assert rest == b"" and respond(msgs[0], pool)[1] == "nodata"
+
+
+def test_new_names_get_addresses_in_no_order():
+    """The order of names asked tells nothing: two pools (as two sessions)
+    hand out other addresses, and none in sequence."""
+    a, b = FakePool(), FakePool()
+    got_a = [a.address_for(f"n{i}.test") for i in range(50)]
+    got_b = [b.address_for(f"n{i}.test") for i in range(50)]
+    assert got_a != got_b
+    ints = [int(ipaddress.IPv4Address(x)) for x in got_a]
+    assert ints != sorted(ints) and len(set(ints)) == 50
+    assert all(ipaddress.IPv4Address(x) in ipaddress.ip_network("198.18.0.0/15") for x in got_a)
+    assert all(a.name_for(x) == f"n{i}.test" for i, x in enumerate(got_a))

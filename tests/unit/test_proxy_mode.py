@@ -177,32 +177,28 @@ def test_state_json_keeps_proxy_fields():
 V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 
 
-def test_peer_key_layout():
-    """struct nl_peer: 16-byte address (IPv4 mapped), u32 port in host order,
-    pad, u64 netns cookie."""
-    want = V4_MAPPED + b"\x7f\0\0\x01" + struct.pack("<I", 40000) + b"\0" * 4 + b"\0" * 8
-    assert relay.peer_key("127.0.0.1", 40000) == want
-    assert relay.peer_key("::ffff:127.0.0.1", 40000) == want
-    v6 = relay.peer_key("::1", 0x1234, netns=2**40 + 7)
-    assert v6 == b"\0" * 15 + b"\x01" + b"\x34\x12\0\0" + b"\0" * 4 + \
-        struct.pack("<Q", 2**40 + 7)
-    assert relay.peer_key("fe80::1%lo", 1) == relay.peer_key("fe80::1", 1)
-    assert len(v6) == 32
-
-
-def proxied(addr16: bytes, port: int, cgroup: int) -> bytes:
-    """struct nl_proxied by hand: address, u32 port in network order
-    (the port's two big-endian bytes first), u32 pad, u64 cgroup."""
-    return addr16 + port.to_bytes(2, "big") + b"\0\0" + b"\0" * 4 + cgroup.to_bytes(8, "little")
-
-
-def test_unpack_proxied_layout():
-    raw = proxied(V4_MAPPED + bytes([93, 184, 216, 34]), 443, 0x0102030405060708)
-    assert len(raw) == 32 and raw[16:20] == b"\x01\xbb\0\0"
-    assert relay.unpack_proxied(raw) == ("93.184.216.34", 443, 0x0102030405060708)
-    v6 = bytes.fromhex("20010db8000000000000000000000001")
-    assert relay.unpack_proxied(proxied(v6, 8080, 1)) == ("2001:db8::1", 8080, 1)
-    assert relay.unpack_proxied(proxied(V4_MAPPED + b"\0\0\0\x01", 65535, 2))[1] == 65535
+def test_redirect_layout_matches_the_c_struct():
+    """struct nl_redirect: the original address and the server's (16 bytes
+    each, IPv4 mapped), their ports (u32, network order in the low half),
+    the session's cgroup id (u64), and whether it is a TCP connection to
+    the relay (u32, then u32 pad): 56 bytes, as netleak.h declares it."""
+    header = open(os.path.join(os.path.dirname(__file__), "..", "..", "bpf",
+                               "netleak.h")).read()
+    body = header[header.index("struct nl_redirect {"):]
+    body = body[:body.index("};")]
+    sizes = {"u64": 8, "u32": 4, "struct nl_addr": 16}
+    total = sum(sizes[m.group(1)] for m in re.finditer(r"^\s+(u64|u32|struct nl_addr) \w+;",
+                                                        body, re.M))
+    assert relay.REDIRECT_SIZE == total == 56
+    raw = (V4_MAPPED + bytes([93, 184, 216, 34]) + V4_MAPPED + b"\x7f\0\0\x01" +
+           (443).to_bytes(2, "big") + b"\0\0" + (1021).to_bytes(2, "big") + b"\0\0" +
+           struct.pack("<Q", 0x0102030405060708) + struct.pack("<II", 1, 0))
+    assert relay.unpack_redirect(raw) == relay.Redirect(
+        "93.184.216.34", 443, "127.0.0.1", 1021, 0x0102030405060708, True)
+    v6 = bytes.fromhex("20010db8000000000000000000000001") + b"\0" * 15 + b"\x01" + \
+        (8080).to_bytes(2, "big") + b"\0\0" + (53).to_bytes(2, "big") + b"\0\0" + \
+        struct.pack("<QII", 1, 0, 0)
+    assert relay.unpack_redirect(v6) == relay.Redirect("2001:db8::1", 8080, "::1", 53, 1, False)
 
 
 def route(scheme: str) -> relay.Route:

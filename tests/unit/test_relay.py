@@ -1,11 +1,12 @@
 """The relay of proxy mode, run for real on loopback, without BPF or root.
 
-The map `proxied` is a dict (relay.bpfsys replaced by a fake offering
-map_lookup and map_delete); the proxy is tests/privileged/proxyd.py, run as
-a subprocess on 127.0.0.1 port 0; the destinations are small servers in
-threads on 127.0.0.1 port 0. A client binds to 127.0.0.1:0 to learn its
-port, files its original destination under relay.peer_key(address, port),
-and connects to the relay. Nothing but loopback sockets is used: no
+The map `redirect` is a dict (relay.bpfsys replaced by a fake offering
+map_lookup); the proxy is tests/privileged/proxyd.py, run as a subprocess
+on 127.0.0.1 port 0; the destinations are small servers in threads on
+127.0.0.1 port 0. A client files its original destination under its own
+socket's cookie (SO_COOKIE), as the programs do, and connects to the relay,
+which asks the kernel (socket diagnostics, for real) whose socket it hears
+from. Nothing but loopback sockets is used: no
 addresses, routes or sysctls, so these run as root in the root network
 namespace too. Every socket has a timeout, so a bug cannot hang the suite.
 """
@@ -26,6 +27,7 @@ import sys
 import threading
 import time
 import types
+import weakref
 
 import pytest
 
@@ -58,19 +60,34 @@ class FakeBpf:
             self.calls.append(("lookup", fd, key, size))
             return self.map.get(key)
 
-    def map_delete(self, fd: int, key: bytes) -> bool:
-        with self.lock:
-            self.calls.append(("delete", fd, key))
-            return self.map.pop(key, None) is not None
+
+SO_COOKIE = 57
 
 
-def proxied(addr: str, port: int, cgroup: int = CGROUP) -> bytes:
-    """struct nl_proxied by hand: 16-byte address (IPv4 mapped), u32 port in
-    network order (its two big-endian bytes first), u32 pad, u64 cgroup."""
+def cookie(s: socket.socket) -> bytes:
+    """The socket's cookie, as the map's key."""
+    return s.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8)
+
+
+def _addr16(addr: str) -> bytes:
     a = ipaddress.ip_address(addr)
-    addr16 = b"\0" * 10 + b"\xff\xff" + a.packed if a.version == 4 else a.packed
-    raw = addr16 + port.to_bytes(2, "big") + b"\0\0" + b"\0" * 4 + cgroup.to_bytes(8, "little")
-    assert relay.unpack_proxied(raw) == (addr, port, cgroup)
+    return b"\0" * 10 + b"\xff\xff" + a.packed if a.version == 4 else a.packed
+
+
+def _net(port: int) -> bytes:
+    return port.to_bytes(2, "big") + b"\0\0"
+
+
+def redirect(addr: str, port: int, server: str, server_port: int, cgroup: int = CGROUP,
+             proxy: bool = True) -> bytes:
+    """struct nl_redirect by hand: where the socket was going (ADDR:PORT)
+    and where the programs sent it (SERVER:SERVER_PORT), ports in network
+    order in the low half of a u32; the session; a TCP connection to the
+    relay (PROXY)."""
+    raw = (_addr16(addr) + _addr16(server) + _net(port) + _net(server_port) +
+           cgroup.to_bytes(8, "little") + int(proxy).to_bytes(4, "little") + b"\0" * 4)
+    assert relay.unpack_redirect(raw) == relay.Redirect(addr, port, server, server_port,
+                                                        cgroup, proxy)
     return raw
 
 
@@ -216,12 +233,22 @@ def read_exactly(s: socket.socket, n: int) -> bytes:
     return buf
 
 
+# sockets whose connect() the relay's reset beat (on loopback it can)
+RESET_AT_CONNECT: "weakref.WeakSet[socket.socket]" = weakref.WeakSet()
+
+
 def ended(s: socket.socket) -> str:
     """How S ends without any byte: 'eof' or 'reset' (a byte fails the test)."""
+    if s in RESET_AT_CONNECT:
+        return "reset"
     try:
         d = s.recv(4096)
     except ConnectionResetError:
         return "reset"
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:   # reset while connect() was returning
+            return "reset"
+        raise
     assert d == b"", f"got bytes {d[:60]!r}: the relay is an open proxy"
     return "eof"
 
@@ -349,7 +376,7 @@ class Lab:
         monkeypatch.setattr(relay, "bpfsys", self.bpf)
         self.routes: dict[int, relay.Route] = {}
         self.events: queue.SimpleQueue = queue.SimpleQueue()
-        self.relay = relay.Relay(proxied_fd=-1, lookup=self.routes.get, events=self.events)
+        self.relay = relay.Relay(redirect_fd=-1, lookup=self.routes.get, events=self.events)
         self.relay.start()
         self.socks: list[socket.socket] = []
 
@@ -375,12 +402,14 @@ class Lab:
         if src_port:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((src, src_port))
-        mine = s.getsockname()[1]
         if entry:
             with self.bpf.lock:
-                self.bpf.map[relay.peer_key(src, mine)] = proxied(addr, port, cgroup)
-        s.connect((src, self.relay.port))
-        return s
+                self.bpf.map[cookie(s)] = redirect(addr, port, src, self.relay.port, cgroup)
+        try:
+            s.connect((src, self.relay.port))
+        except ConnectionResetError:
+            RESET_AT_CONNECT.add(s)     # on loopback a relay that resets at once can
+        return s                        # beat connect()
 
     def socket(self, src: str = "127.0.0.1", timeout: float = T,
                kind: int = socket.SOCK_STREAM) -> socket.socket:
@@ -409,8 +438,7 @@ def lab(monkeypatch):
     lab.close()
     # the map was used as the programs' layouts say, on the given descriptor
     for call in lab.bpf.calls:
-        assert call[1] == -1 and len(call[2]) == 32, call
-        assert call[0] == "delete" or call[3] == 32, call
+        assert call == ("lookup", -1, call[2], 56) and len(call[2]) == 8, call
 
 
 def rst_close(s: socket.socket) -> None:
@@ -455,8 +483,15 @@ def dns_answer(msg: bytes) -> tuple[int, int, int, list[tuple[int, bytes]]]:
     return qid, flags, flags & 0xF, records
 
 
-def ask_udp(lab: Lab, port: int, query: bytes, host: str = "127.0.0.1") -> bytes:
+def ask_udp(lab: Lab, port: int, query: bytes, host: str = "127.0.0.1",
+            cgroup: int = CGROUP, entry: bool = True) -> bytes:
+    """A query by UDP from a socket the programs sent to PORT (with no
+    ENTRY: one they did not), and the answer."""
     s = lab.socket(host, kind=socket.SOCK_DGRAM)
+    if entry:
+        s.bind((host, 0))
+        with lab.bpf.lock:
+            lab.bpf.map[cookie(s)] = redirect("192.0.2.53", 53, host, port, cgroup, proxy=False)
     s.sendto(query, (host, port))
     data, peer = s.recvfrom(4096)
     assert peer[:2] == (host, port)
@@ -485,7 +520,6 @@ def test_20mb_each_way_at_once_through_echo(lab, proxies, servers, scheme):
     assert not err and not alive
     assert (n, h) == (BIG, hashlib.sha256(data).hexdigest())
     assert lab.relay.served == 1
-    assert lab.bpf.map == {}        # the entry is gone once used
 
 
 @pytest.mark.parametrize("scheme", ["socks5", "http"])
@@ -589,7 +623,6 @@ def test_many_connections_at_once(lab, proxies, servers):
     for s, b in zip(socks, blobs):
         assert read_all(s) == b
     assert wait_until(lambda: lab.relay.served == 20)
-    assert lab.bpf.map == {}
 
 
 @pytest.mark.skipif(not has_v6(), reason="no ::1 here")
@@ -676,18 +709,16 @@ def test_connection_of_no_proxy_session_is_closed(lab, silent):
     s = lab.client("127.0.0.1", 9, cgroup=CGROUP + 1)
     assert ended(s) in ("eof", "reset")
     assert untouched(silent)
-    assert lab.bpf.map == {}
 
 
-def test_entry_is_deleted_after_use(lab, proxies, servers):
-    """A second connection from the same address and port, with no new
-    entry, gets nothing."""
+def test_an_entry_is_its_sockets_alone(lab, proxies, servers):
+    """Another socket from the same address and port (the first one
+    closed) has another cookie: with no entry of its own, it gets nothing."""
     lab.via(proxies, "socks5")
     s = lab.client("127.0.0.1", servers.echo.port)
     port = s.getsockname()[1]
     s.sendall(b"one")
     assert read_exactly(s, 3) == b"one"
-    assert lab.bpf.map == {}
     rst_close(s)                              # no TIME_WAIT: the port may be reused
     accepted = servers.echo.accepted
     again = lab.client("127.0.0.1", servers.echo.port, entry=False, src_port=port)
@@ -776,6 +807,7 @@ def test_events_are_limited_per_second(lab, monkeypatch):
     """At most EVENTS_PER_SECOND of the relay's own events in one second."""
     monkeypatch.setattr(relay, "time", types.SimpleNamespace(
         time=lambda: 1_000_000.5, monotonic=time.monotonic, sleep=time.sleep))
+    lab.route("socks5", 9)          # a session whose proxy takes no names
     for i in range(relay.EVENTS_PER_SECOND + 5):
         _, _, rcode, _ = dns_answer(ask_udp(lab, lab.relay.refuse_port, dns_query(f"n{i}.example")))
         assert rcode == 5                       # every query is answered
@@ -805,6 +837,7 @@ def test_stand_in_address_reaches_the_proxy_as_the_name(lab, proxies, servers, s
 
 
 def test_names_answerer_gives_no_aaaa(lab):
+    lab.route("socks5h", 9)
     _, _, rcode, records = dns_answer(ask_udp(lab, lab.relay.names_port,
                                               dns_query(NAME, qtype=28)))
     assert (rcode, records) == (0, [])
@@ -812,10 +845,12 @@ def test_names_answerer_gives_no_aaaa(lab):
 
 @pytest.mark.skipif(not has_v6(), reason="no ::1 here")
 def test_names_answerer_on_ipv6_loopback(lab):
+    lab.route("socks5h", 9)
     assert stand_in(lab, host="::1") == stand_in(lab)
 
 
 def test_malformed_query_gets_no_answer_and_the_answerer_lives_on(lab):
+    lab.route("socks5h", 9)
     s = lab.socket(kind=socket.SOCK_DGRAM)
     s.sendto(b"\x01\x02garbage", ("127.0.0.1", lab.relay.names_port))
     s.settimeout(0.2)
@@ -825,24 +860,86 @@ def test_malformed_query_gets_no_answer_and_the_answerer_lives_on(lab):
 
 
 def test_unknown_stand_in_address_fails_with_event(lab, silent):
-    """A stand-in address the relay never handed out (its daemon restarted):
-    not sent to the proxy as an address."""
+    """A stand-in address the relay never handed out to this session (its
+    daemon restarted, or it is another session's): not sent to the proxy
+    as an address."""
     lab.route("socks5h", silent.getsockname()[1])
     s = lab.client("198.18.200.200", 443)
     assert ended(s) == "reset"
     e = lab.event()
-    assert e["reason"] == "proxy-failed" and "no longer knows" in e["detail"]
+    assert e["reason"] == "proxy-failed" and "was not given" in e["detail"]
     assert e["daddr"] == "198.18.200.200" and e["dport"] == 443
     assert untouched(silent)
 
 
 def test_refusing_answerer_says_refused_with_event(lab):
+    lab.route("socks5", 9)
     query = dns_query(NAME, qid=0x1111)
     qid, flags, rcode, records = dns_answer(ask_udp(lab, lab.relay.refuse_port, query))
     assert (qid, flags & 0x8000, rcode, records) == (0x1111, 0x8000, 5, [])
     e = lab.event()
     assert e["reason"] == "proxy-dns" and e["protocol"] == "udp" and e["dport"] == 53
     assert "socks5h://" in e["detail"] and "\n" not in e["detail"]
+    # the session, and where the query was going (not the answerer's address)
+    assert e["session"] == f"session-{CGROUP}" and e["daddr"] == "192.0.2.53"
+
+
+def _no_answer(lab, port: int, **kw) -> None:
+    s_before = lab.relay.strangers
+    with pytest.raises(socket.timeout):
+        s = lab.socket(kind=socket.SOCK_DGRAM, timeout=0.3)
+        if kw.pop("entry", False):
+            s.bind(("127.0.0.1", 0))
+            with lab.bpf.lock:
+                lab.bpf.map[cookie(s)] = kw["raw"](s)
+        s.sendto(dns_query(NAME), ("127.0.0.1", port))
+        s.recvfrom(4096)
+    assert wait_until(lambda: lab.relay.strangers > s_before)
+
+
+def test_queries_from_no_sessions_socket_get_no_answer(lab):
+    """Any local program may send to the answerers: one the programs did
+    not send there learns nothing (no address, no refusal)."""
+    lab.route("socks5h", 9)
+    _no_answer(lab, lab.relay.names_port)
+    _no_answer(lab, lab.relay.refuse_port)
+    # an entry for elsewhere (DNS sent to a resolver) is not one for here
+    _no_answer(lab, lab.relay.names_port, entry=True, raw=lambda s: redirect(
+        "127.0.0.53", 53, "192.0.2.53", 53, proxy=False))
+    # an entry of a session that is no proxy session
+    _no_answer(lab, lab.relay.names_port, entry=True, raw=lambda s: redirect(
+        "127.0.0.53", 53, "127.0.0.1", lab.relay.names_port, cgroup=CGROUP + 7, proxy=False))
+    lab.no_event()
+
+
+def test_a_session_without_names_is_not_answered_with_names(lab):
+    lab.route("socks5", 9)
+    _no_answer(lab, lab.relay.names_port, entry=True, raw=lambda s: redirect(
+        "127.0.0.53", 53, "127.0.0.1", lab.relay.names_port, proxy=False))
+
+
+def test_stand_ins_are_the_sessions_own(lab, proxies, servers):
+    """Two sessions: one's stand-in address means nothing to the other (the
+    relay never asks the other's proxy for the first one's name), and the
+    names one looked up cannot be told by the other."""
+    lab.via(proxies, "socks5h")
+    other = CGROUP + 1
+    lab.route("socks5h", proxies.socks5.port, cgroup=other)
+    addr = stand_in(lab)
+    asked = len(proxies.socks5.lines())
+    s = lab.client(addr, servers.echo.port, cgroup=other)
+    assert ended(s) == "reset"
+    e = lab.event()
+    assert e["reason"] == "proxy-failed" and e["session"] == f"session-{other}"
+    assert len(proxies.socks5.lines()) == asked         # the proxy was not asked
+    # the first session's own connection to it goes through, by name
+    s = lab.client(addr, servers.echo.port)
+    s.sendall(b"mine")
+    s.shutdown(socket.SHUT_WR)
+    assert read_all(s) == b"mine"
+    assert lab.relay.pools[CGROUP].name_for(addr) == NAME
+    lab.relay.forget(CGROUP)                    # the session ends: its names go
+    assert CGROUP not in lab.relay.pools
 
 
 def _dns_tcp_exchange(s: socket.socket, queries: list[bytes]) -> list[bytes]:
@@ -914,6 +1011,7 @@ def test_open_tunnel_without_interface_sets_no_mark_nor_device(proxies, servers)
 def test_close_stops_the_thread_and_frees_the_ports(monkeypatch):
     lab = Lab(monkeypatch)
     r = lab.relay
+    lab.route("socks5h", 9)
     stand_in(lab)
     ports = r.ports
     assert len(set(ports)) == 3 and all(ports)

@@ -128,7 +128,7 @@ def test_cgroup2_mount_prefers_sys_fs_cgroup_over_earlier_ones():
 def test_sizes():
     assert policy.POLICY_SIZE == 384
     assert policy.KEY_SIZE == 8
-    assert policy.STATS_SIZE == 240
+    assert policy.STATS_SIZE == 248
 
 
 def test_policy_layout_matches_the_c_struct():
@@ -189,8 +189,8 @@ def test_policy_unpack_ignores_trailing_bytes():
 
 
 def test_stats_unpack_percpu_sums():
-    cpu0 = struct.pack("<30Q", *range(1, 31))
-    cpu1 = struct.pack("<30Q", *[10 * i for i in range(1, 11)], 2**40, 5, 6, *[0] * 17)
+    cpu0 = struct.pack("<31Q", *range(1, 32))
+    cpu1 = struct.pack("<31Q", *[10 * i for i in range(1, 11)], 2**40, 5, 6, *[0] * 18)
     s = Stats.unpack_percpu(cpu0 + cpu1, 2)
     assert s == Stats(passed_packets=11, passed_bytes=22, loopback_packets=33,
                       loopback_bytes=44, drop_kill_packets=55, drop_kill_bytes=66,
@@ -202,7 +202,7 @@ def test_stats_unpack_percpu_sums():
                       refused_dns=20, refused_block=21, dns_redirected=22, proxied=23,
                       refused_proxy=24, drop_proxy_packets=25, drop_proxy_bytes=26,
                       drop_source_packets=27, drop_source_bytes=28, refused_source=29,
-                      refused_mptcp=30)
+                      refused_mptcp=30, refused_limit=31)
     assert s.dropped == 55 + 77 + 99 + 16 + 25 + 27
 
 
@@ -228,8 +228,8 @@ def test_pinset_usable_with_an_older_versions_pins(tmp_path):
 
 
 def test_stats_unpack_percpu_only_ncpus():
-    raw = struct.pack("<30Q", *range(30)) + struct.pack("<30Q", *range(100, 130))
-    assert Stats.unpack_percpu(raw, 1) == Stats(*range(30))
+    raw = struct.pack("<31Q", *range(31)) + struct.pack("<31Q", *range(100, 131))
+    assert Stats.unpack_percpu(raw, 1) == Stats(*range(31))
     assert Stats.unpack_percpu(b"", 0) == Stats()
 
 
@@ -241,7 +241,7 @@ def test_stats_layout_matches_the_c_struct():
     body = body[:body.index("};")]
     pairs = body.count("struct nl_count ")
     singles = body.count("u64 ")
-    assert policy.STATS_SIZE == (2 * pairs + singles) * 8 == 240
+    assert policy.STATS_SIZE == (2 * pairs + singles) * 8 == 248
 
 
 def test_stats_defaults():
