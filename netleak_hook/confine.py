@@ -44,6 +44,9 @@ def close_inherited_sockets() -> list[int]:
 
 AF_UNIX, AF_INET, AF_INET6, AF_NETLINK, AF_ALG = 1, 2, 10, 16, 38
 ALLOWED_FAMILIES = (AF_UNIX, AF_INET, AF_INET6, AF_NETLINK, AF_ALG)
+# io_uring makes sockets without socket(2) (IORING_OP_SOCKET), where no
+# filter can see the family: refused (ENOSYS: programs fall back to epoll)
+IO_URING_SETUP = 425    # the same number on every architecture here
 
 EAFNOSUPPORT, ENOSYS = 97, 38
 SYS_SOCKET = 1          # socketcall(2)'s call number for socket(2)
@@ -70,9 +73,9 @@ def family_filter(machine: str) -> list[tuple[int, int, int, int]] | None:
 
     socket(2) with a family outside ALLOWED_FAMILIES fails with
     EAFNOSUPPORT; so does socketcall(2)'s socket call in 32-bit programs
-    (its arguments are in memory, which a filter cannot read); x32 system
-    calls and unknown architectures fail with ENOSYS: what they would do
-    cannot be told."""
+    (its arguments are in memory, which a filter cannot read); io_uring,
+    x32 system calls and unknown architectures fail with ENOSYS: what they
+    would do cannot be told."""
     arches = ARCHES.get(machine)
     if arches is None:
         return None
@@ -97,6 +100,7 @@ def family_filter(machine: str) -> list[tuple[int, int, int, int]] | None:
         emit(_JEQ, nr_socket, jt="family")
         if nr_socketcall is not None:
             emit(_JEQ, nr_socketcall, jt="socketcall")
+        emit(_JEQ, IO_URING_SETUP, jt="nosys")
         emit(_RET, RET_ALLOW)
     at("socketcall")
     emit(_LD_W_ABS, _ARG0)

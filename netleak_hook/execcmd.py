@@ -245,11 +245,19 @@ def _proxy_url(a: Args) -> str | None:
     password = os.environ.pop("NETLEAK_PROXY_PASSWORD", "")
     if a.proxy is None and a.proxy_file is None:
         return None
-    from .proxy import has_password, read_url_file, with_password
-    url = a.proxy if a.proxy is not None else read_url_file(a.proxy_file or "")
-    if a.proxy is not None and has_password(url):
+    from .proxy import has_password, parse, read_url_file, with_password
+    if a.proxy is None:
+        url = read_url_file(a.proxy_file or "")
+        try:
+            parse(url)
+        except NetleakError:
+            # not shown: the file is root's, and whoever runs this may not read it
+            raise NetleakError(f"--proxy-file {a.proxy_file}: its first line is no proxy "
+                               f"URL (socks5://, socks5h:// or http://HOST:PORT)") from None
+        return with_password(url, password)
+    if has_password(a.proxy):
         sys.stderr.write(PASSWORD_WARNING)
-    return with_password(url, password)
+    return with_password(a.proxy, password)
 
 
 def run(argv: list[str]) -> int:

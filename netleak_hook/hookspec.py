@@ -64,16 +64,21 @@ def write(hooks_dir: str, doc: dict) -> str:
 
 def build_zipapp(target: str) -> None:
     """netleak-hook as one file that any python3 (3.9+) runs with its
-    standard library alone: the hook imports neither BCC, pyroute2 nor click."""
+    standard library alone: the hook imports neither BCC, pyroute2 nor click.
+    Written as files.replace writes (a fresh file, its mode set on the
+    descriptor, then renamed): the directory may be one others can write."""
     pkg = os.path.dirname(os.path.abspath(__file__))
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copytree(pkg, os.path.join(tmp, "netleak_hook"),
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        part = target + ".part"
+        where = os.path.dirname(os.path.abspath(target))
+        fd, part = tempfile.mkstemp(prefix=".netleak-hook-", dir=where)
         try:
-            zipapp.create_archive(tmp, part, interpreter="/usr/bin/env python3",
-                                  main="netleak_hook.hook:main")
-            os.chmod(part, 0o755)
+            with os.fdopen(fd, "wb") as f:
+                zipapp.create_archive(tmp, f, interpreter="/usr/bin/env python3",
+                                      main="netleak_hook.hook:main")
+                f.flush()
+                os.fchmod(f.fileno(), 0o755)
             os.rename(part, target)
         except BaseException:
             with contextlib.suppress(OSError):

@@ -39,6 +39,21 @@ class CappedFile:
         return self._fd
 
     def write(self, data: bytes) -> None:
+        """Append DATA (whole lines); more than MAX_BYTES at once goes in
+        pieces of whole lines, and only what the two files can hold."""
+        if len(data) <= self.max_bytes:
+            self._write(data)
+            return
+        pieces, start = [], 0
+        while start < len(data):
+            end = data.rfind(b"\n", start, start + self.max_bytes)
+            end = start + self.max_bytes if end < 0 else end + 1
+            pieces.append(data[start:end])
+            start = end
+        for piece in pieces[-2:]:       # the older ones would be turned over at once
+            self._write(piece)
+
+    def _write(self, data: bytes) -> None:
         fd = self._open()
         st = os.fstat(fd)
         try:        # removed, or turned over by another writer: the name is another file

@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from netleak_hook import lab as labmod
-from tests.privileged.conftest import EXEC, wait_until
+from tests.privileged.conftest import EXEC, Held, wait_until
 from tests.privileged.probes import FAMILIES, MPTCP, SPOOF, TAKE_OVER, VICTIM
 from tests.privileged.test_proxy import PEER, PORT, PROXY4, Proxy, proxy_lab  # noqa: F401
 
@@ -619,18 +619,21 @@ def test_user_given_twice_is_refused(world, tmp_path):
 
 def test_other_socket_families_are_refused(world):
     """AF_VSOCK (this machine is a VM: it reaches the host), AF_PACKET and
-    AF_XDP pass no program of the session: refused in it, as root too. The
-    control: outside netleak the same sockets are made (and never used)."""
+    AF_XDP pass no program of the session: refused in it, as root too; so is
+    io_uring, which makes sockets without socket(2). The control: outside
+    netleak the same sockets (and an io_uring) are made, and never used."""
     def made(r):
         assert r.returncode == 0, r.stderr
         return dict(ln.split(" ", 1) for ln in r.stdout.splitlines())
     outside = made(world.lab.run([PY, "-c", FAMILIES]))
     assert outside["vsock"] == "made" and outside["packet"] == "made", outside
+    assert outside["io_uring"] == "made", outside
     inside = made(world.netleak("vpn0", PY, "-c", FAMILIES))
     assert inside == {"vsock": "refused Address family not supported by protocol",
                       "packet": "refused Address family not supported by protocol",
                       "xdp": "refused Address family not supported by protocol",
-                      "inet": "made", "inet6": "made", "unix": "made", "netlink": "made"}, inside
+                      "inet": "made", "inet6": "made", "unix": "made", "netlink": "made",
+                      "io_uring": "refused Function not implemented"}, inside
     assert made(world.netleak("-u", "nobody", "--block", PY, "-c", FAMILIES))["vsock"] == \
         "refused Address family not supported by protocol"
 
@@ -814,3 +817,161 @@ def test_one_workload_cannot_crowd_out_anothers_redirects(proxy_lab):
             p.wait()
     assert wait_until(lambda: _redirects() == base)
     assert any(e["reason"] == "limit" for e in events(w))
+
+
+# ---------- floods: the logs stay small ----------
+
+# for ARGV[1] seconds, DNS queries to each HOST:PORT of ARGV[3:] from a
+# forged source ARGV[2] (IPV6_FREEBIND: this runs outside any session)
+FLOOD_ANSWERER = r"""
+import socket, sys, time
+q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x04leak\x04test\x00\x00\x01\x00\x01"
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(41, 78, 1)
+s.bind((sys.argv[2], 0))
+targets = [(t.rsplit(":", 1)[0].strip("[]"), int(t.rsplit(":", 1)[1])) for t in sys.argv[3:]]
+end, n = time.monotonic() + float(sys.argv[1]), 0
+while time.monotonic() < end:
+    for t in targets:
+        try:
+            s.sendto(q, t)
+            n += 1
+        except OSError:
+            pass
+print("sent", n, flush=True)
+"""
+# refused connects for ARGV[1] seconds
+FLOOD_EVENTS = r"""
+import socket, sys, time
+end, n = time.monotonic() + float(sys.argv[1]), 0
+while time.monotonic() < end:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.connect(("203.0.113.10", 8080 + n % 100))
+    except OSError:
+        n += 1
+    s.close()
+print("refused", n, flush=True)
+"""
+
+
+def _size(path: str) -> int:
+    import os
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:
+        return 0
+
+
+def test_forged_queries_to_the_answerer_neither_answered_nor_logged(proxy_lab):
+    """Another local user floods the relay's DNS answerers on ::1 from a
+    forged source for 3 s: nothing answers it (up0 sees none of it), and
+    daemon.log does not grow with it. The control: the capture on loopback
+    sees the flood arrive."""
+    import os
+    w = proxy_lab
+    held = Held(w, "--proxy", f"socks5h://{PROXY4}:{PORT}")
+    try:
+        log = os.path.join(w.run_dir, "daemon.log")
+        before = _size(log)
+        ends = [f"[::1]:{RELAY_PORT}", f"[::1]:{RELAY_PORT + 1}"]
+        flt = f"udp and (dst port {RELAY_PORT} or dst port {RELAY_PORT + 1})"
+        with w.lab.capture("lo", flt=flt) as lo, w.lab.capture("up0") as up:
+            r = w.lab.run(NOBODY + [PY, "-c", FLOOD_ANSWERER, "3", S6, *ends])
+            arrived, leaked = lo.stop(), up.stop()
+        assert r.stdout.startswith("sent"), r.stdout + r.stderr
+        assert arrived >= 1000, arrived
+        assert leaked == 0
+        assert _size(log) - before < 16 << 10, _size(log) - before
+    finally:
+        held.close()
+
+
+def test_event_floods_stay_within_the_logs_cap(world):
+    """A --block workload refused as fast as it can, with no rate limit on
+    events (NETLEAK_EVENT_RATE=100000): events.jsonl turns over at its cap
+    (the control: it did fill, there is an events.jsonl.1) and stays within
+    it, and so does daemon.log."""
+    import os
+    from netleak_hook.events import LOG_MAX_BYTES
+    from netleak_hook.logfile import DAEMON_LOG_MAX
+    w = world
+    w.env["NETLEAK_EVENT_RATE"] = "100000"
+    r = w.netleak("-u", "nobody", "--block", PY, "-c", FLOOD_EVENTS, "6", timeout=120)
+    assert r.stdout.startswith("refused"), r.stdout + r.stderr
+    ev = os.path.join(w.run_dir, "events.jsonl")
+    assert wait_until(lambda: _size(ev + ".1") > 0, timeout=20), (r.stdout, _size(ev))
+    for path, cap in ((ev, LOG_MAX_BYTES), (ev + ".1", LOG_MAX_BYTES),
+                      (os.path.join(w.run_dir, "daemon.log"), DAEMON_LOG_MAX)):
+        assert _size(path) <= cap, (path, _size(path))
+    assert not os.path.exists(ev + ".2")
+
+
+# ---------- atomic replaces in a directory another user may write ----------
+
+# as nobody, in directory ARGV[1] (theirs): whenever a file appears whose
+# name starts with .netleak-, put a link to ARGV[2] in its place (a rename,
+# atomic); until ARGV[3] exists. Prints how many times it got one in.
+SWAPPER = r"""
+import ctypes, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+d, victim, stop = sys.argv[1], sys.argv[2], sys.argv[3]
+fd = libc.inotify_init1(os.O_NONBLOCK)
+libc.inotify_add_watch(fd, d.encode(), 0x100)       # IN_CREATE
+link = os.path.join(d, "link")
+swapped = 0
+print("ready", flush=True)
+import select
+while not os.path.exists(stop):
+    if not select.select([fd], [], [], 0.05)[0]:
+        continue
+    buf = os.read(fd, 65536)
+    off = 0
+    while off < len(buf):
+        _, _, _, n = struct.unpack_from("iIII", buf, off)
+        name = buf[off + 16:off + 16 + n].split(b"\0", 1)[0].decode()
+        off += 16 + n
+        if not name.startswith(".netleak-"):
+            continue
+        try:
+            os.symlink(victim, link)
+        except FileExistsError:
+            pass
+        try:
+            os.rename(link, os.path.join(d, name))
+            swapped += 1
+        except OSError:
+            pass
+print("swapped", swapped, flush=True)
+"""
+
+
+def test_an_atomic_replace_never_changes_a_file_through_a_link(world, tmp_path):
+    """node-exporter's textfile directory may be another user's: while root
+    replaces a .prom file there (netleak metrics -o) over and over, that
+    user swaps each new temporary file for a link to a root-only file. Its
+    mode and content stay; the control is that the swaps did happen."""
+    import os
+    from netleak_hook import metrics
+    victim = tmp_path / "victim"
+    victim.write_text("secret\n")
+    os.chmod(victim, 0o600)
+    prom = tempfile_dir(tmp_path, "prom", 65534)
+    stop = os.path.join(tempfile_dir(tmp_path, "stop", 65534), "stop")
+    p = world.lab.spawn(NOBODY + [PY, "-c", SWAPPER, prom, str(victim), stop],
+                        stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        text = "netleak_sessions 1\n" * 2000
+        for _ in range(400):
+            metrics.write(os.path.join(prom, "netleak.prom"), text)
+    finally:
+        open(stop, "w").close()
+        out = p.stdout.readline().split()
+        p.wait()
+    assert out[0] == "swapped" and int(out[1]) > 0, out
+    assert os.stat(victim).st_mode & 0o777 == 0o600
+    assert victim.read_text() == "secret\n"
+    import shutil
+    shutil.rmtree(prom)
+    shutil.rmtree(os.path.dirname(stop))

@@ -210,6 +210,10 @@ NOSYS = confine.RET_ERRNO | confine.ENOSYS
     ("aarch64", AARCH64, 198, (10,), ALLOW),
     ("aarch64", ARM, 281, (40,), REFUSE),
     ("aarch64", AARCH64, 41, (40,), ALLOW),
+    ("x86_64", X86_64, 425, (), NOSYS),             # io_uring_setup: IORING_OP_SOCKET
+    ("x86_64", I386, 425, (), NOSYS),
+    ("aarch64", AARCH64, 425, (), NOSYS),
+    ("riscv64", 0xC00000F3, 425, (), NOSYS),
 ])
 def test_family_filter(machine, arch, nr, args, want):
     prog = confine.family_filter(machine)
@@ -225,3 +229,16 @@ def test_family_filter_fits_seccomp():
         prog = confine.family_filter(machine)
         assert 0 < len(prog) < 64
         assert all(0 <= jt < 256 and 0 <= jf < 256 for _, jt, jf, _ in prog)
+
+
+def test_a_proxy_file_that_holds_no_url_is_not_shown(tmp_path, monkeypatch):
+    """--proxy-file is read as root: pointed at another root-only file, the
+    refusal must not show what that file says."""
+    f = tmp_path / "key"
+    f.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk\n")
+    os.chmod(f, 0o600)
+    monkeypatch.setattr(proxy, "read_url_file", lambda path: f.read_text().splitlines()[0])
+    a = execcmd.parse(["--proxy-file", str(f), "true"], is_interface=lambda n: False)
+    with pytest.raises(NetleakError) as e:
+        execcmd._proxy_url(a)
+    assert "BEGIN" not in e.value.message and "no proxy URL" in e.value.message

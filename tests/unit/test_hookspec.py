@@ -144,3 +144,24 @@ def test_agent_refuses_while_another_daemon_runs(tmp_path):
     assert r.exit_code == 125
     assert f"pid {os.getpid()}" in r.output and "stop it" in r.output
     assert not (tmp_path / "h").exists() and not (tmp_path / "lib").exists()
+
+
+def test_zipapp_mode_set_on_its_descriptor_never_through_a_link(tmp_path, monkeypatch):
+    """The same attack as on any atomic replace: the temporary file swapped
+    for a link to another file right after it is made."""
+    import os
+    victim = tmp_path / "victim"
+    victim.write_text("secret\n")
+    os.chmod(victim, 0o600)
+    real_mkstemp = hookspec.tempfile.mkstemp
+
+    def swapped(*a, **kw):
+        fd, name = real_mkstemp(*a, **kw)
+        if kw.get("dir") == str(tmp_path / "lib"):
+            os.unlink(name)
+            os.symlink(victim, name)
+        return fd, name
+    monkeypatch.setattr(hookspec.tempfile, "mkstemp", swapped)
+    (tmp_path / "lib").mkdir()
+    hookspec.build_zipapp(str(tmp_path / "lib" / "hook.pyz"))
+    assert os.stat(victim).st_mode & 0o777 == 0o600 and victim.read_text() == "secret\n"

@@ -86,3 +86,12 @@ def test_the_filter_forgets_when_too_many_kinds():
     for i in range(logfile.RepeatFilter.MAX_KINDS + 10):
         f.filter(_records(1, f"kind {i} %s")[0])
     assert len(f.kinds) <= logfile.RepeatFilter.MAX_KINDS
+
+
+def test_a_write_larger_than_the_cap_keeps_its_newest_lines(tmp_path):
+    f = logfile.CappedFile(_dir(tmp_path), "x.log", 100)
+    f.write(b"".join(b"%04d %s\n" % (i, b"z" * 20) for i in range(50)))
+    f.close()
+    sizes = [os.path.getsize(tmp_path / n) for n in ("x.log", "x.log.1")]
+    assert all(s <= 100 for s in sizes)
+    assert (tmp_path / "x.log").read_bytes().splitlines()[-1].startswith(b"0049")
