@@ -275,20 +275,30 @@ static __always_inline void packet_dest(struct __sk_buff *skb, struct nl_event *
     }
 }
 
-/* Whether a loopback packet's source is this machine's: a loopback address,
- * or the very address it goes to (the kernel's choice for any of the
- * host's own addresses). A socket given another source (IP_FREEBIND,
- * IP_TRANSPARENT, ip_nonlocal_bind, IPV6_PKTINFO) would have whatever
- * answers it (the kernel's ICMP errors and resets, a local listener,
- * netleak's own DNS answerer), from outside the session, answer that
- * address by the main table: out of the default route. Not IP: no. */
-static __always_inline int loopback_source_ok(struct __sk_buff *skb)
-{
-    struct nl_addr s = {}, d = {};
+BPF_F_TABLE("hash", struct nl_local_key, u32, locals, NL_MAX_LOCALS, BPF_F_NO_PREALLOC);
 
-    if (!skb_addr(skb, 1, &s) || !skb_addr(skb, 0, &d))
+/* Whether a packet's source is this machine's: a loopback address, or one
+ * of the addresses of its namespace (the daemon keeps them in `locals`,
+ * before any session starts, and as they come and go). A socket given
+ * another source (IP_FREEBIND, IP_TRANSPARENT, ip_nonlocal_bind,
+ * IPV6_PKTINFO, a 32-bit setsockopt that no program sees) would have
+ * whatever answers it (the kernel's ICMP errors and resets, a local
+ * listener, a multicast listener taking the local copy, netleak's own DNS
+ * answerer), from outside the session, answer that address by the main
+ * table: out of the default route. This program runs before the copy of a
+ * multicast or broadcast packet is looped back, so dropping it drops both.
+ * An address added while no daemon runs is not in the map yet: its packets
+ * are dropped until one does (fail closed). Not IP: no. */
+static __always_inline int source_ok(struct __sk_buff *skb, const struct nl_policy *p)
+{
+    struct nl_local_key k = {};
+
+    if (!skb_addr(skb, 1, &k.addr))
         return 0;
-    return is_loopback(&s) || same(&s, &d);
+    if (is_loopback(&k.addr))
+        return 1;
+    k.netns = p->netns;
+    return locals.lookup(&k) != 0;
 }
 
 /* Whether a loopback packet goes to port 53 (UDP or TCP). */
@@ -388,9 +398,9 @@ int nl_egress(struct __sk_buff *skb)
          * down. Fail closed. */
         return drop(skb, p, self, self, V_NOPOLICY, NL_R_NOPOLICY);
     }
+    if (!source_ok(skb, p))
+        return drop(skb, p, key, self, V_SOURCE, NL_R_SOURCE);
     if (skb->ifindex == LOOPBACK_IFINDEX) {
-        if (!loopback_source_ok(skb))
-            return drop(skb, p, key, self, V_SOURCE, NL_R_SOURCE);
         /* loopback never leaves the machine: local IPC keeps working. But
          * DNS that reached it unrewritten (a socket connected before the
          * session began, a resolver on one of the host's own addresses)
@@ -569,11 +579,23 @@ static __always_inline int dns_pick(const struct nl_policy *p, const struct nl_a
 /* Not an LRU map: one workload's churn must never evict another session's
  * entries. Each entry lives as long as its socket (nl_sock_release), and
  * a session holds at most NL_SESSION_REDIRECTS of them at once. */
-BPF_HASH(redirect, u64, struct nl_redirect, NL_MAX_REDIRECTS);
+BPF_F_TABLE("hash", u64, struct nl_redirect, redirect, NL_MAX_REDIRECTS, BPF_F_NO_PREALLOC);
 BPF_HASH(redirect_n, u64, u64, NL_MAX_ENTRIES);     /* session -> its live entries */
+/* sockets the programs sent to the relay, for the relay's ingress program */
+BPF_SK_STORAGE(relayed, struct nl_relayed);
+
+/* One entry fewer for session CGROUP (never below zero, whatever races). */
+static __always_inline void uncount(u64 cgroup)
+{
+    u64 *n = redirect_n.lookup(&cgroup);
+
+    if (n && __sync_fetch_and_add(n, -1) == 0)
+        __sync_fetch_and_add(n, 1);
+}
 
 /* Record R for the socket COOKIE; 0 when the session is at its limit (or
- * the map full): the call is then refused. */
+ * the map full): the call is then refused. A new entry is counted once
+ * however many threads file it at once (the one whose insert wins). */
 static __always_inline int remember(u64 cookie, struct nl_redirect *r)
 {
     struct nl_redirect *old = redirect.lookup(&cookie);
@@ -593,15 +615,21 @@ static __always_inline int remember(u64 cookie, struct nl_redirect *r)
         if (!n)
             return 0;
     }
-    if (*n >= NL_SESSION_REDIRECTS)
+    if (__sync_fetch_and_add(n, 1) >= NL_SESSION_REDIRECTS) {
+        __sync_fetch_and_add(n, -1);
         return 0;
-    if (redirect.update(&cookie, r) != 0)
-        return 0;
-    __sync_fetch_and_add(n, 1);
+    }
     if (before) {
-        n = redirect_n.lookup(&before);
-        if (n && *n)
+        if (redirect.update(&cookie, r) != 0) {
             __sync_fetch_and_add(n, -1);
+            return 0;
+        }
+        uncount(before);
+        return 1;
+    }
+    if (redirect.insert(&cookie, r) != 0) {
+        __sync_fetch_and_add(n, -1);   /* filed meanwhile (or the map is full) */
+        return redirect.update(&cookie, r) == 0 && redirect.lookup(&cookie) != 0;
     }
     return 1;
 }
@@ -612,14 +640,13 @@ int nl_sock_release(struct bpf_sock *sk)
 {
     u64 cookie = bpf_get_socket_cookie(sk);
     struct nl_redirect *r = redirect.lookup(&cookie);
-    u64 *n;
+    u64 cgroup;
 
     if (!r)
         return 1;
-    n = redirect_n.lookup(&r->cgroup);
-    if (n && *n)
-        __sync_fetch_and_add(n, -1);
-    redirect.delete(&cookie);
+    cgroup = r->cgroup;
+    if (redirect.delete(&cookie) == 0)
+        uncount(cgroup);
     return 1;
 }
 
@@ -630,6 +657,19 @@ static __always_inline int over_limit(struct bpf_sock_addr *ctx, struct nl_polic
     count(key, V_REFUSED_LIMIT, 0);
     call_event(ctx, p, key, a, port, hook, NL_R_LIMIT, v6);
     return 0;
+}
+
+/* SK goes to the relay's PORT (network order): what the relay's ingress
+ * program asks of the sockets it hears from. */
+static __always_inline void mark_relayed(struct bpf_sock *sk, u32 port)
+{
+    struct nl_relayed *v;
+
+    if (!sk)
+        return;
+    v = relayed.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+    if (v)
+        v->port = port;
 }
 
 /* Proxy mode: TCP, and DNS (port 53, UDP or TCP, to any address), go to
@@ -663,6 +703,7 @@ static __always_inline int to_relay(struct bpf_sock_addr *ctx, struct nl_policy 
     cookie = bpf_get_socket_cookie(ctx);
     if (!remember(cookie, &r))
         return over_limit(ctx, p, key, a, port, hook, v6);
+    mark_relayed(ctx->sk, r.server_port);
     set_ctx_addr(ctx, v6, &r.server, r.server_port);
     count(key, V_PROXIED, 0);
     return 1;
@@ -746,7 +787,7 @@ static __always_inline int restore(struct bpf_sock_addr *ctx, int v6)
 
 /* setsockopt(2) on a session's socket: the options that let it carry a
  * source address that is not this machine's are refused (EPERM) when
- * turned on; see loopback_source_ok for why. The program runs for the
+ * turned on; see source_ok for why. The program runs for the
  * sockets made in a controlled cgroup, whoever calls. */
 int nl_setsockopt(struct bpf_sockopt *ctx)
 {
@@ -760,8 +801,13 @@ int nl_setsockopt(struct bpf_sockopt *ctx)
           (level == NL_SOL_IPV6 && (name == NL_IPV6_FREEBIND ||
                                     name == NL_IPV6_TRANSPARENT))))
         return 1;
-    /* the kernel takes an int, or a single byte when optlen is 1 */
-    if (ctx->optlen >= 4 && v + 4 <= end)
+    /* The kernel takes an int, or a single byte when optlen is 1. Longer:
+     * refused whatever it says, as the program then sees only a copy of the
+     * buffer's first page, which the caller may change before the kernel
+     * reads it again. */
+    if (ctx->optlen > 4)
+        on = 1;
+    else if (ctx->optlen == 4 && v + 4 <= end)
         on = *(u32 *)v;
     else if (ctx->optlen >= 1 && v + 1 <= end)
         on = *v;
@@ -792,3 +838,69 @@ int nl_recvmsg4(struct bpf_sock_addr *ctx) { return restore(ctx, 0); }
 int nl_recvmsg6(struct bpf_sock_addr *ctx) { return restore(ctx, 1); }
 int nl_getpeername4(struct bpf_sock_addr *ctx) { return restore(ctx, 0); }
 int nl_getpeername6(struct bpf_sock_addr *ctx) { return restore(ctx, 1); }
+
+/* The relay's own ingress (attached to the cgroup its sockets were made
+ * in, never to a session's): a TCP connection attempt or a UDP datagram is
+ * taken only from a socket the programs sent to that port of the relay.
+ * Any other local program gets nothing, not even a place in a queue (a
+ * flood of strangers would otherwise crowd out the sessions' DNS). The
+ * sender is looked up as the socket that a reply would reach. */
+int nl_relay_in(struct __sk_buff *skb)
+{
+    struct bpf_sock_tuple t = {};
+    struct bpf_sock *sk, *full;
+    struct nl_relayed *v;
+    u8 ip[40] = {};
+    u16 ports[2] = {};
+    u32 l4, size;
+    u8 proto, flags = 0;
+    int ok = 0;
+
+    if (skb->protocol == bpf_htons(ETH_P_IP)) {
+        if (bpf_skb_load_bytes(skb, 0, ip, 20) != 0)
+            return 0;
+        proto = ip[9];
+        l4 = (ip[0] & 0xf) * 4;
+        if (l4 < 20 || l4 > 60 || bpf_skb_load_bytes(skb, l4, ports, 4) != 0)
+            return 0;
+        __builtin_memcpy(&t.ipv4.daddr, &ip[12], 4);     /* the sender's end */
+        __builtin_memcpy(&t.ipv4.saddr, &ip[16], 4);
+        t.ipv4.dport = ports[0];
+        t.ipv4.sport = ports[1];
+        size = sizeof(t.ipv4);
+    } else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+        if (bpf_skb_load_bytes(skb, 0, ip, 40) != 0)
+            return 0;
+        proto = ip[6];      /* extension headers: not taken */
+        l4 = 40;
+        if (bpf_skb_load_bytes(skb, l4, ports, 4) != 0)
+            return 0;
+        __builtin_memcpy(t.ipv6.daddr, &ip[8], 16);
+        __builtin_memcpy(t.ipv6.saddr, &ip[24], 16);
+        t.ipv6.dport = ports[0];
+        t.ipv6.sport = ports[1];
+        size = sizeof(t.ipv6);
+    } else {
+        return 0;
+    }
+    if (proto == IPPROTO_TCP) {
+        if (bpf_skb_load_bytes(skb, l4 + 13, &flags, 1) != 0)
+            return 0;
+        if ((flags & 0x12) != 0x02)
+            return 1;       /* not a connection attempt: the connection was taken */
+        sk = bpf_skc_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
+    } else if (proto == IPPROTO_UDP) {
+        sk = bpf_sk_lookup_udp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
+    } else {
+        return 0;
+    }
+    if (!sk)
+        return 0;
+    full = bpf_sk_fullsock(sk);
+    if (full) {
+        v = relayed.sk_storage_get(full, 0, 0);
+        ok = v && v->port == ports[1];
+    }
+    bpf_sk_release(sk);
+    return ok;
+}

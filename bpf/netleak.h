@@ -163,12 +163,33 @@ struct nl_redirect {
 };
 
 #ifndef NL_MAX_REDIRECTS
-#define NL_MAX_REDIRECTS 65536      /* sockets sent elsewhere, all sessions */
+#define NL_MAX_REDIRECTS 1048576    /* sockets sent elsewhere, all sessions (the map
+                                     * allocates as it fills) */
 #endif
 #ifndef NL_SESSION_REDIRECTS
 #define NL_SESSION_REDIRECTS 8192   /* ... of one session at once: no workload can
                                      * crowd out the others' */
 #endif
+
+/* This machine's addresses, by network namespace (the daemon of each keeps
+ * its own from netlink): a session's packet must come from one of them, or
+ * from loopback. */
+struct nl_local_key {
+    u64 netns;
+    struct nl_addr addr;
+};
+
+#ifndef NL_MAX_LOCALS
+#define NL_MAX_LOCALS 16384
+#endif
+
+/* Kept on a socket the programs sent to the relay (socket storage): the
+ * relay's port it went to, network order. The relay's own ingress program
+ * takes only packets of such sockets. */
+struct nl_relayed {
+    u32 port;
+    u32 pad;
+};
 
 #ifndef NL_MAX_DEPTH
 /* How many cgroup levels the ancestor walk covers. */

@@ -1,70 +1,80 @@
-"""What a workload starts with: no sockets from outside its session.
+"""What a workload starts with: nothing from outside its session, and no
+way around the session's programs.
 
-netleak-exec's last steps before exec. A socket the caller opened (and
-passed on, as shells and service managers do) belongs to the caller's
-cgroup: no program of the session sees its traffic, so a workload that
-inherited one could send through it whatever its session says.
+netleak-exec's last steps before exec. A descriptor the caller had (and
+passed on, as shells and service managers do) may reach outside the
+session: a socket belongs to the caller's cgroup, so no program of the
+session sees its traffic; an io_uring whose kernel thread submits for the
+caller's cgroup; a TUN device; a pipe to a helper. Every one above
+standard error is closed, as sudo does (--keep-fds keeps them).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
-import stat
 
 
-def inherited_sockets(first: int = 3) -> list[int]:
-    """Open descriptors from FIRST on that are sockets."""
-    found = []
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd < first:
-            continue
-        try:
-            if stat.S_ISSOCK(os.fstat(fd).st_mode):
-                found.append(fd)
-        except OSError:
-            continue        # the directory listing's own descriptor, gone
-    return found
+def close_inherited(first: int = 3) -> None:
+    """Close every descriptor from FIRST on (close_range(2) where there is
+    one: whatever the limit on open files)."""
+    os.closerange(first, 1 << 20)
 
 
-def close_inherited_sockets() -> list[int]:
-    """Close every socket above standard error; returns their numbers."""
-    fds = inherited_sockets()
-    for fd in fds:
-        os.close(fd)
-    return fds
-
-
-# ---------- socket families: seccomp ----------
+# ---------- system calls no program of the session sees: seccomp ----------
 #
 # The session's programs see the sockets of IPv4 and IPv6 only: a socket
 # of another family that reaches off the machine (AF_VSOCK to a VM's host,
 # AF_PACKET, AF_XDP, Bluetooth, CAN, TIPC, RDS, RxRPC, SMC, PPPoX...)
 # would pass no check at all. A seccomp filter refuses socket(2) for every
-# family but these (EAFNOSUPPORT: programs take it as "not supported here").
+# family but these (EAFNOSUPPORT: programs take it as "not supported here"),
+# and what else gets around the programs: io_uring (sockets made without
+# socket(2)), 32-bit setsockopt(2) (the cgroup program never runs for it),
+# and typing into the caller's terminal (TIOCSTI), whose shell would run
+# what was typed outside the session.
 
 AF_UNIX, AF_INET, AF_INET6, AF_NETLINK, AF_ALG = 1, 2, 10, 16, 38
 ALLOWED_FAMILIES = (AF_UNIX, AF_INET, AF_INET6, AF_NETLINK, AF_ALG)
+
+EAFNOSUPPORT, ENOSYS, EPERM = 97, 38, 1
+SYS_SOCKET, SYS_SETSOCKOPT = 1, 14     # socketcall(2)'s call numbers
+X32_BIT = 0x40000000    # x86_64's x32 system calls
 # io_uring makes sockets without socket(2) (IORING_OP_SOCKET), where no
 # filter can see the family: refused (ENOSYS: programs fall back to epoll)
-IO_URING_SETUP = 425    # the same number on every architecture here
+IO_URING = (425, 426, 427)      # setup, enter, register: the same numbers everywhere
+# ioctls that type into the terminal, whose commands the shell that started
+# netleak-exec then runs, outside the session
+TIOCSTI, TIOCLINUX = 0x5412, 0x541C
+# setsockopt(2) options of forged sources (level, name): the cgroup program
+# refuses them, but the kernel runs no cgroup program for 32-bit callers
+FORGING = ((0, 15), (0, 19), (41, 75), (41, 78))
 
-EAFNOSUPPORT, ENOSYS = 97, 38
-SYS_SOCKET = 1          # socketcall(2)'s call number for socket(2)
-X32_BIT = 0x40000000    # x86_64's x32 system calls
 
-# per machine: (audit arch, socket(2)'s number, socketcall(2)'s or None);
-# the native one first, then its 32-bit compat one
+@dataclasses.dataclass(frozen=True)
+class Arch:
+    """One system call table: its audit arch and the numbers the filter
+    looks at (None: the table has no such call)."""
+
+    audit: int
+    socket: int
+    ioctl: int
+    socketcall: int | None = None
+    setsockopt: int | None = None     # only where the kernel skips the cgroup hook
+    x32: bool = False
+
+
+# per machine: the native table first, then its 32-bit compat one
 ARCHES = {
-    "x86_64": ((0xC000003E, 41, None), (0x40000003, 359, 102)),
-    "aarch64": ((0xC00000B7, 198, None), (0x40000028, 281, 102)),
-    "riscv64": ((0xC00000F3, 198, None),),
+    "x86_64": (Arch(0xC000003E, 41, 16, x32=True), Arch(0x40000003, 359, 54, 102, 366)),
+    "aarch64": (Arch(0xC00000B7, 198, 29), Arch(0x40000028, 281, 54, 102, 294)),
+    "riscv64": (Arch(0xC00000F3, 198, 29),),
 }
 
 # classic BPF (what seccomp runs) and seccomp's return values
 _LD_W_ABS, _JEQ, _JGE, _JSET, _RET = 0x20, 0x15, 0x35, 0x45, 0x06
 RET_ALLOW = 0x7FFF0000
 RET_ERRNO = 0x00050000
-_NR, _ARCH, _ARG0 = 0, 4, 16       # offsets in struct seccomp_data (little-endian)
+# offsets in struct seccomp_data (little-endian: an argument's low half first)
+_NR, _ARCH, _ARG0, _ARG1, _ARG2 = 0, 4, 16, 24, 32
 
 
 def family_filter(machine: str) -> list[tuple[int, int, int, int]] | None:
@@ -73,9 +83,11 @@ def family_filter(machine: str) -> list[tuple[int, int, int, int]] | None:
 
     socket(2) with a family outside ALLOWED_FAMILIES fails with
     EAFNOSUPPORT; so does socketcall(2)'s socket call in 32-bit programs
-    (its arguments are in memory, which a filter cannot read); io_uring,
-    x32 system calls and unknown architectures fail with ENOSYS: what they
-    would do cannot be told."""
+    (its arguments are in memory, which a filter cannot read). TIOCSTI and
+    TIOCLINUX fail with EPERM, and so do 32-bit setsockopt(2) calls for
+    forged sources (socketcall's setsockopt entirely). io_uring, x32 system
+    calls and unknown architectures fail with ENOSYS: what they would do
+    cannot be told."""
     arches = ARCHES.get(machine)
     if arches is None:
         return None
@@ -89,22 +101,44 @@ def family_filter(machine: str) -> list[tuple[int, int, int, int]] | None:
         label[name] = len(prog)
 
     emit(_LD_W_ABS, _ARCH)
-    for i, (arch, _, _) in enumerate(arches):
-        emit(_JEQ, arch, jt=f"arch{i}")
+    for i, a in enumerate(arches):
+        emit(_JEQ, a.audit, jt=f"arch{i}")
     emit(_RET, RET_ERRNO | ENOSYS)
-    for i, (_, nr_socket, nr_socketcall) in enumerate(arches):
+    for i, a in enumerate(arches):
         at(f"arch{i}")
         emit(_LD_W_ABS, _NR)
-        if i == 0 and machine == "x86_64":
+        if a.x32:
             emit(_JSET, X32_BIT, jt="nosys")
-        emit(_JEQ, nr_socket, jt="family")
-        if nr_socketcall is not None:
-            emit(_JEQ, nr_socketcall, jt="socketcall")
-        emit(_JEQ, IO_URING_SETUP, jt="nosys")
+        emit(_JEQ, a.socket, jt="family")
+        emit(_JEQ, a.ioctl, jt="ioctl")
+        for nr in IO_URING:
+            emit(_JEQ, nr, jt="nosys")
+        if a.socketcall is not None:
+            emit(_JEQ, a.socketcall, jt="socketcall")
+        if a.setsockopt is not None:
+            emit(_JEQ, a.setsockopt, jt="sockopt")
         emit(_RET, RET_ALLOW)
     at("socketcall")
     emit(_LD_W_ABS, _ARG0)
     emit(_JEQ, SYS_SOCKET, jt="refuse")
+    emit(_JEQ, SYS_SETSOCKOPT, jt="eperm")
+    emit(_RET, RET_ALLOW)
+    at("sockopt")
+    emit(_LD_W_ABS, _ARG1)
+    emit(_JEQ, 0, jt="level_ip")
+    emit(_JEQ, 41, jt="level_ip6")
+    emit(_RET, RET_ALLOW)
+    for level, tag in ((0, "level_ip"), (41, "level_ip6")):
+        at(tag)
+        emit(_LD_W_ABS, _ARG2)
+        for lv, name in FORGING:
+            if lv == level:
+                emit(_JEQ, name, jt="eperm")
+        emit(_RET, RET_ALLOW)
+    at("ioctl")
+    emit(_LD_W_ABS, _ARG1)
+    emit(_JEQ, TIOCSTI, jt="eperm")
+    emit(_JEQ, TIOCLINUX, jt="eperm")
     emit(_RET, RET_ALLOW)
     at("family")
     emit(_LD_W_ABS, _ARG0)
@@ -114,6 +148,8 @@ def family_filter(machine: str) -> list[tuple[int, int, int, int]] | None:
     emit(_RET, RET_ERRNO | EAFNOSUPPORT)
     at("allow")
     emit(_RET, RET_ALLOW)
+    at("eperm")
+    emit(_RET, RET_ERRNO | EPERM)
     at("nosys")
     emit(_RET, RET_ERRNO | ENOSYS)
 
@@ -133,7 +169,9 @@ def run_filter(prog: list[tuple[int, int, int, int]], arch: int, nr: int,
                args: tuple[int, ...] = ()) -> int:
     """What PROG returns for one system call (a classic BPF interpreter of
     the instructions family_filter uses, for its tests and for doctor)."""
-    data = {_NR: nr & 0xFFFFFFFF, _ARCH: arch, _ARG0: (args[0] if args else 0) & 0xFFFFFFFF}
+    args = tuple(args) + (0,) * (3 - len(args))
+    data = {_NR: nr & 0xFFFFFFFF, _ARCH: arch, _ARG0: args[0] & 0xFFFFFFFF,
+            _ARG1: args[1] & 0xFFFFFFFF, _ARG2: args[2] & 0xFFFFFFFF}
     acc, pc = 0, 0
     while True:
         code, jt, jf, k = prog[pc]
@@ -233,6 +271,44 @@ def scope_ptrace() -> bool:
     finally:
         os.close(rs)
     return True
+
+
+# services that act for whoever may write their socket, outside any session
+SERVICE_SOCKETS = ("/run/docker.sock", "/var/run/docker.sock", "/run/podman/podman.sock",
+                   "/run/containerd/containerd.sock", "/var/run/libvirt/libvirt-sock",
+                   "/run/libvirt/libvirt-sock")
+
+
+def writable_by(mode: int, owner: int, group: int, uid: int, gids: list[int]) -> bool:
+    """Whether UID (with groups GIDS) may write a file of MODE, OWNER, GROUP."""
+    if uid == 0:
+        return True
+    if uid == owner:
+        return bool(mode & 0o200)
+    if group in gids:
+        return bool(mode & 0o020)
+    return bool(mode & 0o002)
+
+
+def user_reach(name: str, uid: int, gids: list[int], run_user: str = "/run/user",
+               sockets: tuple[str, ...] = SERVICE_SOCKETS) -> list[str]:
+    """What a workload run as NAME could have act for it from outside its
+    session: its own login session's services, and services that start
+    containers or machines for whoever may write their socket."""
+    out = []
+    if os.path.isdir(os.path.join(run_user, str(uid))):
+        out.append(f"{name} has a login session or user manager here ({run_user}/{uid}): "
+                   f"its services (D-Bus, systemd --user, ssh-agent, the desktop) may send "
+                   f"for COMMAND from outside the session; run it as a user of its own")
+    for path in sockets:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if writable_by(st.st_mode, st.st_uid, st.st_gid, uid, gids):
+            out.append(f"{name} may use {path}, a service that starts containers or "
+                       f"machines for it outside the session; run it as a user of its own")
+    return out
 
 
 def confine(as_user: bool) -> list[str]:

@@ -27,7 +27,8 @@ from .config import Config
 from .errors import NetleakError
 from .kernel import bpfsys, cgroupfs, netlink, programs
 from .kernel.ringbuf import RingReader, ring_size
-from .policy import KEY_SIZE, POLICY_SIZE, Policy, Stats, pack_key, unpack_key
+from .policy import (KEY_SIZE, LOCAL_KEY_SIZE, POLICY_SIZE, Policy, Stats, local_key,
+                     pack_key, unpack_key)
 from .state import Session, State, policy_for
 from .store import Store, netns_id, run_dir
 
@@ -35,6 +36,7 @@ log = logging.getLogger("netleak.daemon")
 
 TICK = 0.25            # longest sleep of the main loop
 DAEMON_CGROUP = "daemon"  # under the cgroup parent: an auto-started daemon's home
+RELAY_CGROUP = "relay"    # ... and where the relay's sockets are made (its ingress filter)
 RECENT = 256           # ended sessions kept to name the events still in the ring
 
 
@@ -150,6 +152,8 @@ class Daemon:
         programs.ensure_bpffs(self.cfg.bpf_dir)
         self.pins = programs.ensure_pinned(self.cfg.bpf_dir)
         self.state = self.store.load()
+        # before any session sends: the addresses its packets may come from
+        _step("local addresses", self.sync_locals)
         if any(s.proxy for s in self.state.sessions.values()):
             _step("relay", self._ensure_relay)
         report = self.unreported = self.gc()
@@ -536,13 +540,40 @@ class Daemon:
         if self.relay is not None:
             return
         maps = self.maps_for(self.pins.path)
-        if maps is None or maps.redirect < 0:
+        if maps is None or maps.redirect < 0 or not os.path.exists(
+                self.pins.pin("prog_relay_in")):
             raise NetleakError(f"the programs pinned in {self.pins.path} have no proxy "
                                f"mode: run 'netleak gc' and retry")
+        path = os.path.join(self.parent, RELAY_CGROUP)
+        if not os.path.isdir(path):
+            cgroupfs.make(path)
+        self._attach_relay_filter(path)
         r = relay.Relay(maps.redirect, self._route, self.relay_events,
-                        port=self.cfg.relay_port, netns=self.netns)
-        r.start()
+                        port=self.cfg.relay_port, netns=self.netns,
+                        make=lambda fn: cgroupfs.sockets_made_in(path, fn))
+        try:
+            r.start()
+        except BaseException:
+            _step("relay cgroup", self._remove_relay_cgroup)
+            raise
         self.relay = r
+
+    def _attach_relay_filter(self, path: str) -> None:
+        """The relay's ingress program on the cgroup its sockets are made in:
+        only sockets the programs sent there get through to them."""
+        fd = bpfsys.obj_get(self.pins.pin("prog_relay_in"))
+        cfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if bpfsys.prog_id(fd) not in bpfsys.prog_query(cfd, bpfsys.BPF_CGROUP_INET_INGRESS):
+                bpfsys.prog_attach(fd, cfd, bpfsys.BPF_CGROUP_INET_INGRESS)
+        finally:
+            os.close(cfd)
+            os.close(fd)
+
+    def _remove_relay_cgroup(self) -> None:
+        """Once no socket is made there any more (the cgroup holds no
+        process; the sockets still open keep it, and its program, alive)."""
+        cgroupfs.remove_if_empty(os.path.join(self.parent, RELAY_CGROUP))
 
     def _relay_ports(self) -> tuple[int, int, int]:
         return self.relay.ports if self.relay is not None else (0, 0, 0)
@@ -581,6 +612,7 @@ class Daemon:
             self.relay.close()
             self.relay = None
             self._relay_events()
+        _step("relay cgroup", self._remove_relay_cgroup)
 
     def _refresh_dns(self, iface: str, link: plan.Link) -> None:
         """Sessions given no --dns follow the interface's resolvers (a VPN
@@ -708,6 +740,7 @@ class Daemon:
         interface is unusable, and comes off only after its routes and rules
         are back and the map holds its (possibly new) ifindex.
         """
+        _step("local addresses", self.sync_locals)
         links = self._read_links()
         for iface, link in links.items():
             try:
@@ -721,6 +754,25 @@ class Daemon:
                 _step(f"resolvers of {iface}", self._refresh_dns, iface, link)
                 self._release_kill(iface, link)
         _step("no-network entries", self._write_policies, "", self._block_policy())
+
+    def sync_locals(self, keep: bool = True) -> None:
+        """The map `locals` holds this namespace's addresses, as they are
+        now (a session's packets must come from one of them); without KEEP,
+        none of them (a clean exit with no session left)."""
+        want = {local_key(self.netns, addr): idx.to_bytes(4, "little")
+                for addr, idx in netlink.local_addresses(self.ipr).items()} if keep else {}
+        mine = self.netns.to_bytes(8, "little")
+        for pinset in {self.pins.path} | {s.pinset for s in self.state.sessions.values()}:
+            maps = self.maps_for(pinset)
+            if maps is None or maps.locals < 0:
+                continue
+            have = {k for k in bpfsys.map_keys(maps.locals, LOCAL_KEY_SIZE)
+                    if k[:8] == mine}
+            for k in have - set(want):
+                bpfsys.map_delete(maps.locals, k)
+            for k, v in want.items():
+                if k not in have:
+                    bpfsys.map_update(maps.locals, k, v)
 
     def _kill_if_unusable(self, iface: str, link: plan.Link | None) -> None:
         if link is not None and link.up:
@@ -883,7 +935,10 @@ class Daemon:
 
     def sweep_orphan_cgroups(self) -> list[str]:
         """Remove exec cgroups no session claims and nobody will: their
-        netleak-exec died before handing them over."""
+        netleak-exec died before handing them over (and the relay's, when
+        no relay runs: a crash left it)."""
+        if self.relay is None:
+            _step("relay cgroup", self._remove_relay_cgroup)
         claimed = {os.path.basename(s.cgroup) for s in self.state.sessions.values()
                    if os.path.dirname(s.cgroup) == self.cfg.cgroup_parent.strip("/")}
         removed = []
@@ -995,16 +1050,22 @@ class Daemon:
                     if rel is None and whole_tree:
                         _step("stale redirect count", bpfsys.map_delete, maps.redirect_n, key)
             if maps.redirect >= 0 and whole_tree:
-                removed += _step("stale redirects", self._gc_redirects, maps, claimed) or 0
+                removed += _step("stale redirects", self._gc_redirects, maps) or 0
         return adopted, removed
 
-    def _gc_redirects(self, maps: programs.Maps, claimed: set[int]) -> int:
-        """Entries of sockets that outlived their session's programs (the
-        release program removes the others as their sockets close)."""
+    def _gc_redirects(self, maps: programs.Maps) -> int:
+        """Entries of sockets that outlived their session's cgroup (the
+        release program removes the others as their sockets close). Only
+        those: the map is every namespace's, and another daemon's sessions
+        are not this one's to judge."""
+        keys = bpfsys.map_keys(maps.redirect, 8)
+        if not keys:
+            return 0
+        alive = cgroupfs.index_ids(self.cgroot)
         stale = 0
-        for key in bpfsys.map_keys(maps.redirect, 8):
+        for key in keys:
             raw = bpfsys.map_lookup(maps.redirect, key, relay.REDIRECT_SIZE)
-            if raw is not None and relay.unpack_redirect(raw).cgroup not in claimed:
+            if raw is not None and relay.unpack_redirect(raw).cgroup not in alive:
                 bpfsys.map_delete(maps.redirect, key)
                 stale += 1
         return stale
@@ -1194,6 +1255,8 @@ def serve(cfg: Config, idle_exit: float = 0.0, foreground: bool = False,
         d.run()
         d.close_relay()
         d.close_events()
+        if not d.state.sessions:    # nothing of this namespace's is left in the maps
+            _step("local addresses", d.sync_locals, False)
     except NetleakError as e:
         log.error("%s", e)
         tell(e.message)

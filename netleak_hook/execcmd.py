@@ -51,9 +51,9 @@ options:
                    NETLEAK_PROXY_PASSWORD=... in the environment: the
                    password for a URL that names a user and no password
                    (the variable is removed before COMMAND runs)
-  --keep-sockets   leave COMMAND the sockets this process inherited (by
-                   default those above fd 2 are closed: they were opened
-                   outside the session, and nothing would control them)
+  --keep-fds       leave COMMAND the descriptors this process inherited (by
+                   default those above fd 2 are closed, as sudo does: a
+                   socket opened outside the session is nobody's to control)
   --version        print the version
   -h, --help       this help
 
@@ -83,7 +83,7 @@ class Args:
         self.block = False
         self.proxy: str | None = None
         self.proxy_file: str | None = None
-        self.keep_sockets = False
+        self.keep_fds = False
         self.iface = ""
         self.command: list[str] = []
         self.action = "run"     # or "help", "version", "dump-bpf"
@@ -156,7 +156,7 @@ def _options(a: Args, argv: list[str]) -> tuple[list[str], bool]:
     try:
         opts, rest = getopt.getopt(argv, "hu:", ["help", "user=", "via=", "version",
                                                   "dump-bpf", "dns=", "allow=", "block",
-                                                  "proxy=", "proxy-file=", "keep-sockets"])
+                                                  "proxy=", "proxy-file=", "keep-fds"])
     except getopt.GetoptError as e:
         raise NetleakError(f"{e.msg} (see '{PROG} --help')") from None
     for opt, val in opts:
@@ -181,8 +181,8 @@ def _options(a: Args, argv: list[str]) -> tuple[list[str], bool]:
             a.block = True
         elif opt in ("--proxy", "--proxy-file"):
             _take_proxy(a, opt, val)
-        elif opt == "--keep-sockets":
-            a.keep_sockets = True
+        elif opt == "--keep-fds":
+            a.keep_fds = True
     used = len(argv) - len(rest)
     return rest, used > 0 and argv[used - 1] == "--" and not (opts and opts[-1][1] == "--")
 
@@ -247,7 +247,9 @@ def _proxy_url(a: Args) -> str | None:
         return None
     from .proxy import has_password, parse, read_url_file, with_password
     if a.proxy is None:
-        url = read_url_file(a.proxy_file or "")
+        # through sudo, its caller learns nothing of files it may not read
+        caller = os.environ.get("SUDO_UID", "0")
+        url = read_url_file(a.proxy_file or "", detail=caller in ("", "0"))
         try:
             parse(url)
         except NetleakError:
@@ -306,8 +308,12 @@ def run(argv: list[str]) -> int:
     open_exec_session(cfg, iface, via4, via6, guards)
 
     from . import confine
-    if not a.keep_sockets:
-        confine.close_inherited_sockets()
+    if pw is not None and pw.pw_uid != 0:
+        for warning in confine.user_reach(pw.pw_name, pw.pw_uid,
+                                          os.getgrouplist(pw.pw_name, pw.pw_gid)):
+            sys.stderr.write(f"{PROG}: warning: {warning}\n")
+    if not a.keep_fds:
+        confine.close_inherited()
     try:
         for warning in confine.confine(as_user=pw is not None and pw.pw_uid != 0):
             sys.stderr.write(f"{PROG}: warning: {warning}\n")

@@ -170,6 +170,14 @@ class Stats:
         return cls(*totals)
 
 
+LOCAL_KEY_SIZE = 24      # struct nl_local_key: netns cookie, address (16 bytes)
+
+
+def local_key(netns: int, addr: str) -> bytes:
+    """The key of one of this machine's addresses in the map `locals`."""
+    return netns.to_bytes(8, "little") + _addr16(addr)
+
+
 def pack_key(cgroup_id: int) -> bytes:
     return _KEY.pack(cgroup_id)
 

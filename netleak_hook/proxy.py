@@ -188,9 +188,17 @@ def file_problem(mode: int, uid: int, regular: bool) -> str | None:
     return None
 
 
-def read_url_file(path: str) -> str:
+def read_url_file(path: str, detail: bool = True) -> str:
     """The proxy URL of a root-only file, so its password never appears on
-    a command line (/proc/PID/cmdline is every local user's to read)."""
+    a command line (/proc/PID/cmdline is every local user's to read).
+    Without DETAIL (a caller who is not root, through sudo), any refusal
+    says the same, and so nothing of a file the caller may not read."""
+    if not detail:
+        try:
+            return read_url_file(path)
+        except NetleakError:
+            raise NetleakError(f"--proxy-file {path}: not a file netleak takes (root's, "
+                               f"mode 600, one proxy URL in it)") from None
     import os
     import stat
     try:

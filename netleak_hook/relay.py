@@ -58,6 +58,9 @@ SO_BINDTODEVICE = 25
 F_SETPIPE_SZ = 1031
 EVENTS_PER_SECOND = 20      # the relay's own events, all sessions together
 MAX_CONNECTIONS = 4096      # relayed at once (each: a thread, 2 sockets, 2 pipes)
+SESSION_CONNECTIONS = 1024  # ... of them one session's: no session takes them all
+DNS_TCP_SECONDS = 60.0      # a DNS-over-TCP connection's whole life
+DNS_TCP_QUERIES = 1000      # ... and the queries it may ask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,10 +153,15 @@ class Relay:
 
     def __init__(self, redirect_fd: int, lookup: Callable[[int], Route | None],
                  events: "queue.SimpleQueue[dict]", port: int = 0, netns: int = 0,
-                 identify: Callable[[int, tuple, tuple], int | None] = kernel_identify) -> None:
+                 identify: Callable[[int, tuple, tuple], int | None] = kernel_identify,
+                 make=None) -> None:
         """PORT: TCP and DNS with names on it, refused DNS on the next (0:
         any free ones, for tests). NETNS: this namespace's cookie.
-        IDENTIFY(protocol, peer, local): the cookie of the socket at PEER."""
+        IDENTIFY(protocol, peer, local): the cookie of the socket at PEER.
+        MAKE(fn): the sockets FN makes, made where they should be (the
+        daemon makes them in a cgroup of their own, whose ingress program
+        keeps strangers out); by default, here."""
+        self.make = make or (lambda fn: fn())
         self.redirect_fd = redirect_fd
         self.lookup = lookup
         self.events = events
@@ -173,6 +181,7 @@ class Relay:
         self._window = (0, 0)       # (second, events sent in it)
         self.served = 0             # connections carried, for status and tests
         self.active = 0             # connections being served now
+        self.per_session: dict[int, int] = {}   # cgroup id -> its connections now
         self._count = threading.Lock()
 
     # ---------- listeners ----------
@@ -180,16 +189,20 @@ class Relay:
     def start(self) -> None:
         p = self.want_port
         try:
-            self.port, self.tcp = _pair(socket.SOCK_STREAM, p)
-            self.names_port, self.dns_names = _pair(socket.SOCK_DGRAM, p)
-            self.refuse_port, self.dns_refuse = _pair(socket.SOCK_DGRAM, p + 1 if p else 0)
+            socks = self.make(lambda: listeners(p))
         except OSError as e:
-            for s in self.tcp + self.dns_names + self.dns_refuse:
-                s.close()
             raise NetleakError(
                 f"proxy mode's relay cannot listen on 127.0.0.1 and ::1, ports {p} and "
                 f"{p + 1} ({e.strerror}): another program uses them; set "
                 f"NETLEAK_RELAY_PORT to a free port below 1023") from None
+        third = len(socks) // 3
+        self.tcp, self.dns_names, self.dns_refuse = \
+            socks[:third], socks[third:2 * third], socks[2 * third:]
+        self.port = self.tcp[0].getsockname()[1]
+        self.names_port = self.dns_names[0].getsockname()[1]
+        self.refuse_port = self.dns_refuse[0].getsockname()[1]
+        for s in socks:
+            s.setblocking(False)
         threading.stack_size(512 * 1024)
         self._thread = threading.Thread(target=self._loop, name="relay", daemon=True)
         self._thread.start()
@@ -309,14 +322,22 @@ class Relay:
                         "only): use socks5h:// to have the proxy resolve them")
 
     def _serve_dns_tcp(self, conn: socket.socket, route: Route) -> None:
-        conn.settimeout(CONNECT_TIMEOUT)
+        """DNS over TCP, for a while and a number of queries: a connection
+        kept open by a trickle would hold a place for good."""
+        deadline = time.monotonic() + DNS_TCP_SECONDS
+        asked = 0
         buf = b""
-        while True:
+        while asked < DNS_TCP_QUERIES:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            conn.settimeout(min(CONNECT_TIMEOUT, left))
             chunk = conn.recv(65536)
             if not chunk:
                 return
             msgs, buf = fakedns.tcp_frames(buf + chunk)
-            for m in msgs:
+            asked += len(msgs)
+            for m in msgs[:DNS_TCP_QUERIES]:
                 answer, why = self._respond(m, route)
                 if answer is not None:
                     conn.sendall(fakedns.tcp_frame(answer))
@@ -329,6 +350,7 @@ class Relay:
 
     def _serve(self, conn: socket.socket) -> None:
         upstream = None
+        counted = None      # the session whose connection this is, once counted
         try:
             r = self._entry(socket.IPPROTO_TCP, conn.getpeername(), conn.getsockname())
             if r is None:
@@ -337,6 +359,17 @@ class Relay:
             route = self.lookup(r.cgroup)
             if route is None:
                 return
+            with self._count:
+                held = self.per_session.get(r.cgroup, 0)
+                if held < SESSION_CONNECTIONS:
+                    self.per_session[r.cgroup] = held + 1
+            if held >= SESSION_CONNECTIONS:
+                self._event("proxy-failed", route, "tcp", addr, port,
+                            f"the session has {SESSION_CONNECTIONS} connections through the "
+                            f"relay at once: this one was reset")
+                _reset(conn)
+                return
+            counted = r.cgroup
             if port == 53:
                 self._serve_dns_tcp(conn, route)
                 return
@@ -369,6 +402,12 @@ class Relay:
                 upstream.close()
             with self._count:
                 self.active -= 1
+                if counted is not None:
+                    left = self.per_session.get(counted, 1) - 1
+                    if left > 0:
+                        self.per_session[counted] = left
+                    else:
+                        self.per_session.pop(counted, None)
 
     # ---------- events ----------
 
@@ -391,6 +430,26 @@ class Relay:
             "pid": None, "comm": None, "family": fam, "protocol": proto,
             "daddr": daddr or None, "dport": dport or None, "reason": reason,
             "hook": "relay", "suppressed": 0, "detail": detail})
+
+
+def listeners(port: int = 0) -> list[socket.socket]:
+    """The relay's sockets, on 127.0.0.1 and ::1: TCP on PORT, DNS with names
+    on PORT, refused DNS on the next (0: free ones), in that order, as many
+    of each (::1 only where the machine has IPv6)."""
+    made: list[socket.socket] = []
+    try:
+        for kind, want in ((socket.SOCK_STREAM, port), (socket.SOCK_DGRAM, port),
+                           (socket.SOCK_DGRAM, port + 1 if port else 0)):
+            made += _pair(kind, want)[1]
+    except OSError:
+        for s in made:
+            s.close()
+        raise
+    if len(made) % 3:       # ::1 for some, not all: keep to one family
+        for s in made:
+            s.close()
+        raise OSError(errno.EADDRNOTAVAIL, "::1 is usable for only some of the ports")
+    return made
 
 
 def _pair(kind: int, want: int = 0) -> tuple[int, list[socket.socket]]:

@@ -151,3 +151,40 @@ def sees_whole_tree() -> bool:
         return os.stat("/proc/self/ns/cgroup").st_ino == INIT_CGROUP_NS_INO
     except OSError:
         return True     # no cgroup namespaces in this kernel: one tree
+
+
+def sockets_made_in(path: str, make):
+    """The sockets MAKE() returns, made by a child process that joins cgroup
+    PATH first: a socket belongs for life to the cgroup it was made in, so
+    the programs of that cgroup see its traffic whichever process uses it.
+    An OSError of MAKE (a port in use) is raised here."""
+    import socket
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:    # the child: nothing but these few calls, then out
+        status = 1
+        try:
+            ours.close()
+            join(path)
+            socks = make()
+            socket.send_fds(theirs, [b"ok"], [s.fileno() for s in socks])
+            status = 0
+        except OSError as e:
+            try:
+                theirs.send(f"err {e.errno or 0}".encode())
+            except OSError:
+                pass
+        finally:
+            os._exit(status)
+    theirs.close()
+    try:
+        msg, fds, _, _ = socket.recv_fds(ours, 64, 32)
+    finally:
+        ours.close()
+        os.waitpid(pid, 0)
+    if msg != b"ok":
+        for fd in fds:
+            os.close(fd)
+        err = int(msg.split()[1]) if msg.startswith(b"err ") else errno.EIO
+        raise OSError(err, os.strerror(err))
+    return [socket.socket(fileno=fd) for fd in fds]

@@ -68,6 +68,18 @@ def read_link(ipr: IPRoute, name: str) -> Link | None:
                 addrs4=tuple(sorted(a4)), addrs6=tuple(sorted(a6)))
 
 
+def local_addresses(ipr: IPRoute) -> dict[str, int]:
+    """Every address of this namespace's interfaces (IPv4: the local end of
+    a point-to-point link, not its peer) -> its interface's index."""
+    out = {}
+    for a in ipr.get_addr():
+        addr = a.get_attr("IFA_ADDRESS") if a["family"] == socket.AF_INET6 else (
+            a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS"))
+        if addr:
+            out[addr.split("%", 1)[0]] = a["index"]
+    return out
+
+
 def link_names(ipr: IPRoute) -> dict[int, str]:
     return {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
 

@@ -54,11 +54,17 @@ PROGRAMS = (  # (function and pin name, BCC program type name, attach type)
 # program types whose load names the attach type (the kernel checks their
 # context per hook)
 TYPED = ("CGROUP_SOCK_ADDR", "CGROUP_SOCKOPT", "CGROUP_SOCK")
+# programs for netleak's own sockets, never attached to a session's cgroup:
+# the relay's ingress (attached to the cgroup its sockets are made in)
+OWN_PROGRAMS = (
+    ("relay_in", "CGROUP_SKB", bpfsys.BPF_CGROUP_INET_INGRESS),
+)
 # programs an earlier version pinned and attached that this one has not:
 # detached all the same (a cgroup netleak releases keeps none of them)
 LEGACY = (("prog_sockops", bpfsys.BPF_CGROUP_SOCK_OPS),)
-MAPS = ("policy", "stats", "rings", "redirect", "redirect_n")
-PINS = tuple(f"prog_{n}" for n, _, _ in PROGRAMS) + tuple(f"map_{m}" for m in MAPS)
+MAPS = ("policy", "stats", "rings", "redirect", "redirect_n", "locals")
+PINS = tuple(f"prog_{n}" for n, _, _ in PROGRAMS + OWN_PROGRAMS) + \
+    tuple(f"map_{m}" for m in MAPS)
 RING_PAGES = 16     # NL_RING_PAGES: every reader's ring has this size
 # what older netleak versions pinned too: enough to manage their sessions
 BASE_PINS = ("prog_egress", "prog_sock_create", "map_policy", "map_stats")
@@ -227,7 +233,7 @@ def compile_and_pin(pins: Pinset, extra: tuple[str, ...] = ()) -> None:
                     cflags=cflags(extra=extra + more))
             fds = {name: b.load_func(f"nl_{name}".encode(), getattr(BPFProgType, ptype),
                                      attach_type=atype if ptype in TYPED else -1).fd
-                   for name, ptype, atype in PROGRAMS}
+                   for name, ptype, atype in PROGRAMS + OWN_PROGRAMS}
             break
         except Exception as e:  # BCC raises bare Exception
             if b is not None:
@@ -366,11 +372,14 @@ class Maps:
                          if os.path.exists(pins.pin("map_redirect")) else -1)
         self.redirect_n = (bpfsys.obj_get(pins.pin("map_redirect_n"))
                            if os.path.exists(pins.pin("map_redirect_n")) else -1)
+        self.locals = (bpfsys.obj_get(pins.pin("map_locals"))
+                       if os.path.exists(pins.pin("map_locals")) else -1)
         self.stats_size = bpfsys.map_value_size(self.stats)
         self.ncpus = bpfsys.possible_cpus()
 
     def close(self) -> None:
-        for fd in (self.policy, self.stats, self.rings, self.redirect, self.redirect_n):
+        for fd in (self.policy, self.stats, self.rings, self.redirect, self.redirect_n,
+                   self.locals):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)

@@ -73,12 +73,13 @@ class World:
         return cgroupfs.abspath(cgroupfs.find_cgroup2(), self.parent)
 
     def cgroups(self) -> list[str]:
-        """Cgroups under the parent, but the auto-started daemon's own."""
+        """Cgroups under the parent, but the auto-started daemon's own and
+        the relay's (where its sockets are made)."""
         root = self.parent_path()
         if not os.path.isdir(root):
             return []
         return [d for d in os.listdir(root)
-                if os.path.isdir(os.path.join(root, d)) and d != "daemon"]
+                if os.path.isdir(os.path.join(root, d)) and d not in ("daemon", "relay")]
 
     def sessions(self) -> int:
         from netleak_hook.store import Store

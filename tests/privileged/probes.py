@@ -179,3 +179,46 @@ except OSError as e:
 s = socket.create_connection((sys.argv[1], 8080), timeout=2)
 print("tcp", s.recv(100).decode().strip(), flush=True)
 """
+
+
+# setsockopt(2) through the 32-bit entry (int 0x80) from this 64-bit
+# process, where the kernel runs no cgroup program (x86_64 only), then a
+# bind to a forged source and datagrams to each HOST:PORT of ARGV[4:] (a
+# %zone allowed). ARGV[1]: 4 or 6, ARGV[2]: the forged source, ARGV[3]:
+# freebind or transparent. Prints what each step gave.
+COMPAT = r"""
+import ctypes, mmap, socket, sys
+fam = socket.AF_INET6 if sys.argv[1] == "6" else socket.AF_INET
+level = 41 if fam == socket.AF_INET6 else 0
+name = {("6", "freebind"): 78, ("4", "freebind"): 15, ("6", "transparent"): 75,
+        ("4", "transparent"): 19}[(sys.argv[1], sys.argv[3])]
+# push rbx; mov ebx,edi; mov eax,esi; mov esi,ecx; mov ecx,eax; mov edi,r8d;
+# mov eax,366; int 0x80; pop rbx; ret  (setsockopt(fd, level, name, val, len))
+code = bytes.fromhex("5389fb89f089ce89c14489c7b86e010000cd805bc3")
+low = mmap.mmap(-1, 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x40,  # MAP_32BIT
+                prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+low.write(code)
+base = ctypes.addressof(ctypes.c_char.from_buffer(low))
+val = base + 1024
+ctypes.c_int.from_address(val).value = 1
+call = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                        ctypes.c_uint64, ctypes.c_int)(base)
+s = socket.socket(fam, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+r = call(s.fileno(), level, name, val, 4)
+print("compat", "ok" if r == 0 else f"refused {-r}", flush=True)
+try:
+    s.bind((sys.argv[2], 0))
+    print("bind ok", flush=True)
+except OSError as e:
+    print("bind refused", e.strerror, flush=True)
+    sys.exit(0)
+for target in sys.argv[4:]:
+    host, port = target.rsplit(":", 1)
+    try:
+        for _ in range(3):
+            s.sendto(b"forged", (host.strip("[]"), int(port)))
+        print(target, "sent", flush=True)
+    except OSError as e:
+        print(target, "refused", e.strerror, flush=True)
+"""

@@ -11,6 +11,7 @@ attempt leaving without netleak.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -18,7 +19,7 @@ import pytest
 
 from netleak_hook import lab as labmod
 from tests.privileged.conftest import EXEC, Held, wait_until
-from tests.privileged.probes import FAMILIES, MPTCP, SPOOF, TAKE_OVER, VICTIM
+from tests.privileged.probes import COMPAT, FAMILIES, MPTCP, SPOOF, TAKE_OVER, VICTIM
 from tests.privileged.test_proxy import PEER, PORT, PROXY4, Proxy, proxy_lab  # noqa: F401
 
 pytestmark = pytest.mark.privileged
@@ -30,12 +31,18 @@ ECHO_PORT = 7007
 RELAY_PORT = 1021     # NETLEAK_RELAY_PORT's default
 
 # a local service outside any session: answers each datagram to its source
+# (on loopback at PORT, and on every address at PORT + 1, so that it hears
+# the local copy of a multicast datagram too, as mDNS or SSDP listeners do)
 ECHO = r"""
 import select, socket, sys
 port = int(sys.argv[1])
 socks = []
-for fam, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
-    s = socket.socket(fam, socket.SOCK_DGRAM); s.bind((host, port)); socks.append(s)
+for fam, host, p in ((socket.AF_INET, "127.0.0.1", port), (socket.AF_INET6, "::1", port),
+                     (socket.AF_INET6, "::", port + 1)):
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    if fam == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((host, p)); socks.append(s)
 print("ready", flush=True)
 while True:
     for s in select.select(socks, [], [])[0]:
@@ -74,7 +81,8 @@ CASES = [f"{kind}{tag}={kind},{host},{port}"
          for tag, host in (("4", "127.0.0.1"), ("6", "::1"), ("4-mapped", "::ffff:127.0.0.1"),
                            ("4-own", OWN4), ("6-own", OWN6), ("4-own-mapped", f"::ffff:{OWN4}"))
          for kind, port in (("udp", 9), ("tcp", 9), ("ping", 0), ("dns", 53))] + \
-    [f"echo4=udp,127.0.0.1,{ECHO_PORT}", f"echo6=udp,::1,{ECHO_PORT}"]
+    [f"echo4=udp,127.0.0.1,{ECHO_PORT}", f"echo6=udp,::1,{ECHO_PORT}",
+     f"mcast6=udp,ff02::1%vpn0,{ECHO_PORT + 1}"]
 
 
 def _attempt(world, how: str, session: list[str] | None) -> tuple[int, dict[str, str]]:
@@ -120,7 +128,9 @@ def test_forged_sources_leave_without_netleak(world):
 @pytest.mark.parametrize("mode", ["vpn0", "--block", "--proxy"])
 def test_forged_sources_leave_nothing(world, mode):
     """In every mode: the options that forge a source are refused, and what
-    carries one all the same (ip_nonlocal_bind) is dropped on loopback."""
+    carries one all the same (ip_nonlocal_bind) is dropped, on loopback and
+    on the interface (where a multicast datagram's local copy would reach a
+    listener outside the session)."""
     _hostile_lab(world)
     session = {"vpn0": ["vpn0"], "--block": ["--block"],
                "--proxy": ["--proxy", "socks5h://203.0.113.20:1080"]}[mode]
@@ -151,34 +161,50 @@ def _packet(src: str, dst: str, proto: int = 17) -> bytes:
     return b"\0" * 12 + b"\x86\xdd" + ip + udp
 
 
-def test_egress_program_verdicts_on_loopback(test_pins):
-    """The egress program itself, run by the kernel on crafted packets that
-    leave by loopback (BPF_PROG_TEST_RUN): a loopback source or the very
-    address it goes to passes; any other source is dropped, IPv4 too (which
-    only root could forge, and netleak refuses root the option)."""
-    import os
+def test_egress_program_verdicts_on_sources(test_pins):
+    """The egress program itself, run by the kernel on crafted packets
+    (BPF_PROG_TEST_RUN): a packet must come from a loopback address, one of
+    the namespace's own (the map `locals`), or on loopback the very address
+    it goes to; any other source is dropped, by the interface too (where a
+    multicast or broadcast copy would loop back) and for IPv4 as well (which
+    only root could forge, and netleak refuses root the options)."""
     import struct
     from netleak_hook.kernel import bpfsys, cgroupfs, programs
-    from netleak_hook.policy import Policy, pack_key
+    from netleak_hook.policy import Policy, local_key, pack_key
     programs.ensure_bpffs(test_pins)
     pins = programs.ensure_pinned(test_pins)
     path = cgroupfs.abspath(cgroupfs.find_cgroup2(), f"netleak-test-verdicts-{os.getpid()}")
     cgroupfs.make(path)
     maps = programs.Maps(pins)
     key = pack_key(cgroupfs.cgroup_id(path))
+    netns = 2**60 + os.getpid()         # a namespace of the test's own, in the map only
+    own = [local_key(netns, a) for a in (OWN4, OWN6, "198.51.100.2")]
     prog = bpfsys.obj_get(pins.pin("prog_egress"))
-    cases = {(OWN4, OWN4): 1, ("127.0.0.1", "127.0.0.1"): 1, ("127.0.0.1", OWN4): 1,
-             (S4, "127.0.0.1"): 0, (S4, OWN4): 0, ("::1", "::1"): 1, (OWN6, OWN6): 1,
-             (S6, "::1"): 0, (S6, OWN6): 0, ("198.51.100.2", OWN4): 0}
+    LO, DEV = 1, 2
+    cases = {  # (source, destination, output device): passes
+        (OWN4, OWN4, LO): 1, ("127.0.0.1", "127.0.0.1", LO): 1, ("127.0.0.1", OWN4, LO): 1,
+        (S4, "127.0.0.1", LO): 0, (S4, OWN4, LO): 0, ("::1", "::1", LO): 1,
+        (OWN6, OWN6, LO): 1, (S6, "::1", LO): 0, (S6, OWN6, LO): 0,
+        ("198.51.100.2", OWN4, LO): 1,                  # both this machine's
+        (S4, S4, LO): 0,                                # the same, but not this machine's
+        ("198.51.100.2", S4, DEV): 1, (OWN6, S6, DEV): 1,
+        (S4, "198.51.100.63", DEV): 0,                  # a forged broadcast
+        (S6, "ff02::1", DEV): 0,                        # a forged multicast
+        ("203.0.113.99", S4, DEV): 0,
+    }
     try:
-        bpfsys.map_update(maps.policy, key, Policy(ifindex=2, mark=0, killed=False).pack())
+        bpfsys.map_update(maps.policy, key, Policy(ifindex=DEV, mark=0, killed=False,
+                                                    netns=netns).pack())
+        for k in own:
+            bpfsys.map_update(maps.locals, k, (DEV).to_bytes(4, "little"))
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:        # the packet's socket is the caller's: inside the cgroup
             try:
                 cgroupfs.join(path)
-                ctx = struct.pack("<11I", *([0] * 10 + [1]))     # __sk_buff: ifindex lo
-                got = [bpfsys.prog_test_run(prog, _packet(s, d), ctx, 1)[0] for s, d in cases]
+                got = [bpfsys.prog_test_run(prog, _packet(s, d),
+                                            struct.pack("<11I", *([0] * 10 + [dev])), 1)[0]
+                       for s, d, dev in cases]
                 os.write(w, bytes(got))
             finally:
                 os._exit(0)
@@ -188,6 +214,8 @@ def test_egress_program_verdicts_on_loopback(test_pins):
         os.waitpid(pid, 0)
         assert dict(zip(cases, got)) == cases
     finally:
+        for k in own:
+            bpfsys.map_delete(maps.locals, k)
         bpfsys.map_delete(maps.policy, key)
         bpfsys.map_delete(maps.stats, key)
         maps.close()
@@ -402,8 +430,8 @@ except OSError as e:
 def test_inherited_sockets_are_closed(world, mode):
     """A socket the caller opened belongs to the caller's cgroup: nothing of
     the session sees it. netleak-exec closes it (above fd 2) before COMMAND
-    runs; the control, --keep-sockets, shows what got out through it."""
-    for keep, expect in (([], "refused Bad file descriptor"), (["--keep-sockets"], "sent")):
+    runs; the control, --keep-fds, shows what got out through it."""
+    for keep, expect in (([], "refused Bad file descriptor"), (["--keep-fds"], "sent")):
         with world.lab.capture("up0") as cap:
             r = world.lab.run([sys.executable, "-c", HAND_DOWN, S4, *EXEC, *keep, "-u", "nobody",
                                mode, PY, "-c", USE_FD7], env=world.env)
@@ -865,10 +893,13 @@ def _size(path: str) -> int:
 
 def test_forged_queries_to_the_answerer_neither_answered_nor_logged(proxy_lab):
     """Another local user floods the relay's DNS answerers on ::1 from a
-    forged source for 3 s: nothing answers it (up0 sees none of it), and
-    daemon.log does not grow with it. The control: the capture on loopback
-    sees the flood arrive."""
+    forged source for 4 s: the relay's own ingress program drops it all in
+    the kernel, so nothing answers it (up0 sees none of it), daemon.log does
+    not grow, and a session's lookups meanwhile are all answered. The
+    control: the capture on loopback sees the flood arrive."""
     import os
+    import time
+    from tests.privileged.test_proxy import NAME
     w = proxy_lab
     held = Held(w, "--proxy", f"socks5h://{PROXY4}:{PORT}")
     try:
@@ -877,11 +908,17 @@ def test_forged_queries_to_the_answerer_neither_answered_nor_logged(proxy_lab):
         ends = [f"[::1]:{RELAY_PORT}", f"[::1]:{RELAY_PORT + 1}"]
         flt = f"udp and (dst port {RELAY_PORT} or dst port {RELAY_PORT + 1})"
         with w.lab.capture("lo", flt=flt) as lo, w.lab.capture("up0") as up:
-            r = w.lab.run(NOBODY + [PY, "-c", FLOOD_ANSWERER, "3", S6, *ends])
+            flood = [w.lab.spawn(NOBODY + [PY, "-c", FLOOD_ANSWERER, "4", S6, *ends],
+                                 stdout=subprocess.PIPE, text=True) for _ in range(4)]
+            time.sleep(0.5)
+            answered = [held.run(PY, "-c", ASK, NAME, "192.0.2.53:53").stdout
+                        for _ in range(20)]
+            sent = [p.communicate(timeout=30)[0] for p in flood]
             arrived, leaked = lo.stop(), up.stop()
-        assert r.stdout.startswith("sent"), r.stdout + r.stderr
+        assert all(s.startswith("sent") for s in sent), sent
         assert arrived >= 1000, arrived
         assert leaked == 0
+        assert all(a.startswith("192.0.2.53:53 answered 198.1") for a in answered), answered
         assert _size(log) - before < 16 << 10, _size(log) - before
     finally:
         held.close()
@@ -975,3 +1012,130 @@ def test_an_atomic_replace_never_changes_a_file_through_a_link(world, tmp_path):
     import shutil
     shutil.rmtree(prom)
     shutil.rmtree(os.path.dirname(stop))
+
+
+
+# ---------- forged sources by a door no cgroup program watches ----------
+
+COMPAT_TARGETS = ["[::1]:9", f"[{OWN6}]:9", f"[ff02::1%vpn0]:{ECHO_PORT + 1}"]
+
+
+def _compat(world, runner) -> tuple[int, dict[str, str]]:
+    with world.lab.capture("up0") as cap:
+        r = runner([PY, "-c", COMPAT, "6", S6, "freebind", *COMPAT_TARGETS])
+        leaked = cap.stop()
+    assert r.returncode == 0, r.stderr
+    return leaked, dict(ln.split(" ", 1) for ln in r.stdout.splitlines())
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="int 0x80 is x86_64's")
+def test_a_32_bit_setsockopt_forges_nothing(world):
+    """The kernel runs no cgroup setsockopt program for a 32-bit call (int
+    0x80 from a 64-bit program): netleak-exec's filter refuses it; in a
+    cgroup netleak attached (no filter) the option takes, and the egress
+    program drops every packet that carries the forged source, the local
+    copy of a multicast one included. The control: outside netleak, the
+    answers to the forged source leave by up0."""
+    _hostile_lab(world)
+    leaked, out = _compat(world, lambda argv: world.lab.run(NOBODY + argv))
+    assert out["compat"] == "ok" and leaked > 0, (leaked, out)
+    leaked, out = _compat(world, lambda argv: world.netleak("-u", "nobody", "vpn0", *argv))
+    assert out == {"compat": "refused 1", "bind": "refused Cannot assign requested address"} \
+        and leaked == 0, (leaked, out)
+    from netleak_hook.kernel import cgroupfs
+    rel = f"{world.parent}-compat/job"
+    path = cgroupfs.abspath(cgroupfs.find_cgroup2(), rel)
+    cgroupfs.make(path)
+    r = world.cli("attach", "vpn0", "--cgroup", f"/{rel}")
+    assert r.returncode == 0, r.stderr
+    join = f'echo $$ > {path}/cgroup.procs && exec "$@"'
+    leaked, out = _compat(world, lambda argv: world.lab.run(["sh", "-c", join, "sh", *NOBODY,
+                                                            *argv]))
+    assert out["compat"] == "ok" and out["bind"] == "ok", out
+    assert leaked == 0, out
+    assert wait_until(lambda: world.sessions() == 0)
+    world.control()
+
+
+# ---------- typing into the caller's terminal ----------
+
+# on its terminal (stdin): type "echo pwned" and a newline, one byte at a time
+TIOCSTI = r"""
+import fcntl, termios
+try:
+    for c in b"echo pwned\n":
+        fcntl.ioctl(0, termios.TIOCSTI, bytes([c]))
+    print("typed", flush=True)
+except OSError as e:
+    print("refused", e.strerror, flush=True)
+"""
+
+
+def test_a_workload_cannot_type_into_its_callers_terminal(world):
+    """TIOCSTI pushes bytes into the terminal's input, which the shell that
+    started netleak-exec reads and runs once COMMAND exits: outside the
+    session, with the caller's rights. Refused in netleak-exec; the control
+    (the same as nobody outside) does type, and the terminal reads it."""
+    import fcntl
+    import termios
+    results = []
+    for inside in (False, True):
+        master, slave = os.openpty()
+
+        def ctty():
+            os.setsid()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        argv = (EXEC + ["-u", "nobody", "--block"] if inside else NOBODY) + [PY, "-c", TIOCSTI]
+        r = subprocess.run(world.lab.nsenter(world.lab.host) + argv, env=world.env,
+                           stdin=slave, capture_output=True, text=True, timeout=60,
+                           preexec_fn=ctty)
+        os.set_blocking(slave, False)
+        try:
+            typed = os.read(slave, 100)
+        except BlockingIOError:
+            typed = b""
+        os.close(slave)
+        os.close(master)
+        results.append((r.stdout.strip(), typed))
+    assert results[0] == ("typed", b"echo pwned\n"), results
+    assert results[1] == ("refused Operation not permitted", b""), results
+
+
+
+def test_a_gc_in_another_namespace_leaves_this_ones_records(proxy_lab, tmp_path):
+    """Pins (and so the redirect map) are shared by every network
+    namespace's daemon: `netleak gc` in another namespace (the lab's NET)
+    leaves the records of this one's live sockets alone, so a DNS socket
+    held across it still gets answers that show the address it asked. The
+    control: it does remove a record whose cgroup is gone."""
+    import shutil
+    from netleak_hook.kernel import bpfsys, programs
+    from tests.privileged.conftest import CLI
+    from tests.privileged.test_proxy import proxied_entries
+    w = proxy_lab
+    Proxy(w, "socks5")
+    a = w.lab.spawn(EXEC + ["--proxy", f"socks5h://{PROXY4}:{PORT}", PY, "-c", HOLD_DNS],
+                    env=w.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    other_run = tempfile_dir(tmp_path, "other", 0)
+    pins = programs.Pinset(os.path.join(os.environ["NETLEAK_BPF_DIR"], programs.pinset_name()))
+    try:
+        assert a.stdout.readline().split()[:2] == ["before", "192.0.2.53"]
+        fd = bpfsys.obj_get(pins.pin("map_redirect"))
+        try:
+            stale = (2**62 + 12345).to_bytes(8, "little")     # no socket has this cookie
+            bpfsys.map_update(fd, stale, b"\0" * 40 + (2**62).to_bytes(8, "little") + b"\0" * 8)
+            n = proxied_entries()
+            r = w.lab.run(CLI + ["gc"], env=dict(w.env, NETLEAK_RUN_DIR=other_run), ns=w.lab.net)
+            assert r.returncode == 0, r.stderr
+            assert proxied_entries() == n - 1                  # the stale one only
+            assert bpfsys.map_lookup(fd, stale, 56) is None
+        finally:
+            os.close(fd)
+        a.stdin.write("\n")
+        a.stdin.flush()
+        assert a.stdout.readline().split()[:2] == ["after", "192.0.2.53"]
+    finally:
+        a.kill()
+        a.wait()
+        labmod.stop_daemon(other_run)
+        shutil.rmtree(other_run, ignore_errors=True)

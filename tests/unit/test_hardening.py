@@ -100,9 +100,9 @@ def test_proxy_file_takes_the_place_of_proxy():
         execcmd.parse(["--proxy", "socks5://192.0.2.8:1", "--proxy-file", "/p", "curl"])
 
 
-def test_keep_sockets():
-    assert execcmd.parse(["--keep-sockets", "wg0", "x"]).keep_sockets
-    assert not execcmd.parse(["wg0", "x"]).keep_sockets
+def test_keep_fds():
+    assert execcmd.parse(["--keep-fds", "wg0", "x"]).keep_fds
+    assert not execcmd.parse(["wg0", "x"]).keep_fds
 
 
 def test_password_variable_never_reaches_the_command(monkeypatch):
@@ -123,19 +123,21 @@ def test_password_on_the_command_line_is_warned_about_once(capsys, monkeypatch):
 
 # ---------- inherited sockets ----------
 
-def test_inherited_sockets_are_found_and_closed():
-    a, b = socket.socketpair()
-    r, w = os.pipe()
-    try:
-        found = confine.inherited_sockets()
-        assert a.fileno() in found and b.fileno() in found
-        assert r not in found and w not in found
-        assert all(fd > 2 for fd in found)
-    finally:
-        for s in (a, b):
-            s.close()
-        os.close(r)
-        os.close(w)
+def test_every_inherited_descriptor_above_2_is_closed():
+    """In a child: sockets, pipes and files above fd 2 all go."""
+    import subprocess
+    import sys
+    code = ("import os, socket\n"
+            "from netleak_hook import confine\n"
+            "a, b = socket.socketpair(); r, w = os.pipe(); f = os.open('/dev/null', os.O_RDONLY)\n"
+            "os.dup2(r, 900)\n"
+            "confine.close_inherited()\n"
+            "print(sorted(int(x) for x in os.listdir('/proc/self/fd')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    left = eval(out)
+    assert left[:3] == [0, 1, 2] and len(left) == 4      # and the listing's own
+
 
 
 # ---------- attaching inside a delegated subtree ----------
@@ -237,8 +239,68 @@ def test_a_proxy_file_that_holds_no_url_is_not_shown(tmp_path, monkeypatch):
     f = tmp_path / "key"
     f.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk\n")
     os.chmod(f, 0o600)
-    monkeypatch.setattr(proxy, "read_url_file", lambda path: f.read_text().splitlines()[0])
+    monkeypatch.setattr(proxy, "read_url_file",
+                        lambda path, detail=True: f.read_text().splitlines()[0])
     a = execcmd.parse(["--proxy-file", str(f), "true"], is_interface=lambda n: False)
     with pytest.raises(NetleakError) as e:
         execcmd._proxy_url(a)
     assert "BEGIN" not in e.value.message and "no proxy URL" in e.value.message
+
+
+@pytest.mark.parametrize("machine,arch,nr,args,want", [
+    ("x86_64", X86_64, 16, (0, 0x5412), confine.RET_ERRNO | confine.EPERM),     # TIOCSTI
+    ("x86_64", X86_64, 16, (0, 0x541C), confine.RET_ERRNO | confine.EPERM),     # TIOCLINUX
+    ("x86_64", X86_64, 16, (0, 0x5401), ALLOW),                                 # TCGETS
+    ("x86_64", I386, 54, (0, 0x5412), confine.RET_ERRNO | confine.EPERM),
+    ("aarch64", AARCH64, 29, (0, 0x5412), confine.RET_ERRNO | confine.EPERM),
+    ("x86_64", X86_64, 426, (), NOSYS),                                          # io_uring_enter
+    ("x86_64", X86_64, 427, (), NOSYS),
+    ("x86_64", I386, 366, (3, 41, 78), confine.RET_ERRNO | confine.EPERM),      # IPV6_FREEBIND
+    ("x86_64", I386, 366, (3, 0, 19), confine.RET_ERRNO | confine.EPERM),       # IP_TRANSPARENT
+    ("x86_64", I386, 366, (3, 0, 1), ALLOW),                                    # IP_TOS
+    ("x86_64", I386, 366, (3, 1, 15), ALLOW),                                   # SOL_SOCKET 15
+    ("x86_64", I386, 102, (14,), confine.RET_ERRNO | confine.EPERM),            # socketcall setsockopt
+    ("x86_64", X86_64, 54, (3, 41, 78), ALLOW),     # native: the cgroup program refuses it
+    ("aarch64", ARM, 294, (3, 0, 15), confine.RET_ERRNO | confine.EPERM),
+])
+def test_family_filter_closes_the_other_ways_around(machine, arch, nr, args, want):
+    prog = confine.family_filter(machine)
+    assert confine.run_filter(prog, arch, nr, args) == want
+
+
+@pytest.mark.parametrize("mode,owner,group,uid,gids,want", [
+    (0o660, 0, 999, 1000, [1000, 999], True),       # docker.sock, user in group docker
+    (0o660, 0, 999, 1000, [1000], False),
+    (0o600, 1000, 1000, 1000, [1000], True),
+    (0o644, 1000, 1000, 1001, [1000], False),
+    (0o666, 0, 0, 65534, [65534], True),
+])
+def test_writable_by(mode, owner, group, uid, gids, want):
+    assert confine.writable_by(mode, owner, group, uid, gids) is want
+
+
+def test_user_reach_names_login_sessions_and_service_sockets(tmp_path):
+    (tmp_path / "run" / "1000").mkdir(parents=True)
+    sock = tmp_path / "docker.sock"
+    sock.write_text("")
+    os.chmod(sock, 0o660)
+    os.chown(sock, 0, 4242) if os.geteuid() == 0 else None
+    got = confine.user_reach("alice", 1000, [1000, 4242], run_user=str(tmp_path / "run"),
+                             sockets=(str(sock), str(tmp_path / "none")))
+    assert any("login session" in w for w in got)
+    if os.geteuid() == 0:
+        assert any(str(sock) in w for w in got)
+    assert confine.user_reach("bob", 1001, [1001], run_user=str(tmp_path / "run"),
+                              sockets=()) == []
+
+
+def test_through_sudo_a_proxy_file_refusal_says_nothing_of_the_file(tmp_path):
+    f = tmp_path / "secret"
+    f.write_text("x" * 5000)
+    os.chmod(f, 0o644)
+    msgs = set()
+    for path in (f, tmp_path / "none"):
+        with pytest.raises(NetleakError) as e:
+            proxy.read_url_file(str(path), detail=False)
+        msgs.add(e.value.message.replace(str(path), "F"))
+    assert len(msgs) == 1, msgs

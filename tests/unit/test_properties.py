@@ -846,7 +846,7 @@ def test_resolved_servers_are_ones_dns_would_take(v4):
 # ---------- netleak-exec ----------
 
 _EXEC_LONG = ["help", "user=", "via=", "version", "dump-bpf", "dns=", "allow=", "block", "proxy=",
-              "proxy-file=", "keep-sockets"]
+              "proxy-file=", "keep-fds"]
 
 
 def _unknown_long(tok: str) -> bool:

@@ -1140,3 +1140,35 @@ def test_out_of_descriptors_accept_loop_backs_off():
     warnings, cpu, _ = out_of_descriptors()
     assert warnings < 100, f"{warnings} warnings logged in 0.5 s"
     assert cpu < 0.25, f"{cpu} s of CPU in 0.5 s"
+
+
+def test_one_session_cannot_take_every_place(lab, silent, proxies, servers, monkeypatch):
+    """Its connections over SESSION_CONNECTIONS are reset with an event
+    naming it; another session's still go through."""
+    monkeypatch.setattr(relay, "SESSION_CONNECTIONS", 2)
+    lab.route("socks5", silent.getsockname()[1])          # its proxy never answers
+    held = [lab.client("127.0.0.1", 9) for _ in range(2)]
+    assert wait_until(lambda: lab.relay.per_session.get(CGROUP) == 2)
+    s = lab.client("127.0.0.1", 9)
+    assert ended(s) == "reset"
+    e = lab.event()
+    assert e["reason"] == "proxy-failed" and e["session"] == f"session-{CGROUP}"
+    assert "2 connections" in e["detail"]
+    other = CGROUP + 1
+    lab.route("socks5", proxies.socks5.port, cgroup=other)
+    s = lab.client("127.0.0.1", servers.echo.port, cgroup=other)
+    s.sendall(b"still")
+    s.shutdown(socket.SHUT_WR)
+    assert read_all(s) == b"still"
+    for h in held:
+        rst_close(h)
+
+
+def test_dns_over_tcp_has_a_deadline(lab, silent, monkeypatch):
+    monkeypatch.setattr(relay, "DNS_TCP_SECONDS", 0.5)
+    lab.route("socks5h", silent.getsockname()[1])
+    s = lab.client("192.0.2.53", 53)
+    t0 = time.monotonic()
+    s.sendall(b"\x00")              # a trickle: half a length, and no more
+    assert ended(s) == "eof"
+    assert time.monotonic() - t0 < 5
