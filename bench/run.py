@@ -441,7 +441,7 @@ class Bench:
         in a row (BPF_PROG_TEST_RUN), from a process inside a cgroup with a
         policy, on the path of a packet leaving by its interface."""
         from netleak_hook.kernel import bpfsys, cgroupfs, programs
-        from netleak_hook.policy import Policy, pack_key
+        from netleak_hook.policy import Policy, local_key, pack_key
         print("egress program time per packet", flush=True)
         # "the interface": any device but loopback (the kernel wants one that
         # exists); nothing is sent
@@ -457,11 +457,17 @@ class Bench:
                             "test-run")
         cgroupfs.make(path)
         fds = {}
+        # a namespace of the bench's own, in the maps only, whose address
+        # the packet comes from
+        netns = 2**60 + os.getpid()
+        source = local_key(netns, "192.0.2.2")
         try:
             for name, pins in variants.items():
                 maps = programs.Maps(pins)
                 bpfsys.map_update(maps.policy, pack_key(cgroupfs.cgroup_id(path)),
-                                  Policy(ifindex=ifindex, mark=0, killed=False).pack())
+                                  Policy(ifindex=ifindex, mark=0, killed=False,
+                                         netns=netns).pack())
+                bpfsys.map_update(maps.locals, source, ifindex.to_bytes(4, "little"))
                 maps.close()
                 fds[name] = bpfsys.obj_get(pins.pin("prog_egress"))
             r, w = os.pipe()
@@ -488,6 +494,15 @@ class Bench:
         finally:
             for fd in fds.values():
                 os.close(fd)
+            for pins in variants.values():
+                maps = programs.Maps(pins)
+                for m, k in ((maps.locals, source),
+                             (maps.policy, pack_key(cgroupfs.cgroup_id(path)))):
+                    try:
+                        bpfsys.map_delete(m, k)
+                    except OSError:
+                        pass
+                maps.close()
             cgroupfs.remove_tree(path)
         res = json.loads(data or "{}")
         if not res or any(ns < 0 for v in res.values() for ns in v):

@@ -48,5 +48,6 @@ def test_pure_module_imports_nothing_heavy(mod):
 
 
 def test_exec_warm_path_is_light():
-    assert loaded_after(["netleak_hook.execcmd", "netleak_hook.session"],
+    assert loaded_after(["netleak_hook.execcmd", "netleak_hook.session",
+                         "netleak_hook.confine", "netleak_hook.client"],
                         WARM_PATH_FORBIDDEN) == []
