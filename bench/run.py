@@ -380,7 +380,7 @@ class Bench:
     def _cpu(self) -> dict[str, float]:
         """CPU seconds so far of the daemon (its relay), of the proxy and
         of the whole machine (softirq, kernel threads and all)."""
-        from netleak_hook.store import Store
+        from netleak_hook.rundir.store import Store
         out = {"machine": machine_busy(), "wall": time.perf_counter()}
         for part, pid in (("relay", Store(self.own.run_dir).daemon_pid()),
                           ("proxy", self._proxy_pid)):
@@ -441,7 +441,7 @@ class Bench:
         in a row (BPF_PROG_TEST_RUN), from a process inside a cgroup with a
         policy, on the path of a packet leaving by its interface."""
         from netleak_hook.kernel import bpfsys, cgroupfs, programs
-        from netleak_hook.policy import Policy, local_key, pack_key
+        from netleak_hook.core.policy import Policy, local_key, pack_key
         print("egress program time per packet", flush=True)
         # "the interface": any device but loopback (the kernel wants one that
         # exists); nothing is sent
@@ -518,7 +518,7 @@ class Bench:
                    for fam in ("-4", "-6"))
 
     def daemon_rss_mb(self) -> float:
-        from netleak_hook.store import Store
+        from netleak_hook.rundir.store import Store
         pid = Store(self.own.run_dir).daemon_pid()
         if pid is None:
             raise SystemExit("bench: the daemon is not running")

@@ -8,8 +8,8 @@ import sys
 import click
 
 from . import __version__
-from .config import Config
-from .errors import Exit, NetleakError
+from .core.config import Config
+from .core.errors import Exit, NetleakError
 
 
 class Env:
@@ -75,7 +75,7 @@ def demo(env: Env) -> None:
 @click.pass_obj
 def daemon(env: Env, foreground: bool, idle_exit: float) -> None:
     """Run the monitor and reaper of this network namespace (foreground)."""
-    from . import daemon as dmn
+    from .daemon import loop as dmn
     try:
         sys.exit(dmn.serve(env.config(), idle_exit=idle_exit, foreground=foreground))
     except NetleakError as e:
@@ -148,7 +148,7 @@ def agent(env: Env, hooks_dir: str, zipapp_dir: str, host_dir: str) -> None:
     The hook (a zipapp) never starts a daemon: while the agent is down,
     annotated containers are refused instead of started unprotected.
     """
-    from . import daemon as dmn
+    from .daemon import loop as dmn
     try:
         running = _store(env).daemon_pid()
         if running:
@@ -223,7 +223,8 @@ def events(env: Env, as_json: bool, follow: bool, session: str | None) -> None:
     session (50 by default); a line starting with '#' says how many were
     held back. Without --follow, the events the daemon has recorded.
     """
-    from . import events as ev
+    from .core import events as ev
+    from .rundir import eventlog
     try:
         _need_root()
         run = _store(env).path
@@ -246,9 +247,9 @@ def events(env: Env, as_json: bool, follow: bool, session: str | None) -> None:
         if not as_json:
             click.echo(ev.HEADER)
         if follow:
-            ev.follow(run, emit, stop=lambda: False)
+            eventlog.follow(run, emit, stop=lambda: False)
         else:
-            for e in ev.recorded(run):
+            for e in eventlog.recorded(run):
                 emit(e)
     except KeyboardInterrupt:
         pass
@@ -265,7 +266,7 @@ Name the cgroup in one of three ways:
 
 
 def _target(env: Env, cgroup: str | None, pid: int | None, unit: str | None) -> str:
-    from . import targets
+    from .core import targets
     if sum(x is not None for x in (cgroup, pid, unit)) != 1:
         raise click.UsageError("give exactly one of --cgroup PATH, --pid PID, --unit UNIT")
     from .kernel import cgroupfs
@@ -281,7 +282,7 @@ def _target_options(f):
 
 def _store(env: Env):
     """The run directory's Store, refused when others may write it."""
-    from .store import Store, run_dir
+    from .rundir.store import Store, run_dir
     store = Store(run_dir(env.config()))
     store.check()
     return store
@@ -312,9 +313,10 @@ def attach(env: Env, iface: str | None, cgroup: str | None, pid: int | None,
     Its processes keep running; sockets they opened before are dropped from
     now on, not leaked. Release it with 'netleak detach'.
     """
-    from . import client, validate
+    from . import client
+    from .core import validate
     from .kernel import cgroupfs
-    from .session import new_session_id
+    from .core.lifecycle import new_session_id
     try:
         if block == bool(iface):
             raise NetleakError("give an IFACE or --block (not both)")

@@ -10,8 +10,8 @@ import socket
 import sys
 import time
 
-from .errors import NetleakError
-from .store import Store
+from .core.errors import NetleakError
+from .rundir.store import Store
 
 START_TIMEOUT = 20.0     # a first start may compile the BPF programs
 REQUEST_TIMEOUT = 30.0

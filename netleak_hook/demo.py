@@ -8,8 +8,8 @@ import sys
 import time
 
 from . import lab
-from .config import Config
-from .errors import NetleakError
+from .core.config import Config
+from .core.errors import NetleakError
 
 
 def _say(text: str = "") -> None:

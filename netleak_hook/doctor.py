@@ -20,7 +20,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
-from .mounts import cgroup2_mount, find_mounts
+from .core.mounts import cgroup2_mount, find_mounts
 
 MIN_KERNEL = (5, 14)
 KERNEL_OPTIONS = ("CONFIG_BPF_SYSCALL", "CONFIG_CGROUP_BPF", "CONFIG_CGROUPS")
@@ -219,7 +219,7 @@ def read_security(environ: Mapping[str, str]) -> Security:
     def sysctl(name: str) -> Optional[str]:
         text = _read_text("/proc/sys/" + name.replace(".", "/"))
         return text.strip() if text is not None else None
-    from .confine import landlock_abi, yama_ptrace_scope
+    from .kernel.confine import landlock_abi, yama_ptrace_scope
     try:
         socket.socket(40, socket.SOCK_STREAM).close()      # AF_VSOCK: made, never used
         vsock = True
@@ -459,7 +459,7 @@ def check_forged_sources(facts: Facts) -> Check:
 def check_confinement(facts: Facts) -> Check:
     """Whether a workload can reach its user's other processes (ptrace,
     /proc/PID/mem, pidfd_getfd) and have them send for it."""
-    from .confine import LANDLOCK_SCOPED_ABI
+    from .kernel.confine import LANDLOCK_SCOPED_ABI
     sec = facts.security
     name = "other processes"
     attached = ("; cgroups netleak attaches (attach, the hook) are not confined: "

@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import sys
 
-from . import __version__, validate
-from .config import Config
-from .errors import Exit, NetleakError
+from . import __version__
+from .core import validate
+from .core.config import Config
+from .core.errors import Exit, NetleakError
 
 PROG = "netleak-exec"
 
@@ -245,7 +246,7 @@ def _proxy_url(a: Args) -> str | None:
     password = os.environ.pop("NETLEAK_PROXY_PASSWORD", "")
     if a.proxy is None and a.proxy_file is None:
         return None
-    from .proxy import has_password, parse, read_url_file, with_password
+    from .core.proxyspec import has_password, parse, read_url_file, with_password
     if a.proxy is None:
         # through sudo, its caller learns nothing of files it may not read
         caller = os.environ.get("SUDO_UID", "0")
@@ -304,10 +305,10 @@ def run(argv: list[str]) -> int:
         raise NetleakError(f"no interface named {iface} in this network namespace: "
                            f"check 'ip -br link'")
 
-    from .session import open_exec_session
+    from .execsetup import open_exec_session
     open_exec_session(cfg, iface, via4, via6, guards)
 
-    from . import confine
+    from .kernel import confine
     if pw is not None and pw.pw_uid != 0:
         for warning in confine.user_reach(pw.pw_name, pw.pw_uid,
                                           os.getgrouplist(pw.pw_name, pw.pw_gid)):

@@ -13,12 +13,13 @@ import os
 import sys
 import time
 
-from . import client, oci
-from .config import Config
-from .errors import NetleakError
+from . import client
+from .core import oci
+from .core.config import Config
+from .core.errors import NetleakError
 from .kernel import cgroupfs
-from .session import new_session_id
-from .store import Store, netns_id, run_dir
+from .core.lifecycle import new_session_id
+from .rundir.store import Store, netns_id, run_dir
 
 PROG = "netleak-hook"
 
@@ -76,7 +77,7 @@ def run(argv: list[str], raw: bytes, environ: dict) -> tuple[int, str]:
 
 def _log(environ: dict, line: str) -> None:
     """One line in <run dir>/hook.log (capped, never through a link)."""
-    from .logfile import HOOK_LOG_MAX, append_capped
+    from .rundir.logfile import HOOK_LOG_MAX, append_capped
     try:
         store = Store(run_dir(Config.from_env(environ)))
         text = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {PROG}[{os.getpid()}] {line}\n"

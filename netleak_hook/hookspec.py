@@ -14,9 +14,9 @@ import shutil
 import tempfile
 import zipapp
 
-from . import files
-from .config import VARIABLES
-from .oci import ANNOTATION_IFACE, ANNOTATION_PROXY
+from .rundir import files
+from .core.config import VARIABLES
+from .core.oci import ANNOTATION_IFACE, ANNOTATION_PROXY
 
 FILE_NAME = "netleak.json"
 DEFAULT_HOOKS_DIR = "/usr/share/containers/oci/hooks.d"

@@ -298,7 +298,7 @@ class Capture:
 def stop_daemon(run_dir: str) -> None:
     """Stop the daemon of a run directory (the lab's own, by PID; only one
     that holds the daemon lock, so a stale pid file names nobody)."""
-    from .store import Store
+    from .rundir.store import Store
     pid = Store(run_dir).daemon_pid()
     if pid is None:
         return
@@ -341,13 +341,13 @@ class Isolated:
         return self
 
     def sessions(self) -> int:
-        from .store import Store
+        from .rundir.store import Store
         return len(Store(self.run_dir).load().sessions)
 
     def __exit__(self, *exc) -> None:
         import shutil
 
-        from .errors import NetleakError
+        from .core.errors import NetleakError
         from .kernel import cgroupfs, programs
         stop_daemon(self.run_dir)
         shutil.rmtree(self.run_dir, ignore_errors=True)

@@ -2,7 +2,7 @@
 format (version 0.0.4), e.g. for node-exporter's textfile collector (pure)."""
 from __future__ import annotations
 
-from . import files
+from .rundir import files
 from .status import STATES
 
 # packet verdicts, as the counters name them (<verdict>_packets, _bytes)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from .errors import one_line
-from .policy import Policy, Stats
-from .state import State
+from .core.errors import one_line
+from .core.policy import Policy, Stats
+from .core.state import State
 
 # short state -> what it means (JSON carries both)
 STATES = {
@@ -87,7 +87,7 @@ def _proxy_shown(url: str) -> str:
     """The proxy's URL without its password."""
     if not url:
         return ""
-    from .proxy import parse
+    from .core.proxyspec import parse
     return parse(url).url()
 
 
@@ -152,8 +152,8 @@ def render(table: list[dict], width: int = 79) -> str:
 def gather(cfg) -> dict:
     """The state file and the kernel's view, as JSON-ready data."""
     from .kernel import bpfsys, cgroupfs, netlink, programs
-    from .policy import POLICY_SIZE, pack_key
-    from .store import Store, run_dir
+    from .core.policy import POLICY_SIZE, pack_key
+    from .rundir.store import Store, run_dir
 
     store = Store(run_dir(cfg))
     state = store.load()

@@ -4,8 +4,8 @@ from __future__ import annotations
 import errno
 import os
 
-from ..errors import NetleakError
-from ..mounts import cgroup2_mount
+from ..core.errors import NetleakError
+from ..core.mounts import cgroup2_mount
 
 
 def find_cgroup2() -> str:

@@ -14,7 +14,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR,
                                    RTMGRP_LINK)
 
-from ..plan import Link, Route, Rule
+from ..core.plan import Link, Route, Rule
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import logging
 import os
 from typing import Iterator
 
-from .. import safedir
-from ..errors import NetleakError
+from ..rundir import safedir
+from ..core.errors import NetleakError
 from . import bpfsys
 
 log = logging.getLogger(__name__)
@@ -387,7 +387,7 @@ class Maps:
     def read_stats(self, cgroup_id: int):
         """The counters of CGROUP_ID summed over CPUs (policy.Stats); zeros
         when it has none yet."""
-        from ..policy import Stats, pack_key
+        from ..core.policy import Stats, pack_key
         raw = bpfsys.map_lookup(self.stats, pack_key(cgroup_id), self.stats_size * self.ncpus)
         return Stats.unpack_percpu(raw, self.ncpus, self.stats_size) if raw else Stats()
 

@@ -12,7 +12,7 @@ import tempfile
 import pytest
 
 from netleak_hook import lab
-from netleak_hook.config import DEFAULT_RULE_PRIORITY, DEFAULT_TABLE_BASE
+from netleak_hook.core.config import DEFAULT_RULE_PRIORITY, DEFAULT_TABLE_BASE
 from netleak_hook.kernel import bpfsys, cgroupfs, programs
 from tests.conftest import cannot_run, require_root
 from tests.privileged import podman
@@ -82,7 +82,7 @@ class World:
                 if os.path.isdir(os.path.join(root, d)) and d not in ("daemon", "relay")]
 
     def sessions(self) -> int:
-        from netleak_hook.store import Store
+        from netleak_hook.rundir.store import Store
         return len(Store(self.run_dir).load().sessions)
 
     def status(self) -> list[dict]:

@@ -17,7 +17,7 @@ import pytest
 
 from netleak_hook import lab as labmod
 from netleak_hook.kernel import bpfsys, programs
-from netleak_hook.policy import pack_key
+from netleak_hook.core.policy import pack_key
 from tests.privileged.conftest import CLI, wait_until
 from tests.privileged.probes import ESCAPE, UNSHARE_SOCKET
 

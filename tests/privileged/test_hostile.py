@@ -170,7 +170,7 @@ def test_egress_program_verdicts_on_sources(test_pins):
     only root could forge, and netleak refuses root the options)."""
     import struct
     from netleak_hook.kernel import bpfsys, cgroupfs, programs
-    from netleak_hook.policy import Policy, local_key, pack_key
+    from netleak_hook.core.policy import Policy, local_key, pack_key
     programs.ensure_bpffs(test_pins)
     pins = programs.ensure_pinned(test_pins)
     path = cgroupfs.abspath(cgroupfs.find_cgroup2(), f"netleak-test-verdicts-{os.getpid()}")
@@ -930,8 +930,8 @@ def test_event_floods_stay_within_the_logs_cap(world):
     (the control: it did fill, there is an events.jsonl.1) and stays within
     it, and so does daemon.log."""
     import os
-    from netleak_hook.events import LOG_MAX_BYTES
-    from netleak_hook.logfile import DAEMON_LOG_MAX
+    from netleak_hook.rundir.eventlog import LOG_MAX_BYTES
+    from netleak_hook.rundir.logfile import DAEMON_LOG_MAX
     w = world
     w.env["NETLEAK_EVENT_RATE"] = "100000"
     r = w.netleak("-u", "nobody", "--block", PY, "-c", FLOOD_EVENTS, "6", timeout=120)

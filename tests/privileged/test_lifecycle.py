@@ -179,7 +179,7 @@ def test_half_done_setups_finished_or_rolled_back(world):
     # a session, to learn what a complete record looks like
     p = world.spawn("vpn0", *lab.client(tries=300))
     assert p.stdout.readline().startswith("ok 198.51.100.2")
-    from netleak_hook.store import Store
+    from netleak_hook.rundir.store import Store
     store = Store(world.run_dir)
     lab_state = store.load()
     (live,) = lab_state.sessions.values()

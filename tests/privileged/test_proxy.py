@@ -26,7 +26,7 @@ import sys
 
 import pytest
 
-from netleak_hook import events
+from netleak_hook.rundir import eventlog
 from netleak_hook import lab as labmod
 from tests.privileged.conftest import Held, wait_until
 from tests.privileged.podman import BUSYBOX_IMAGE, HOST
@@ -121,7 +121,7 @@ def peer(world, url: str, host: str, *before: str, port: int = labmod.PORT):
 
 
 def recorded(world, reason: str) -> list[dict]:
-    return [e for e in events.recorded(world.run_dir) if e["reason"] == reason]
+    return [e for e in eventlog.recorded(world.run_dir) if e["reason"] == reason]
 
 
 @pytest.mark.parametrize("kind", ["socks5", "socks5h", "http"])

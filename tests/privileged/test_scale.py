@@ -10,7 +10,7 @@ import time
 import pytest
 
 from netleak_hook import lab as lablib
-from netleak_hook.store import Store
+from netleak_hook.rundir.store import Store
 from tests.privileged.conftest import wait_until
 
 pytestmark = pytest.mark.privileged

@@ -8,8 +8,8 @@ import json
 
 from hypothesis import strategies as st
 
-from netleak_hook import oci, validate
-from netleak_hook.errors import NetleakError
+from netleak_hook.core import oci, validate
+from netleak_hook.core.errors import NetleakError
 
 # what str.splitlines() breaks on: none of these may split a one-line message
 LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"

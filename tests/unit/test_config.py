@@ -1,13 +1,13 @@
-"""netleak_hook.config: defaults and NETLEAK_* environment parsing."""
+"""netleak_hook.core.config: defaults and NETLEAK_* environment parsing."""
 from __future__ import annotations
 
 import os
 
 import pytest
 
-from netleak_hook import config as cf
-from netleak_hook.config import Config
-from netleak_hook.errors import NetleakError
+from netleak_hook.core import config as cf
+from netleak_hook.core.config import Config
+from netleak_hook.core.errors import NetleakError
 
 
 def test_defaults():
@@ -201,7 +201,7 @@ def test_autostart_bad_value(raw):
 
 def test_no_autostart_refuses_with_who_should_start_it(tmp_path):
     from netleak_hook import client
-    from netleak_hook.store import Store
+    from netleak_hook.rundir.store import Store
     with pytest.raises(NetleakError) as ei:
         client.request_starting_daemon(Store(str(tmp_path)), {"op": "ping"},
                                        autostart=False)

@@ -13,8 +13,10 @@ import time
 
 import pytest
 
-from netleak_hook import events, logfmt, reaper
-from netleak_hook.state import Session
+from netleak_hook.core import events, lifecycle
+from netleak_hook.rundir import eventlog
+from netleak_hook.rundir import logfmt
+from netleak_hook.core.state import Session
 
 
 def raw_event(reason=2, hook=1, family=2, proto=17, dport=8080, daddr=b"\xcb\x00\x71\x0a",
@@ -143,8 +145,8 @@ def test_matches_by_id_or_prefix():
 
 # ---------- the log file ----------
 
-def _log(path, **kw) -> "events.EventLog":
-    return events.EventLog(os.open(str(path), os.O_RDONLY | os.O_DIRECTORY), str(path), **kw)
+def _log(path, **kw) -> "eventlog.EventLog":
+    return eventlog.EventLog(os.open(str(path), os.O_RDONLY | os.O_DIRECTORY), str(path), **kw)
 
 
 def test_log_appends_turns_over_and_reads_back(tmp_path):
@@ -153,13 +155,13 @@ def test_log_appends_turns_over_and_reads_back(tmp_path):
     for b in batches:
         log.append(b)
     assert os.path.exists(tmp_path / "events.jsonl.1")
-    got = [e["dport"] for e in events.recorded(str(tmp_path))]
+    got = [e["dport"] for e in eventlog.recorded(str(tmp_path))]
     assert got == sorted(got) and got[-1] == 5 and len(got) >= 3
     assert os.stat(tmp_path / "events.jsonl").st_mode & 0o777 == 0o600
 
 
 def test_log_never_writes_through_a_link(tmp_path):
-    from netleak_hook.errors import NetleakError
+    from netleak_hook.core.errors import NetleakError
     target = tmp_path / "elsewhere"
     target.write_text("precious\n")
     run = tmp_path / "run"
@@ -173,8 +175,8 @@ def test_log_never_writes_through_a_link(tmp_path):
 def test_recorded_skips_torn_and_foreign_lines(tmp_path):
     (tmp_path / "events.jsonl").write_text(
         json.dumps(_ev()) + "\n" + '{"reason": "kill' + "\n" + "[1, 2]\n" + '{"a": 1}\n')
-    assert len(events.recorded(str(tmp_path))) == 1
-    assert events.recorded(str(tmp_path / "none")) == []
+    assert len(eventlog.recorded(str(tmp_path))) == 1
+    assert eventlog.recorded(str(tmp_path / "none")) == []
 
 
 class Following:
@@ -189,7 +191,7 @@ class Following:
         def stop() -> bool:
             self.started.set()
             return self.done.is_set()
-        self.thread = threading.Thread(target=events.follow, kwargs={
+        self.thread = threading.Thread(target=eventlog.follow, kwargs={
             "run_dir": run_dir, "emit": lambda e: self.got.append(e["dport"]),
             "stop": stop, "poll": 0.01})
 
@@ -268,4 +270,4 @@ def test_logfmt_formatter_one_line_even_with_a_traceback():
 def test_reap_cause(committed, populated, cause):
     s = Session(id="s", iface="wg0", cgroup="netleak/x", cgroup_id=1, pinset="p",
                 committed=committed)
-    assert reaper.reap_cause(s, populated) == cause
+    assert lifecycle.reap_cause(s, populated) == cause

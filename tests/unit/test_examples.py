@@ -7,7 +7,8 @@ import subprocess
 
 import yaml
 
-from netleak_hook import cli, oci
+from netleak_hook import cli
+from netleak_hook.core import oci
 
 EX = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
 

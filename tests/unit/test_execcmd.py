@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from netleak_hook import execcmd
-from netleak_hook.errors import Exit, NetleakError
+from netleak_hook.core.errors import Exit, NetleakError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXE = os.path.join(ROOT, ".venv", "bin", "netleak-exec")

@@ -6,8 +6,8 @@ import ipaddress
 
 import pytest
 
-from netleak_hook import fakedns
-from netleak_hook.fakedns import FakePool, parse_query, reply, respond
+from netleak_hook.proxymode import fakedns
+from netleak_hook.proxymode.fakedns import FakePool, parse_query, reply, respond
 
 
 def FIRST(n: int) -> int:

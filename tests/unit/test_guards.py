@@ -8,10 +8,11 @@ import json
 
 import pytest
 
-from netleak_hook import dnsconf, execcmd, oci, status, validate
-from netleak_hook.errors import NetleakError
-from netleak_hook.policy import Policy
-from netleak_hook.state import Session, from_json, policy_for, to_json, State
+from netleak_hook.core import dnsconf, oci, validate
+from netleak_hook import execcmd, status
+from netleak_hook.core.errors import NetleakError
+from netleak_hook.core.policy import Policy
+from netleak_hook.core.state import Session, from_json, policy_for, to_json, State
 
 
 # ---------- --dns ----------

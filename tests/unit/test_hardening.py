@@ -8,21 +8,23 @@ import stat
 
 import pytest
 
-from netleak_hook import confine, execcmd, proxy
-from netleak_hook.errors import NetleakError
+from netleak_hook.kernel import confine
+from netleak_hook import execcmd
+from netleak_hook.core import proxyspec
+from netleak_hook.core.errors import NetleakError
 
 
 # ---------- proxy credentials ----------
 
 def test_password_goes_into_a_url_with_a_user():
-    url = proxy.with_password("socks5h://alice@192.0.2.8:1080", "p@ss:w/rd")
-    spec = proxy.parse(url)
+    url = proxyspec.with_password("socks5h://alice@192.0.2.8:1080", "p@ss:w/rd")
+    spec = proxyspec.parse(url)
     assert (spec.user, spec.password, spec.host, spec.port) == \
         ("alice", "p@ss:w/rd", "192.0.2.8", 1080)
 
 
 def test_no_password_leaves_the_url_alone():
-    assert proxy.with_password("socks5://192.0.2.8:1080", "") == "socks5://192.0.2.8:1080"
+    assert proxyspec.with_password("socks5://192.0.2.8:1080", "") == "socks5://192.0.2.8:1080"
 
 
 @pytest.mark.parametrize("url,why", [
@@ -31,13 +33,13 @@ def test_no_password_leaves_the_url_alone():
 ])
 def test_password_refusals(url, why):
     with pytest.raises(NetleakError, match=why):
-        proxy.with_password(url, "secret")
+        proxyspec.with_password(url, "secret")
 
 
 def test_has_password():
-    assert proxy.has_password("http://a:b@192.0.2.1:3128")
-    assert not proxy.has_password("http://a@192.0.2.1:3128")
-    assert not proxy.has_password("not a url")
+    assert proxyspec.has_password("http://a:b@192.0.2.1:3128")
+    assert not proxyspec.has_password("http://a@192.0.2.1:3128")
+    assert not proxyspec.has_password("not a url")
 
 
 @pytest.mark.parametrize("text,url", [
@@ -45,12 +47,12 @@ def test_has_password():
     ("# the VPN's proxy\n\n  http://192.0.2.8:3128  \nignored\n", "http://192.0.2.8:3128"),
 ])
 def test_url_from_file_text(text, url):
-    assert proxy.url_from_file_text(text, "f") == url
+    assert proxyspec.url_from_file_text(text, "f") == url
 
 
 def test_empty_proxy_file_is_refused():
     with pytest.raises(NetleakError, match="no proxy URL"):
-        proxy.url_from_file_text("# nothing\n\n", "/etc/netleak/proxy")
+        proxyspec.url_from_file_text("# nothing\n\n", "/etc/netleak/proxy")
 
 
 @pytest.mark.parametrize("mode,uid,regular,why", [
@@ -62,7 +64,7 @@ def test_empty_proxy_file_is_refused():
     (0o600, 0, False, "not a regular file"),
 ])
 def test_proxy_file_must_be_roots_alone(mode, uid, regular, why):
-    got = proxy.file_problem(stat.S_IFREG | mode, uid, regular)
+    got = proxyspec.file_problem(stat.S_IFREG | mode, uid, regular)
     assert (got is None) if why is None else (why in got)
 
 
@@ -72,14 +74,14 @@ def test_read_url_file(tmp_path):
     os.chmod(f, 0o644)
     if os.geteuid() == 0:
         with pytest.raises(NetleakError, match="chmod 600"):
-            proxy.read_url_file(str(f))
+            proxyspec.read_url_file(str(f))
         os.chmod(f, 0o600)
-        assert proxy.read_url_file(str(f)) == "socks5h://u:pw@192.0.2.8:1080"
+        assert proxyspec.read_url_file(str(f)) == "socks5h://u:pw@192.0.2.8:1080"
     else:
         with pytest.raises(NetleakError, match="not root"):
-            proxy.read_url_file(str(f))
+            proxyspec.read_url_file(str(f))
     with pytest.raises(NetleakError, match="No such file"):
-        proxy.read_url_file(str(tmp_path / "none"))
+        proxyspec.read_url_file(str(tmp_path / "none"))
 
 
 # ---------- netleak-exec's options ----------
@@ -128,7 +130,7 @@ def test_every_inherited_descriptor_above_2_is_closed():
     import subprocess
     import sys
     code = ("import os, socket\n"
-            "from netleak_hook import confine\n"
+            "from netleak_hook.kernel import confine\n"
             "a, b = socket.socketpair(); r, w = os.pipe(); f = os.open('/dev/null', os.O_RDONLY)\n"
             "os.dup2(r, 900)\n"
             "confine.close_inherited()\n"
@@ -143,13 +145,13 @@ def test_every_inherited_descriptor_above_2_is_closed():
 # ---------- attaching inside a delegated subtree ----------
 
 def test_ancestors():
-    from netleak_hook import plan
+    from netleak_hook.core import plan
     assert plan.ancestors("a/b/c") == ["a/b", "a"]
     assert plan.ancestors("/a/") == []
 
 
 def test_attach_inside_a_delegated_subtree_is_refused_and_its_top_named():
-    from netleak_hook import plan
+    from netleak_hook.core import plan
     u = "user.slice/user-1000.slice/user@1000.service"
     target = f"{u}/app.slice/job.scope"
     writers = {u: "uid 1000", f"{u}/app.slice": "uid 1000"}
@@ -164,7 +166,7 @@ def test_attach_inside_a_delegated_subtree_is_refused_and_its_top_named():
 # ---------- what a workload names itself, shown to people ----------
 
 def test_event_lines_escape_what_the_workload_named_itself():
-    from netleak_hook import events
+    from netleak_hook.core import events
     ev = {"ts": 0, "session": "ab12", "pid": 42, "comm": "\x1b]0;owned\x07\x1b[2J",
           "reason": "no-network", "protocol": "tcp", "family": "ipv4",
           "daddr": "203.0.113.7", "dport": 443}
@@ -239,7 +241,7 @@ def test_a_proxy_file_that_holds_no_url_is_not_shown(tmp_path, monkeypatch):
     f = tmp_path / "key"
     f.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk\n")
     os.chmod(f, 0o600)
-    monkeypatch.setattr(proxy, "read_url_file",
+    monkeypatch.setattr(proxyspec, "read_url_file",
                         lambda path, detail=True: f.read_text().splitlines()[0])
     a = execcmd.parse(["--proxy-file", str(f), "true"], is_interface=lambda n: False)
     with pytest.raises(NetleakError) as e:
@@ -301,6 +303,6 @@ def test_through_sudo_a_proxy_file_refusal_says_nothing_of_the_file(tmp_path):
     msgs = set()
     for path in (f, tmp_path / "none"):
         with pytest.raises(NetleakError) as e:
-            proxy.read_url_file(str(path), detail=False)
+            proxyspec.read_url_file(str(path), detail=False)
         msgs.add(e.value.message.replace(str(path), "F"))
     assert len(msgs) == 1, msgs

@@ -10,7 +10,8 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from netleak_hook import cli, hookspec, oci
+from netleak_hook import cli, hookspec
+from netleak_hook.core import oci
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from netleak_hook import logfile
-from netleak_hook.errors import NetleakError
+from netleak_hook.rundir import logfile
+from netleak_hook.core.errors import NetleakError
 
 
 def _dir(path) -> int:

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from netleak_hook import metrics
-from netleak_hook.policy import Stats
+from netleak_hook.core.policy import Stats
 
 LINE = re.compile(r'^[a-z_]+(\{([a-z_]+="([^"\\]|\\.)*",?)*\})? [0-9]+$')
 
@@ -87,7 +87,7 @@ def test_write_never_changes_a_file_swapped_in_by_link(tmp_path, monkeypatch):
     write: the temporary file swapped for a link to someone else's file
     right after it is made. The mode is set on the descriptor, so that file
     keeps its own; the rename puts the link itself in place."""
-    from netleak_hook import files
+    from netleak_hook.rundir import files
     real_mkstemp = files.tempfile.mkstemp
     victim = tmp_path / "victim"
     victim.write_text("secret\n")

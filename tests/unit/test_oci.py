@@ -5,8 +5,9 @@ import json
 
 import pytest
 
-from netleak_hook import hook, oci
-from netleak_hook.errors import NetleakError
+from netleak_hook import hook
+from netleak_hook.core import oci
+from netleak_hook.core.errors import NetleakError
 
 CID = "3f2a" * 16
 

@@ -1,11 +1,11 @@
-"""netleak_hook.plan: rules and routes of an interface's table (pure)."""
+"""netleak_hook.core.plan: rules and routes of an interface's table (pure)."""
 from __future__ import annotations
 
 import pytest
 
-from netleak_hook import plan
-from netleak_hook.plan import (ROUTE_METRIC, UNREACHABLE_METRIC, Binding, Link, Route,
-                               Rule)
+from netleak_hook.core import plan
+from netleak_hook.core.plan import (ROUTE_METRIC, UNREACHABLE_METRIC, Binding, Link, Route,
+    Rule)
 
 PRIO = 1700
 B = Binding(iface="wg0", slot=3, mark=0x6E6C0004, table=28203)

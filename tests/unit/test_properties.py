@@ -28,14 +28,15 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from netleak_hook import cli, client, dnsconf, execcmd, hook, hookspec, oci, session
-from netleak_hook import targets, validate
-from netleak_hook.config import VARIABLES, Config
-from netleak_hook.errors import NetleakError
+from netleak_hook import cli, client, execcmd, hook, hookspec, execsetup
+from netleak_hook.core import dnsconf, oci
+from netleak_hook.core import targets, validate
+from netleak_hook.core.config import VARIABLES, Config
+from netleak_hook.core.errors import NetleakError
 from netleak_hook.kernel import cgroupfs
-from netleak_hook.plan import Binding
-from netleak_hook.state import STATE_VERSION, Session, State, from_json, to_json
-from netleak_hook.store import Store
+from netleak_hook.core.plan import Binding
+from netleak_hook.core.state import STATE_VERSION, Session, State, from_json, to_json
+from netleak_hook.rundir.store import Store
 
 from . import strategies as S
 
@@ -258,7 +259,7 @@ def tripwire():
     creation, exec, hook writing) raises ReachedAction instead."""
     with contextlib.ExitStack() as stack:
         for target, name in ((client, "request"), (client, "request_starting_daemon"),
-                             (client, "ensure_daemon"), (session, "open_exec_session"),
+                             (client, "ensure_daemon"), (execsetup, "open_exec_session"),
                              (cgroupfs, "make"), (cgroupfs, "join"), (hook, "protect"),
                              (hookspec, "write"), (hookspec, "build_zipapp"),
                              (os, "execv")):

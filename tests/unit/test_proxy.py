@@ -5,8 +5,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from netleak_hook import proxy
-from netleak_hook.errors import NetleakError
+from netleak_hook.core import proxyspec
+from netleak_hook.core.errors import NetleakError
 
 
 @pytest.mark.parametrize("url, want", [
@@ -16,14 +16,14 @@ from netleak_hook.errors import NetleakError
     ("socks5://user@192.0.2.1:9050", ("socks5", "192.0.2.1", 9050, "user", "")),
 ])
 def test_accepted(url, want):
-    s = proxy.parse(url)
+    s = proxyspec.parse(url)
     assert (s.scheme, s.host, s.port, s.user, s.password) == want
     assert s.remote_dns is (s.scheme == "socks5h")
-    assert proxy.parse(s.url(secret=True)) == s
+    assert proxyspec.parse(s.url(secret=True)) == s
 
 
 def test_password_hidden_unless_asked():
-    s = proxy.parse("socks5://me:secret@192.0.2.1:1080")
+    s = proxyspec.parse("socks5://me:secret@192.0.2.1:1080")
     assert "secret" not in s.url() and "***" in s.url()
     assert "secret" in s.url(secret=True)
 
@@ -44,7 +44,7 @@ def test_password_hidden_unless_asked():
 ])
 def test_refused_in_one_line(url, words):
     with pytest.raises(NetleakError) as e:
-        proxy.parse(url)
+        proxyspec.parse(url)
     assert words in e.value.message
     assert "\n" not in e.value.message and e.value.exit_status == 125
 
@@ -52,13 +52,13 @@ def test_refused_in_one_line(url, words):
 @settings(max_examples=200, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(max_size=80) | st.builds(lambda s, rest: s + "://" + rest,
-                                        st.sampled_from(proxy.SCHEMES), st.text(max_size=60)))
+                                        st.sampled_from(proxyspec.SCHEMES), st.text(max_size=60)))
 def test_any_text_is_a_proxy_or_a_one_line_refusal(url):
     """Whatever the text: a spec that round-trips, or a one-line refusal."""
     try:
-        s = proxy.parse(url)
+        s = proxyspec.parse(url)
     except NetleakError as e:
         assert e.message.isprintable()
         return
-    assert s.scheme in proxy.SCHEMES and 0 < s.port < 65536 and s.host
-    assert proxy.parse(s.url(secret=True)) == s
+    assert s.scheme in proxyspec.SCHEMES and 0 < s.port < 65536 and s.host
+    assert proxyspec.parse(s.url(secret=True)) == s

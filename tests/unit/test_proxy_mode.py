@@ -10,11 +10,13 @@ import struct
 
 import pytest
 
-from netleak_hook import execcmd, hook, oci, relay, session, validate
-from netleak_hook import state as st
-from netleak_hook.errors import NetleakError
-from netleak_hook.policy import Policy
-from netleak_hook.state import Session, State
+from netleak_hook import execcmd, hook, execsetup
+from netleak_hook.core import oci, validate
+from netleak_hook.proxymode import relay
+from netleak_hook.core import state as st
+from netleak_hook.core.errors import NetleakError
+from netleak_hook.core.policy import Policy
+from netleak_hook.core.state import Session, State
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 URL = "socks5h://127.0.0.1:9050"
@@ -83,7 +85,7 @@ def test_empty_proxy_url_is_refused_not_ignored(argv, monkeypatch):
     opened = []
     monkeypatch.setattr(execcmd.os, "geteuid", lambda: 0)
     monkeypatch.setattr(execcmd, "_is_interface", only("wg0"))
-    monkeypatch.setattr(session, "open_exec_session", lambda *a: opened.append(a))
+    monkeypatch.setattr(execsetup, "open_exec_session", lambda *a: opened.append(a))
     monkeypatch.setattr(execcmd.os, "execv", lambda *a: None)
     try:
         execcmd.run(argv)
@@ -325,9 +327,9 @@ def test_policy_proxy_ports_edges(relay_port, dns_port, tail):
     "socks5://alice:hunter2@proxy.example:1080/path",
 ])
 def test_refusals_never_show_the_password(url):
-    from netleak_hook import proxy
+    from netleak_hook.core import proxyspec
     with pytest.raises(NetleakError) as e:
-        proxy.parse(url)
+        proxyspec.parse(url)
     assert "hunter2" not in e.value.message and "alice:***@" in e.value.message
 
 
@@ -335,7 +337,7 @@ def test_an_empty_iface_is_refused_without_proxy(monkeypatch):
     """`netleak-exec -- '' true`: IFACE is optional only with --proxy (or
     --block); an empty one is refused before anything is done."""
     monkeypatch.setattr(execcmd.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(session, "open_exec_session",
+    monkeypatch.setattr(execsetup, "open_exec_session",
                         lambda *a: pytest.fail("reached open_exec_session"))
     with pytest.raises(NetleakError) as e:
         execcmd.run(["--", "", "true"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from netleak_hook.proxyproto import Handshake, ProxyError
+from netleak_hook.proxymode.handshake import Handshake, ProxyError
 
 GREETING = b"\x05\x01\x00"                   # VER 5, 1 method: no auth
 GREETING_AUTH = b"\x05\x02\x00\x02"          # no auth, user/password

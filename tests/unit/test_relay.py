@@ -31,7 +31,7 @@ import weakref
 
 import pytest
 
-from netleak_hook import relay
+from netleak_hook.proxymode import relay
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROXYD = os.path.join(HERE, "..", "privileged", "proxyd.py")
@@ -1073,7 +1073,7 @@ def test_client_reset_while_relay_blocked_writing_resets_the_upstream(lab):
 
 _EMFILE = r"""
 import logging, os, queue, resource, socket, sys, time
-from netleak_hook import relay
+from netleak_hook.proxymode import relay
 
 class Count(logging.Handler):
     n = 0

@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from netleak_hook import safedir
+from netleak_hook.rundir import safedir
 
 
 def st(mode: int, uid: int = 0) -> os.stat_result:
@@ -40,7 +40,7 @@ def test_refusals_are_one_line_and_say_what_to_do(tmp_path):
     d = tmp_path / "open"
     d.mkdir()
     os.chmod(d, 0o777)
-    from netleak_hook.errors import NetleakError
+    from netleak_hook.core.errors import NetleakError
     with pytest.raises(NetleakError) as e:
         safedir.open_dir(str(d / "run"), "run directory", "set NETLEAK_RUN_DIR", create=True)
     assert "\n" not in e.value.message

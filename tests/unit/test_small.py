@@ -7,13 +7,13 @@ import struct
 
 import pytest
 
-from netleak_hook import mounts, policy, reaper
+from netleak_hook.core import mounts, policy, lifecycle
 from netleak_hook.kernel import cgroupfs
-from netleak_hook.errors import Exit, NetleakError
-from netleak_hook.policy import Policy, Stats
-from netleak_hook.state import Session
+from netleak_hook.core.errors import Exit, NetleakError
+from netleak_hook.core.policy import Policy, Stats
+from netleak_hook.core.state import Session
 
-# ---------- reaper.should_reap ----------
+# ---------- lifecycle.should_reap ----------
 
 T0 = 1_700_000_000.0
 
@@ -26,33 +26,33 @@ def sess(committed: bool, created: float = T0) -> Session:
 @pytest.mark.parametrize("committed", [True, False])
 @pytest.mark.parametrize("alive", [True, False])
 def test_reap_cgroup_gone(committed, alive):
-    assert reaper.should_reap(sess(committed), None, alive, T0 + 1) is True
+    assert lifecycle.should_reap(sess(committed), None, alive, T0 + 1) is True
 
 
 @pytest.mark.parametrize("committed", [True, False])
 @pytest.mark.parametrize("alive", [True, False])
 @pytest.mark.parametrize("age", [0.0, 1e6])
 def test_reap_never_while_populated(committed, alive, age):
-    assert reaper.should_reap(sess(committed), True, alive, T0 + age) is False
+    assert lifecycle.should_reap(sess(committed), True, alive, T0 + age) is False
 
 
 def test_reap_empty_committed():
-    assert reaper.should_reap(sess(True), False, True, T0 + 1) is True
+    assert lifecycle.should_reap(sess(True), False, True, T0 + 1) is True
 
 
 def test_reap_empty_uncommitted_young_alive_requester_kept():
-    assert reaper.should_reap(sess(False), False, True, T0 + 1) is False
-    assert reaper.should_reap(sess(False), False, True, T0 + reaper.SETUP_GRACE) is False
+    assert lifecycle.should_reap(sess(False), False, True, T0 + 1) is False
+    assert lifecycle.should_reap(sess(False), False, True, T0 + lifecycle.SETUP_GRACE) is False
 
 
 def test_reap_empty_uncommitted_requester_dead():
-    assert reaper.should_reap(sess(False), False, False, T0 + 1) is True
+    assert lifecycle.should_reap(sess(False), False, False, T0 + 1) is True
 
 
 def test_reap_empty_uncommitted_too_old():
-    assert reaper.SETUP_GRACE > 0
-    assert reaper.should_reap(sess(False), False, True,
-                              T0 + reaper.SETUP_GRACE + 0.5) is True
+    assert lifecycle.SETUP_GRACE > 0
+    assert lifecycle.should_reap(sess(False), False, True,
+                              T0 + lifecycle.SETUP_GRACE + 0.5) is True
 
 
 # ---------- mounts ----------

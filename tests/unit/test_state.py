@@ -1,13 +1,13 @@
-"""netleak_hook.state: session bookkeeping values and their JSON form."""
+"""netleak_hook.core.state: session bookkeeping values and their JSON form."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from netleak_hook import state as st
-from netleak_hook.plan import Binding
-from netleak_hook.state import Session, State
+from netleak_hook.core import state as st
+from netleak_hook.core.plan import Binding
+from netleak_hook.core.state import Session, State
 
 B_WG = Binding("wg0", 0, 0x6E6C0001, 28200, via4=None, via6=None)
 B_ETH = Binding("eth1", 1, 0x6E6C0002, 28201, via4="192.0.2.1", via6="2001:db8::1",

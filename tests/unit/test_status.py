@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from netleak_hook import plan, status
-from netleak_hook.policy import Policy, Stats
-from netleak_hook.state import Session, State
+from netleak_hook.core import plan
+from netleak_hook import status
+from netleak_hook.core.policy import Policy, Stats
+from netleak_hook.core.state import Session, State
 
 T0 = 1_700_000_000.0
 POL = Policy(ifindex=7, mark=0x6E6C0001, killed=False)

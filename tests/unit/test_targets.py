@@ -5,8 +5,8 @@ import subprocess
 
 import pytest
 
-from netleak_hook import targets
-from netleak_hook.errors import NetleakError
+from netleak_hook.core import targets
+from netleak_hook.core.errors import NetleakError
 
 MOUNT = "/sys/fs/cgroup/unified"
 

@@ -1,10 +1,10 @@
-"""netleak_hook.validate: interface names and --via gateways."""
+"""netleak_hook.core.validate: interface names and --via gateways."""
 from __future__ import annotations
 
 import pytest
 
-from netleak_hook import validate
-from netleak_hook.errors import NetleakError
+from netleak_hook.core import validate
+from netleak_hook.core.errors import NetleakError
 
 
 @pytest.mark.parametrize("name", ["wg0", "tun0", "ppp0", "eth0.100", "a" * 15,

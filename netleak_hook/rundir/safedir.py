@@ -20,7 +20,7 @@ import errno
 import os
 import stat
 
-from .errors import NetleakError
+from ..core.errors import NetleakError
 
 
 def problem(st: os.stat_result, leaf: bool) -> str | None:

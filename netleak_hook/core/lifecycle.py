@@ -4,12 +4,19 @@ Light on imports: netleak-exec names its cgroup with this module.
 """
 from __future__ import annotations
 
+import os
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # dataclasses (via state) stay off netleak-exec's path
     from .state import Session
 
 SETUP_GRACE = 30.0   # seconds an uncommitted session may stay empty
 EXEC_PREFIX = "exec-"
+
+
+def new_session_id() -> str:
+    """Ten hex digits, random: a session's id (and its cgroup's name)."""
+    return os.urandom(5).hex()
 
 
 def should_reap(s: Session, populated: bool | None, requester_alive: bool,

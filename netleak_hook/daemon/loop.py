@@ -22,15 +22,18 @@ import struct
 import sys
 import time
 
-from . import dnsconf, events, logfile, logfmt, plan, proxy, reaper, relay, validate
-from .config import Config
-from .errors import NetleakError
-from .kernel import bpfsys, cgroupfs, netlink, programs
-from .kernel.ringbuf import RingReader, ring_size
-from .policy import (KEY_SIZE, LOCAL_KEY_SIZE, POLICY_SIZE, Policy, Stats, local_key,
-                     pack_key, unpack_key)
-from .state import Session, State, policy_for
-from .store import Store, netns_id, run_dir
+from ..core import dnsconf, events, plan, proxyspec, lifecycle, validate
+from ..rundir import eventlog
+from ..rundir import logfile, logfmt
+from ..proxymode import relay
+from ..core.config import Config
+from ..core.errors import NetleakError
+from ..kernel import bpfsys, cgroupfs, netlink, programs
+from ..kernel.ringbuf import RingReader, ring_size
+from ..core.policy import (KEY_SIZE, LOCAL_KEY_SIZE, POLICY_SIZE, Policy, Stats, local_key,
+    pack_key, unpack_key)
+from ..core.state import Session, State, policy_for
+from ..rundir.store import Store, netns_id, run_dir
 
 log = logging.getLogger("netleak.daemon")
 
@@ -127,7 +130,7 @@ class Daemon:
         self.unreported: dict = {}      # the start-up gc, until someone asks
         self.dirty = False              # state changed but not saved yet
         self.ring: RingReader | None = None     # this namespace's blocked-attempt events
-        self.event_log = events.EventLog(store.dir_fd(create=True), store.path)
+        self.event_log = eventlog.EventLog(store.dir_fd(create=True), store.path)
         self.recent: dict[int, Session] = {}    # cgroup id -> ended session
         self.last_index: dict[str, int] = {}    # interface -> ifindex last seen present
         self.relay: relay.Relay | None = None   # proxy mode's, started with its first session
@@ -390,7 +393,7 @@ class Daemon:
         if op == "gc":
             # what this daemon's start-up pass collected counts too: a gc
             # request is often what started it
-            report = reaper.merge_reports(self.unreported, self.gc())
+            report = lifecycle.merge_reports(self.unreported, self.gc())
             self.unreported = {}
             return {"ok": True, "report": report}
         raise NetleakError(f"unknown request {op!r}")
@@ -408,7 +411,7 @@ class Daemon:
         dns = validate.dns_servers(list(msg.get("dns") or ()))
         allow = validate.allow_prefixes(list(msg.get("allow") or ()))
         validate.guards(dns, allow, block)
-        spec = proxy.parse(str(msg["proxy"])) if msg.get("proxy") else None
+        spec = proxyspec.parse(str(msg["proxy"])) if msg.get("proxy") else None
         if spec is not None and block:
             raise NetleakError("--proxy and --block exclude each other: choose one")
         if spec is not None and dns:
@@ -522,14 +525,14 @@ class Daemon:
 
     # ---------- proxy mode ----------
 
-    def _proxy_address(self, spec: proxy.ProxySpec, iface: str, given=None) -> str:
+    def _proxy_address(self, spec: proxyspec.ProxySpec, iface: str, given=None) -> str:
         """The proxy's address: as the requester looked it up, or looked up
         now (by this machine's resolver, outside the session)."""
         try:
             addr = str(ipaddress.ip_address(str(given)))
         except ValueError:
-            addr = proxy.resolve(spec)
-        if iface and proxy.is_local(addr):
+            addr = proxyspec.resolve(spec)
+        if iface and proxyspec.is_local(addr):
             raise NetleakError(
                 f"the proxy {spec.url()} is on this machine, so {iface} carries none of "
                 f"its traffic: drop {iface}, or run the proxy itself under "
@@ -588,7 +591,7 @@ class Daemon:
             for s in state.sessions.values():
                 if not s.proxy:
                     continue
-                spec = proxy.parse(s.proxy)
+                spec = proxyspec.parse(s.proxy)
                 b = state.bindings.get(s.iface)
                 routes[s.cgroup_id] = relay.Route(
                     scheme=spec.scheme, addr=s.proxy_addr, port=spec.port, user=spec.user,
@@ -874,8 +877,8 @@ class Daemon:
                 # the workload is in: a set-up a crash interrupted is complete
                 self.state = self.state.with_session(dataclasses.replace(s, committed=True))
                 changed = True
-            elif reaper.should_reap(s, populated, _alive(s.pid), now):
-                self.remove_session(s, reaper.reap_cause(s, populated))
+            elif lifecycle.should_reap(s, populated, _alive(s.pid), now):
+                self.remove_session(s, lifecycle.reap_cause(s, populated))
                 ended.append(s.id)
         if ended or changed:
             self.save()
@@ -949,14 +952,14 @@ class Daemon:
         now = time.time()
         for name in names:
             path = os.path.join(self.parent, name)
-            creator = reaper.exec_cgroup_creator(name)
+            creator = lifecycle.exec_cgroup_creator(name)
             if creator is None or not os.path.isdir(path):
                 continue
             try:
                 st = os.stat(path)      # its inode is its cgroup id
             except FileNotFoundError:
                 continue
-            if reaper.orphan_cgroup_removable(name, name in claimed, cgroupfs.populated(path),
+            if lifecycle.orphan_cgroup_removable(name, name in claimed, cgroupfs.populated(path),
                                               _alive(creator), now - st.st_mtime):
                 key = pack_key(st.st_ino)
                 if _step(f"remove orphan cgroup {name}", cgroupfs.remove_tree, path):
@@ -1091,8 +1094,8 @@ class Daemon:
                 return None
         parent = self.cfg.cgroup_parent.strip("/")
         owned = os.path.dirname(rel) == parent and \
-            reaper.exec_cgroup_creator(os.path.basename(rel)) is not None
-        from .session import new_session_id
+            lifecycle.exec_cgroup_creator(os.path.basename(rel)) is not None
+        from ..core.lifecycle import new_session_id
         # what the session had of its own is in its entry
         s = Session(id=new_session_id(), iface=iface, cgroup=rel, cgroup_id=cid,
                     pinset=self.pins.path, owned=owned, created=time.time(),

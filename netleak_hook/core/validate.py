@@ -147,7 +147,7 @@ def guards(dns: tuple[str, ...], allow: tuple[str, ...], block: bool) -> None:
 def proxy_request(url: str, block: bool, dns: list[str], iface: str,
                   via: list[str]) -> dict:
     """The proxy part of a request to the daemon, checked."""
-    from .proxy import parse
+    from .proxyspec import parse
     spec = parse(url)
     if block:
         raise NetleakError("--proxy and --block exclude each other: --block is no "
@@ -158,5 +158,5 @@ def proxy_request(url: str, block: bool, dns: list[str], iface: str,
     if via and not iface:
         raise NetleakError("--via needs IFACE: netleak-exec --proxy URL IFACE COMMAND...")
     # looked up here, not by the daemon (one slow lookup would hold up all)
-    from .proxy import resolve
+    from .proxyspec import resolve
     return {"proxy": spec.url(secret=True), "proxy_addr": resolve(spec)}

@@ -12,12 +12,12 @@ import fcntl
 import os
 
 from . import safedir
-from .config import Config
-from .errors import NetleakError
+from ..core.config import Config
+from ..core.errors import NetleakError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~3 ms at import: only for checkers
-    from .state import State
+    from ..core.state import State
 
 DEFAULT_RUN_ROOT = "/run/netleak"
 FIX = "set NETLEAK_RUN_DIR to a directory of root's (under /run, say)"
@@ -90,7 +90,7 @@ class Store:
     # ---------- the state file ----------
 
     def load(self) -> "State":
-        from .state import State, from_json  # dataclasses: off the exec path
+        from ..core.state import State, from_json  # dataclasses: off the exec path
         try:
             fd = self.open(self.STATE, os.O_RDONLY)
         except FileNotFoundError:
@@ -103,7 +103,7 @@ class Store:
             return State()
 
     def save(self, state: "State") -> None:
-        from .state import to_json
+        from ..core.state import to_json
         dfd = self.dir_fd(create=True)
         tmp = f".state.{os.getpid()}.tmp"
         with contextlib.suppress(FileNotFoundError):

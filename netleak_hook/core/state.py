@@ -37,14 +37,14 @@ class Session:
     def takes_names(self) -> bool:
         """Proxy mode with a proxy that is asked for host names (so its DNS
         gets stand-in addresses)."""
-        from .proxy import parse
+        from .proxyspec import parse
         return bool(self.proxy) and parse(self.proxy).takes_names
 
     @property
     def what(self) -> str:
         """Where its traffic goes, for people."""
         if self.proxy:
-            from .proxy import parse
+            from .proxyspec import parse
             shown = parse(self.proxy).url()
             return f"{shown} via {self.iface}" if self.iface else shown
         return self.iface or "no network"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from .events import iso
+from ..core.events import iso
 
 
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}

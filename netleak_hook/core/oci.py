@@ -65,7 +65,7 @@ class ContainerState:
             out[name] = list(check(items, f"annotation {key}"))
         value = self.annotations.get(ANNOTATION_PROXY)
         if value is not None:
-            from .proxy import parse, resolve
+            from .proxyspec import parse, resolve
             spec = parse(value.strip(), f"annotation {ANNOTATION_PROXY}")
             out["proxy"] = spec.url(secret=True)
             out["proxy_addr"] = resolve(spec)

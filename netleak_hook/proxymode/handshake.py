@@ -10,7 +10,7 @@ import base64
 import ipaddress
 import struct
 
-from .errors import one_line
+from ..core.errors import one_line
 
 MAX_HEADERS = 16 * 1024
 

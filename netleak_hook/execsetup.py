@@ -7,15 +7,11 @@ from __future__ import annotations
 import contextlib
 import os
 
-from .config import Config
-from .errors import NetleakError
+from .core.config import Config
+from .core.errors import NetleakError
 from .kernel import cgroupfs
-from .reaper import exec_cgroup_name
-from .store import Store, run_dir
-
-
-def new_session_id() -> str:
-    return os.urandom(5).hex()
+from .core.lifecycle import exec_cgroup_name, new_session_id
+from .rundir.store import Store, run_dir
 
 
 def open_exec_session(cfg: Config, iface: str, via4: str | None,

@@ -39,9 +39,9 @@ import time
 from typing import Callable
 
 from . import fakedns
-from .errors import NetleakError
-from .kernel import bpfsys
-from .proxyproto import Handshake, ProxyError
+from ..core.errors import NetleakError
+from ..kernel import bpfsys
+from .handshake import Handshake, ProxyError
 
 log = logging.getLogger("netleak.relay")
 
@@ -123,7 +123,7 @@ def _same_addr(a: str, b: str) -> bool:
 def kernel_identify(protocol: int, peer: tuple, local: tuple) -> int | None:
     """The cookie of the socket at PEER that talks to LOCAL, as the kernel
     says (None: there is none, or it is gone)."""
-    from .kernel import sockdiag
+    from ..kernel import sockdiag
     try:
         found = sockdiag.lookup(protocol, peer[:2], local[:2])
     except OSError:
@@ -422,7 +422,7 @@ class Relay:
         self._window = (second, sent + 1)
         info = route.info if route else {}
         fam = None if not daddr else ("ipv6" if ":" in daddr else "ipv4")
-        from .events import iso
+        from ..core.events import iso
         self.events.put({
             "time": iso(now), "ts": round(now, 6), "session": info.get("id"),
             "container": info.get("container") or None, "cgroup": info.get("cgroup"),

@@ -1,0 +1,1 @@
+"""The run directory: directories only root can change, the state file, logs."""
