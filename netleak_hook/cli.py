@@ -75,7 +75,7 @@ def demo(env: Env) -> None:
 @click.pass_obj
 def daemon(env: Env, foreground: bool, idle_exit: float) -> None:
     """Run the monitor and reaper of this network namespace (foreground)."""
-    from .daemon import loop as dmn
+    from .daemon import service as dmn
     try:
         sys.exit(dmn.serve(env.config(), idle_exit=idle_exit, foreground=foreground))
     except NetleakError as e:
@@ -148,7 +148,7 @@ def agent(env: Env, hooks_dir: str, zipapp_dir: str, host_dir: str) -> None:
     The hook (a zipapp) never starts a daemon: while the agent is down,
     annotated containers are refused instead of started unprotected.
     """
-    from .daemon import loop as dmn
+    from .daemon import service as dmn
     try:
         running = _store(env).daemon_pid()
         if running:

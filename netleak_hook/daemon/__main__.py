@@ -1,6 +1,6 @@
 """`python -m netleak_hook.daemon`: what netleak and netleak-exec start."""
 import sys
 
-from .loop import main
+from .service import main
 
 sys.exit(main())

@@ -95,7 +95,7 @@ def test_attach_allows_others(target):
 def test_out_of_open_files_says_how_to_raise_the_limit():
     import errno
 
-    from netleak_hook.daemon.loop import _os_refusal
+    from netleak_hook.daemon.requests import os_refusal as _os_refusal
     msg = _os_refusal(OSError(errno.EMFILE, "Too many open files"), 1021)
     assert "1021 sessions" in msg and "LimitNOFILE=" in msg and "ulimit -n" in msg
     assert _os_refusal(OSError(errno.ENOENT, "No such file"), 3).startswith("bad request:")

@@ -1,0 +1,201 @@
+"""The kernel as the daemon's roles see it: rtnetlink through one handle, the
+cgroup tree under one root, the pin sets and their maps, processes. Each
+role receives these in its constructor; unit tests hand it fakes of the
+same shape (tests/unit/fakes.py)."""
+from __future__ import annotations
+
+import os
+
+from ..core.errors import NetleakError
+from ..kernel import cgroupfs, netlink, programs
+
+
+class Net:
+    """Links, addresses, rules and routes of this namespace (one handle)."""
+
+    def __init__(self, ipr) -> None:
+        self.ipr = ipr
+
+    def read_link(self, name: str):
+        return netlink.read_link(self.ipr, name)
+
+    def default_gateways(self, index: int):
+        return netlink.default_gateways(self.ipr, index)
+
+    def local_addresses(self) -> dict[str, int]:
+        return netlink.local_addresses(self.ipr)
+
+    def link_names(self) -> dict[int, str]:
+        return netlink.link_names(self.ipr)
+
+    def current_routes(self, table: int):
+        return netlink.current_routes(self.ipr, table)
+
+    def routes_in_tables(self, tables: set[int]):
+        return netlink.routes_in_tables(self.ipr, tables)
+
+    def add_route(self, route) -> None:
+        netlink.add_route(self.ipr, route)
+
+    def del_route(self, route) -> None:
+        netlink.del_route(self.ipr, route)
+
+    def current_rules(self, ours):
+        return netlink.current_rules(self.ipr, ours)
+
+    def add_rule(self, rule) -> None:
+        netlink.add_rule(self.ipr, rule)
+
+    def del_rule(self, rule) -> None:
+        netlink.del_rule(self.ipr, rule)
+
+
+class Cgroups:
+    """The cgroup v2 tree under ROOT; paths are absolute, names relative."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def path(self, rel: str) -> str:
+        return cgroupfs.abspath(self.root, rel)
+
+    def populated(self, path: str) -> bool | None:
+        return cgroupfs.populated(path)
+
+    def cgroup_id(self, path: str) -> int:
+        return cgroupfs.cgroup_id(path)
+
+    def exists(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def make(self, path: str) -> None:
+        cgroupfs.make(path)
+
+    def join(self, path: str, pid: int = 0) -> None:
+        cgroupfs.join(path, pid)
+
+    def of_pid(self, pid: int) -> str:
+        return cgroupfs.of_pid(pid)
+
+    def tree_procs(self, path: str) -> list[int]:
+        return cgroupfs.tree_procs(path)
+
+    def remove_tree(self, path: str) -> bool:
+        return cgroupfs.remove_tree(path)
+
+    def remove_if_empty(self, path: str) -> None:
+        cgroupfs.remove_if_empty(path)
+
+    def index_ids(self) -> dict[int, str]:
+        return cgroupfs.index_ids(self.root)
+
+    def delegated(self, cgroups: list[str]) -> dict[str, str]:
+        return cgroupfs.delegated(self.root, cgroups)
+
+    def sees_whole_tree(self) -> bool:
+        return cgroupfs.sees_whole_tree()
+
+    def sockets_made_in(self, path: str, make):
+        return cgroupfs.sockets_made_in(path, make)
+
+    def children(self, path: str) -> list[tuple[str, int, float]]:
+        """(name, cgroup id, age of its last change in seconds) of each
+        directory in PATH; [] when PATH cannot be read."""
+        try:
+            names = os.listdir(path)
+        except OSError:
+            return []
+        out = []
+        for name in names:
+            child = os.path.join(path, name)
+            try:
+                st = os.stat(child)     # its inode is its cgroup id
+            except FileNotFoundError:
+                continue
+            if os.path.isdir(child):
+                out.append((name, st.st_ino, st.st_mtime))
+        return out
+
+
+class Pins:
+    """The pin sets under BPF_DIR: this daemon's (CURRENT, after ensure()),
+    and their maps and programs, each opened once."""
+
+    def __init__(self, bpf_dir: str) -> None:
+        self.bpf_dir = bpf_dir
+        self.current = programs.Pinset("")
+        self.maps: dict[str, programs.Maps] = {}
+        self.progs: dict[str, programs.Programs] = {}
+
+    @property
+    def path(self) -> str:
+        return self.current.path
+
+    def ensure(self) -> None:
+        programs.ensure_bpffs(self.bpf_dir)
+        self.current = programs.ensure_pinned(self.bpf_dir)
+
+    def pin(self, name: str) -> str:
+        return self.current.pin(name)
+
+    def has(self, name: str) -> bool:
+        return os.path.exists(self.current.pin(name))
+
+    def maps_for(self, pinset: str):
+        if pinset not in self.maps:
+            pins = programs.Pinset(pinset)
+            if not pins.usable():
+                return None
+            self.maps[pinset] = programs.Maps(pins)
+        return self.maps[pinset]
+
+    def progs_for(self, pinset: str):
+        if pinset not in self.progs:
+            pins = programs.Pinset(pinset)
+            if not pins.usable():
+                return None
+            self.progs[pinset] = programs.Programs(pins)
+        return self.progs[pinset]
+
+    def listed(self) -> list[str]:
+        """Every usable pin set of BPF_DIR (other versions' too)."""
+        try:
+            names = sorted(os.listdir(self.bpf_dir))
+        except OSError:
+            return []
+        found = []
+        for n in names:
+            pins = programs.Pinset(os.path.join(self.bpf_dir, n))
+            try:
+                if pins.check() and pins.usable():
+                    found.append(pins.path)
+            except NetleakError as e:
+                from .notes import log
+                log.warning("%s", e)     # never taken: another user's folder
+        return found
+
+
+class Procs:
+    """Processes: alive or not, and their network namespace."""
+
+    own_pid = staticmethod(os.getpid)
+
+    @staticmethod
+    def alive(pid: int) -> bool:
+        if pid <= 0:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    @staticmethod
+    def netns_of(pid: int) -> int | None:
+        """The inode of PID's network namespace; None when it is gone."""
+        try:
+            return os.stat(f"/proc/{pid}/ns/net").st_ino
+        except OSError:
+            return None

@@ -1,0 +1,173 @@
+"""The daemon as a service: its lock, limits, logging and own cgroup, the
+request socket, signals, and `main` (`python -m netleak_hook.daemon`)."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+
+from ..core.config import Config
+from ..core.errors import NetleakError
+from ..kernel import cgroupfs
+from ..rundir import logfile, logfmt
+from ..rundir.store import Store, run_dir
+from .loop import Daemon
+from .notes import log
+
+DAEMON_CGROUP = "daemon"  # under the cgroup parent: an auto-started daemon's home
+
+
+def listen(store: Store) -> socket.socket:
+    """The daemon's socket, in the checked run directory, for root only."""
+    store.remove(Store.SOCKET)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old = os.umask(0o077)
+    try:
+        s.bind(store.socket_path)
+    finally:
+        os.umask(old)
+    s.listen(64)
+    return s
+
+
+def raise_open_files() -> None:
+    """Each session keeps its cgroup.events open: lift the soft limit on
+    open files (often 1,024) to the hard one."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 1 << 20 if hard == resource.RLIM_INFINITY else min(hard, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def setup_logging(store: Store, cfg: Config, foreground: bool) -> None:
+    """daemon.log in the run directory (or NETLEAK_LOG_FILE), capped and
+    never through a link; repeated warnings held back."""
+    if cfg.log_file:
+        where = os.path.dirname(os.path.abspath(cfg.log_file))
+        dir_fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        target = logfile.CappedFile(dir_fd, os.path.basename(cfg.log_file),
+                                    logfile.DAEMON_LOG_MAX, where)
+    else:
+        target = logfile.CappedFile(store.dir_fd(create=True), Store.LOG,
+                                    logfile.DAEMON_LOG_MAX, store.path)
+    target.write(b"")       # a link in its place is refused now, not at the first line
+    handlers: list[logging.Handler] = [logfile.CappedHandler(target)]
+    if foreground:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    fmt = logfmt.Formatter()
+    repeats = logfile.RepeatFilter()
+    for h in handlers:
+        h.setFormatter(fmt)
+        h.addFilter(repeats)
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
+
+
+def leave_callers_cgroup(parent: str) -> None:
+    """An auto-started daemon would otherwise live in the cgroup of
+    whoever ran netleak first: a unit's stop would kill it, and that
+    cgroup could never be attached."""
+    path = os.path.join(parent, DAEMON_CGROUP)
+    try:
+        if not os.path.isdir(path):
+            cgroupfs.make(path)
+        cgroupfs.join(path)
+    except OSError as e:
+        log.warning("staying in the caller's cgroup (cannot join %s: %s)", path,
+                    e.strerror)
+
+
+def leave_own_cgroup(root: str, parent: str) -> None:
+    """On the way out: back to the root cgroup, so the daemon's own (and
+    the parent, once empty) can go."""
+    path = os.path.join(parent, DAEMON_CGROUP)
+    with contextlib.suppress(OSError, NetleakError):
+        if cgroupfs.of_pid(os.getpid()) == os.path.relpath(path, root):
+            cgroupfs.join(root)
+    cgroupfs.remove_if_empty(path)
+    cgroupfs.remove_if_empty(parent)
+
+
+def serve(cfg: Config, idle_exit: float = 0.0, foreground: bool = False,
+          own_cgroup: bool = False, report: int = -1) -> int:
+    """Run the daemon of this network namespace until stopped.
+
+    own_cgroup: move into a cgroup of its own under the cgroup parent (for a
+    daemon netleak starts on demand; one run by systemd stays in its unit).
+    REPORT: a descriptor to say, in one line, whether it started ("ready",
+    "busy" when another daemon runs, or why not), then closed.
+    """
+    def tell(line: str) -> None:
+        nonlocal report
+        if report >= 0:
+            with contextlib.suppress(OSError):
+                os.write(report, line.encode("utf-8", "replace") + b"\n")
+                os.close(report)
+            report = -1
+
+    store = Store(run_dir(cfg))
+    try:
+        store.ensure_dir()
+        setup_logging(store, cfg, foreground)
+    except NetleakError as e:
+        print(f"netleak daemon: {e}", file=sys.stderr)
+        tell(e.message)
+        return 125
+    raise_open_files()
+    lock = store.take_lock()
+    if lock is None:
+        log.info("a daemon already runs for %s", store.path)
+        tell("busy")
+        return 0
+    d: Daemon | None = None
+
+    def stop(signum, frame):
+        if d is not None:
+            d.stopping = True
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        d = Daemon(cfg, store, idle_exit=idle_exit)
+        if own_cgroup:
+            leave_callers_cgroup(d.parent)
+        d.start(listen)
+        tell("ready")
+        d.run()
+        d.close()
+    except NetleakError as e:
+        log.error("%s", e)
+        tell(e.message)
+        return 125
+    finally:
+        tell("")
+        with contextlib.suppress(OSError):
+            store.remove(Store.SOCKET)
+        with contextlib.suppress(OSError):
+            store.remove(Store.PID)
+        if own_cgroup and d is not None:
+            leave_own_cgroup(d.cgroups.root, d.parent)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="netleak daemon")
+    p.add_argument("--idle-exit", type=float, default=0.0)
+    p.add_argument("--foreground", action="store_true")
+    p.add_argument("--own-cgroup", action="store_true")
+    p.add_argument("--report-fd", type=int, default=-1)
+    a = p.parse_args(argv)
+    try:
+        cfg = Config.from_env(os.environ)
+    except NetleakError as e:
+        print(f"netleak daemon: {e}", file=sys.stderr)
+        if a.report_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.write(a.report_fd, e.message.encode() + b"\n")
+        return 125
+    return serve(cfg, idle_exit=a.idle_exit, foreground=a.foreground,
+                 own_cgroup=a.own_cgroup, report=a.report_fd)
