@@ -586,6 +586,16 @@ def test_confinement(abi, yama, warn, says):
     assert c.ok and c.warn == warn and says in c.detail, c
 
 
+def test_landlock_scoped_abi_is_the_kernel_layers():
+    # core keeps its own copy (it may not import the kernel layer)
+    from netleak_hook.core import readiness
+    from netleak_hook.kernel import confine
+    assert readiness.LANDLOCK_SCOPED_ABI == confine.LANDLOCK_SCOPED_ABI
+    below = by_name(sec(landlock_abi=confine.LANDLOCK_SCOPED_ABI - 1))["other processes"]
+    at = by_name(sec(landlock_abi=confine.LANDLOCK_SCOPED_ABI))["other processes"]
+    assert "scopes need" in below.detail and "scopes need" not in at.detail
+
+
 def test_socket_families():
     assert not by_name(sec())["socket families"].warn
     c = by_name(sec(vsock=True))["socket families"]
