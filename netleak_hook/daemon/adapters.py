@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 from ..core.errors import NetleakError
-from ..kernel import cgroupfs, netlink, programs
+from ..kernel import bpfsys, cgroupfs, netlink, programs
 
 
 class Net:
@@ -99,8 +99,8 @@ class Cgroups:
         return cgroupfs.sockets_made_in(path, make)
 
     def children(self, path: str) -> list[tuple[str, int, float]]:
-        """(name, cgroup id, age of its last change in seconds) of each
-        directory in PATH; [] when PATH cannot be read."""
+        """(name, cgroup id, time of its last change) of each directory in
+        PATH; [] when PATH cannot be read."""
         try:
             names = os.listdir(path)
         except OSError:
@@ -140,6 +140,18 @@ class Pins:
 
     def has(self, name: str) -> bool:
         return os.path.exists(self.current.pin(name))
+
+    def attach_ingress(self, name: str, cgroup_path: str) -> None:
+        """The pinned program NAME as an ingress filter of the cgroup at
+        CGROUP_PATH (once)."""
+        fd = bpfsys.obj_get(self.pin(name))
+        cfd = os.open(cgroup_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if bpfsys.prog_id(fd) not in bpfsys.prog_query(cfd, bpfsys.BPF_CGROUP_INET_INGRESS):
+                bpfsys.prog_attach(fd, cfd, bpfsys.BPF_CGROUP_INET_INGRESS)
+        finally:
+            os.close(cfd)
+            os.close(fd)
 
     def maps_for(self, pinset: str):
         if pinset not in self.maps:

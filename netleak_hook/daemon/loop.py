@@ -40,25 +40,16 @@ class Daemon:
         self.stopping = False
         self.listener = None
         self.netlink_events = netlink.open_events()
-        cgroups = Cgroups(cgroupfs.find_cgroup2())
-        self.cgroups = cgroups
-        self.parent = cgroups.path(cfg.cgroup_parent)
-        self.holder = Holder(store)
-        self.pins = Pins(cfg.bpf_dir)
-        procs, clock, bpf = Procs(), time.time, bpfsys
-        self.ring = Ring(self.holder, self.pins,
-                         eventlog.EventLog(store.dir_fd(create=True), store.path))
-        self.relays = Relays(cfg, self.holder, cgroups, bpf, self.pins, self.parent,
-                             self.ring.log)
-        self.links = Links(cfg, self.holder, Net(netlink.open_ipr()), bpf, self.pins,
-                           self.relays.ports, dnsconf.interface_servers)
-        self.sessions = Sessions(cfg, self.holder, self.links, self.relays, cgroups, bpf,
-                                 self.pins, procs, clock, dnsconf.interface_servers, netns_id)
-        self.reaper = Reaper(self.holder, self.sessions, cgroups, CgroupWatch(), procs, clock)
-        self.collector = Collector(cfg, self.holder, self.reaper, self.links, self.relays,
-                                   cgroups, bpf, self.pins, procs, clock, self.parent)
-        self.requests = Requests(self.holder, self.sessions, self.reaper, self.collector,
-                                 store.log_file)
+        self.roles = wire(
+            cfg, store, net=Net(netlink.open_ipr()), cgroups=Cgroups(cgroupfs.find_cgroup2()),
+            bpf=bpfsys, pins=Pins(cfg.bpf_dir), procs=Procs(), clock=time.time,
+            watch=CgroupWatch(), event_log=eventlog.EventLog(store.dir_fd(create=True),
+                                                             store.path),
+            resolvers=dnsconf.interface_servers, here_netns=netns_id)
+        r = self.roles
+        self.holder, self.cgroups, self.parent, self.pins = r.holder, r.cgroups, r.parent, r.pins
+        self.ring, self.relays, self.links, self.sessions = r.ring, r.relays, r.links, r.sessions
+        self.reaper, self.collector, self.requests = r.reaper, r.collector, r.requests
 
     @property
     def state(self):
@@ -164,3 +155,31 @@ class Daemon:
         self.ring.close()
         if not self.state.sessions:
             step("local addresses", self.links.sync_locals, False)
+
+
+class Roles:
+    """The daemon's roles, wired to one another and to their adapters."""
+
+    def __init__(self, **roles) -> None:
+        self.__dict__.update(roles)
+
+
+def wire(cfg, store, *, net, cgroups, bpf, pins, procs, clock, watch, event_log,
+         resolvers, here_netns, make_relay=None) -> Roles:
+    """Every role of a daemon, given the kernel as adapters (real ones in
+    Daemon, fakes in unit tests)."""
+    holder = Holder(store)
+    parent = cgroups.path(cfg.cgroup_parent)
+    ring = Ring(holder, pins, event_log)
+    relays = Relays(cfg, holder, cgroups, pins, parent, ring.log,
+                    **({"make_relay": make_relay} if make_relay else {}))
+    links = Links(cfg, holder, net, bpf, pins, relays.ports, resolvers)
+    sessions = Sessions(cfg, holder, links, relays, cgroups, bpf, pins, procs, clock,
+                        resolvers, here_netns)
+    reaper = Reaper(holder, sessions, cgroups, watch, procs, clock)
+    collector = Collector(cfg, holder, reaper, links, relays, cgroups, bpf, pins, procs,
+                          clock, parent)
+    requests = Requests(holder, sessions, reaper, collector, store.log_file)
+    return Roles(holder=holder, parent=parent, cgroups=cgroups, pins=pins, ring=ring,
+                 relays=relays, links=links, sessions=sessions, reaper=reaper,
+                 collector=collector, requests=requests)

@@ -14,12 +14,11 @@ RELAY_CGROUP = "relay"    # under the cgroup parent: where the relay's sockets a
 
 
 class Relays:
-    def __init__(self, cfg, holder, cgroups, bpf, pins, parent: str, log_events,
+    def __init__(self, cfg, holder, cgroups, pins, parent: str, log_events,
                  make_relay=relay.Relay) -> None:
         self.cfg = cfg
         self.holder = holder
         self.cgroups = cgroups
-        self.bpf = bpf
         self.pins = pins
         self.parent = parent                # the cgroup parent's path
         self.log_events = log_events        # list[dict] -> None: the event log
@@ -46,7 +45,8 @@ class Relays:
         path = self.cgroup
         if not self.cgroups.exists(path):
             self.cgroups.make(path)
-        self.attach_filter(path)
+        # only sockets the programs sent there get through to the relay's
+        self.pins.attach_ingress("prog_relay_in", path)
         r = self.make_relay(maps.redirect, self.route, self.events,
                             port=self.cfg.relay_port, netns=self.holder.netns,
                             make=lambda fn: self.cgroups.sockets_made_in(path, fn))
@@ -56,19 +56,6 @@ class Relays:
             step("relay cgroup", self.remove_cgroup)
             raise
         self.relay = r
-
-    def attach_filter(self, path: str) -> None:
-        """The relay's ingress program on the cgroup its sockets are made in:
-        only sockets the programs sent there get through to them."""
-        bpf = self.bpf
-        fd = bpf.obj_get(self.pins.pin("prog_relay_in"))
-        cfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            if bpf.prog_id(fd) not in bpf.prog_query(cfd, bpf.BPF_CGROUP_INET_INGRESS):
-                bpf.prog_attach(fd, cfd, bpf.BPF_CGROUP_INET_INGRESS)
-        finally:
-            os.close(cfd)
-            os.close(fd)
 
     def remove_cgroup(self) -> None:
         """Once no socket is made there any more (the cgroup holds no

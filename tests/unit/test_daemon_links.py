@@ -1,0 +1,220 @@
+"""The kill switch (daemon/links.py) on fakes: the order of its steps as an
+interface goes down, away and comes back; bindings; rules and routes."""
+from __future__ import annotations
+
+import pytest
+
+from netleak_hook.core import plan
+from netleak_hook.core.errors import NetleakError
+from tests.unit.fakes import NETNS, World
+
+
+def opened(**kw) -> World:
+    w = World(**kw)
+    w.net.link("wg0", 5)
+    w.open()
+    w.journal.clear()
+    return w
+
+
+def cid(w: World, sid="s1") -> int:
+    return w.state.sessions[sid].cgroup_id
+
+
+def test_open_binds_routes_rules_and_an_open_entry():
+    w = opened()
+    pol = w.policy(cid(w))
+    assert (pol.ifindex, pol.killed, pol.netns) == (5, False, NETNS)
+    b = w.state.bindings["wg0"]
+    assert {r.table for r in w.net.routes} == {b.table}
+    assert any(r.kind == "unicast" and r.oif == 5 for r in w.net.routes)
+    assert {r.fwmark for r in w.net.rules} >= {b.mark}
+
+
+def test_link_down_kill_switch_goes_on_before_routes_change():
+    w = opened()
+    w.net.link("wg0", 5, up=False)
+    w.links.reconcile_all()
+    killed = w.journal.index("bpf", "update", lambda e: e[2] == w.maps.policy)
+    route_change = w.journal.index("net")
+    assert killed >= 0 and route_change > killed
+    assert w.policy(cid(w)).killed
+    # the unicast route is gone, the unreachable one stays: nothing falls through
+    assert {r.kind for r in w.net.routes} == {"unreachable"}
+
+
+def test_link_gone_kill_switch_on_with_no_index():
+    w = opened()
+    del w.net.links["wg0"]
+    w.links.reconcile_all()
+    pol = w.policy(cid(w))
+    assert pol.killed and pol.ifindex == 0
+
+
+def test_link_back_with_new_index_kill_switch_off_only_after_routes_rules_and_index():
+    w = opened()
+    del w.net.links["wg0"]
+    w.links.reconcile_all()
+    w.journal.clear()
+    w.net.link("wg0", 9)           # re-created: another ifindex
+    w.links.reconcile_all()
+    released = w.journal.index("bpf", "update", lambda e: e[2] == w.maps.policy)
+    last_net = max(i for i, e in enumerate(w.journal) if e[0] == "net")
+    assert released > last_net
+    pol = w.policy(cid(w))
+    assert (pol.killed, pol.ifindex) == (False, 9)
+    assert any(r.oif == 9 for r in w.net.routes)
+    assert w.links.last_index["wg0"] == 9
+
+
+def test_unchanged_link_writes_nothing():
+    w = opened()
+    w.links.reconcile_all()
+    assert w.journal.of("net", "bpf") == []
+
+
+def test_a_route_the_kernel_refuses_is_logged_and_the_rest_goes_on(caplog):
+    w = opened()
+    w.net.routes.clear()
+
+    def refuse(r):
+        raise OSError("link vanished")
+    w.net.add_route = refuse
+    w.links.reconcile_all()
+    assert "link vanished" in caplog.text
+    assert not w.policy(cid(w)).killed
+
+
+def test_one_interface_failing_does_not_stop_the_others(caplog):
+    w = opened()
+    w.net.link("tun1", 6)
+    w.open("s2", "tun1")
+    w.net.link("wg0", 5, up=False)
+    w.net.link("tun1", 6, up=False)
+    real = w.net.current_routes
+
+    def boom(table):
+        if table == w.state.bindings["wg0"].table:
+            raise RuntimeError("netlink hiccup")
+        return real(table)
+    w.net.current_routes = boom
+    w.links.reconcile_all()
+    assert "reconciling wg0" in caplog.text
+    assert w.policy(cid(w, "s2")).killed
+
+
+def test_learned_gateway_followed_and_saved():
+    w = World()
+    w.net.link("eth1", 4, p2p=False)
+    w.net.gateways[4] = ("192.0.2.1", None)
+    w.open(iface="eth1")
+    assert w.state.bindings["eth1"].via4 == "192.0.2.1"
+    w.net.gateways[4] = ("192.0.2.254", None)
+    saves = len(w.store.saved)
+    w.links.reconcile_all()
+    assert w.state.bindings["eth1"].via4 == "192.0.2.254"
+    assert len(w.store.saved) == saves + 1
+    assert any(r.gateway == "192.0.2.254" for r in w.net.routes)
+
+
+def test_user_gateways_are_never_replaced():
+    w = World()
+    w.net.link("eth1", 4, p2p=False)
+    w.open(iface="eth1", via4="192.0.2.9", via6="2001:db8::9")
+    w.net.gateways[4] = ("192.0.2.254", "2001:db8::1")
+    w.links.reconcile_all()
+    b = w.state.bindings["eth1"]
+    assert (b.via4, b.via6) == ("192.0.2.9", "2001:db8::9")
+
+
+def test_ethernet_without_a_gateway_is_refused_with_the_fix():
+    w = World()
+    w.net.link("eth1", 4, p2p=False)
+    with pytest.raises(NetleakError, match="pass --via GATEWAY"):
+        w.open(iface="eth1")
+    assert w.state.sessions == {} and w.journal.of("bpf", "net", "progs") == []
+
+
+def test_unknown_interface_refused():
+    w = World()
+    with pytest.raises(NetleakError, match="no interface named wg9"):
+        w.open(iface="wg9")
+    assert w.store.saved == []
+
+
+def test_all_slots_in_use_refused():
+    w = World(max_interfaces=1)
+    w.net.link("wg0", 5)
+    w.net.link("wg1", 6)
+    w.open()
+    with pytest.raises(NetleakError, match="all 1 interface slots are in use"):
+        w.open("s2", "wg1")
+
+
+def test_given_gateways_on_a_known_binding():
+    w = World()
+    w.net.link("eth1", 4, p2p=False)
+    w.net.gateways[4] = ("192.0.2.1", None)
+    w.open(iface="eth1")
+    b = w.links.binding_for("eth1", "192.0.2.7", None)
+    assert b.via4 == "192.0.2.7" and b.user_via4
+
+
+def test_resolvers_follow_the_interface_unless_given():
+    w = World()
+    w.net.link("wg0", 5)
+    w.resolvers[5] = ("198.51.100.53",)
+    w.open()
+    w.open("s2", dns=["203.0.113.53"])
+    assert w.state.sessions["s1"].dns == ("198.51.100.53",)
+    w.resolvers[5] = ("198.51.100.54",)
+    w.links.reconcile_all()
+    assert w.state.sessions["s1"].dns == ("198.51.100.54",)
+    assert w.state.sessions["s2"].dns == ("203.0.113.53",)
+    assert w.holder.dirty
+
+
+def test_local_addresses_follow_the_namespace_and_leave_others():
+    w = opened()
+    other = (0x0BAD).to_bytes(8, "little") + bytes(16)
+    w.bpf.maps.setdefault(w.maps.locals, {})[other] = b"\x01\0\0\0"
+    w.net.addresses = {"127.0.0.1": 1}
+    w.links.sync_locals()
+    keys = set(w.bpf.maps[w.maps.locals])
+    assert other in keys and len(keys) == 2
+    w.links.sync_locals(keep=False)
+    assert set(w.bpf.maps[w.maps.locals]) == {other}
+
+
+def test_rules_others_made_are_left_alone():
+    w = opened()
+    theirs = plan.Rule(family=4, priority=1698, table=51820, fwmark=0xca6c)
+    w.net.rules.add(theirs)
+    w.links.apply_rules(w.links.read_links())
+    assert theirs in w.net.rules
+
+
+def test_stale_routes_in_our_tables_removed_bound_kept():
+    w = opened()
+    stale = plan.Route(family=4, table=w.cfg.table_base + 5, kind="unicast", metric=100, oif=3)
+    w.net.routes.add(stale)
+    assert w.links.gc_routes() == 1
+    assert stale not in w.net.routes and w.net.routes
+
+
+def test_no_network_entries_written_on_reconcile():
+    w = World()
+    w.sessions.open(dict(w.exec_request("b1", iface=""), block=True))
+    c = w.state.sessions["b1"].cgroup_id
+    w.bpf.maps[w.maps.policy].clear()
+    w.links.reconcile_all()
+    assert w.policy(c).block
+
+
+def test_pin_sets_gone_or_without_locals_are_skipped():
+    w = opened()
+    w.maps.locals = -1
+    w.links.sync_locals()
+    w.pins.sets.clear()
+    w.links.write_policy(w.state.sessions["s1"], w.links.live["wg0"])
+    assert w.journal.of("bpf") == []
