@@ -49,7 +49,7 @@ $(VENV)/.stamp-bench: $(VENV)/.stamp
 	touch $@
 
 bench: venv .stamp-bench-deps $(VENV)/.stamp-bench
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 # the leak matrix in full (a short version runs in `make test`)
 soak: venv

@@ -12,6 +12,7 @@ bench/results.json, bench/scale.png and the table in README.md."""
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import datetime
 import json
@@ -143,9 +144,10 @@ class Bench:
               f"({f.baseline_label}), ratio {f.ratio:.3f}", flush=True)
         return f
 
-    def timed(self, argv: list[str]) -> float:
+    def timed(self, argv: list[str], pythonpath: str = "") -> float:
+        env = dict(self.env, PYTHONPATH=pythonpath) if pythonpath else self.env
         t0 = time.perf_counter()
-        r = self.world.run(argv, env=self.env)
+        r = self.world.run(argv, env=env)
         dt = time.perf_counter() - t0
         if r.returncode != 0:
             raise SystemExit(f"bench: {' '.join(argv[:3])} failed: {r.stderr.strip()}")
@@ -188,15 +190,26 @@ class Bench:
             programs.remove_pins(self.own.bpf_dir)
             cold.append(self.timed([self.exec_bin, "vpn0", "true"]))
         holder, _ = self.hold()      # warm: the daemon is up and vpn0 bound
-        warm, py = [], []
+        other = self.plan.get("compare")
+        # byte code written first, so neither tree is timed compiling
+        for tree in (ROOT, other) if other else (ROOT,):
+            compileall.compile_dir(os.path.join(tree, "netleak_hook"), quiet=1)
+        warm, py, before = [], [], []
         for _ in range(p["start_rounds"]):
             warm.append(self.timed([self.exec_bin, "vpn0", "true"]))
             py.append(self.timed([sys.executable, "-c", "pass"]))
+            if other:
+                before.append(self.timed([sys.executable, os.path.join(
+                    other, "bin", "netleak-exec"), "vpn0", "true"], pythonpath=other))
         holder.kill()
         holder.wait()
         ms = [x * 1000 for x in warm]
         self.add("warm_start", "warm start: `netleak-exec vpn0 true`", "ms", ms,
                  [x * 1000 for x in py], "`python3 -c pass`", goal="ratio <= 3", paired=True)
+        if other:
+            self.add("warm_start_compare", "warm start, this tree vs --compare's", "ms", ms,
+                     [x * 1000 for x in before], os.path.basename(other.rstrip("/")),
+                     paired=True)
         self.add("cold_start", "cold start (no pins, no daemon)", "ms",
                  [x * 1000 for x in cold], ms, "warm start")
         self.wait_sessions(0)
@@ -715,10 +728,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=",".join(PARTS),
                     help=f"comma-separated sections to run ({','.join(PARTS)})")
     ap.add_argument("--sessions", type=int, help="sessions of the scale run")
+    ap.add_argument("--compare", metavar="TREE",
+                    help="a checkout of another version: its warm start is measured "
+                         "beside this tree's (e.g. git worktree add /tmp/before REV)")
     a = ap.parse_args(argv)
     plan = dict(QUICK if a.quick else FULL)
     if a.sessions:
         plan["sessions"] = a.sessions
+    if a.compare:
+        if not os.path.isfile(os.path.join(a.compare, "bin", "netleak-exec")):
+            ap.error(f"--compare: {a.compare} holds no bin/netleak-exec: give a checkout")
+        plan["compare"] = os.path.abspath(a.compare)
     only = set(a.only.split(","))
     if only - set(PARTS):
         ap.error(f"--only: no part {', '.join(sorted(only - set(PARTS)))} "
