@@ -39,16 +39,14 @@ import time
 from typing import Callable
 
 from . import fakedns
+from ..core import abi
 from ..core.errors import NetleakError
 from ..kernel import bpfsys
 from .handshake import Handshake, ProxyError
 
 log = logging.getLogger("netleak.relay")
 
-# struct nl_redirect (the map's value, by socket cookie), bpf/netleak.h:
-# orig, server, orig_port, server_port (network order), cgroup, proxy, pad
-_REDIRECT = struct.Struct("<16s16sIIQII")
-REDIRECT_SIZE = _REDIRECT.size
+REDIRECT_SIZE = abi.REDIRECT.size     # the map `redirect`'s value, by socket cookie
 _STAND_INS = ipaddress.ip_network(fakedns.FAKE_NET4)
 CONNECT_TIMEOUT = 10.0      # to the proxy, and its handshake
 PIPE_SIZE = 1 << 20
@@ -94,19 +92,11 @@ class Redirect:
     proxy: bool         # a TCP connection to the relay
 
 
-def _addr_text(raw: bytes) -> str:
-    a = ipaddress.IPv6Address(raw)
-    return str(a.ipv4_mapped or a)
-
-
-def _port(net: int) -> int:
-    return int.from_bytes(net.to_bytes(4, "little")[:2], "big")
-
-
 def unpack_redirect(raw: bytes) -> Redirect:
-    orig, server, oport, sport, cgroup, proxy, _ = _REDIRECT.unpack_from(raw)
-    return Redirect(_addr_text(orig), _port(oport), _addr_text(server), _port(sport), cgroup,
-                    bool(proxy))
+    r = abi.REDIRECT.unpack(raw)
+    return Redirect(abi.addr_text(r["orig"]), abi.net_port(r["orig_port"]),
+                    abi.addr_text(r["server"]), abi.net_port(r["server_port"]), r["cgroup"],
+                    bool(r["proxy"]))
 
 
 def cookie_key(cookie: int) -> bytes:
@@ -277,7 +267,7 @@ class Relay:
         cookie = self.identify(protocol, peer, local)
         if cookie is None:
             return None
-        raw = bpfsys.map_lookup(self.redirect_fd, cookie_key(cookie), _REDIRECT.size)
+        raw = bpfsys.map_lookup(self.redirect_fd, cookie_key(cookie), REDIRECT_SIZE)
         if raw is None:
             return None
         r = unpack_redirect(raw)
