@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 
-from .validate import MAX_DNS
+from .abi import MAX_DNS
 
 RESOLVED_LINKS = "/run/systemd/resolve/netif"
 

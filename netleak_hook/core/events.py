@@ -5,18 +5,14 @@ daemon keeps of them is rundir/eventlog.py.
 from __future__ import annotations
 
 import ipaddress
-import struct
 import time
 
+from . import abi
 from .errors import one_line
 
-# struct nl_event: time_ns, cgroup, sock_cgroup, pid, suppressed, reason,
-# hook, family, protocol, dport, pad, daddr[16], comm[16]
-_EVENT = struct.Struct("<QQQIIBBBBHH16s16s")
-EVENT_SIZE = _EVENT.size
+EVENT_SIZE = abi.EVENT.size
 
-REASONS = {1: "kill-switch", 2: "wrong-device", 3: "no-policy", 4: "netns", 5: "no-dns",
-           6: "no-network", 7: "proxy", 8: "source", 9: "mptcp", 10: "limit"}
+REASONS = abi.REASON.names      # enum nl_reason: code -> name
 REASON_TEXT = {
     "kill-switch": "the interface is down or gone: only loopback may be used",
     "wrong-device": "the packet would have left by another interface",
@@ -34,9 +30,9 @@ REASON_TEXT = {
     "mptcp": "an MPTCP socket: refused (its subflows would not follow the session's "
              "routing); programs fall back to TCP",
     "limit": "the session holds as many sockets sent to a resolver or the relay as it "
-             "may at once (8,192): refused until some close",
+             f"may at once ({abi.SESSION_REDIRECTS:,}): refused until some close",
 }
-HOOKS = {1: "egress", 2: "socket", 3: "connect", 4: "sendmsg", 5: "setsockopt"}
+HOOKS = abi.HOOK.names          # enum nl_hook
 FAMILIES = {2: "ipv4", 10: "ipv6"}
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6", 132: "sctp"}
 
@@ -44,8 +40,8 @@ PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6", 132: "sctp"}
 
 def decode(raw: bytes) -> dict:
     """One kernel record as a plain dict (times still in boot-clock ns)."""
-    (t, cgroup, sock_cgroup, pid, suppressed, reason, hook, family, proto, dport, _,
-     daddr, comm) = _EVENT.unpack_from(raw)
+    e = abi.EVENT.unpack(raw)
+    family, daddr, proto = e["family"], e["daddr"], e["protocol"]
     if family == 2:
         addr: str | None = str(ipaddress.IPv4Address(daddr[:4]))
     elif family == 10:
@@ -55,14 +51,14 @@ def decode(raw: bytes) -> dict:
     if addr is not None and not any(daddr):
         addr = None     # the socket hook has no destination
     return {
-        "boot_ns": t, "cgroup_id": cgroup, "sock_cgroup_id": sock_cgroup,
-        "pid": pid or None,
-        "comm": comm.split(b"\0", 1)[0].decode("utf-8", "replace") or None,
-        "reason": REASONS.get(reason, str(reason)),
-        "hook": HOOKS.get(hook, str(hook)),
+        "boot_ns": e["time_ns"], "cgroup_id": e["cgroup"], "sock_cgroup_id": e["sock_cgroup"],
+        "pid": e["pid"] or None,
+        "comm": e["comm"].split(b"\0", 1)[0].decode("utf-8", "replace") or None,
+        "reason": REASONS.get(e["reason"], str(e["reason"])),
+        "hook": HOOKS.get(e["hook"], str(e["hook"])),
         "family": FAMILIES.get(family, str(family) if family else None),
         "protocol": PROTOCOLS.get(proto, str(proto) if proto else None),
-        "daddr": addr, "dport": dport or None, "suppressed": suppressed,
+        "daddr": addr, "dport": e["dport"] or None, "suppressed": e["suppressed"],
     }
 
 

@@ -1,28 +1,18 @@
-"""Binary layouts of the BPF maps (mirrors bpf/netleak.h), pure."""
+"""The BPF maps' entries as values: a session's policy, its counters, the
+keys (their layouts: core/abi.py), pure."""
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import struct
 
-from .validate import MAX_ALLOW, MAX_DNS  # NL_MAX_DNS, NL_MAX_ALLOW
+from . import abi
+from .abi import FLAG_BLOCK, FLAG_KILL, FLAG_PROXY, MAX_ALLOW, MAX_DNS
 
-FLAG_KILL = 0x1
-FLAG_BLOCK = 0x2
-FLAG_PROXY = 0x4
-
-_KEY = struct.Struct("<Q")
-# ifindex, mark, flags, event_rate, netns, the limiter's 3 words (zero from
-# us), dns_n, allow_n; then the resolvers and prefixes, 16 bytes per address
-_HEAD = struct.Struct("<IIIIQQQQII")
-_ADDR = 16
-_TAIL = struct.Struct("<II")    # relay_port, dns_port (network order)
-_POLICY_SIZE = _HEAD.size + MAX_DNS * _ADDR + MAX_ALLOW * 2 * _ADDR + _TAIL.size
-_STATS = struct.Struct("<31Q")
+_KEY = struct.Struct("<Q")      # a cgroup id (the maps policy and stats)
 
 KEY_SIZE = _KEY.size
-POLICY_SIZE = _POLICY_SIZE
-STATS_SIZE = _STATS.size
+POLICY_SIZE = abi.POLICY.size
+STATS_SIZE = abi.STATS.size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,73 +34,28 @@ class Policy:
     def pack(self) -> bytes:
         flags = (FLAG_KILL if self.killed else 0) | (FLAG_BLOCK if self.block else 0) | \
             (FLAG_PROXY if self.proxy else 0)
-        out = bytearray(_POLICY_SIZE)
-        _HEAD.pack_into(out, 0, self.ifindex, self.mark, flags, self.event_rate,
-                        self.netns, 0, 0, 0, min(len(self.dns), MAX_DNS),
-                        min(len(self.allow), MAX_ALLOW))
-        at = _HEAD.size
-        for addr in self.dns[:MAX_DNS]:
-            out[at: at + _ADDR] = _addr16(addr)
-            at += _ADDR
-        at = _HEAD.size + MAX_DNS * _ADDR
-        for cidr in self.allow[:MAX_ALLOW]:
-            addr, mask = _prefix16(cidr)
-            out[at: at + 2 * _ADDR] = addr + mask
-            at += 2 * _ADDR
-        _TAIL.pack_into(out, _POLICY_SIZE - _TAIL.size, _net16(self.relay_port),
-                        _net16(self.dns_port))
-        return bytes(out)
+        # the limiter's words (ev_*) are the programs': zero from us
+        return abi.POLICY.pack(
+            ifindex=self.ifindex, mark=self.mark, flags=flags, event_rate=self.event_rate,
+            netns=self.netns, dns_n=min(len(self.dns), MAX_DNS),
+            allow_n=min(len(self.allow), MAX_ALLOW),
+            dns=tuple(abi.addr16(a) for a in self.dns[:MAX_DNS]),
+            allow=tuple(abi.prefix16(c) for c in self.allow[:MAX_ALLOW]),
+            relay_port=abi.net_port(self.relay_port), dns_port=abi.net_port(self.dns_port))
 
     @classmethod
     def unpack(cls, raw: bytes) -> "Policy":
         """Also an older version's shorter entry (it has neither resolvers
         nor prefixes)."""
-        raw = raw.ljust(_POLICY_SIZE, b"\0")
-        ifindex, mark, flags, rate, netns, _, _, _, ndns, nallow = _HEAD.unpack_from(raw)
-        at = _HEAD.size
-        dns = tuple(_addr_str(raw[at + i * _ADDR: at + (i + 1) * _ADDR])
-                    for i in range(min(ndns, MAX_DNS)))
-        at += MAX_DNS * _ADDR
-        allow = tuple(_prefix_str(raw[at + i * 2 * _ADDR: at + (i + 1) * 2 * _ADDR])
-                      for i in range(min(nallow, MAX_ALLOW)))
-        relay, dns_port = _TAIL.unpack_from(raw, _POLICY_SIZE - _TAIL.size)
-        return cls(ifindex=ifindex, mark=mark, killed=bool(flags & FLAG_KILL), netns=netns,
-                   event_rate=rate, block=bool(flags & FLAG_BLOCK), dns=dns, allow=allow,
-                   proxy=bool(flags & FLAG_PROXY),
-                   relay_port=_net16(relay), dns_port=_net16(dns_port))
-
-
-def _net16(port: int) -> int:
-    """A port to or from network order in the low 16 bits of a u32 (a
-    swap: its own inverse)."""
-    return int.from_bytes((port & 0xffff).to_bytes(2, "big"), "little")
-
-
-def _addr16(addr: str) -> bytes:
-    """ADDR as 16 bytes, IPv4 mapped (as the programs compare them)."""
-    a = ipaddress.ip_address(addr)
-    return (a.packed if a.version == 6 else
-            ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + a.packed).packed)
-
-
-def _prefix16(cidr: str) -> tuple[bytes, bytes]:
-    net = ipaddress.ip_network(cidr)
-    bits = net.prefixlen + (96 if net.version == 4 else 0)
-    mask = ((1 << 128) - 1) ^ ((1 << (128 - bits)) - 1)
-    return _addr16(str(net.network_address)), mask.to_bytes(16, "big")
-
-
-def _addr_str(raw: bytes) -> str:
-    a = ipaddress.IPv6Address(raw)
-    return str(a.ipv4_mapped or a)
-
-
-def _prefix_str(raw: bytes) -> str:
-    addr = ipaddress.IPv6Address(raw[:_ADDR])
-    bits = bin(int.from_bytes(raw[_ADDR:], "big")).count("1")
-    if addr.ipv4_mapped is not None and bits >= 96:
-        return str(ipaddress.ip_network(f"{addr.ipv4_mapped}/{bits - 96}"))
-    return str(ipaddress.ip_network(f"{addr}/{bits}"))
+        v = abi.POLICY.unpack(raw.ljust(POLICY_SIZE, b"\0"))
+        flags = v["flags"]
+        return cls(ifindex=v["ifindex"], mark=v["mark"], killed=bool(flags & FLAG_KILL),
+                   netns=v["netns"], event_rate=v["event_rate"],
+                   block=bool(flags & FLAG_BLOCK),
+                   dns=tuple(abi.addr_text(a) for a in v["dns"][:v["dns_n"]]),
+                   allow=tuple(abi.prefix_text(p) for p in v["allow"][:v["allow_n"]]),
+                   proxy=bool(flags & FLAG_PROXY), relay_port=abi.net_port(v["relay_port"]),
+                   dns_port=abi.net_port(v["dns_port"]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,21 +106,22 @@ class Stats:
     def unpack_percpu(cls, raw: bytes, ncpus: int, stride: int = 0) -> "Stats":
         """Sum the CPUs' values, STRIDE bytes each (an older version's
         shorter struct: the fields it lacks read as 0)."""
-        stride = stride or _STATS.size
-        totals = [0] * len(dataclasses.fields(cls))
+        size = abi.STATS.size
+        stride = stride or size
+        totals = [0] * len(abi.STATS.names)
         for cpu in range(ncpus):
-            one = raw[cpu * stride: cpu * stride + min(stride, _STATS.size)]
-            vals = _STATS.unpack(one.ljust(_STATS.size, b"\0"))
+            one = raw[cpu * stride: cpu * stride + min(stride, size)]
+            vals = abi.STATS.struct.unpack(one.ljust(size, b"\0"))
             totals = [a + b for a, b in zip(totals, vals)]
-        return cls(*totals)
+        return cls(**dict(zip(abi.STATS.names, totals)))
 
 
-LOCAL_KEY_SIZE = 24      # struct nl_local_key: netns cookie, address (16 bytes)
+LOCAL_KEY_SIZE = abi.LOCAL_KEY.size
 
 
 def local_key(netns: int, addr: str) -> bytes:
     """The key of one of this machine's addresses in the map `locals`."""
-    return netns.to_bytes(8, "little") + _addr16(addr)
+    return abi.LOCAL_KEY.pack(netns=netns, addr=abi.addr16(addr))
 
 
 def pack_key(cgroup_id: int) -> bytes:

@@ -64,13 +64,19 @@ def _no_zone(raw: str, what: str) -> None:
                            f"(the session's interface is the zone)")
 
 
-MAX_DNS = 4         # bpf/netleak.h NL_MAX_DNS
-MAX_ALLOW = 8       # bpf/netleak.h NL_MAX_ALLOW
+def __getattr__(name: str):
+    """MAX_DNS and MAX_ALLOW, the header's limits (core/abi.py), read when
+    first asked for: netleak-exec's start loads no struct layouts."""
+    if name in ("MAX_DNS", "MAX_ALLOW"):
+        from . import abi
+        return getattr(abi, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def dns_servers(values: tuple[str, ...] | list[str], what: str = "--dns") -> tuple[str, ...]:
     """--dns values: unicast, non-loopback addresses, at most MAX_DNS."""
     import ipaddress
+    from .abi import MAX_DNS
     out: list[str] = []
     for raw in values:
         _no_zone(raw, what)
@@ -96,6 +102,7 @@ def allow_prefixes(values: tuple[str, ...] | list[str],
     """--allow values: CIDRs (an address alone is a host), at most MAX_ALLOW.
     IPv4-mapped IPv6 prefixes are taken as the IPv4 ones they are."""
     import ipaddress
+    from .abi import MAX_ALLOW
     mapped = ipaddress.ip_network("::ffff:0:0/96")
     out: list[str] = []
     for raw in values:

@@ -20,130 +20,43 @@ addresses only, every query is refused.
 
 Whatever the relay has no record for (another local program that found
 its ports) gets nothing: the relay is no open proxy, and no oracle.
+
+Here: the listeners, the accept loop, the limits, whom DNS is answered
+for, the relay's own events. Its parts: records.py (the record of a
+socket, whose it is, the session's route), tunnel.py (the connection to
+the proxy, the bytes both ways), answerer.py (what DNS is answered).
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
-import fcntl
-import ipaddress
 import logging
 import os
 import queue
 import select
 import socket
-import struct
 import threading
 import time
 from typing import Callable
 
-from . import fakedns
 from ..core.errors import NetleakError
 from ..kernel import bpfsys
-from .handshake import Handshake, ProxyError
+from .answerer import Answerer
+from .handshake import ProxyError
+from .records import (REDIRECT_SIZE, Redirect, Route, cookie_key, kernel_identify, same_addr,
+                      unpack_redirect)
+from .tunnel import CONNECT_TIMEOUT, open_tunnel, reset, splice_both, why
+# found here too, as they were before the relay had parts
+from .records import destination
+from .tunnel import SO_BINDTODEVICE, SO_MARK
 
 log = logging.getLogger("netleak.relay")
 
-# struct nl_redirect (the map's value, by socket cookie), bpf/netleak.h:
-# orig, server, orig_port, server_port (network order), cgroup, proxy, pad
-_REDIRECT = struct.Struct("<16s16sIIQII")
-REDIRECT_SIZE = _REDIRECT.size
-_STAND_INS = ipaddress.ip_network(fakedns.FAKE_NET4)
-CONNECT_TIMEOUT = 10.0      # to the proxy, and its handshake
-PIPE_SIZE = 1 << 20
-CHUNK = 1 << 20
-SO_MARK = 36
-SO_BINDTODEVICE = 25
-F_SETPIPE_SZ = 1031
 EVENTS_PER_SECOND = 20      # the relay's own events, all sessions together
 MAX_CONNECTIONS = 4096      # relayed at once (each: a thread, 2 sockets, 2 pipes)
 SESSION_CONNECTIONS = 1024  # ... of them one session's: no session takes them all
 DNS_TCP_SECONDS = 60.0      # a DNS-over-TCP connection's whole life
 DNS_TCP_QUERIES = 1000      # ... and the queries it may ask
-
-
-@dataclasses.dataclass(frozen=True)
-class Route:
-    """How one session's connections leave: what the relay needs of it."""
-
-    scheme: str             # socks5, socks5h, http
-    addr: str               # the proxy's address (resolved at session start)
-    port: int
-    user: str = ""
-    password: str = ""
-    iface: str = ""         # bind the connection to the proxy to it ("": routing decides)
-    mark: int = 0           # and give it this fwmark
-    info: dict = dataclasses.field(default_factory=dict)  # session id, cgroup... for events
-
-    @property
-    def names(self) -> bool:
-        """The proxy takes host names (so DNS gets stand-in addresses)."""
-        return self.scheme != "socks5"
-
-
-@dataclasses.dataclass(frozen=True)
-class Redirect:
-    """Where a session's socket was going, and where the programs sent it."""
-
-    orig_addr: str
-    orig_port: int      # host order
-    server_addr: str
-    server_port: int
-    cgroup: int         # the session (its policy key)
-    proxy: bool         # a TCP connection to the relay
-
-
-def _addr_text(raw: bytes) -> str:
-    a = ipaddress.IPv6Address(raw)
-    return str(a.ipv4_mapped or a)
-
-
-def _port(net: int) -> int:
-    return int.from_bytes(net.to_bytes(4, "little")[:2], "big")
-
-
-def unpack_redirect(raw: bytes) -> Redirect:
-    orig, server, oport, sport, cgroup, proxy, _ = _REDIRECT.unpack_from(raw)
-    return Redirect(_addr_text(orig), _port(oport), _addr_text(server), _port(sport), cgroup,
-                    bool(proxy))
-
-
-def cookie_key(cookie: int) -> bytes:
-    return cookie.to_bytes(8, "little")
-
-
-def _same_addr(a: str, b: str) -> bool:
-    def norm(x: str):
-        v = ipaddress.ip_address(x.split("%", 1)[0])
-        return v.ipv4_mapped or v if v.version == 6 else v
-    return norm(a) == norm(b)
-
-
-def kernel_identify(protocol: int, peer: tuple, local: tuple) -> int | None:
-    """The cookie of the socket at PEER that talks to LOCAL, as the kernel
-    says (None: there is none, or it is gone)."""
-    from ..kernel import sockdiag
-    try:
-        found = sockdiag.lookup(protocol, peer[:2], local[:2])
-    except OSError:
-        return None
-    return found.cookie if found else None
-
-
-def destination(addr: str, port: int, route: Route,
-                name_for: Callable[[str], str | None]) -> tuple[str | None, str]:
-    """What to ask the proxy for (pure): the host (the name behind a
-    stand-in address, when the proxy takes names), or None and why not."""
-    if route.names:
-        name = name_for(addr)
-        if name is not None:
-            return name, ""
-        if ipaddress.ip_address(addr) in _STAND_INS:
-            return None, (f"{addr} is a stand-in address this session was not given "
-                          f"(another session's, or from before the daemon restarted): "
-                          f"look the name up again")
-    return addr, ""
 
 
 class Relay:
@@ -166,8 +79,8 @@ class Relay:
         self.lookup = lookup
         self.events = events
         self.identify = identify
-        self.pools: dict[int, fakedns.FakePool] = {}    # session (cgroup id) -> its names
-        self.pool_lock = threading.Lock()
+        self.answers = Answerer(self._event)
+        self.pools = self.answers.pools     # session (cgroup id) -> its names
         self.strangers = 0          # what came from no session's socket: no answer
         self.tcp: list[socket.socket] = []
         self.dns_names: list[socket.socket] = []    # answers with stand-in addresses
@@ -246,7 +159,7 @@ class Relay:
                         conn, _ = s.accept()
                         conn.setblocking(True)
                         if self.active >= MAX_CONNECTIONS:
-                            _reset(conn)
+                            reset(conn)
                             conn.close()
                             self._event("proxy-failed", None, "tcp", "", 0,
                                         f"more than {MAX_CONNECTIONS} connections through "
@@ -277,34 +190,19 @@ class Relay:
         cookie = self.identify(protocol, peer, local)
         if cookie is None:
             return None
-        raw = bpfsys.map_lookup(self.redirect_fd, cookie_key(cookie), _REDIRECT.size)
+        raw = bpfsys.map_lookup(self.redirect_fd, cookie_key(cookie), REDIRECT_SIZE)
         if raw is None:
             return None
         r = unpack_redirect(raw)
-        if r.server_port != local[1] or not _same_addr(r.server_addr, local[0]):
+        if r.server_port != local[1] or not same_addr(r.server_addr, local[0]):
             return None     # sent elsewhere (a resolver), or here by itself
         if (protocol == socket.IPPROTO_TCP) != r.proxy:
             return None
         return r
 
-    def _pool(self, route: Route) -> fakedns.FakePool | None:
-        """The stand-in names of ROUTE's session (None: it takes no names)."""
-        if not route.names:
-            return None
-        key = route.info.get("cgroup_id", 0)
-        pool = self.pools.get(key)
-        if pool is None:
-            pool = self.pools[key] = fakedns.FakePool()
-        return pool
-
     def forget(self, cgroup_id: int) -> None:
         """A session ended: its names go with it."""
-        with self.pool_lock:
-            self.pools.pop(cgroup_id, None)
-
-    def _respond(self, query: bytes, route: Route) -> tuple[bytes | None, str]:
-        with self.pool_lock:
-            return fakedns.respond(query, self._pool(route))
+        self.answers.forget(cgroup_id)
 
     def _answer_udp(self, s: socket.socket, names: bool) -> None:
         data, peer = s.recvfrom(4096)
@@ -313,38 +211,7 @@ class Relay:
         if route is None or route.names != names:
             self.strangers += 1     # nothing to say to whoever that is
             return
-        answer, why = self._respond(data, route)
-        if answer is not None:
-            s.sendto(answer, peer)
-        if why == "refused-local":
-            self._event("proxy-dns", route, "udp", r.orig_addr, r.orig_port,
-                        "names are not resolved with a socks5:// proxy (it takes addresses "
-                        "only): use socks5h:// to have the proxy resolve them")
-
-    def _serve_dns_tcp(self, conn: socket.socket, route: Route) -> None:
-        """DNS over TCP, for a while and a number of queries: a connection
-        kept open by a trickle would hold a place for good."""
-        deadline = time.monotonic() + DNS_TCP_SECONDS
-        asked = 0
-        buf = b""
-        while asked < DNS_TCP_QUERIES:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            conn.settimeout(min(CONNECT_TIMEOUT, left))
-            chunk = conn.recv(65536)
-            if not chunk:
-                return
-            msgs, buf = fakedns.tcp_frames(buf + chunk)
-            asked += len(msgs)
-            for m in msgs[:DNS_TCP_QUERIES]:
-                answer, why = self._respond(m, route)
-                if answer is not None:
-                    conn.sendall(fakedns.tcp_frame(answer))
-                if why == "refused-local":
-                    self._event("proxy-dns", route, "tcp", "", 53,
-                                "names are not resolved with a socks5:// proxy: use "
-                                "socks5h:// to have the proxy resolve them")
+        self.answers.udp(s, data, peer, r, route)
 
     # ---------- connections ----------
 
@@ -367,27 +234,25 @@ class Relay:
                 self._event("proxy-failed", route, "tcp", addr, port,
                             f"the session has {SESSION_CONNECTIONS} connections through the "
                             f"relay at once: this one was reset")
-                _reset(conn)
+                reset(conn)
                 return
             counted = r.cgroup
             if port == 53:
-                self._serve_dns_tcp(conn, route)
+                self.answers.tcp(conn, route, DNS_TCP_SECONDS, DNS_TCP_QUERIES,
+                                 CONNECT_TIMEOUT)
                 return
-            with self.pool_lock:
-                pool = self._pool(route)
-                host, why = destination(addr, port, route,
-                                        pool.name_for if pool else lambda a: None)
+            host, refused = self.answers.destination(addr, port, route)
             if host is None:
-                self._event("proxy-failed", route, "tcp", addr, port, why)
-                _reset(conn)
+                self._event("proxy-failed", route, "tcp", addr, port, refused)
+                reset(conn)
                 return
             try:
                 upstream, leftover = open_tunnel(route, host, port)
             except (OSError, ProxyError) as e:
                 self._event("proxy-failed", route, "tcp", addr, port,
                             f"{host}:{port} through {route.scheme}://{route.addr}:"
-                            f"{route.port}: {_why(e)}")
-                _reset(conn)
+                            f"{route.port}: {why(e)}")
+                reset(conn)
                 return
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if leftover:
@@ -493,157 +358,3 @@ def _listening(socks: list[socket.socket]) -> list[socket.socket]:
             s.listen(1024)
         s.setblocking(False)
     return socks
-
-
-def open_tunnel(route: Route, host: str, port: int) -> tuple[socket.socket, bytes]:
-    """A connection through ROUTE's proxy to HOST:PORT, and the first bytes
-    of the destination that came with the proxy's answer."""
-    fam = socket.AF_INET6 if ":" in route.addr else socket.AF_INET
-    s = socket.socket(fam, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        if route.iface:
-            # a session with an interface: the proxy is reached through it
-            # only (the device binding holds even if routing would differ)
-            s.setsockopt(socket.SOL_SOCKET, SO_MARK, route.mark)
-            s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, route.iface.encode())
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        s.settimeout(CONNECT_TIMEOUT)
-        s.connect((route.addr, route.port))
-        hs = Handshake(route.scheme, host, port, route.user, route.password)
-        s.sendall(hs.start())
-        deadline = time.monotonic() + CONNECT_TIMEOUT
-        while not hs.done:
-            s.settimeout(max(0.1, deadline - time.monotonic()))
-            out = hs.feed(s.recv(4096))
-            if out:
-                s.sendall(out)
-        s.settimeout(None)
-        return s, hs.leftover
-    except BaseException:
-        s.close()
-        raise
-
-
-def splice_both(a: socket.socket, b: socket.socket) -> None:
-    """Bytes both ways, in this thread, until both sides are done: a
-    half-close is passed on; a reset or error on either side resets both
-    (also while the other is blocked, as poll watches both at once)."""
-    Pump(a, b).run()
-
-
-class Pump:
-    """Both directions of one tunnel: per direction a pipe that splice(2)
-    fills from one socket and drains into the other, all non-blocking
-    under one poll."""
-
-    def __init__(self, a: socket.socket, b: socket.socket) -> None:
-        self.socks = (a, b)
-        self.pipes: list[tuple[int, int]] = []
-        try:
-            for _ in self.socks:
-                r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-                self.pipes.append((r, w))
-                with contextlib.suppress(OSError):
-                    fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            self._close_pipes()
-            raise
-        self.queued = [0, 0]        # bytes in the pipe read from socks[i]
-        # the pipe read from socks[i] took no more (splice said EAGAIN with
-        # bytes in it): not read into until some drained; a pipe fills by
-        # slots, one a fragment, so its byte size says little
-        self.full = [False, False]
-        self.eof = [False, False]   # socks[i] has nothing more to send
-        self.shut = [False, False]  # socks[i]'s end passed on (other's write side shut)
-        self.hup = [False, False]   # poll said socks[i] hung up (closed both ways)
-
-    def run(self) -> None:
-        try:
-            for s in self.socks:
-                s.setblocking(False)
-            poller = select.poll()
-            while not all(self.shut):
-                want = {}
-                for i, s in enumerate(self.socks):
-                    ev = 0
-                    if not self.eof[i] and not self.full[i]:
-                        ev |= select.POLLIN
-                    if self.queued[1 - i]:
-                        ev |= select.POLLOUT
-                    if not ev and self.hup[i]:
-                        # nothing to do with it now, and its hang-up (its end
-                        # came, ours went) would wake us in a loop
-                        with contextlib.suppress(KeyError):
-                            poller.unregister(s.fileno())
-                        continue
-                    # also with nothing asked: poll reports an error (a
-                    # reset while the other side blocks) and a hang-up
-                    want[s.fileno()] = (i, ev)
-                    poller.register(s.fileno(), ev)
-                for fd, ev in poller.poll():
-                    i, asked = want[fd]
-                    if ev & (select.POLLERR | select.POLLNVAL):
-                        raise ConnectionResetError
-                    if ev & select.POLLOUT and asked & select.POLLOUT:
-                        self._write(i)
-                    if ev & (select.POLLIN | select.POLLHUP) and asked & select.POLLIN:
-                        self._read(i)
-                    elif ev & select.POLLHUP:
-                        self.hup[i] = True
-                self._pass_on_ends()
-        except OSError:
-            for s in self.socks:
-                _reset(s)
-        finally:
-            self._close_pipes()
-
-    def _close_pipes(self) -> None:
-        for r, w in self.pipes:
-            os.close(r)
-            os.close(w)
-        self.pipes = []
-
-    def _read(self, i: int) -> None:
-        try:
-            n = os.splice(self.socks[i].fileno(), self.pipes[i][1], CHUNK,
-                          flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
-        except BlockingIOError:
-            self.full[i] = self.queued[i] > 0
-            return
-        if n == 0:
-            self.eof[i] = True
-        self.queued[i] += n
-
-    def _write(self, i: int) -> None:
-        """Drain what socks[1 - i] sent into socks[i]."""
-        try:
-            n = os.splice(self.pipes[1 - i][0], self.socks[i].fileno(), self.queued[1 - i],
-                          flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
-        except BlockingIOError:
-            return
-        self.queued[1 - i] -= n
-        if n:
-            self.full[1 - i] = False
-
-    def _pass_on_ends(self) -> None:
-        for i in (0, 1):
-            if self.eof[i] and not self.queued[i] and not self.shut[i]:
-                self.socks[1 - i].shutdown(socket.SHUT_WR)
-                self.shut[i] = True
-
-
-def _reset(s: socket.socket) -> None:
-    """Have S's close send a reset, so its peer sees the failure (not an
-    end of file)."""
-    with contextlib.suppress(OSError):
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-
-
-def _why(e: BaseException) -> str:
-    if isinstance(e, ProxyError):
-        return e.message
-    if isinstance(e, socket.timeout):
-        return "no answer from the proxy"
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror.lower()
-    return str(e)

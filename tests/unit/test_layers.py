@@ -107,6 +107,8 @@ def test_the_check_sees_a_wrong_import(tmp_path, monkeypatch):
 def loaded_after(imports: list[str], watch) -> list[str]:
     code = (
         "import importlib, json, sys\n"
+        # the tree under test, wherever the interpreter's own copy is
+        f"sys.path.insert(0, {str(PKG.parent)!r})\n"
         f"for m in {imports!r}: importlib.import_module(m)\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )

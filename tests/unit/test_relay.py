@@ -31,7 +31,7 @@ import weakref
 
 import pytest
 
-from netleak_hook.proxymode import relay
+from netleak_hook.proxymode import relay, tunnel
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROXYD = os.path.join(HERE, "..", "privileged", "proxyd.py")
@@ -795,7 +795,7 @@ def test_proxy_down(lab, closed_port):
 
 
 def test_proxy_that_never_answers(lab, silent, monkeypatch):
-    monkeypatch.setattr(relay, "CONNECT_TIMEOUT", 0.3)
+    monkeypatch.setattr(tunnel, "CONNECT_TIMEOUT", 0.3)
     lab.route("socks5", silent.getsockname()[1])
     s = lab.client("192.0.2.7", 443)
     assert ended(s) == "reset"
