@@ -124,6 +124,16 @@ def local_key(netns: int, addr: str) -> bytes:
     return abi.LOCAL_KEY.pack(netns=netns, addr=abi.addr16(addr))
 
 
+def local_key_netns(raw: bytes) -> int:
+    """The network namespace (cookie) of a key of the map `locals`."""
+    return abi.LOCAL_KEY.unpack(raw)["netns"]
+
+
+def local_value(ifindex: int) -> bytes:
+    """The value of an address in the map `locals`: its interface (u32)."""
+    return ifindex.to_bytes(4, "little")
+
+
 def pack_key(cgroup_id: int) -> bytes:
     return _KEY.pack(cgroup_id)
 

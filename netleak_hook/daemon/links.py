@@ -6,7 +6,8 @@ import dataclasses
 
 from ..core import plan
 from ..core.errors import NetleakError
-from ..core.policy import LOCAL_KEY_SIZE, POLICY_SIZE, Policy, local_key, pack_key
+from ..core.policy import (LOCAL_KEY_SIZE, POLICY_SIZE, Policy, local_key, local_key_netns,
+                           local_value, pack_key)
 from ..core.state import Session, policy_for
 from .notes import log, note, step
 
@@ -115,15 +116,14 @@ class Links:
         now (a session's packets must come from one of them); without KEEP,
         none of them (a clean exit with no session left)."""
         netns = self.holder.netns
-        want = {local_key(netns, addr): idx.to_bytes(4, "little")
+        want = {local_key(netns, addr): local_value(idx)
                 for addr, idx in self.net.local_addresses().items()} if keep else {}
-        mine = netns.to_bytes(8, "little")
         for pinset in {self.pins.path} | {s.pinset for s in self.state.sessions.values()}:
             maps = self.pins.maps_for(pinset)
             if maps is None or maps.locals < 0:
                 continue
             have = {k for k in self.bpf.map_keys(maps.locals, LOCAL_KEY_SIZE)
-                    if k[:8] == mine}
+                    if local_key_netns(k) == netns}
             for k in have - set(want):
                 self.bpf.map_delete(maps.locals, k)
             for k, v in want.items():
