@@ -1,4 +1,4 @@
-"""Proxy mode, proved in the lab: the proxy (tests/privileged/proxyd.py, an
+"""Proxy mode, proved in the lab: the proxy (tests/proxyd.py, an
 implementation of its own) runs in NET on 203.0.113.20 / 2001:db8:ff::20 and
 connects from there, so the server's answer (the client's address as it
 sees it) says whether a connection came through the proxy.
@@ -34,7 +34,7 @@ from tests.privileged.podman import BUSYBOX_IMAGE, HOST
 pytestmark = pytest.mark.privileged
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PROXYD = os.path.join(HERE, "proxyd.py")
+PROXYD = os.path.join(HERE, "..", "proxyd.py")
 PROXY4, PROXY6 = "203.0.113.20", "2001:db8:ff::20"
 PORT = 1080
 NAME = "server.example"     # the proxy knows it; nothing else does
