@@ -2,6 +2,8 @@
 nothing that needs root to import."""
 from __future__ import annotations
 
+import time
+
 from netleak_hook.core.state import Session
 
 
@@ -12,3 +14,23 @@ def make_session(**overrides) -> Session:
     fields = {"id": "s1", "iface": "wg0", "cgroup_id": 1, "pinset": "/p", **overrides}
     fields.setdefault("cgroup", f"netleak/exec-{fields['id']}")
     return Session(**fields)
+
+
+def wait_until(pred, timeout: float = 5.0, step: float = 0.05) -> bool:
+    """Call PRED every STEP seconds until it is true, for at most TIMEOUT
+    seconds; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
+
+
+def alive(pid: int) -> bool:
+    """PID exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

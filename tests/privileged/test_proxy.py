@@ -28,7 +28,8 @@ import pytest
 
 from netleak_hook.rundir import eventlog
 from netleak_hook import lab as labmod
-from tests.privileged.conftest import Held, wait_until
+from tests.helpers import wait_until
+from tests.privileged.conftest import Held
 from tests.privileged.podman import BUSYBOX_IMAGE, HOST
 
 pytestmark = pytest.mark.privileged
