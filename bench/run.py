@@ -46,7 +46,7 @@ PARTS = ("start", "traffic", "proxy", "program", "scale")
 # server's address; bench/bulk.py is the sender, the connect loop and the sink
 PROXY4, PROXY_PORT, SINK_PORT = "203.0.113.20", 1080, 8082
 BULK = os.path.join(ROOT, "bench", "bulk.py")
-PROXYD = os.path.join(ROOT, "tests", "privileged", "proxyd.py")
+PROXYD = os.path.join(ROOT, "tests", "proxyd.py")
 
 CONNECT_PORT = 8081
 # connect() and close, N times; prints connects per second. SO_LINGER 0

@@ -59,8 +59,9 @@ if ROOT not in sys.path:
 
 from netleak_hook import lab  # noqa: E402
 from netleak_hook.kernel import bpfsys, cgroupfs  # noqa: E402
+from tests.helpers import alive, wait_until  # noqa: E402
 from tests.privileged.conftest import (  # noqa: E402
-    EXEC, World, alive, kill_cgroup_tree, netleak_pids, policy_keys, wait_until)
+    EXEC, World, kill_cgroup_tree, netleak_pids, policy_keys)
 from tests.privileged.probes import (  # noqa: E402
     FAMILIES, MPTCP, SPOOF, TAKE_OVER, THEIRS, VICTIM)
 

@@ -15,6 +15,7 @@ from netleak_hook import lab
 from netleak_hook.core.config import DEFAULT_RULE_PRIORITY, DEFAULT_TABLE_BASE
 from netleak_hook.kernel import bpfsys, cgroupfs, programs
 from tests.conftest import cannot_run, require_root
+from tests.helpers import alive, wait_until  # noqa: F401  (kept importable from here)
 from tests.privileged import podman
 
 EXEC = [sys.executable, "-m", "netleak_hook.execcmd"]
@@ -134,15 +135,6 @@ def test_pins():
     assert not os.path.exists(bpf_dir)
 
 
-def alive(pid: int) -> bool:
-    """PID exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def netleak_pids(run_dir: str) -> list[int]:
     """netleak processes (daemon, netleak-exec, netleak) working for RUN_DIR
     (a zombie has no command line: it is not counted)."""
@@ -200,16 +192,6 @@ def end_and_remove(proc, top: str) -> None:
     kill_cgroup_tree(top)
     assert wait_until(lambda: not cgroupfs.populated(top))
     cgroupfs.remove_tree(top)
-
-
-def wait_until(pred, timeout: float = 5.0, step: float = 0.05) -> bool:
-    import time
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
 
 
 @pytest.fixture

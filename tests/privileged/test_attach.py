@@ -14,7 +14,8 @@ import pytest
 
 from netleak_hook import lab as lablib
 from netleak_hook.kernel import bpfsys, cgroupfs
-from tests.privileged.conftest import CLI, end_and_remove, wait_until
+from tests.helpers import wait_until
+from tests.privileged.conftest import CLI, end_and_remove
 from tests.privileged.probes import THEIRS
 
 pytestmark = pytest.mark.privileged

@@ -11,7 +11,7 @@ import sys
 import pytest
 from pytest_docker.plugin import get_docker_services
 
-from tests.privileged.conftest import wait_until
+from tests.helpers import wait_until
 from tests.privileged.podman import BUSYBOX_IMAGE, UP, VPN, client
 
 pytestmark = [pytest.mark.privileged, pytest.mark.container]

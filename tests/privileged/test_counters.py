@@ -10,7 +10,7 @@ import pytest
 from netleak_hook import lab as labmod
 from netleak_hook.kernel import bpfsys, programs
 from netleak_hook.core.policy import pack_key
-from tests.privileged.conftest import wait_until
+from tests.helpers import wait_until
 from tests.privileged.probes import ESCAPE, UNSHARE_SOCKET
 
 pytestmark = pytest.mark.privileged

@@ -21,7 +21,8 @@ import sys
 import pytest
 
 from netleak_hook import lab as labmod
-from tests.privileged.conftest import EXEC, Held, wait_until
+from tests.helpers import wait_until
+from tests.privileged.conftest import EXEC, Held
 from tests.privileged.podman import ANN, BUSYBOX_IMAGE, HOST
 
 pytestmark = pytest.mark.privileged

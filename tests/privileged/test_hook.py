@@ -13,7 +13,8 @@ import sys
 import pytest
 
 from netleak_hook.kernel import cgroupfs
-from tests.privileged.conftest import end_and_remove, wait_until
+from tests.helpers import wait_until
+from tests.privileged.conftest import end_and_remove
 
 pytestmark = pytest.mark.privileged
 

@@ -18,7 +18,8 @@ import sys
 import pytest
 
 from netleak_hook import lab as labmod
-from tests.privileged.conftest import EXEC, Held, wait_until
+from tests.helpers import wait_until
+from tests.privileged.conftest import EXEC, Held
 from tests.privileged.probes import COMPAT, FAMILIES, MPTCP, SPOOF, TAKE_OVER, VICTIM
 from tests.privileged.test_proxy import PEER, PORT, PROXY4, Proxy, proxy_lab  # noqa: F401
 

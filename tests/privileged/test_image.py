@@ -13,9 +13,9 @@ import subprocess
 import pytest
 
 from netleak_hook.kernel import programs
+from tests.helpers import wait_until
 from tests.privileged import podman
 from tests.privileged.podman import ANN, HOST, VPN, client
-from tests.privileged.conftest import wait_until
 
 pytestmark = [pytest.mark.privileged, pytest.mark.container]
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.privileged.conftest import wait_until
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.privileged
 

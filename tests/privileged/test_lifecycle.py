@@ -14,7 +14,8 @@ import time
 import pytest
 
 from netleak_hook.kernel import cgroupfs, programs
-from tests.privileged.conftest import alive, netleak_pids, wait_until
+from tests.helpers import alive, wait_until
+from tests.privileged.conftest import netleak_pids
 
 pytestmark = pytest.mark.privileged
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from netleak_hook import lab as labmod
-from tests.privileged.conftest import wait_until
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.privileged
 

@@ -8,7 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.privileged.conftest import policy_keys, wait_until
+from tests.helpers import wait_until
+from tests.privileged.conftest import policy_keys
 from tests.privileged.podman import ANN, BUSYBOX_IMAGE, HOST, UP, VPN, client
 
 pytestmark = [pytest.mark.privileged, pytest.mark.container]

@@ -1,4 +1,4 @@
-"""Proxy mode, proved in the lab: the proxy (tests/privileged/proxyd.py, an
+"""Proxy mode, proved in the lab: the proxy (tests/proxyd.py, an
 implementation of its own) runs in NET on 203.0.113.20 / 2001:db8:ff::20 and
 connects from there, so the server's answer (the client's address as it
 sees it) says whether a connection came through the proxy.
@@ -28,13 +28,14 @@ import pytest
 
 from netleak_hook.rundir import eventlog
 from netleak_hook import lab as labmod
-from tests.privileged.conftest import Held, wait_until
+from tests.helpers import wait_until
+from tests.privileged.conftest import Held
 from tests.privileged.podman import BUSYBOX_IMAGE, HOST
 
 pytestmark = pytest.mark.privileged
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PROXYD = os.path.join(HERE, "proxyd.py")
+PROXYD = os.path.join(HERE, "..", "proxyd.py")
 PROXY4, PROXY6 = "203.0.113.20", "2001:db8:ff::20"
 PORT = 1080
 NAME = "server.example"     # the proxy knows it; nothing else does

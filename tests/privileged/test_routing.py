@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from netleak_hook import lab
-from tests.privileged.conftest import wait_until
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.privileged
 

@@ -11,7 +11,7 @@ import pytest
 
 from netleak_hook import lab as lablib
 from netleak_hook.rundir.store import Store
-from tests.privileged.conftest import wait_until
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.privileged
 

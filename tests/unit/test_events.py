@@ -9,14 +9,13 @@ import re
 import socket
 import struct
 import threading
-import time
 
 import pytest
 
 from netleak_hook.core import events, lifecycle
 from netleak_hook.rundir import eventlog
 from netleak_hook.rundir import logfmt
-from netleak_hook.core.state import Session
+from tests.helpers import make_session, wait_until
 
 
 def raw_event(reason=2, hook=1, family=2, proto=17, dport=8080, daddr=b"\xcb\x00\x71\x0a",
@@ -201,9 +200,7 @@ class Following:
         return self
 
     def wait_for(self, n: int) -> list[int]:
-        deadline = time.monotonic() + 5
-        while len(self.got) < n and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: len(self.got) >= n, timeout=5, step=0.01)
         return self.got
 
     def __exit__(self, *exc) -> None:
@@ -268,6 +265,5 @@ def test_logfmt_formatter_one_line_even_with_a_traceback():
     (False, False, "setup-abandoned"),
 ])
 def test_reap_cause(committed, populated, cause):
-    s = Session(id="s", iface="wg0", cgroup="netleak/x", cgroup_id=1, pinset="p",
-                committed=committed)
+    s = make_session(id="s", cgroup="netleak/x", pinset="p", committed=committed)
     assert lifecycle.reap_cause(s, populated) == cause

@@ -12,7 +12,8 @@ from netleak_hook.core import dnsconf, oci, validate
 from netleak_hook import execcmd, status
 from netleak_hook.core.errors import NetleakError
 from netleak_hook.core.policy import Policy
-from netleak_hook.core.state import Session, from_json, policy_for, to_json, State
+from netleak_hook.core.state import from_json, policy_for, to_json, State
+from tests.helpers import make_session
 
 
 # ---------- --dns ----------
@@ -161,8 +162,8 @@ def test_interface_servers_read_by_ifindex(tmp_path):
 
 # ---------- a session's entry, state and status ----------
 
-S = Session(id="s1", iface="wg0", cgroup="netleak/exec-s1-1", cgroup_id=9, pinset="/p",
-            dns=("10.64.0.1",), dns_from="user", allow=("192.168.1.0/24",), mark=0x6E6C8000)
+S = make_session(cgroup="netleak/exec-s1-1", cgroup_id=9, dns=("10.64.0.1",), dns_from="user",
+                 allow=("192.168.1.0/24",), mark=0x6E6C8000)
 
 
 def test_policy_for_takes_the_sessions_own_guards_over_the_interfaces_state():
@@ -170,7 +171,7 @@ def test_policy_for_takes_the_sessions_own_guards_over_the_interfaces_state():
     assert policy_for(S, base) == Policy(
         ifindex=7, mark=0x6E6C8000, killed=True, netns=3, event_rate=50,
         dns=("10.64.0.1",), allow=("192.168.1.0/24",))
-    plain = Session(id="s2", iface="wg0", cgroup="c", cgroup_id=10, pinset="/p")
+    plain = make_session(id="s2", cgroup="c", cgroup_id=10)
     assert policy_for(plain, base) == base
 
 
@@ -180,8 +181,8 @@ def test_state_keeps_guards_across_a_save():
 
 
 def test_status_shows_guards_and_no_network():
-    blocked = Session(id="b1", iface="", cgroup="c", cgroup_id=11, pinset="/p",
-                      block=True, committed=True, created=1.0)
+    blocked = make_session(id="b1", iface="", cgroup="c", cgroup_id=11, block=True,
+                           committed=True, created=1.0)
     st = State().with_session(S).with_session(blocked)
     facts = {"s1": status.Facts(policy=Policy(7, 1, False), link_index=7, link_up=True),
              "b1": status.Facts(policy=Policy(0, 0, False, block=True))}

@@ -6,13 +6,14 @@ import pytest
 
 from netleak_hook.core import plan, lifecycle
 from netleak_hook.core.state import Session
+from tests.helpers import make_session
 
 T0 = 1_700_000_000.0
 
 
 def sess(committed: bool, owned: bool) -> Session:
-    return Session(id="a", iface="wg0", cgroup="netleak/exec-a-1", cgroup_id=9,
-                   pinset="/p", owned=owned, pid=1, created=T0, committed=committed)
+    return make_session(id="a", cgroup="netleak/exec-a-1", cgroup_id=9, owned=owned, pid=1,
+                        created=T0, committed=committed)
 
 
 @pytest.mark.parametrize("alive", [True, False])

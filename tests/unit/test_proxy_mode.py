@@ -17,6 +17,7 @@ from netleak_hook.core import state as st
 from netleak_hook.core.errors import NetleakError
 from netleak_hook.core.policy import Policy
 from netleak_hook.core.state import Session, State
+from tests.helpers import make_session
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 URL = "socks5h://127.0.0.1:9050"
@@ -135,8 +136,8 @@ def test_proxy_request_good():
 # ---------- state: the map entry, what, JSON ----------
 
 def sess(**kw) -> Session:
-    return Session(**{"id": "a1", "iface": "", "cgroup": "netleak/exec-a1", "cgroup_id": 77,
-                      "pinset": "/sys/fs/bpf/netleak/x", **kw})
+    return make_session(**{"id": "a1", "iface": "", "cgroup": "netleak/exec-a1", "cgroup_id": 77,
+                           "pinset": "/sys/fs/bpf/netleak/x", **kw})
 
 
 BASE = Policy(ifindex=3, mark=0x6E6C0001, killed=False, netns=9)

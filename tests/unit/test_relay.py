@@ -1,7 +1,7 @@
 """The relay of proxy mode, run for real on loopback, without BPF or root.
 
 The map `redirect` is a dict (relay.bpfsys replaced by a fake offering
-map_lookup); the proxy is tests/privileged/proxyd.py, run as a subprocess
+map_lookup); the proxy is tests/proxyd.py, run as a subprocess
 on 127.0.0.1 port 0; the destinations are small servers in threads on
 127.0.0.1 port 0. A client files its original destination under its own
 socket's cookie (SO_COOKIE), as the programs do, and connects to the relay,
@@ -34,7 +34,7 @@ import pytest
 from netleak_hook.proxymode import relay, tunnel
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PROXYD = os.path.join(HERE, "..", "privileged", "proxyd.py")
+PROXYD = os.path.join(HERE, "..", "proxyd.py")
 T = 5.0                 # any one socket operation
 T_BULK = 30.0           # a 20 MB sendall
 BIG = 20 << 20
@@ -275,7 +275,7 @@ def servers():
 # ---------------------------------------------------------------- proxyd
 
 class Proxyd:
-    """tests/privileged/proxyd.py on 127.0.0.1 port 0, killed by PID."""
+    """tests/proxyd.py on 127.0.0.1 port 0, killed by PID."""
 
     def __init__(self, tmp, kind: str, *extra: str) -> None:
         self.kind = kind

@@ -12,6 +12,7 @@ from netleak_hook.kernel import cgroupfs
 from netleak_hook.core.errors import Exit, NetleakError
 from netleak_hook.core.policy import Policy, Stats
 from netleak_hook.core.state import Session
+from tests.helpers import make_session
 
 # ---------- lifecycle.should_reap ----------
 
@@ -19,8 +20,7 @@ T0 = 1_700_000_000.0
 
 
 def sess(committed: bool, created: float = T0) -> Session:
-    return Session(id="a", iface="wg0", cgroup="netleak/exec-a", cgroup_id=1,
-                   pinset="/p", pid=123, created=created, committed=committed)
+    return make_session(id="a", pid=123, created=created, committed=committed)
 
 
 @pytest.mark.parametrize("committed", [True, False])

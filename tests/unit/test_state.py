@@ -8,6 +8,7 @@ import pytest
 from netleak_hook.core import state as st
 from netleak_hook.core.plan import Binding
 from netleak_hook.core.state import Session, State
+from tests.helpers import make_session
 
 B_WG = Binding("wg0", 0, 0x6E6C0001, 28200, via4=None, via6=None)
 B_ETH = Binding("eth1", 1, 0x6E6C0002, 28201, via4="192.0.2.1", via6="2001:db8::1",
@@ -15,10 +16,8 @@ B_ETH = Binding("eth1", 1, 0x6E6C0002, 28201, via4="192.0.2.1", via6="2001:db8::
 
 
 def sess(sid: str, iface: str = "wg0", **kw) -> Session:
-    base = dict(id=sid, iface=iface, cgroup=f"netleak/exec-{sid}", cgroup_id=1000 + len(sid),
-                pinset="/sys/fs/bpf/netleak/abc")
-    base.update(kw)
-    return Session(**base)
+    return make_session(**{"id": sid, "iface": iface, "cgroup_id": 1000 + len(sid),
+                           "pinset": "/sys/fs/bpf/netleak/abc", **kw})
 
 
 def full_state() -> State:

@@ -6,7 +6,8 @@ import pytest
 from netleak_hook.core import plan
 from netleak_hook import status
 from netleak_hook.core.policy import Policy, Stats
-from netleak_hook.core.state import Session, State
+from netleak_hook.core.state import State
+from tests.helpers import make_session
 
 T0 = 1_700_000_000.0
 POL = Policy(ifindex=7, mark=0x6E6C0001, killed=False)
@@ -31,10 +32,9 @@ def world(n: int = 2) -> State:
     st = State().with_binding(plan.Binding(iface="wg0", slot=0, mark=0x6E6C0001,
                                            table=28200))
     for i in range(n):
-        st = st.with_session(Session(
-            id=f"s{i}", iface="wg0", cgroup=f"netleak/exec-s{i}-{100 + i}",
-            cgroup_id=50 + i, pinset="/p", owned=i == 0, pid=100 + i,
-            created=T0 + i, committed=True))
+        st = st.with_session(make_session(
+            id=f"s{i}", cgroup=f"netleak/exec-s{i}-{100 + i}", cgroup_id=50 + i,
+            owned=i == 0, pid=100 + i, created=T0 + i, committed=True))
     return st
 
 
