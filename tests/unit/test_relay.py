@@ -31,6 +31,7 @@ import weakref
 
 import pytest
 
+from tests import helpers
 from netleak_hook.proxymode import relay, tunnel
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -447,12 +448,7 @@ def rst_close(s: socket.socket) -> None:
 
 
 def wait_until(cond, timeout: float = T) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.005)
-    return cond()
+    return helpers.wait_until(cond, timeout, step=0.005)
 
 
 # ---------------------------------------------------------------- DNS by hand
