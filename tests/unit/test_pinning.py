@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from netleak_hook.kernel import programs as pinning
+from netleak_hook.kernel import pinning
 
 SOURCE = "/* netleak.h */\n#define NL_X 1\n\n/* netleak.c */\nint nl_egress(void *ctx) { return 1; }\n"
 
@@ -45,3 +45,30 @@ def test_source_text_is_the_header_then_the_program(tmp_path, monkeypatch):
     assert pinning.render_source() == (
         f"/* cflags: -I{tmp_path} -DNL_MAX_ENTRIES=4096 -DNL_MAX_DEPTH=16 "
         f"-DNL_RING_PAGES=16 -Wno-macro-redefined */\nH\n\nC\n")
+
+
+def test_names_of_pinning_still_importable_from_programs():
+    from netleak_hook.kernel import programs
+    moved = [n for n in programs.__all__ if hasattr(pinning, n)]
+    assert {"Pinset", "pinset_name", "ensure_pinned", "ensure_bpffs", "remove_pins",
+            "render_source", "cflags", "LEVELS", "BPF_SRC_DIR", "PINS", "BASE_PINS",
+            "RING_PAGES"} <= set(moved)
+    assert all(getattr(programs, n) is getattr(pinning, n) for n in moved)
+    assert programs._compile_main is pinning._compile_main
+
+
+def test_the_compile_child_and_its_last_line(monkeypatch, tmp_path):
+    import subprocess
+    import sys
+    from netleak_hook.core.errors import NetleakError
+    ran = []
+
+    def run(argv, **kw):
+        ran.append(argv)
+        return subprocess.CompletedProcess(argv, 125, "", "compiling\nBPF compile failed: x\n")
+    monkeypatch.setattr(subprocess, "run", run)
+    pins = pinning.Pinset(str(tmp_path / "v1-x"))
+    with pytest.raises(NetleakError, match="^BPF compile failed: x$"):
+        pinning._compile_in_child(pins, ("-DNL_NO_STATS",))
+    assert ran == [[sys.executable, "-m", "netleak_hook.kernel.pinning", pins.path,
+                    "-DNL_NO_STATS"]]
