@@ -11,7 +11,7 @@ say() { echo "deps: $*"; }
 
 [ "$(id -u)" = 0 ] || { echo "deps: run as root (sudo make ...)" >&2; exit 125; }
 command -v apt-get >/dev/null || {
-    echo "deps: no apt-get: install BCC's Python module, iproute2, tcpdump and" \
+    echo "deps: no apt-get: install BCC's Python module, libbpf, iproute2, tcpdump and" \
          "kernel headers with your package manager" >&2; exit 125; }
 
 release=$(uname -r)
@@ -22,10 +22,10 @@ if [ "${1:-}" = test ]; then
 elif [ "${1:-}" = bench ]; then
     want="$want iperf3"
 fi
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
 missing=""
 for p in $want; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" \
-        || missing="$missing $p"
+    installed "$p" || missing="$missing $p"
 done
 
 updated=""
@@ -35,6 +35,18 @@ apt_update() {
     apt-get update -qq
     updated=1
 }
+
+# libbpf, which netleak calls for its bpf(2) commands: libbpf1 (Debian 12,
+# Ubuntu 24.04 and later); Ubuntu 22.04 has only libbpf0 (0.5), which works too
+if ! installed libbpf1 && ! installed libbpf0; then
+    apt_update
+    if apt-cache show libbpf1 >/dev/null 2>&1; then
+        missing="$missing libbpf1"
+    else
+        say "no libbpf1 in this release: using libbpf0"
+        missing="$missing libbpf0"
+    fi
+fi
 
 if [ -n "$missing" ]; then
     apt_update
