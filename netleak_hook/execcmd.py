@@ -272,7 +272,7 @@ def run(argv: list[str]) -> int:
         sys.stdout.write(f"{PROG} {__version__}\n")
         return 0
     if a.action == "dump-bpf":
-        from .kernel.programs import render_source
+        from .kernel.pinning import render_source
         sys.stdout.write(render_source())
         return 0
     cfg = Config.from_env(os.environ)

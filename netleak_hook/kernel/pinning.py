@@ -14,6 +14,7 @@ import logging
 import os
 from typing import Iterator
 
+from ..core.abi import MAX_DEPTH, MAX_ENTRIES, RING_PAGES  # noqa: F401 (RING_PAGES: for others)
 from ..rundir import safedir
 from ..core.errors import NetleakError
 from . import bpfsys
@@ -60,7 +61,6 @@ OWN_PROGRAMS = (
 MAPS = ("policy", "stats", "rings", "redirect", "redirect_n", "locals")
 PINS = tuple(f"prog_{n}" for n, _, _ in PROGRAMS + OWN_PROGRAMS) + \
     tuple(f"map_{m}" for m in MAPS)
-RING_PAGES = 16     # NL_RING_PAGES: every reader's ring has this size
 # what older netleak versions pinned too: enough to manage their sessions
 BASE_PINS = ("prog_egress", "prog_sock_create", "map_policy", "map_stats")
 # helper levels of the compile, richest first (see compile_and_pin)
@@ -70,7 +70,7 @@ LEVELS = (("-DNL_SKB_NETNS_COOKIE", "-DNL_TASK_EGRESS", "-DNL_TASK_SOCK"),
 BPF_FS_MAGIC = 0xCAFE4A11
 
 
-def cflags(max_entries: int = 4096, max_depth: int = 16,
+def cflags(max_entries: int = MAX_ENTRIES, max_depth: int = MAX_DEPTH,
            extra: tuple[str, ...] = ()) -> list[str]:
     return [f"-I{BPF_SRC_DIR}", f"-DNL_MAX_ENTRIES={max_entries}",
             f"-DNL_MAX_DEPTH={max_depth}", f"-DNL_RING_PAGES={RING_PAGES}",
