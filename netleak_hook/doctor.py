@@ -148,7 +148,21 @@ def read_facts(environ: Mapping[str, str]) -> Facts:
         headers_realpath=real, headers_link=link, headers_dir=is_dir,
         headers_complete=complete, headers_release=headers_release,
         euid=os.geteuid(), rp_filter=read_rp_filter(),
-        tools=find_tools(environ), security=read_security(environ))
+        tools=find_tools(environ), security=read_security(environ),
+        libbpf=find_libbpf())
+
+
+def find_libbpf() -> Optional[str]:
+    """The first libbpf that loads, as the kernel layer would look for it."""
+    import ctypes
+    from .kernel.bpfsys import LIBRARIES
+    for name in LIBRARIES:
+        try:
+            ctypes.CDLL(name)
+        except OSError:
+            continue
+        return name
+    return None
 
 
 def read_security(environ: Mapping[str, str]) -> Security:

@@ -70,6 +70,7 @@ class Facts:
     rp_filter: dict                       # "all"/"default" -> "0"/"1"/"2" or None
     tools: dict                           # program name -> path or None
     security: "Security" = dataclasses.field(default_factory=lambda: Security())
+    libbpf: Optional[str] = "libbpf.so.1"   # the libbpf that loads; None: none does
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,17 @@ def headers_version(facts: Facts) -> Optional[str]:
             return ""
         found = base[len("linux-headers-"):]
     return None if found == release else found
+
+
+FIX_LIBBPF = ("apt-get install libbpf1 (Ubuntu 22.04: libbpf0); dnf install libbpf "
+              "(Fedora)")
+
+
+def check_libbpf(facts: Facts) -> Check:
+    """netleak's bpf(2) calls go through the distribution's libbpf."""
+    if facts.libbpf is None:
+        return Check("libbpf", False, "neither libbpf.so.1 nor libbpf.so.0 loads", FIX_LIBBPF)
+    return Check("libbpf", True, facts.libbpf)
 
 
 def check_headers(facts: Facts) -> Check:
@@ -353,7 +365,7 @@ def check_relay_port(facts: Facts) -> Check:
 
 CHECKS: tuple[Callable[[Facts], Check], ...] = (
     check_kernel_version, check_kernel_config, check_cgroup2, check_bpffs,
-    check_btf, check_bcc, check_headers, check_privileges, check_rp_filter,
+    check_btf, check_bcc, check_libbpf, check_headers, check_privileges, check_rp_filter,
     check_containers, check_tools, check_forged_sources, check_confinement,
     check_socket_families, check_relay_port)
 

@@ -73,7 +73,7 @@ def test_check_is_frozen_and_as_dict():
 def test_healthy_machine_passes_all_checks_in_order():
     results = doc.evaluate(facts(security=doc.Security(yama_ptrace_scope=1)))
     assert [r.name for r in results] == [
-        "kernel version", "kernel config", "cgroup v2", "bpffs", "BTF", "BCC",
+        "kernel version", "kernel config", "cgroup v2", "bpffs", "BTF", "BCC", "libbpf",
         "kernel headers", "privileges", "rp_filter", "containers", "tools",
         "forged sources", "other processes", "socket families", "relay port"]
     assert all(r.ok and not r.warn for r in results)
@@ -528,7 +528,7 @@ def test_render_wraps_long_detail_with_alignment():
 
 def test_render_counts_failures():
     out = doc.render(doc.evaluate(facts(euid=1000, tools={})))
-    assert out.splitlines()[-1] == "15 checks, 2 failed, 1 warnings"
+    assert out.splitlines()[-1] == "16 checks, 2 failed, 1 warnings"
     assert out.count("     fix: ") == 3
     assert sum(ln.startswith("WARN ") for ln in out.splitlines()) == 1
 
@@ -608,3 +608,13 @@ def test_socket_families():
 def test_relay_port(start, port, warn):
     c = by_name(sec(unprivileged_port_start=start, relay_port=port))["relay port"]
     assert c.ok and c.warn == warn, c
+
+
+def test_libbpf_missing_says_what_to_install():
+    c = by_name(facts(libbpf=None))["libbpf"]
+    assert not c.ok and "apt-get install libbpf1" in c.fix
+    assert by_name(facts(libbpf="libbpf.so.0"))["libbpf"].ok
+
+
+def test_libbpf_found_here():
+    assert doc.find_libbpf() in ("libbpf.so.1", "libbpf.so.0", None)
