@@ -152,3 +152,13 @@ def test_exec_warm_path_is_light():
 def test_exec_warm_path_loads_only_what_it_did():
     got = set(loaded_after(WARM_PATH, lambda n: n.startswith("netleak_hook")))
     assert got == WARM_PATH_MODULES
+
+
+def test_every_package_is_packaged():
+    # pyproject lists packages one by one: a new folder must be added there
+    text = (PKG.parent / "pyproject.toml").read_text()
+    listed = set(text.split("packages = [", 1)[1].split("]", 1)[0].replace('"', "")
+                 .replace("\n", " ").replace(",", " ").split())
+    found = {"netleak_hook"} | {f"netleak_hook.{p.parent.name}"
+                                for p in PKG.glob("*/__init__.py")}
+    assert listed == found
