@@ -98,23 +98,23 @@ class Cgroups:
     def sockets_made_in(self, path: str, make):
         return cgroupfs.sockets_made_in(path, make)
 
-    def children(self, path: str) -> list[tuple[str, int, float]]:
-        """(name, cgroup id, time of its last change) of each directory in
-        PATH; [] when PATH cannot be read."""
+    def names(self, path: str) -> list[str]:
+        """What PATH holds; [] when it cannot be read."""
         try:
-            names = os.listdir(path)
+            return os.listdir(path)
         except OSError:
             return []
-        out = []
-        for name in names:
-            child = os.path.join(path, name)
-            try:
-                st = os.stat(child)     # its inode is its cgroup id
-            except FileNotFoundError:
-                continue
-            if os.path.isdir(child):
-                out.append((name, st.st_ino, st.st_mtime))
-        return out
+
+    def stat(self, path: str) -> tuple[int, float] | None:
+        """(cgroup id, time of its last change) of the cgroup at PATH; None
+        when it is not one (or gone)."""
+        if not os.path.isdir(path):
+            return None
+        try:
+            st = os.stat(path)      # its inode is its cgroup id
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime
 
 
 class Pins:
@@ -145,12 +145,15 @@ class Pins:
         """The pinned program NAME as an ingress filter of the cgroup at
         CGROUP_PATH (once)."""
         fd = bpfsys.obj_get(self.pin(name))
-        cfd = os.open(cgroup_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            if bpfsys.prog_id(fd) not in bpfsys.prog_query(cfd, bpfsys.BPF_CGROUP_INET_INGRESS):
-                bpfsys.prog_attach(fd, cfd, bpfsys.BPF_CGROUP_INET_INGRESS)
+            cfd = os.open(cgroup_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                kind = bpfsys.BPF_CGROUP_INET_INGRESS
+                if bpfsys.prog_id(fd) not in bpfsys.prog_query(cfd, kind):
+                    bpfsys.prog_attach(fd, cfd, kind)
+            finally:
+                os.close(cfd)
         finally:
-            os.close(cfd)
             os.close(fd)
 
     def maps_for(self, pinset: str):

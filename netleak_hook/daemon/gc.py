@@ -82,12 +82,15 @@ class Collector:
         claimed = {os.path.basename(s.cgroup) for s in self.state.sessions.values()
                    if os.path.dirname(s.cgroup) == parent}
         removed = []
+        names = self.cgroups.names(self.parent)
         now = self.clock()
-        for name, cid, mtime in self.cgroups.children(self.parent):
+        for name in names:
             creator = lifecycle.exec_cgroup_creator(name)
-            if creator is None:
-                continue
             path = os.path.join(self.parent, name)
+            found = self.cgroups.stat(path) if creator is not None else None
+            if found is None:
+                continue
+            cid, mtime = found
             if lifecycle.orphan_cgroup_removable(name, name in claimed,
                                                  self.cgroups.populated(path),
                                                  self.procs.alive(creator), now - mtime):

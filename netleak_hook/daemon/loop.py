@@ -33,20 +33,16 @@ class Daemon:
     map entries of its sessions, follows each bound interface (kill
     switch), reaps sessions whose cgroup is empty."""
 
-    def __init__(self, cfg, store, idle_exit: float = 0.0) -> None:
+    def __init__(self, cfg, store, roles: "Roles", netlink_events, netns_cookie,
+                 idle_exit: float = 0.0) -> None:
         self.cfg = cfg
         self.store = store
         self.idle_exit = idle_exit
         self.stopping = False
         self.listener = None
-        self.netlink_events = netlink.open_events()
-        self.roles = wire(
-            cfg, store, net=Net(netlink.open_ipr()), cgroups=Cgroups(cgroupfs.find_cgroup2()),
-            bpf=bpfsys, pins=Pins(cfg.bpf_dir), procs=Procs(), clock=time.time,
-            watch=CgroupWatch(), event_log=eventlog.EventLog(store.dir_fd(create=True),
-                                                             store.path),
-            resolvers=dnsconf.interface_servers, here_netns=netns_id)
-        r = self.roles
+        self.netlink_events = netlink_events    # rtnetlink's multicast groups
+        self.netns_cookie = netns_cookie        # () -> this namespace's cookie
+        self.roles = r = roles
         self.holder, self.cgroups, self.parent, self.pins = r.holder, r.cgroups, r.parent, r.pins
         self.ring, self.relays, self.links, self.sessions = r.ring, r.relays, r.links, r.sessions
         self.reaper, self.collector, self.requests = r.reaper, r.collector, r.requests
@@ -55,14 +51,17 @@ class Daemon:
     def state(self):
         return self.holder.state
 
-    def start(self, listen) -> None:
+    def start(self, listen, own_cgroup=None) -> None:
         """Rebuild the view from the state file and the kernel: finish or
         roll back what a crash interrupted, collect what is left over (also
         after a reboot, when run directory and bpffs start empty); then
-        LISTEN(store) opens the request socket."""
+        LISTEN(store) opens the request socket. OWN_CGROUP, if given, moves
+        the daemon into a cgroup of its own first."""
+        if own_cgroup is not None:
+            own_cgroup(self.parent)
         # read once out of any controlled cgroup (a socket of one in another
         # namespace would be refused)
-        self.holder.netns = netlink.netns_cookie()
+        self.holder.netns = self.netns_cookie()
         if not self.holder.netns:
             raise NetleakError(
                 "this kernel does not tell network namespaces apart (SO_NETNS_COOKIE, "
@@ -157,6 +156,21 @@ class Daemon:
             step("local addresses", self.links.sync_locals, False)
 
 
+def open_daemon(cfg, store, idle_exit: float = 0.0) -> Daemon:
+    """A daemon on the real kernel: the cgroup mount, rtnetlink (a handle,
+    and the multicast groups it follows), the pin sets, cgroup.events, the
+    event log."""
+    root = cgroupfs.find_cgroup2()
+    net = Net(netlink.open_ipr())
+    events = netlink.open_events()
+    roles = wire(cfg, store, net=net, cgroups=Cgroups(root), bpf=bpfsys, pins=Pins(cfg.bpf_dir),
+                 procs=Procs(), clock=time.time, watch=CgroupWatch(),
+                 event_log=eventlog.EventLog(store.dir_fd(create=True), store.path),
+                 resolvers=lambda index: dnsconf.interface_servers(index),
+                 here_netns=lambda: netns_id())
+    return Daemon(cfg, store, roles, events, netlink.netns_cookie, idle_exit=idle_exit)
+
+
 class Roles:
     """The daemon's roles, wired to one another and to their adapters."""
 
@@ -171,8 +185,7 @@ def wire(cfg, store, *, net, cgroups, bpf, pins, procs, clock, watch, event_log,
     holder = Holder(store)
     parent = cgroups.path(cfg.cgroup_parent)
     ring = Ring(holder, pins, event_log)
-    relays = Relays(cfg, holder, cgroups, pins, parent, ring.log,
-                    **({"make_relay": make_relay} if make_relay else {}))
+    relays = Relays(cfg, holder, cgroups, pins, parent, ring.log, make_relay)
     links = Links(cfg, holder, net, bpf, pins, relays.ports, resolvers)
     sessions = Sessions(cfg, holder, links, relays, cgroups, bpf, pins, procs, clock,
                         resolvers, here_netns)

@@ -15,14 +15,14 @@ RELAY_CGROUP = "relay"    # under the cgroup parent: where the relay's sockets a
 
 class Relays:
     def __init__(self, cfg, holder, cgroups, pins, parent: str, log_events,
-                 make_relay=relay.Relay) -> None:
+                 make_relay=None) -> None:
         self.cfg = cfg
         self.holder = holder
         self.cgroups = cgroups
         self.pins = pins
         self.parent = parent                # the cgroup parent's path
         self.log_events = log_events        # list[dict] -> None: the event log
-        self.make_relay = make_relay
+        self.make_relay = make_relay        # None: proxymode.relay.Relay
         self.relay = None                   # running, or None
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self._routes: tuple = (None, {})
@@ -47,7 +47,7 @@ class Relays:
             self.cgroups.make(path)
         # only sockets the programs sent there get through to the relay's
         self.pins.attach_ingress("prog_relay_in", path)
-        r = self.make_relay(maps.redirect, self.route, self.events,
+        r = (self.make_relay or relay.Relay)(maps.redirect, self.route, self.events,
                             port=self.cfg.relay_port, netns=self.holder.netns,
                             make=lambda fn: self.cgroups.sockets_made_in(path, fn))
         try:

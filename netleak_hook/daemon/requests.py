@@ -103,7 +103,8 @@ class Requests:
     def dispatch(self, msg) -> dict:
         if not isinstance(msg, dict):
             raise ValueError("a request is one JSON object")
-        op = self.ops.get(msg.get("op"))
-        if op is None:
-            raise NetleakError(f"unknown request {msg.get('op')!r}")
-        return op(msg)
+        op = msg.get("op")
+        answer = self.ops.get(op) if isinstance(op, str) else None
+        if answer is None:
+            raise NetleakError(f"unknown request {op!r}")
+        return answer(msg)

@@ -12,7 +12,12 @@ from .notes import log
 
 
 def open_reader(maps, netns: int) -> RingReader:
-    return RingReader(maps.open_ring(netns), ring_size(programs.RING_PAGES))
+    fd = maps.open_ring(netns)
+    try:
+        return RingReader(fd, ring_size(programs.RING_PAGES))
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class Ring:
@@ -21,7 +26,7 @@ class Ring:
         self.pins = pins
         self.event_log = event_log
         self.open_ring = open_ring
-        self.clock_offset = clock_offset or events.boot_offset
+        self.clock_offset = clock_offset or (lambda: events.boot_offset())
         self.reader = None      # a RingReader while open
 
     def open(self) -> None:

@@ -15,7 +15,7 @@ from ..core.errors import NetleakError
 from ..kernel import cgroupfs
 from ..rundir import logfile, logfmt
 from ..rundir.store import Store, run_dir
-from .loop import Daemon
+from .loop import Daemon, open_daemon
 from .notes import log
 
 DAEMON_CGROUP = "daemon"  # under the cgroup parent: an auto-started daemon's home
@@ -132,10 +132,8 @@ def serve(cfg: Config, idle_exit: float = 0.0, foreground: bool = False,
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        d = Daemon(cfg, store, idle_exit=idle_exit)
-        if own_cgroup:
-            leave_callers_cgroup(d.parent)
-        d.start(listen)
+        d = open_daemon(cfg, store, idle_exit=idle_exit)
+        d.start(listen, own_cgroup=leave_callers_cgroup if own_cgroup else None)
         tell("ready")
         d.run()
         d.close()

@@ -33,11 +33,20 @@ class CgroupWatch:
                 continue
             try:
                 f = open(os.path.join(path, "cgroup.events"), "rb", buffering=0)
-                first = f.read()    # arms the notification
             except OSError:
                 missed.add(sid)     # gone
                 continue
-            self.ep.register(f.fileno(), select.EPOLLPRI | select.EPOLLERR)
+            try:
+                first = f.read()    # arms the notification
+            except OSError:
+                f.close()
+                missed.add(sid)     # gone
+                continue
+            try:
+                self.ep.register(f.fileno(), select.EPOLLPRI | select.EPOLLERR)
+            except BaseException:
+                f.close()
+                raise
             self.files[sid] = f
             self.by_fd[f.fileno()] = sid
             if cgroupfs.parse_populated(first) is False:

@@ -41,6 +41,7 @@ class FakeStore:
         self.initial = state or State()
 
     def load(self) -> State:
+        self.journal.append(("store", "load"))
         return self.initial
 
     def save(self, state: State) -> None:
@@ -183,14 +184,15 @@ class FakeCgroups:
     def sockets_made_in(self, path, make):
         return make()
 
-    def children(self, path):
+    def names(self, path):
         rel = self.rel(path)
-        out = []
-        for k, (cid, _) in self.tree.items():
-            head, _, name = k.rpartition("/")
-            if head == rel:
-                out.append((name, cid, self.clock() - self.ages.get(k, 3600.0)))
-        return out
+        return [k.rpartition("/")[2] for k in self.tree if k.rpartition("/")[0] == rel]
+
+    def stat(self, path):
+        rel = self.rel(path)
+        if rel not in self.tree:
+            return None
+        return self.tree[rel][0], self.clock() - self.ages.get(rel, 3600.0)
 
 
 class FakeMaps:
@@ -207,9 +209,11 @@ class FakeMaps:
             self.stats, {}) else Stats()
 
     def open_ring(self, netns):
+        self.bpf.journal.append(("maps", "open_ring", netns))
         return 99
 
     def close_ring(self, netns):
+        self.bpf.journal.append(("maps", "close_ring", netns))
         self.closed_rings.append(netns)
 
 
@@ -277,6 +281,9 @@ class FakePins:
 
     def pin(self, name):
         return f"{self.path}/{name}"
+
+    def ensure(self):
+        self.journal.append(("pins", "ensure"))
 
     def has(self, name):
         return self.relay_program
@@ -348,7 +355,8 @@ class FakeEventLog:
 
 
 class FakeRelay:
-    instances: list["FakeRelay"] = []
+    instances: list["FakeRelay"] = []     # of the World made last
+    journal: Journal = Journal()
 
     def __init__(self, redirect_fd, route, events, port=0, netns=0, make=None) -> None:
         self.route, self.events, self.port = route, events, port
@@ -361,12 +369,14 @@ class FakeRelay:
     def start(self):
         if self.fail:
             raise self.fail
+        FakeRelay.journal.append(("relay", "start"))
         self.started = True
 
     def forget(self, cgroup_id):
         self.forgotten.append(cgroup_id)
 
     def close(self):
+        FakeRelay.journal.append(("relay", "close"))
         self.closed = True
 
 
@@ -383,6 +393,7 @@ class World:
 
     def __init__(self, state: State | None = None, **cfg) -> None:
         self.journal = Journal()
+        FakeRelay.instances, FakeRelay.journal = [], self.journal
         self.cfg = Config.from_env({})
         for name, value in cfg.items():
             assert hasattr(self.cfg, name), name
@@ -412,6 +423,7 @@ class World:
         self.holder.netns = NETNS
         self.holder.load()
         self.maps = self.pins.sets[PINS]
+        self.journal.clear()
 
     @property
     def state(self) -> State:
@@ -440,6 +452,26 @@ class World:
     def policy(self, cgroup_id: int) -> Policy | None:
         return self.bpf.policy_of(self.maps, cgroup_id)
 
+    def daemon(self):
+        """The loop over these roles (netlink's events and the cookie faked)."""
+        from netleak_hook.daemon.loop import Daemon
+
+        def cookie():
+            self.journal.append(("kernel", "netns_cookie"))
+            return NETNS
+        return Daemon(self.cfg, self.store, self.roles, FakeEvents(), cookie)
+
+
+class FakeEvents:
+    def __init__(self) -> None:
+        self.batches: list[list] = []
+
+    def get(self):
+        return self.batches.pop(0) if self.batches else []
+
+    def fileno(self):
+        return -1
+
 
 class Conn:
     """One end of a socket pair, as a listener's accept() hands it out, that
@@ -460,6 +492,7 @@ class Conn:
 
     def __exit__(self, *exc):
         self.ours.close()
+        self.theirs.close()
 
     def sendall(self, data):
         self.journal.append(("conn", "reply", data))

@@ -218,3 +218,35 @@ def test_pin_sets_gone_or_without_locals_are_skipped():
     w.pins.sets.clear()
     w.links.write_policy(w.state.sessions["s1"], w.links.live["wg0"])
     assert w.journal.of("bpf") == []
+
+
+def test_reconcile_follows_the_namespaces_addresses():
+    w = opened()
+    w.net.addresses["203.0.113.7"] = 3
+    w.links.reconcile_all()
+    assert len(w.bpf.maps[w.maps.locals]) == 3
+
+
+def test_rules_removed_before_new_ones_are_added():
+    w = opened()
+    b = w.state.bindings["wg0"]
+    stale = plan.Rule(family=4, priority=w.cfg.rule_priority, table=b.table, fwmark=b.mark + 1)
+    w.net.rules.add(stale)
+    w.net.rules = {r for r in w.net.rules if r.family != 6}
+    w.journal.clear()
+    w.links.apply_rules(w.links.read_links())
+    assert 0 <= w.journal.index("net", "del_rule") < w.journal.index("net", "add_rule")
+
+
+def test_new_resolvers_are_in_the_entry_that_lifts_the_kill_switch():
+    w = World()
+    w.net.link("wg0", 5)
+    w.resolvers[5] = ("198.51.100.53",)
+    w.open()
+    w.net.link("wg0", 5, up=False)
+    w.links.reconcile_all()
+    w.resolvers[5] = ("198.51.100.99",)
+    w.net.link("wg0", 5)
+    w.links.reconcile_all()
+    pol = w.policy(w.state.sessions["s1"].cgroup_id)
+    assert not pol.killed and pol.dns == ("198.51.100.99",)

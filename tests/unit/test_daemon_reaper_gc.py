@@ -429,3 +429,65 @@ def test_ring_without_maps_stays_closed():
     w.ring.open()
     w.ring.close()
     assert w.ring.reader is None
+
+
+def test_orphan_sweep_removes_its_stats_entry_too():
+    w = world()
+    cid = w.cgroups.add("netleak/exec-dead-4242", populated=False)
+    w.bpf.maps[w.maps.stats] = {pack_key(cid): b"x"}
+    w.gc.sweep_orphan_cgroups()
+    assert w.bpf.maps[w.maps.stats] == {}
+
+
+def test_inside_a_cgroup_namespace_stale_stats_are_left():
+    w = world()
+    w.cgroups.whole_tree = False
+    w.bpf.maps[w.maps.stats] = {pack_key(4001): b"x"}
+    w.bpf.maps[w.maps.redirect] = {bytes(8): redirect(4001)}
+    w.gc.entries()
+    assert w.bpf.maps[w.maps.stats] and w.bpf.maps[w.maps.redirect]
+
+
+def test_stale_redirects_count_as_removed_entries():
+    w = world()
+    w.bpf.maps[w.maps.redirect] = {bytes(8): redirect(4009)}
+    assert w.gc.entries() == ([], 1)
+
+
+def test_the_relay_cgroup_stays_while_the_relay_runs():
+    w = world()
+    w.open(proxy="socks5://203.0.113.20:1080", iface="")
+    w.gc.sweep_orphan_cgroups()
+    assert w.cgroups.exists(w.relays.cgroup)
+
+
+def test_the_ring_is_drained_as_soon_as_it_is_open():
+    w = world()
+    w.open()
+    w.ring.open_ring = lambda maps, netns: Reader([raw_event(w.state.sessions["s1"].cgroup_id)])
+    w.ring.clock_offset = lambda: 0.0
+    w.ring.open()
+    assert [e["session"] for e in w.events.lines] == ["s1"]
+
+
+def test_gc_goes_on_when_reconciling_fails(caplog):
+    w = world()
+    w.open()
+    w.cgroups.add("netleak/exec-dead-4242", populated=False)
+
+    def boom():
+        raise RuntimeError("netlink gone")
+    w.gc.links.reconcile_all = boom
+    assert w.gc.gc()["cgroups_removed"] == ["exec-dead-4242"]
+    assert "'reconcile' failed" in caplog.text
+
+
+def test_removal_goes_on_when_the_counters_cannot_be_read(caplog):
+    w = world()
+    w.open()
+
+    def boom(cid):
+        raise OSError("map gone")
+    w.maps.read_stats = boom
+    w.sessions.remove(w.state.sessions["s1"], "test")
+    assert w.state.sessions == {} and "'read counters' failed" in caplog.text

@@ -329,6 +329,7 @@ def test_ping():
 @pytest.mark.parametrize("raw,error", [
     (b'{"op": "launch"}\n', "unknown request 'launch'"),
     (b'{}\n', "unknown request None"),
+    (b'{"op": [1]}\n', "unknown request [1]"),
     (b'', "unknown request None"),
     (b'not json\n', "bad request:"),
     (b'[1, 2]\n', "bad request: a request is one JSON object"),
@@ -413,3 +414,61 @@ def test_relay_routes_only_proxy_sessions_and_follow_the_state():
     assert w.relays.route(proxied) is r         # one snapshot, until the state changes
     w.sessions.remove(w.state.sessions["p1"], "test")
     assert w.relays.route(proxied) is None
+
+
+# ---------- orders the reviewers asked about ----------
+
+def test_entry_written_before_programs_are_attached():
+    w = world()
+    w.open()
+    entry = w.journal.index("bpf", "update", lambda e: e[2] == w.maps.policy)
+    assert 0 <= entry < w.journal.index("progs", "attach")
+
+
+def test_relay_filter_attached_before_the_relay_starts():
+    w = world()
+    w.open(proxy="socks5://203.0.113.20:1080", iface="")
+    assert 0 <= w.journal.index("pins", "attach_ingress") < w.journal.index("relay", "start")
+
+
+def test_no_relay_for_a_refused_proxy():
+    w = world()
+    with pytest.raises(NetleakError):
+        w.open(proxy="socks5://127.0.0.1:1080")
+    assert w.journal.index("relay", "start") == -1 and FakeRelay.instances == []
+
+
+def test_detach_takes_programs_off_before_the_entries_and_saves_before_replying():
+    w = world()
+    msg = w.attach_request()
+    w.sessions.open(msg)
+    w.journal.clear()
+    reply = ask(w, b'{"op": "detach", "id": "a1"}\n')
+    assert reply["ok"]
+    detach = w.journal.index("progs", "detach")
+    delete = w.journal.index("bpf", "delete", lambda e: e[2] == w.maps.policy)
+    assert 0 <= detach < delete
+    save = w.journal.index("store", "save")
+    assert 0 <= save < w.journal.index("conn", "reply")
+    assert "a1" not in w.journal[save][2].sessions
+    assert w.policy(msg["cgroup_id"]) is None
+
+
+def test_an_interrupted_setup_is_rolled_back_too():
+    w = world()
+    w.pins.progs[w.pins.path].fail.append(KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        w.open()
+    assert w.state.sessions == {} and "s1" not in w.store.saved[-1].sessions
+
+
+def test_a_binding_from_the_state_file_is_reconciled_before_its_first_session():
+    from netleak_hook.core.state import State
+    w = world()
+    w.open()
+    state = State(bindings=dict(w.state.bindings))      # a restart: nothing live yet
+    w2 = World(state=state)
+    w2.net.link("wg0", 5)
+    w2.open("s2")
+    assert w2.policy(w2.state.sessions["s2"].cgroup_id).ifindex == 5
+    assert w2.net.routes

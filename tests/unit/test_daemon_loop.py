@@ -1,0 +1,178 @@
+"""The daemon's loop on fakes (daemon/loop.py): the order of start-up, of
+each periodic pass and of a clean exit; and the log lines people and
+scripts read."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from netleak_hook.core.errors import NetleakError
+from netleak_hook.core.state import State
+from tests.unit.fakes import NETNS, World
+from tests.helpers import make_session
+
+
+def positions(journal, *wanted) -> list[int]:
+    """Where each (who, what) of WANTED first happens."""
+    out = []
+    for who, what in wanted:
+        i = journal.index(who, what)
+        assert i >= 0, f"{who} {what} never happened"
+        out.append(i)
+    return out
+
+
+def proxy_state() -> State:
+    s = make_session(id="p1", iface="", cgroup="netleak/exec-p1-9", cgroup_id=5,
+                     pinset="/pins/v1", proxy="socks5://203.0.113.20:1080",
+                     proxy_addr="203.0.113.20", committed=True)
+    return State().with_session(s)
+
+
+def test_start_order():
+    w = World(state=proxy_state())
+    w.cgroups.add("netleak/exec-p1-9", cid=5)
+    d = w.daemon()
+    joined = []
+
+    def listen(store):
+        w.journal.append(("daemon", "listen"))
+        return object()
+
+    d.start(listen, own_cgroup=lambda parent: (joined.append(parent),
+                                               w.journal.append(("daemon", "own cgroup"))))
+    assert joined == [w.roles.parent]
+    got = positions(w.journal, ("daemon", "own cgroup"), ("kernel", "netns_cookie"),
+                    ("pins", "ensure"), ("store", "load"), ("bpf", "update"),
+                    ("relay", "start"), ("maps", "open_ring"), ("daemon", "listen"))
+    assert got == sorted(got)
+    # the start-up gc ran before the socket was opened, and is kept to report
+    assert d.collector.unreported["sessions"] == 1
+    assert w.journal.index("progs", "attach") < w.journal.index("daemon", "listen")
+    assert w.holder.netns == NETNS
+
+
+def test_start_refuses_a_kernel_without_namespace_cookies():
+    w = World()
+    d = w.daemon()
+    d.netns_cookie = lambda: 0
+    with pytest.raises(NetleakError, match="SO_NETNS_COOKIE"):
+        d.start(lambda store: object())
+    assert w.journal.index("pins", "ensure") == -1
+
+
+def test_periodic_pass_reaps_then_reconciles_then_sweeps():
+    w = World()
+    d = w.daemon()
+    calls = []
+    d.reaper.reap = lambda only=None: calls.append("reap") or []
+    d.links.reconcile_all = lambda: calls.append("reconcile")
+    d.collector.sweep_orphan_cgroups = lambda: calls.append("sweep") or []
+    d.periodic()
+    assert calls == ["reap", "reconcile", "sweep"]
+
+
+def test_netlink_messages_reconcile_everything_none_nothing():
+    w = World()
+    d = w.daemon()
+    calls = []
+    d.links.reconcile_all = lambda: calls.append("reconcile")
+    d.on_netlink()
+    d.netlink_events.batches.append(["newlink"])
+    d.on_netlink()
+    assert calls == ["reconcile"]
+
+
+def test_a_broken_netlink_batch_is_logged(caplog):
+    w = World()
+    d = w.daemon()
+
+    def broken():
+        raise ValueError("truncated")
+    d.netlink_events.get = broken
+    d.on_netlink()
+    assert "reading netlink events" in caplog.text
+
+
+def test_clean_exit_stops_the_relay_then_the_ring_then_clears_addresses():
+    w = World()
+    d = w.daemon()
+    w.open(proxy="socks5://203.0.113.20:1080", iface="")
+    w.links.sync_locals()
+    w.ring.open_ring = lambda maps, netns: Reader()
+    w.ring.open()
+    w.holder.state = State()        # the last session ended meanwhile
+    w.journal.clear()
+    d.close()
+    got = positions(w.journal, ("relay", "close"), ("maps", "close_ring"), ("bpf", "delete"))
+    assert got == sorted(got)
+    assert w.bpf.maps[w.maps.locals] == {}
+
+
+def test_clean_exit_with_sessions_keeps_their_addresses_and_ring():
+    w = World()
+    w.net.link("wg0", 5)
+    d = w.daemon()
+    w.open()
+    w.ring.open_ring = lambda maps, netns: Reader()
+    w.ring.open()
+    d.close()
+    assert w.bpf.maps[w.maps.locals] and w.maps.closed_rings == []
+
+
+class Reader:
+    fd = -1
+
+    def records(self):
+        return []
+
+    def close(self):
+        pass
+
+
+# ---------- log lines ----------
+
+def fields(caplog, event: str) -> list[dict]:
+    return [r.fields for r in caplog.records
+            if getattr(r, "fields", {}).get("event") == event]
+
+
+def test_kill_switch_logged_once_each_way_with_the_new_index(caplog):
+    caplog.set_level(logging.INFO)
+    w = World()
+    w.net.link("wg0", 5)
+    w.open()
+    del w.net.links["wg0"]
+    w.links.reconcile_all()
+    w.links.reconcile_all()
+    w.net.link("wg0", 9)
+    w.links.reconcile_all()
+    w.links.reconcile_all()
+    on, off = fields(caplog, "kill-switch-on"), fields(caplog, "kill-switch-off")
+    assert [(f["cause"], f["sessions"]) for f in on] == [("gone", 1)]
+    assert [(f["ifindex"], f["recreated"], f["old_ifindex"]) for f in off] == [
+        (5, False, None), (9, True, 5)]
+
+
+def test_session_open_and_end_are_logged(caplog):
+    caplog.set_level(logging.INFO)
+    w = World()
+    w.net.link("wg0", 5)
+    w.open()
+    w.clock.now += 12.5
+    w.sessions.remove(w.state.sessions["s1"], "cgroup-empty")
+    opened, = fields(caplog, "session-open")
+    ended, = fields(caplog, "session-end")
+    assert (opened["session"], opened["kind"], opened["iface"]) == ("s1", "exec", "wg0")
+    assert (ended["cause"], ended["age"]) == ("cgroup-empty", 12.5)
+    release, = fields(caplog, "release")
+    assert release["iface"] == "wg0"
+
+
+def test_a_failing_request_is_logged_with_its_traceback(caplog):
+    from tests.unit.test_daemon_sessions import ask
+    w = World()
+    ask(w, b'{"op": "open", "id": "x"}\n')
+    failed = [r for r in caplog.records if r.getMessage() == "request failed"]
+    assert failed and failed[0].exc_info
