@@ -157,20 +157,21 @@ class Pins:
             os.close(fd)
 
     def maps_for(self, pinset: str):
-        if pinset not in self.maps:
-            pins = programs.Pinset(pinset)
-            if not pins.usable():
-                return None
-            self.maps[pinset] = programs.Maps(pins)
-        return self.maps[pinset]
+        """PINSET's maps (opened once); None when it is not usable."""
+        return self._opened(self.maps, programs.Maps, pinset)
 
     def progs_for(self, pinset: str):
-        if pinset not in self.progs:
+        """PINSET's programs (opened once); None when it is not usable."""
+        return self._opened(self.progs, programs.Programs, pinset)
+
+    @staticmethod
+    def _opened(cache: dict, kind, pinset: str):
+        if pinset not in cache:
             pins = programs.Pinset(pinset)
             if not pins.usable():
                 return None
-            self.progs[pinset] = programs.Programs(pins)
-        return self.progs[pinset]
+            cache[pinset] = kind(pins)
+        return cache[pinset]
 
     def listed(self) -> list[str]:
         """Every usable pin set of BPF_DIR (other versions' too)."""
