@@ -80,9 +80,12 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
 class Lab:
     """The two namespaces; use as a context manager."""
 
-    def __init__(self, prefix: str) -> None:
-        self.host = f"{prefix}-host"
+    def __init__(self, prefix: str, host: str | None = None) -> None:
+        """HOST: a named network namespace made elsewhere (a systemd
+        machine's) to use as HOST instead of a new one."""
+        self.host = host or f"{prefix}-host"
         self.net = f"{prefix}-net"
+        self.own_host = host is None
         self.procs: list[subprocess.Popen] = []
 
     # ----- building -----
@@ -103,7 +106,8 @@ class Lab:
 
     def build(self) -> None:
         for ns in (self.host, self.net):
-            sh("ip", "netns", "add", ns)
+            if ns != self.host or self.own_host:
+                sh("ip", "netns", "add", ns)
             # no duplicate address detection: IPv6 is usable at once
             self.sysctl(ns, "net.ipv6.conf.all.accept_dad", "0")
             self.sysctl(ns, "net.ipv6.conf.default.accept_dad", "0")

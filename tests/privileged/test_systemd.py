@@ -1,0 +1,72 @@
+"""netleak on a systemd host: a real systemd as PID 1 in unified cgroup v2
+mode (systemd_machine.py), the lab's links in its network namespace."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from netleak_hook import lab as labmod
+from tests.conftest import require_root
+from tests.privileged.systemd_machine import SystemdMachine
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+VENV_BIN = os.path.dirname(sys.executable)
+EXEC = os.path.join(VENV_BIN, "netleak-exec")
+
+
+class Host:
+    """The systemd machine with the lab around it."""
+
+    def __init__(self, machine: SystemdMachine, the_lab: labmod.Lab) -> None:
+        self.machine = machine
+        self.lab = the_lab
+
+    def run(self, *argv: str, **kw):
+        return self.machine.exec(*argv, **kw)
+
+    def client(self, *prefix: str, host: str = labmod.SERVER4, proto: str = "tcp",
+               tries: int = 1):
+        return self.run(*prefix, *self.lab.client(host, proto, tries))
+
+
+@pytest.fixture(scope="module")
+def sd(podman_env):
+    require_root()
+    name = f"nlt-sd{os.getpid() % 10000}"
+    with SystemdMachine(podman_env, name, ROOT) as m:
+        the_lab = labmod.Lab(name, host=name)
+        try:
+            the_lab.build()
+            the_lab.start_server()
+            yield Host(m, the_lab)
+        finally:
+            the_lab.close()
+
+
+def test_systemd_is_pid_1_with_the_unified_hierarchy(sd):
+    assert sd.run("cat", "/proc/1/comm").stdout.strip() == "systemd"
+    assert sd.run("stat", "-fc", "%T", "/sys/fs/cgroup").stdout.strip() == "cgroup2fs"
+    assert sd.machine.state == "running", sd.machine.failed_units()
+    # its own network namespace, with the lab's links: the client goes by up0
+    assert sd.client().stdout.strip() == f"ok {labmod.LINKS['up0'][0].split('/')[0]}"
+
+
+def test_exec_routes_by_its_interface_and_the_kill_switch_holds(sd):
+    vpn, gateway = labmod.LINKS["vpn0"][0].split("/")[0], labmod.LINKS["vpn0"][1]
+    r = sd.client(EXEC, "--via", gateway, "vpn0")
+    assert r.stdout.strip() == f"ok {vpn}", r.stderr
+    sd.lab.ip(sd.lab.host, "link", "set", "vpn0", "down")
+    try:
+        with sd.lab.capture("up0") as cap:
+            r = sd.client(EXEC, "--via", gateway, "vpn0", tries=3)
+            assert r.stdout.count("refused") == 3, r.stdout + r.stderr
+            leaked = cap.stop()
+        assert leaked == 0
+        with sd.lab.capture("up0") as cap:         # the positive control
+            sd.client()
+            assert cap.stop() > 0
+    finally:
+        sd.lab.ip(sd.lab.host, "link", "set", "vpn0", "up")
+        sd.lab.add_backup_default("vpn0")
