@@ -49,6 +49,23 @@ def reap_cause(s: Session, populated: bool | None) -> str:
     return "empty" if s.committed else "setup-abandoned"
 
 
+UNIT_SUFFIXES = (".scope", ".service")
+
+
+def own_unit_cgroup(rel: str, procs: list[int], pid: int, systemd: bool,
+                    delegated: bool) -> str | None:
+    """The cgroup netleak-exec (process PID, in cgroup REL with PROCS) takes
+    as its session's: on a systemd host, the unit it runs in alone
+    (`systemd-run --scope netleak-exec ...`, a service whose command it is),
+    so the workload stays in that unit. None: a cgroup of netleak's own is
+    made, as on hosts without systemd, and where REL is shared (a login
+    shell's scope) or lies in a subtree a user may rearrange (DELEGATED)."""
+    name = rel.rpartition("/")[2]
+    if not systemd or delegated or not name.endswith(UNIT_SUFFIXES):
+        return None
+    return rel if procs == [pid] else None
+
+
 def exec_cgroup_name(sid: str, pid: int) -> str:
     """Name of the cgroup netleak-exec makes: the creator's PID in it lets a
     crash's leftovers be told from a set-up in progress."""

@@ -9,6 +9,7 @@ import pytest
 
 from netleak_hook import lab as labmod
 from tests.conftest import require_root
+from tests.helpers import wait_until
 from tests.privileged.systemd_machine import SystemdMachine
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -66,6 +67,70 @@ def test_exec_routes_by_its_interface_and_the_kill_switch_holds(sd):
         assert leaked == 0
         with sd.lab.capture("up0") as cap:         # the positive control
             sd.client()
+            assert cap.stop() > 0
+    finally:
+        sd.lab.ip(sd.lab.host, "link", "set", "vpn0", "up")
+        sd.lab.add_backup_default("vpn0")
+
+
+def unit_of(sd: Host, pattern: str) -> tuple[str, str]:
+    """(cgroup, unit systemctl names) of the process whose command line is PATTERN."""
+    pid = sd.run("pgrep", "-xf", pattern).stdout.split()[0]
+    cgroup = sd.run("sh", "-c", f"grep ^0:: /proc/{pid}/cgroup").stdout.strip()[3:]
+    status = sd.run("systemctl", "status", "--no-pager", pid).stdout.splitlines()
+    return cgroup, status[0] if status else ""
+
+
+def test_a_scope_wrapping_netleak_exec_stays_whole(sd):
+    gateway = labmod.LINKS["vpn0"][1]
+    p = sd.machine.popen("systemd-run", "--scope", "--unit=nlt-wrap", EXEC, "--via", gateway,
+                         "vpn0", "sleep", "300")
+    try:
+        assert wait_until(lambda: sd.run("pgrep", "-xf", "sleep 300").returncode == 0)
+        assert sd.run("systemctl", "is-active", "nlt-wrap.scope").stdout.strip() == "active"
+        cgroup, status = unit_of(sd, "sleep 300")
+        assert cgroup == "/system.slice/nlt-wrap.scope"
+        assert "nlt-wrap.scope" in status
+        # what runs in the scope is routed: a client in one of its own
+        vpn = labmod.LINKS["vpn0"][0].split("/")[0]
+        r = sd.client("systemd-run", "--scope", "--quiet", EXEC, "--via", gateway, "vpn0")
+        assert r.stdout.strip() == f"ok {vpn}", r.stderr
+        sd.run("systemctl", "stop", "nlt-wrap.scope")
+        assert wait_until(lambda: sd.run("pgrep", "-xf", "sleep 300").returncode == 1)
+    finally:
+        p.kill()
+        p.wait()
+        sd.run("systemctl", "stop", "nlt-wrap.scope")
+
+
+def test_a_service_running_netleak_exec_stops_whole(sd):
+    gateway = labmod.LINKS["vpn0"][1]
+    r = sd.run("systemd-run", "--unit=nlt-svc", EXEC, "--via", gateway, "vpn0",
+               "sh", "-c", "sleep 301 & exec sleep 302")
+    assert r.returncode == 0, r.stderr
+    try:
+        assert wait_until(lambda: sd.run("pgrep", "-xf", "sleep 301").returncode == 0)
+        cgroup, status = unit_of(sd, "sleep 301")
+        assert cgroup == "/system.slice/nlt-svc.service" and "nlt-svc.service" in status
+        assert sd.run("systemctl", "stop", "nlt-svc").returncode == 0
+        assert sd.run("pgrep", "-f", "sleep 30[12]").returncode == 1, "left behind"
+    finally:
+        sd.run("systemctl", "stop", "nlt-svc")
+        sd.run("systemctl", "reset-failed")
+
+
+def test_the_kill_switch_holds_in_a_unit(sd):
+    gateway = labmod.LINKS["vpn0"][1]
+    sd.lab.ip(sd.lab.host, "link", "set", "vpn0", "down")
+    try:
+        with sd.lab.capture("up0") as cap:
+            r = sd.client("systemd-run", "--scope", "--quiet", EXEC, "--via", gateway, "vpn0",
+                          tries=3)
+            assert r.stdout.count("refused") == 3, r.stdout + r.stderr
+            leaked = cap.stop()
+        assert leaked == 0
+        with sd.lab.capture("up0") as cap:         # the positive control
+            sd.client("systemd-run", "--scope", "--quiet")
             assert cap.stop() > 0
     finally:
         sd.lab.ip(sd.lab.host, "link", "set", "vpn0", "up")

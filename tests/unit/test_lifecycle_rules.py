@@ -100,3 +100,17 @@ def test_out_of_open_files_says_how_to_raise_the_limit():
     msg = _os_refusal(OSError(errno.EMFILE, "Too many open files"), 1021)
     assert "1021 sessions" in msg and "LimitNOFILE=" in msg and "ulimit -n" in msg
     assert _os_refusal(OSError(errno.ENOENT, "No such file"), 3).startswith("bad request:")
+
+
+@pytest.mark.parametrize("rel,procs,systemd,delegated,want", [
+    ("system.slice/run-u7.scope", [42], True, False, "system.slice/run-u7.scope"),
+    ("system.slice/x.service", [42], True, False, "system.slice/x.service"),
+    ("system.slice/x.service", [42, 43], True, False, None),     # shared: a cgroup of its own
+    ("user.slice/user-1000.slice/session-2.scope", [7, 42], True, False, None),
+    ("system.slice/run-u7.scope", [42], False, False, None),     # no systemd
+    ("user.slice/user-1000.slice/user@1000.service/app.slice/a.scope", [42], True, True, None),
+    ("system.slice", [42], True, False, None),                   # a slice is no unit to run in
+    ("", [42], True, False, None),
+])
+def test_netleak_exec_takes_the_unit_it_runs_in_alone(rel, procs, systemd, delegated, want):
+    assert lifecycle.own_unit_cgroup(rel, procs, 42, systemd, delegated) == want
