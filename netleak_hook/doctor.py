@@ -149,7 +149,19 @@ def read_facts(environ: Mapping[str, str]) -> Facts:
         headers_complete=complete, headers_release=headers_release,
         euid=os.geteuid(), rp_filter=read_rp_filter(),
         tools=find_tools(environ), security=read_security(environ),
-        libbpf=find_libbpf())
+        libbpf=find_libbpf(), systemd=os.path.isdir("/run/systemd/system"),
+        daemon_service=service_state("netleak-daemon.service"))
+
+
+def service_state(unit: str) -> Optional[str]:
+    """systemctl is-active UNIT ("active", "inactive", ...); None without systemctl."""
+    import subprocess
+    try:
+        r = subprocess.run(["systemctl", "is-active", unit], capture_output=True, text=True,
+                           timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout.strip() or None
 
 
 def find_libbpf() -> Optional[str]:

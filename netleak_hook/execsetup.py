@@ -25,8 +25,9 @@ def open_exec_session(cfg: Config, iface: str, via4: str | None,
     store = Store(run_dir(cfg))
     store.check()       # a run directory others may write: refused before anything is made
     sid = new_session_id()
-    unit = _own_unit(root)
-    if unit is not None:
+    systemd = os.path.isdir("/run/systemd/system")
+    unit = _own_unit(root) if systemd else None
+    if systemd:
         return _open_in_unit(store, cfg, root, unit, sid, iface, via4, via6, guards)
     rel = f"{cfg.cgroup_parent.strip('/')}/{exec_cgroup_name(sid, os.getpid())}"
     path = cgroupfs.abspath(root, rel)
@@ -72,31 +73,39 @@ def _own_unit(root: str) -> str | None:
     """The systemd unit's cgroup this process runs in alone, if any."""
     pid = os.getpid()
     rel = cgroupfs.of_pid(pid)
-    systemd = os.path.isdir("/run/systemd/system")
-    if not systemd:
-        return None
     # the unit and the cgroups above it (not core.plan's ancestors: that
     # module needs dataclasses, off this path)
     parts = rel.split("/")
     above = ["/".join(parts[:i]) for i in range(len(parts), 0, -1)]
     delegated = bool(cgroupfs.delegated(root, above))
     return own_unit_cgroup(rel, cgroupfs.procs(cgroupfs.abspath(root, rel)), pid,
-                           systemd, delegated)
+                           True, delegated)
 
 
-def _open_in_unit(store: Store, cfg: Config, root: str, rel: str, sid: str, iface: str,
-                  via4: str | None, via6: str | None, guards: dict | None) -> str:
-    """The session in the unit this process runs in alone: protected by the
-    daemon before COMMAND runs; the unit (systemd) owns the cgroup, so it
-    stays whole, and stops whole."""
+def _open_in_unit(store: Store, cfg: Config, root: str, rel: str | None, sid: str,
+                  iface: str, via4: str | None, via6: str | None,
+                  guards: dict | None) -> str:
+    """On a systemd host the session is a unit: the one this process runs
+    in alone (REL), or a transient scope the daemon has systemd make for
+    it, this process moved in. Either is protected by the daemon before
+    COMMAND runs; systemd owns the cgroup, so the unit stays whole, and
+    stops whole."""
     from . import client
     msg = {"op": "open", "id": sid, "iface": iface, "via4": via4, "via6": via6,
-           "cgroup": rel, "cgroup_id": cgroupfs.cgroup_id(cgroupfs.abspath(root, rel)),
-           "owned": False, "unit": True, **(guards or {})}
+           **(guards or {})}
+    if rel is not None:
+        msg.update(cgroup=rel, cgroup_id=cgroupfs.cgroup_id(cgroupfs.abspath(root, rel)),
+                   owned=False, unit=rel.rpartition("/")[2])
+    else:
+        msg.update(scope=True)
+    home = cgroupfs.abspath(root, cgroupfs.of_pid(os.getpid()))
     try:
         reply = client.request_starting_daemon(store, msg, autostart=cfg.autostart,
-                                               home=cgroupfs.abspath(root, rel))
+                                               home=home)
         client.check_guards(msg, reply)
+        if cgroupfs.of_pid(os.getpid()) != str(reply.get("cgroup") or "").strip("/"):
+            raise NetleakError(f"this process is not in the session's cgroup "
+                               f"/{reply.get('cgroup')}: not starting the command")
     except BaseException:
         with contextlib.suppress(Exception):
             client.request(store, {"op": "abort", "id": sid}, timeout=5)

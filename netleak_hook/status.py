@@ -69,7 +69,7 @@ def rows(state: State, facts: dict[str, Facts], now: float) -> list[dict]:
             "state_detail": STATES[st], "cgroup": "/" + s.cgroup, "cgroup_id": s.cgroup_id,
             "procs": f.procs, "age": round(max(0.0, now - s.created), 1),
             "created": s.created,
-            "started_by": "netleak-exec" if s.owned else ("hook" if s.container else "attach"),
+            "started_by": "netleak-exec" if s.exec_session else ("hook" if s.container else "attach"),
             "container": s.container or None,
             "pid": s.pid or None, "mark": s.mark or (b.mark if b else None),
             "table": b.table if b else None,

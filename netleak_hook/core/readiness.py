@@ -71,6 +71,8 @@ class Facts:
     tools: dict                           # program name -> path or None
     security: "Security" = dataclasses.field(default_factory=lambda: Security())
     libbpf: Optional[str] = "libbpf.so.1"   # the libbpf that loads; None: none does
+    systemd: bool = False                 # systemd is init (/run/systemd/system)
+    daemon_service: Optional[str] = None  # netleak-daemon.service's state (systemctl)
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,26 @@ def headers_version(facts: Facts) -> Optional[str]:
             return ""
         found = base[len("linux-headers-"):]
     return None if found == release else found
+
+
+def check_systemd(facts: Facts) -> Check:
+    """How sessions live with systemd: as units when it is init."""
+    if not facts.systemd:
+        return Check("systemd", True, "not init here: netleak-exec makes cgroups under "
+                                      "netleak/ itself")
+    service = facts.daemon_service or "unknown"
+    if service == "active":
+        daemon = "the daemon runs as netleak-daemon.service"
+    else:
+        daemon = f"netleak-daemon.service is {service} (a daemon starts on demand)"
+    layout = cgroup_layout(facts.mountinfo)
+    if layout is None or layout[1] != "pure v2":
+        return Check("systemd", True, f"init, cgroup v2 beside v1 ({daemon}): sessions are "
+                                      f"units in the v2 tree systemd keeps", warn=True,
+                     fix="boot with systemd.unified_cgroup_hierarchy=1 so every "
+                         "controller applies to netleak.slice")
+    return Check("systemd", True, f"init, unified cgroup v2: sessions are units "
+                                  f"(netleak-<id>.scope in netleak.slice); {daemon}")
 
 
 FIX_LIBBPF = ("apt-get install libbpf1 (Ubuntu 22.04: libbpf0); dnf install libbpf "
@@ -365,7 +387,7 @@ def check_relay_port(facts: Facts) -> Check:
 
 CHECKS: tuple[Callable[[Facts], Check], ...] = (
     check_kernel_version, check_kernel_config, check_cgroup2, check_bpffs,
-    check_btf, check_bcc, check_libbpf, check_headers, check_privileges, check_rp_filter,
+    check_btf, check_bcc, check_libbpf, check_systemd, check_headers, check_privileges, check_rp_filter,
     check_containers, check_tools, check_forged_sources, check_confinement,
     check_socket_families, check_relay_port)
 

@@ -32,6 +32,7 @@ class Session:
     mark: int = 0          # a mark of its own (with --allow); 0: the interface's
     proxy: str = ""        # proxy mode: the proxy's URL (with its password)
     proxy_addr: str = ""   # the proxy's address, resolved when the session began
+    unit: str = ""         # netleak-exec's in a systemd unit: the unit (systemd owns the cgroup)
 
     @property
     def takes_names(self) -> bool:
@@ -39,6 +40,11 @@ class Session:
         gets stand-in addresses)."""
         from .proxyspec import parse
         return bool(self.proxy) and parse(self.proxy).takes_names
+
+    @property
+    def exec_session(self) -> bool:
+        """netleak-exec's: it ends with its processes, never by detach."""
+        return self.owned or bool(self.unit)
 
     @property
     def what(self) -> str:

@@ -10,7 +10,7 @@ import time
 
 from ..core import dnsconf
 from ..core.errors import NetleakError
-from ..kernel import bpfsys, cgroupfs, netlink
+from ..kernel import bpfsys, cgroupfs, netlink, systemd
 from ..kernel.cgroupwatch import CgroupWatch
 from ..rundir import eventlog
 from ..rundir.store import netns_id
@@ -167,7 +167,8 @@ def open_daemon(cfg, store, idle_exit: float = 0.0) -> Daemon:
                  procs=Procs(), clock=time.time, watch=CgroupWatch(),
                  event_log=eventlog.EventLog(store.dir_fd(create=True), store.path),
                  resolvers=lambda index: dnsconf.interface_servers(index),
-                 here_netns=lambda: netns_id())
+                 here_netns=lambda: netns_id(),
+                 units=systemd.Systemd() if systemd.running() else None)
     return Daemon(cfg, store, roles, events, netlink.netns_cookie, idle_exit=idle_exit)
 
 
@@ -179,7 +180,7 @@ class Roles:
 
 
 def wire(cfg, store, *, net, cgroups, bpf, pins, procs, clock, watch, event_log,
-         resolvers, here_netns, make_relay=None) -> Roles:
+         resolvers, here_netns, make_relay=None, units=None) -> Roles:
     """Every role of a daemon, given the kernel as adapters (real ones in
     Daemon, fakes in unit tests)."""
     holder = Holder(store)
@@ -188,7 +189,7 @@ def wire(cfg, store, *, net, cgroups, bpf, pins, procs, clock, watch, event_log,
     relays = Relays(cfg, holder, cgroups, pins, parent, ring.log, make_relay)
     links = Links(cfg, holder, net, bpf, pins, relays.ports, resolvers)
     sessions = Sessions(cfg, holder, links, relays, cgroups, bpf, pins, procs, clock,
-                        resolvers, here_netns)
+                        resolvers, here_netns, units)
     reaper = Reaper(holder, sessions, cgroups, watch, procs, clock)
     collector = Collector(cfg, holder, reaper, links, relays, cgroups, bpf, pins, procs,
                           clock, parent)

@@ -30,19 +30,35 @@ def requested_session(msg: dict, pinset: str, now: float) -> tuple[Session, obje
     if not (iface or block or spec):
         raise NetleakError("no interface given (nor --block, nor --proxy)")
     owned = bool(msg.get("owned", True))
+    unit = str(msg.get("unit") or "")
+    if unit and (owned or not _unit_name(unit)):
+        raise NetleakError(f"not a unit name: {unit!r}")
     # the requester as the kernel names it (SO_PEERCRED), not as it says:
     # it is the process netleak-exec moves into the cgroup
     s = Session(id=str(msg["id"]), iface=iface, cgroup=str(msg["cgroup"]).strip("/"),
                 cgroup_id=int(msg["cgroup_id"]), pinset=pinset, owned=owned,
                 pid=int(msg.get("peer_pid") or 0), created=now,
                 container=str(msg.get("container") or ""), block=block, dns=dns,
-                dns_from="user" if dns else "", allow=allow)
+                dns_from="user" if dns else "", allow=allow, unit=unit)
     return s, spec
+
+
+def _unit_name(name: str) -> bool:
+    stem, dot, kind = name.rpartition(".")
+    return bool(dot) and kind in ("scope", "service") and 0 < len(name) <= 255 and all(
+        c.isascii() and (c.isalnum() or c in ":-_.\\@") for c in stem)
+
+
+def scope_name(sid: str) -> str:
+    """The transient scope of session SID."""
+    if not (sid.isascii() and sid.isalnum() and len(sid) <= 64):
+        raise NetleakError(f"bad session id {sid!r}")
+    return f"netleak-{sid}.scope"
 
 
 class Sessions:
     def __init__(self, cfg, holder, links, relays, cgroups, bpf, pins, procs, clock,
-                 resolvers, here_netns) -> None:
+                 resolvers, here_netns, units=None) -> None:
         self.cfg = cfg
         self.holder = holder
         self.links = links
@@ -54,6 +70,7 @@ class Sessions:
         self.clock = clock
         self.resolvers = resolvers          # ifindex -> the servers the interface announces
         self.here_netns = here_netns        # () -> this namespace's inode
+        self.units = units                  # systemd (kernel/systemd.py), None without it
 
     @property
     def state(self):
@@ -67,6 +84,10 @@ class Sessions:
         crash at any point leaves a record the next daemon finishes (the
         cgroup holds the workload) or rolls back (it does not).
         """
+        made = bool(msg.get("scope"))
+        if made:        # checked first: no scope for a request that is refused
+            requested_session(dict(msg, cgroup="", cgroup_id=0, owned=False), "", 0.0)
+            msg = self._in_new_scope(msg)
         s, spec = requested_session(msg, self.pins.path, self.clock())
         iface, owned = s.iface, s.owned
         if spec is not None:
@@ -75,7 +96,7 @@ class Sessions:
                                                                   msg.get("proxy_addr")))
             self.relays.ensure()
         path = self.cgroups.path(s.cgroup)
-        if not owned:
+        if not owned and not made:
             self.check_attachable(s)
         try:
             if self.cgroups.cgroup_id(path) != s.cgroup_id:
@@ -105,6 +126,18 @@ class Sessions:
         # uncommitted record whose populated cgroup the next daemon commits
         self.holder.save_later()
         return self._opened(s, spec, binding)
+
+    def _in_new_scope(self, msg: dict) -> dict:
+        """MSG for the transient scope systemd makes for its requester (a
+        netleak-exec in a cgroup it shares); the requester is moved in now,
+        and runs nothing before the reply."""
+        pid = int(msg.get("peer_pid") or 0)
+        if self.units is None or pid <= 0:
+            raise NetleakError("no systemd here to make a scope in: retry without it")
+        name = scope_name(str(msg["id"]))
+        rel = self.units.start_scope(name, pid, f"netleak-exec session {msg['id']}")
+        return dict(msg, cgroup=rel, cgroup_id=self.cgroups.cgroup_id(self.cgroups.path(rel)),
+                    owned=False, unit=name, join=False)
 
     def _enforce(self, s: Session, path: str, binding, changed: bool, msg: dict) -> Session:
         """The kernel side of a recorded session: entries, routes and rules,
@@ -139,14 +172,15 @@ class Sessions:
                          self.relays.ports())
         mark, table = pol.mark, binding.table if binding else None
         note("session-open", "session %s: %s %s on %s (mark %#x, table %s)", s.id,
-             "made" if s.owned else "attached", s.cgroup, s.what, mark, table,
+             "made" if s.exec_session else "attached", s.cgroup, s.what, mark, table,
              session=s.id, iface=s.iface or None, cgroup="/" + s.cgroup,
              container=s.container or None,
-             kind="exec" if s.owned else ("hook" if s.container else "attach"),
+             kind="exec" if s.exec_session else ("hook" if s.container else "attach"),
+             unit=s.unit or None,
              killed=pol.killed, block=s.block or None, dns=",".join(s.dns) or None,
              dns_from=s.dns_from or None, allow=",".join(s.allow) or None,
              proxy=spec.url() if spec else None)
-        return {"ok": True, "id": s.id, "mark": mark, "table": table,
+        return {"ok": True, "id": s.id, "cgroup": s.cgroup, "mark": mark, "table": table,
                 "ifindex": pol.ifindex, "killed": pol.killed, "block": s.block,
                 "dns": list(s.dns), "dns_from": s.dns_from, "allow": list(s.allow),
                 "proxy": spec.url() if spec else None, "proxy_addr": s.proxy_addr or None}
@@ -224,7 +258,7 @@ class Sessions:
             what = f"session {sid}" if sid else f"cgroup /{rel}"
             raise NetleakError(f"{what} is not under netleak control: see 'netleak status'")
         s = found[0]
-        if s.owned:
+        if s.exec_session:
             raise NetleakError(
                 f"session {s.id} was started by netleak-exec and ends with its "
                 f"processes: stop them instead (PIDs in "
@@ -247,7 +281,7 @@ class Sessions:
         own go with their cgroup)."""
         path = self.cgroups.path(s.cgroup)
         progs = self.pins.progs_for(s.pinset)
-        if not s.owned and progs is not None:
+        if not s.owned and progs is not None and self.cgroups.exists(path):
             step(f"detach {s.cgroup}", progs.detach, path)
         maps = self.pins.maps_for(s.pinset)
         stats = Stats()

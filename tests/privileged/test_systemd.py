@@ -2,6 +2,7 @@
 mode (systemd_machine.py), the lab's links in its network namespace."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -135,3 +136,38 @@ def test_the_kill_switch_holds_in_a_unit(sd):
     finally:
         sd.lab.ip(sd.lab.host, "link", "set", "vpn0", "up")
         sd.lab.add_backup_default("vpn0")
+
+
+CLI = os.path.join(VENV_BIN, "netleak")
+
+
+def test_exec_from_a_shared_cgroup_gets_a_scope_of_its_own(sd):
+    gateway = labmod.LINKS["vpn0"][1]
+    p = sd.machine.popen(EXEC, "--via", gateway, "vpn0", "sleep", "299")
+    try:
+        assert wait_until(lambda: sd.run("pgrep", "-xf", "sleep 299").returncode == 0)
+        cgroup, status = unit_of(sd, "sleep 299")
+        assert cgroup.startswith("/netleak.slice/netleak-") and cgroup.endswith(".scope")
+        assert cgroup.rpartition("/")[2] in status
+        row, = sessions(sd)
+        assert (row["cgroup"], row["started_by"]) == (cgroup, "netleak-exec")
+        r = sd.run(CLI, "detach", "--cgroup", cgroup)
+        assert r.returncode != 0 and "ends with its processes" in r.stderr
+    finally:
+        sd.run("pkill", "-xf", "sleep 299")
+        p.wait()
+    # systemd collects the scope; the daemon ends the session
+    assert wait_until(lambda: not sd.run("systemctl", "list-units", "--no-legend",
+                                         "netleak-*.scope").stdout.strip())
+    assert wait_until(lambda: sessions(sd) == [])
+
+
+def sessions(sd: Host) -> list[dict]:
+    return json.loads(sd.run(CLI, "status", "--json").stdout)["sessions"]
+
+
+def test_doctor_says_sessions_are_units_here(sd):
+    checks = {c["name"]: c for c in json.loads(sd.run(CLI, "doctor", "--json").stdout)}
+    c = checks["systemd"]
+    assert c["ok"] and not c["warn"] and "unified cgroup v2" in c["detail"], c
+    assert checks["cgroup v2"]["detail"].startswith("/sys/fs/cgroup (pure v2)")

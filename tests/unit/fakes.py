@@ -380,6 +380,20 @@ class FakeRelay:
         self.closed = True
 
 
+class FakeUnits:
+    """systemd: transient scopes, made in the fake cgroup tree."""
+
+    def __init__(self, journal: Journal, cgroups: FakeCgroups) -> None:
+        self.journal = journal
+        self.cgroups = cgroups
+
+    def start_scope(self, name, pid, description):
+        self.journal.append(("units", "start_scope", name, pid))
+        rel = f"netleak.slice/{name}"
+        self.cgroups.add(rel, populated=True)
+        return rel
+
+
 class Clock:
     def __init__(self, now: float = 1_000_000.0) -> None:
         self.now = now
@@ -410,11 +424,13 @@ class World:
         self.events = FakeEventLog()
         self.resolvers: dict[int, tuple] = {}
         self.here = 4026531840
+        self.units = FakeUnits(self.journal, self.cgroups)
         self.roles = wire(self.cfg, self.store, net=self.net, cgroups=self.cgroups,
                           bpf=self.bpf, pins=self.pins, procs=self.procs, clock=self.clock,
                           watch=self.watch, event_log=self.events,
                           resolvers=lambda index: self.resolvers.get(index, ()),
-                          here_netns=lambda: self.here, make_relay=FakeRelay)
+                          here_netns=lambda: self.here, make_relay=FakeRelay,
+                          units=self.units)
         r = self.roles
         self.holder, self.links, self.sessions = r.holder, r.links, r.sessions
         self.reaper, self.gc, self.requests, self.relays = (r.reaper, r.collector,

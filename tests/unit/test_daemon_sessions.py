@@ -472,3 +472,80 @@ def test_a_binding_from_the_state_file_is_reconciled_before_its_first_session():
     w2.open("s2")
     assert w2.policy(w2.state.sessions["s2"].cgroup_id).ifindex == 5
     assert w2.net.routes
+
+
+# ---------- sessions as systemd units ----------
+
+def scope_request(w: World, sid="s9", **extra) -> dict:
+    return dict({"op": "open", "id": sid, "iface": "wg0", "scope": True, "peer_pid": 77},
+                **extra)
+
+
+def test_a_scope_is_made_for_the_requester_then_protected():
+    w = world()
+    reply = w.sessions.open(scope_request(w))
+    s = w.state.sessions["s9"]
+    assert (s.cgroup, s.unit, s.owned) == ("netleak.slice/netleak-s9.scope",
+                                           "netleak-s9.scope", False)
+    assert reply["cgroup"] == s.cgroup and s.committed
+    made = w.journal.index("units", "start_scope")
+    assert w.journal[made][3] == 77
+    assert 0 <= made < w.journal.index("store", "save") < w.journal.index("progs", "attach")
+    assert w.policy(s.cgroup_id).ifindex == 5
+
+
+def test_a_refused_scope_request_makes_no_scope():
+    w = world()
+    with pytest.raises(NetleakError, match="exclude each other"):
+        w.sessions.open(scope_request(w, block=True, proxy="socks5://203.0.113.20:1080"))
+    assert w.journal.index("units", "start_scope") == -1
+
+
+@pytest.mark.parametrize("sid", ["../x", "a b", "x" * 65, ""])
+def test_a_scope_needs_a_plain_session_id(sid):
+    w = world()
+    with pytest.raises(NetleakError, match="bad session id"):
+        w.sessions.open(scope_request(w, sid))
+
+
+def test_no_scope_without_systemd_or_a_requester():
+    w = world()
+    w.sessions.units = None
+    with pytest.raises(NetleakError, match="no systemd here"):
+        w.sessions.open(scope_request(w))
+    w.sessions.units = w.units
+    with pytest.raises(NetleakError, match="no systemd here"):
+        w.sessions.open(scope_request(w, peer_pid=0))
+
+
+def test_a_unit_session_ends_with_its_processes_not_by_detach():
+    w = world()
+    w.sessions.open(scope_request(w))
+    with pytest.raises(NetleakError, match="ends with its processes"):
+        w.sessions.detach({"id": "s9"})
+
+
+def test_exec_in_its_own_unit_is_checked_like_an_attach():
+    w = world()
+    msg = w.attach_request("u1", cgroup="system.slice/job.service", unit="job.service")
+    w.cgroups.procs[msg["cgroup"]] = [300]
+    w.procs.netns[300] = 1234
+    with pytest.raises(NetleakError, match="another network"):
+        w.sessions.open(msg)
+
+
+@pytest.mark.parametrize("unit", ["job", "job.timer", "a/b.service", "x y.scope"])
+def test_a_unit_that_is_none_is_refused(unit):
+    w = world()
+    with pytest.raises(NetleakError, match="not a unit name"):
+        w.sessions.open(w.attach_request(unit=unit))
+
+
+def test_a_gone_units_programs_are_not_detached():
+    w = world()
+    w.sessions.open(scope_request(w))
+    s = w.state.sessions["s9"]
+    del w.cgroups.tree[s.cgroup]            # systemd collected the scope
+    w.journal.clear()
+    assert w.reaper.reap() == ["s9"]
+    assert w.journal.of("progs") == [] and ("cgroups", "remove_tree", s.cgroup) not in w.journal

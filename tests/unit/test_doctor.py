@@ -73,7 +73,7 @@ def test_check_is_frozen_and_as_dict():
 def test_healthy_machine_passes_all_checks_in_order():
     results = doc.evaluate(facts(security=doc.Security(yama_ptrace_scope=1)))
     assert [r.name for r in results] == [
-        "kernel version", "kernel config", "cgroup v2", "bpffs", "BTF", "BCC", "libbpf",
+        "kernel version", "kernel config", "cgroup v2", "bpffs", "BTF", "BCC", "libbpf", "systemd",
         "kernel headers", "privileges", "rp_filter", "containers", "tools",
         "forged sources", "other processes", "socket families", "relay port"]
     assert all(r.ok and not r.warn for r in results)
@@ -528,7 +528,7 @@ def test_render_wraps_long_detail_with_alignment():
 
 def test_render_counts_failures():
     out = doc.render(doc.evaluate(facts(euid=1000, tools={})))
-    assert out.splitlines()[-1] == "16 checks, 2 failed, 1 warnings"
+    assert out.splitlines()[-1] == "17 checks, 2 failed, 1 warnings"
     assert out.count("     fix: ") == 3
     assert sum(ln.startswith("WARN ") for ln in out.splitlines()) == 1
 
@@ -618,3 +618,16 @@ def test_libbpf_missing_says_what_to_install():
 
 def test_libbpf_found_here():
     assert doc.find_libbpf() in ("libbpf.so.1", "libbpf.so.0", None)
+
+
+PURE = "25 1 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n"
+
+
+def test_systemd_sessions_as_units():
+    c = by_name(facts(systemd=True, mountinfo=PURE, daemon_service="active"))["systemd"]
+    assert c.ok and not c.warn and "netleak.slice" in c.detail and "runs as" in c.detail
+    c = by_name(facts(systemd=True, mountinfo=PURE, daemon_service="inactive"))["systemd"]
+    assert "starts on demand" in c.detail
+    c = by_name(facts(systemd=True, daemon_service=None))["systemd"]      # hybrid
+    assert c.ok and c.warn and "unified_cgroup_hierarchy=1" in c.fix
+    assert "makes cgroups under netleak/" in by_name(facts())["systemd"].detail
