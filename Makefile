@@ -6,6 +6,7 @@ SYSPY := /usr/bin/python3
 PREFIX ?= /usr/local
 OPT ?= /opt/netleak
 HOOKS_DIR ?= /usr/share/containers/oci/hooks.d
+UNIT_DIR ?= /etc/systemd/system
 
 .PHONY: deps venv demo test test-unit test-privileged bench soak install uninstall clean
 
@@ -64,8 +65,17 @@ install: deps
 		ln -sfn $(OPT)/venv/bin/$$c $(PREFIX)/bin/$$c; done
 	$(OPT)/venv/bin/netleak install-hook --hooks-dir $(HOOKS_DIR)
 	@echo "installed: $(PREFIX)/bin/netleak, netleak-exec, netleak-hook; $(HOOKS_DIR)/netleak.json"
+# on a systemd host, the daemon's service (not enabled: that is the admin's call)
+	if [ -d /run/systemd/system ]; then \
+		sed 's|/usr/local/bin/netleak|$(PREFIX)/bin/netleak|' examples/netleak-daemon.service \
+			> $(UNIT_DIR)/netleak-daemon.service && systemctl daemon-reload && \
+		echo "installed: $(UNIT_DIR)/netleak-daemon.service; start it: systemctl enable --now netleak-daemon"; \
+	fi
 
 uninstall:
+	if [ -f $(UNIT_DIR)/netleak-daemon.service ]; then \
+		systemctl disable --now netleak-daemon.service || true; \
+		rm -f $(UNIT_DIR)/netleak-daemon.service; systemctl daemon-reload || true; fi
 	rm -f $(PREFIX)/bin/netleak $(PREFIX)/bin/netleak-exec $(PREFIX)/bin/netleak-hook
 	rm -f $(HOOKS_DIR)/netleak.json
 	rm -rf $(OPT)

@@ -72,12 +72,18 @@ def demo(env: Env) -> None:
 @click.option("--foreground/--background", default=True, hidden=True)
 @click.option("--idle-exit", type=float, default=0.0,
               help="exit after this many seconds without sessions (0: never)")
+@click.option("--replace", is_flag=True,
+              help="a daemon that runs already (started on demand) hands over to this one")
 @click.pass_obj
-def daemon(env: Env, foreground: bool, idle_exit: float) -> None:
-    """Run the monitor and reaper of this network namespace (foreground)."""
+def daemon(env: Env, foreground: bool, idle_exit: float, replace: bool) -> None:
+    """Run the monitor and reaper of this network namespace (foreground).
+
+    As a systemd service (Type=notify): ready once it serves requests, and
+    the watchdog is fed while its loop turns."""
     from .daemon import service as dmn
     try:
-        sys.exit(dmn.serve(env.config(), idle_exit=idle_exit, foreground=foreground))
+        sys.exit(dmn.serve(env.config(), idle_exit=idle_exit, foreground=foreground,
+                           replace=replace))
     except NetleakError as e:
         _fail(e)
 

@@ -46,6 +46,7 @@ class Daemon:
         self.holder, self.cgroups, self.parent, self.pins = r.holder, r.cgroups, r.parent, r.pins
         self.ring, self.relays, self.links, self.sessions = r.ring, r.relays, r.links, r.sessions
         self.reaper, self.collector, self.requests = r.reaper, r.collector, r.requests
+        self.requests.ops["yield"] = self.hand_over
 
     @property
     def state(self):
@@ -79,12 +80,22 @@ class Daemon:
              self.store.path, self.pins.path, json.dumps(report, sort_keys=True),
              run_dir=self.store.path, pins=self.pins.path, sessions=len(self.state.sessions))
 
-    def run(self) -> None:
+    def hand_over(self, msg: dict) -> dict:
+        """Another daemon (a service starting) takes over: this one exits as
+        on SIGTERM once it has replied; sessions stay."""
+        note("daemon-hand-over", "daemon %d hands over to a new daemon", os.getpid())
+        self.stopping = True
+        return {"ok": True, "pid": os.getpid()}
+
+    def run(self, tick=None) -> None:
+        """Until stopped (or idle too long); TICK() is called on each turn."""
         assert self.listener is not None
         last_reconcile = time.monotonic()
         idle_since = time.monotonic()
         watch = self.reaper.watch
         while not self.stopping:
+            if tick is not None:
+                tick()
             self.reaper.follow()
             try:
                 ready = self.wait([self.listener, self.netlink_events, watch]

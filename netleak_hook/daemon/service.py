@@ -19,6 +19,59 @@ from .loop import Daemon, open_daemon
 from .notes import log
 
 DAEMON_CGROUP = "daemon"  # under the cgroup parent: an auto-started daemon's home
+TAKE_OVER_SECONDS = 10    # how long a service waits for the daemon it replaces
+
+
+class Notifier:
+    """systemd's notification protocol (sd_notify(3)) for a Type=notify
+    service: READY=1 once requests are served, WATCHDOG=1 at half the
+    watchdog's period, STOPPING=1. Without $NOTIFY_SOCKET, nothing."""
+
+    def __init__(self, environ, clock=None) -> None:
+        import time
+        self.clock = clock or time.monotonic
+        addr = environ.get("NOTIFY_SOCKET") or ""
+        self.addr = "\0" + addr[1:] if addr.startswith("@") else addr
+        usec = environ.get("WATCHDOG_USEC") or ""
+        pid = environ.get("WATCHDOG_PID") or ""
+        mine = not pid or pid == str(os.getpid())
+        self.interval = int(usec) / 2e6 if usec.isdigit() and mine else 0.0
+        self.last = 0.0
+
+    def send(self, text: str) -> None:
+        if not self.addr:
+            return
+        with contextlib.suppress(OSError):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+                s.sendto(text.encode(), self.addr)
+
+    def tick(self) -> None:
+        """Called from each turn of the daemon's loop."""
+        now = self.clock()
+        if self.interval and now - self.last >= self.interval:
+            self.last = now
+            self.send("WATCHDOG=1")
+
+
+def take_over(store: Store, timeout: float = TAKE_OVER_SECONDS):
+    """The lock of a daemon that runs already (one started on demand): it is
+    asked to yield (it exits as on SIGTERM, its sessions stay in the kernel
+    and the state file), then the lock is taken; None if it would not."""
+    import json
+    import time
+    with contextlib.suppress(OSError):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
+            s.settimeout(5)
+            s.connect(store.socket_path)
+            s.sendall(json.dumps({"op": "yield"}).encode() + b"\n")
+            s.recv(4096)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lock = store.take_lock()
+        if lock is not None:
+            return lock
+        time.sleep(0.05)
+    return None
 
 
 def listen(store: Store) -> socket.socket:
@@ -94,13 +147,15 @@ def leave_own_cgroup(root: str, parent: str) -> None:
 
 
 def serve(cfg: Config, idle_exit: float = 0.0, foreground: bool = False,
-          own_cgroup: bool = False, report: int = -1) -> int:
+          own_cgroup: bool = False, report: int = -1, replace: bool = False) -> int:
     """Run the daemon of this network namespace until stopped.
 
     own_cgroup: move into a cgroup of its own under the cgroup parent (for a
     daemon netleak starts on demand; one run by systemd stays in its unit).
     REPORT: a descriptor to say, in one line, whether it started ("ready",
-    "busy" when another daemon runs, or why not), then closed.
+    "busy" when another daemon runs, or why not), then closed. REPLACE: a
+    daemon that runs already (started on demand) hands over to this one (a
+    service's start), instead of this one giving up.
     """
     def tell(line: str) -> None:
         nonlocal report
@@ -120,10 +175,18 @@ def serve(cfg: Config, idle_exit: float = 0.0, foreground: bool = False,
         return 125
     raise_open_files()
     lock = store.take_lock()
+    if lock is None and replace:
+        log.info("a daemon already runs for %s: asking it to hand over", store.path)
+        lock = take_over(store)
+        if lock is None:
+            log.error("the daemon that runs for %s did not hand over in %ds: stop it "
+                      "(pid in %s)", store.path, TAKE_OVER_SECONDS, store.path)
+            return 1
     if lock is None:
         log.info("a daemon already runs for %s", store.path)
         tell("busy")
         return 0
+    notifier = Notifier(os.environ)
     d: Daemon | None = None
 
     def stop(signum, frame):
@@ -135,7 +198,10 @@ def serve(cfg: Config, idle_exit: float = 0.0, foreground: bool = False,
         d = open_daemon(cfg, store, idle_exit=idle_exit)
         d.start(listen, own_cgroup=leave_callers_cgroup if own_cgroup else None)
         tell("ready")
-        d.run()
+        notifier.send(f"READY=1\nSTATUS=serving {len(d.state.sessions)} sessions\n"
+                      f"MAINPID={os.getpid()}")
+        d.run(tick=notifier.tick)
+        notifier.send("STOPPING=1")
         d.close()
     except NetleakError as e:
         log.error("%s", e)
@@ -158,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--foreground", action="store_true")
     p.add_argument("--own-cgroup", action="store_true")
     p.add_argument("--report-fd", type=int, default=-1)
+    p.add_argument("--replace", action="store_true")
     a = p.parse_args(argv)
     try:
         cfg = Config.from_env(os.environ)
@@ -168,4 +235,4 @@ def main(argv: list[str] | None = None) -> int:
                 os.write(a.report_fd, e.message.encode() + b"\n")
         return 125
     return serve(cfg, idle_exit=a.idle_exit, foreground=a.foreground,
-                 own_cgroup=a.own_cgroup, report=a.report_fd)
+                 own_cgroup=a.own_cgroup, report=a.report_fd, replace=a.replace)

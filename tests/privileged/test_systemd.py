@@ -171,3 +171,41 @@ def test_doctor_says_sessions_are_units_here(sd):
     c = checks["systemd"]
     assert c["ok"] and not c["warn"] and "unified cgroup v2" in c["detail"], c
     assert checks["cgroup v2"]["detail"].startswith("/sys/fs/cgroup (pure v2)")
+
+
+def daemon_pids(sd: Host) -> list[str]:
+    return sd.run("pgrep", "-f", "netleak_hook.daemon|netleak daemon").stdout.split()
+
+
+def test_the_daemon_service_takes_over_from_a_daemon_started_on_demand(sd):
+    with open(os.path.join(ROOT, "examples", "netleak-daemon.service")) as f:
+        unit = f.read().replace("/usr/local/bin/netleak", CLI).replace(
+            "WatchdogSec=30", "WatchdogSec=2")
+    path = "/etc/systemd/system/netleak-daemon.service"
+    sd.run("sh", "-c", f'printf %s "$0" > {path}', unit)
+    sd.run("systemctl", "daemon-reload")
+    gateway = labmod.LINKS["vpn0"][1]
+    p = sd.machine.popen(EXEC, "--via", gateway, "vpn0", "sleep", "298")
+    try:
+        assert wait_until(lambda: sd.run("pgrep", "-xf", "sleep 298").returncode == 0)
+        on_demand = daemon_pids(sd)
+        assert len(on_demand) == 1
+        r = sd.run("systemctl", "start", "netleak-daemon.service")
+        assert r.returncode == 0, r.stderr        # Type=notify: it said READY=1
+        main = sd.run("systemctl", "show", "-p", "MainPID", "--value",
+                      "netleak-daemon.service").stdout.strip()
+        assert wait_until(lambda: daemon_pids(sd) == [main]), daemon_pids(sd)
+        row, = sessions(sd)                       # the session lived through it
+        assert row["state"] == "routed", row
+        import time
+        time.sleep(5)                             # 2.5 watchdog periods
+        show = sd.run("systemctl", "show", "-p", "ActiveState", "-p", "NRestarts",
+                      "netleak-daemon.service").stdout
+        assert "ActiveState=active" in show and "NRestarts=0" in show, show
+    finally:
+        sd.run("pkill", "-xf", "sleep 298")
+        p.wait()
+        sd.run("systemctl", "stop", "netleak-daemon.service")
+        sd.run("rm", "-f", path)
+        sd.run("systemctl", "daemon-reload")
+    assert wait_until(lambda: not daemon_pids(sd))

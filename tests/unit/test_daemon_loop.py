@@ -176,3 +176,74 @@ def test_a_failing_request_is_logged_with_its_traceback(caplog):
     ask(w, b'{"op": "open", "id": "x"}\n')
     failed = [r for r in caplog.records if r.getMessage() == "request failed"]
     assert failed and failed[0].exc_info
+
+
+# ---------- as a systemd service ----------
+
+def test_a_yield_request_stops_the_loop_after_its_reply():
+    from tests.unit.test_daemon_sessions import ask
+    w = World()
+    d = w.daemon()
+    assert ask(w, b'{"op": "yield"}\n')["ok"] and d.stopping
+
+
+def test_run_turns_the_tick():
+    w = World()
+    d = w.daemon()
+    d.listener = object()
+    turns = []
+
+    def tick():
+        turns.append(1)
+        d.stopping = len(turns) >= 3
+    d.reaper.follow = lambda: None
+    d.wait = lambda sources: []
+    d.run(tick=tick)
+    assert len(turns) == 3
+
+
+def notify_socket(tmp_path):
+    import socket
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = str(tmp_path / "notify")
+    s.bind(path)
+    s.settimeout(1)
+    return s, path
+
+
+def test_notifier_says_ready_and_feeds_the_watchdog_at_half_its_period(tmp_path):
+    import os
+    from netleak_hook.daemon.service import Notifier
+    s, path = notify_socket(tmp_path)
+    now = [100.0]
+    n = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000",
+                  "WATCHDOG_PID": str(os.getpid())}, clock=lambda: now[0])
+    n.send("READY=1")
+    assert s.recv(100) == b"READY=1"
+    n.tick()
+    assert s.recv(100) == b"WATCHDOG=1"
+    now[0] += 0.5
+    n.tick()                    # not due yet: the period is 2 s, fed every 1 s
+    now[0] += 0.6
+    n.tick()
+    assert s.recv(100) == b"WATCHDOG=1"
+    s.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        s.recv(100)
+
+
+def test_notifier_is_silent_without_systemd_or_for_another_pid(tmp_path):
+    from netleak_hook.daemon.service import Notifier
+    s, path = notify_socket(tmp_path)
+    Notifier({}).send("READY=1")
+    other = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"})
+    other.tick()
+    assert other.interval == 0
+    s.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        s.recv(100)
+
+
+def test_notifier_takes_an_abstract_socket():
+    from netleak_hook.daemon.service import Notifier
+    assert Notifier({"NOTIFY_SOCKET": "@/org/systemd/x"}).addr == "\0/org/systemd/x"
