@@ -338,7 +338,10 @@ def attach(env: Env, iface: str | None, cgroup: str | None, pid: int | None,
         reply = client.request_starting_daemon(_store(env), {
             "op": "open", "id": new_session_id(), "iface": name, "via4": via4,
             "via6": via6, "cgroup": rel, "cgroup_id": cid, "owned": False,
-            "join": False, **guards}, autostart=env.config().autostart)
+            "join": False, **guards,
+            # a unit named: pinned across its restarts, until detach
+            **({"unit": rel.rpartition("/")[2], "pinned": True} if unit else {})},
+            autostart=env.config().autostart)
         client.check_guards(guards, reply)
     except NetleakError as e:
         _fail(e)

@@ -31,6 +31,8 @@ def should_reap(s: Session, populated: bool | None, requester_alive: bool,
     ready before its processes start): it stays until it empties after use
     or disappears.
     """
+    if s.pinned:
+        return False    # a unit pinned by name: it may be restarting (see unit_gone)
     if populated is None:
         return True
     if populated:

@@ -32,7 +32,8 @@ class Session:
     mark: int = 0          # a mark of its own (with --allow); 0: the interface's
     proxy: str = ""        # proxy mode: the proxy's URL (with its password)
     proxy_addr: str = ""   # the proxy's address, resolved when the session began
-    unit: str = ""         # netleak-exec's in a systemd unit: the unit (systemd owns the cgroup)
+    unit: str = ""         # the systemd unit whose cgroup this is (systemd owns it)
+    pinned: bool = False   # the unit pinned by name (attach --unit): kept across its restarts
 
     @property
     def takes_names(self) -> bool:
@@ -44,7 +45,7 @@ class Session:
     @property
     def exec_session(self) -> bool:
         """netleak-exec's: it ends with its processes, never by detach."""
-        return self.owned or bool(self.unit)
+        return self.owned or (bool(self.unit) and not self.pinned)
 
     @property
     def what(self) -> str:

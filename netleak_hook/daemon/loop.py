@@ -97,6 +97,7 @@ class Daemon:
             if tick is not None:
                 tick()
             self.reaper.follow()
+            self.reaper.follow_pinned()
             try:
                 ready = self.wait([self.listener, self.netlink_events, watch]
                                   + ([self.ring.reader] if self.ring.reader else []))
@@ -179,8 +180,16 @@ def open_daemon(cfg, store, idle_exit: float = 0.0) -> Daemon:
                  event_log=eventlog.EventLog(store.dir_fd(create=True), store.path),
                  resolvers=lambda index: dnsconf.interface_servers(index),
                  here_netns=lambda: netns_id(),
-                 units=systemd.Systemd() if systemd.running() else None)
+                 units=systemd.Systemd() if systemd.running() else None,
+                 netleak_cli=netleak_command())
     return Daemon(cfg, store, roles, events, netlink.netns_cookie, idle_exit=idle_exit)
+
+
+def netleak_command() -> str:
+    """The netleak command of this installation ('' if there is none)."""
+    import sys
+    cli = os.path.join(os.path.dirname(sys.executable), "netleak")
+    return cli if os.access(cli, os.X_OK) else ""
 
 
 class Roles:
@@ -191,7 +200,7 @@ class Roles:
 
 
 def wire(cfg, store, *, net, cgroups, bpf, pins, procs, clock, watch, event_log,
-         resolvers, here_netns, make_relay=None, units=None) -> Roles:
+         resolvers, here_netns, make_relay=None, units=None, netleak_cli: str = "") -> Roles:
     """Every role of a daemon, given the kernel as adapters (real ones in
     Daemon, fakes in unit tests)."""
     holder = Holder(store)
@@ -200,8 +209,8 @@ def wire(cfg, store, *, net, cgroups, bpf, pins, procs, clock, watch, event_log,
     relays = Relays(cfg, holder, cgroups, pins, parent, ring.log, make_relay)
     links = Links(cfg, holder, net, bpf, pins, relays.ports, resolvers)
     sessions = Sessions(cfg, holder, links, relays, cgroups, bpf, pins, procs, clock,
-                        resolvers, here_netns, units)
-    reaper = Reaper(holder, sessions, cgroups, watch, procs, clock)
+                        resolvers, here_netns, units, netleak_cli)
+    reaper = Reaper(holder, sessions, cgroups, watch, procs, clock, units)
     collector = Collector(cfg, holder, reaper, links, relays, cgroups, bpf, pins, procs,
                           clock, parent)
     requests = Requests(holder, sessions, reaper, collector, store.log_file)

@@ -10,13 +10,18 @@ from .notes import log
 
 
 class Reaper:
-    def __init__(self, holder, sessions, cgroups, watch, procs, clock) -> None:
+    def __init__(self, holder, sessions, cgroups, watch, procs, clock, units=None) -> None:
         self.holder = holder
         self.sessions = sessions
         self.cgroups = cgroups
         self.watch = watch          # cgroup.events of every session (kernel/cgroupwatch.py)
         self.procs = procs
         self.clock = clock
+        self.units = units          # systemd, for pinned units (None without it)
+
+    def unit_gone(self, unit: str) -> bool:
+        """A pinned unit systemd no longer knows (its cgroup gone meanwhile)."""
+        return self.units is not None and not self.units.loaded(unit)
 
     def follow(self) -> None:
         """Watch exactly the sessions there are; reap the newly watched ones
@@ -31,6 +36,19 @@ class Reaper:
 
     def on_change(self) -> None:
         self.reap(self.watch.drain())
+
+    def follow_pinned(self) -> None:
+        """Units pinned by name: a new cgroup of theirs (a restart) is
+        pinned again at once; each turn of the loop looks (a stat each)."""
+        for s in list(self.holder.state.sessions.values()):
+            if not s.pinned:
+                continue
+            found = self.cgroups.stat(self.cgroups.path(s.cgroup))
+            if found is not None and found[0] != s.cgroup_id:
+                try:
+                    self.sessions.repin(s, found[0])
+                except Exception:
+                    log.exception("pinning %s again", s.unit)
 
     def populated(self, s) -> bool | None:
         """Whether S's cgroup holds processes; None when it is gone (or its
@@ -60,6 +78,9 @@ class Reaper:
                 self.holder.state = self.holder.state.with_session(
                     dataclasses.replace(s, committed=True))
                 changed = True
+            elif s.pinned and populated is None and self.unit_gone(s.unit):
+                self.sessions.remove(s, "unit-gone")
+                ended.append(s.id)
             elif lifecycle.should_reap(s, populated, self.procs.alive(s.pid), now):
                 self.sessions.remove(s, lifecycle.reap_cause(s, populated))
                 ended.append(s.id)

@@ -33,13 +33,14 @@ def requested_session(msg: dict, pinset: str, now: float) -> tuple[Session, obje
     unit = str(msg.get("unit") or "")
     if unit and (owned or not _unit_name(unit)):
         raise NetleakError(f"not a unit name: {unit!r}")
+    pinned = bool(msg.get("pinned")) and bool(unit)
     # the requester as the kernel names it (SO_PEERCRED), not as it says:
     # it is the process netleak-exec moves into the cgroup
     s = Session(id=str(msg["id"]), iface=iface, cgroup=str(msg["cgroup"]).strip("/"),
                 cgroup_id=int(msg["cgroup_id"]), pinset=pinset, owned=owned,
                 pid=int(msg.get("peer_pid") or 0), created=now,
                 container=str(msg.get("container") or ""), block=block, dns=dns,
-                dns_from="user" if dns else "", allow=allow, unit=unit)
+                dns_from="user" if dns else "", allow=allow, unit=unit, pinned=pinned)
     return s, spec
 
 
@@ -47,6 +48,13 @@ def _unit_name(name: str) -> bool:
     stem, dot, kind = name.rpartition(".")
     return bool(dot) and kind in ("scope", "service") and 0 < len(name) <= 255 and all(
         c.isascii() and (c.isalnum() or c in ":-_.\\@") for c in stem)
+
+
+def dropin(command: list[str]) -> str:
+    """The drop-in that pins a service again before each start."""
+    return ("# netleak: this service is pinned by name (netleak attach --unit): each start\n"
+            "# puts its cgroup under control before ExecStart= runs; netleak detach\n"
+            "# removes this file\n[Service]\nExecStartPre=+" + " ".join(command) + "\n")
 
 
 def scope_name(sid: str) -> str:
@@ -58,7 +66,7 @@ def scope_name(sid: str) -> str:
 
 class Sessions:
     def __init__(self, cfg, holder, links, relays, cgroups, bpf, pins, procs, clock,
-                 resolvers, here_netns, units=None) -> None:
+                 resolvers, here_netns, units=None, netleak_cli: str = "") -> None:
         self.cfg = cfg
         self.holder = holder
         self.links = links
@@ -71,6 +79,7 @@ class Sessions:
         self.resolvers = resolvers          # ifindex -> the servers the interface announces
         self.here_netns = here_netns        # () -> this namespace's inode
         self.units = units                  # systemd (kernel/systemd.py), None without it
+        self.netleak_cli = netleak_cli       # the netleak command, for a unit's drop-in
 
     @property
     def state(self):
@@ -96,6 +105,10 @@ class Sessions:
                                                                   msg.get("proxy_addr")))
             self.relays.ensure()
         path = self.cgroups.path(s.cgroup)
+        if s.pinned:
+            again = self.pinned(s.unit)
+            if again is not None:       # its ExecStartPre= on each start
+                return self._pin_again(again, s, spec)
         if not owned and not made:
             self.check_attachable(s)
         try:
@@ -122,10 +135,74 @@ class Sessions:
             self.remove(s, "setup-failed")
             self.holder.save()
             raise
+        if s.pinned and self.units is not None and s.unit.endswith(".service"):
+            command = self.attach_command(s)
+            if command:
+                step(f"{s.unit} pinned from its start", self.units.write_dropin, s.unit,
+                     dropin(command))
         # the commit is saved after the reply: a crash before that leaves an
         # uncommitted record whose populated cgroup the next daemon commits
         self.holder.save_later()
         return self._opened(s, spec, binding)
+
+    def attach_command(self, s: Session) -> list[str]:
+        """The `netleak attach` that pins S's unit again, as given."""
+        cli = self.netleak_cli
+        if not cli:
+            return []
+        argv = [cli, "attach"]
+        if s.block:
+            argv.append("--block")
+        else:
+            argv.append(s.iface)
+            b = self.state.bindings.get(s.iface)
+            for via, given in ((b.via4, b.user_via4), (b.via6, b.user_via6)) if b else ():
+                if via and given:
+                    argv += ["--via", via]
+        for d in s.dns if s.dns_from == "user" else ():
+            argv += ["--dns", d]
+        for a in s.allow:
+            argv += ["--allow", a]
+        return argv + ["--unit", "%n"]
+
+    def pinned(self, unit: str) -> Session | None:
+        for o in self.state.sessions.values():
+            if o.pinned and o.unit == unit:
+                return o
+        return None
+
+    def _pin_again(self, o: Session, s: Session, spec) -> dict:
+        """An attach of a unit pinned already: the same terms, its cgroup now."""
+        same = (o.iface, o.block, o.allow, o.proxy) == (s.iface, s.block, s.allow, s.proxy) \
+            and (not s.dns or s.dns == o.dns)
+        if not same:
+            raise NetleakError(f"{o.unit} is pinned already (session {o.id} on {o.what}): "
+                               f"netleak detach --unit {o.unit} first")
+        if s.cgroup_id != o.cgroup_id:
+            o = self.repin(o, s.cgroup_id)
+        return self._opened(o, spec, self.state.bindings.get(o.iface) if o.iface else None)
+
+    def repin(self, s: Session, cgroup_id: int) -> Session:
+        """A pinned unit's new cgroup (it restarted): its entry written for
+        the new cgroup first, its programs attached, the old entries gone."""
+        new = dataclasses.replace(s, cgroup_id=cgroup_id, committed=True)
+        self.holder.state = self.state.with_session(new)
+        self.holder.save()
+        links = self.links
+        if new.iface and new.iface not in links.live:
+            links.reconcile_all()
+        links.write_policy(new, links.live[new.iface] if new.iface else links.block_policy())
+        progs = self.pins.progs_for(new.pinset)
+        if progs is not None:
+            progs.attach(self.cgroups.path(new.cgroup))
+        maps = self.pins.maps_for(s.pinset)
+        if maps is not None:
+            for fd in (maps.policy, maps.stats):
+                step("old entry", self.bpf.map_delete, fd, pack_key(s.cgroup_id))
+        note("unit-repinned", "session %s: %s has a new cgroup (id %d): pinned again",
+             s.id, s.unit, cgroup_id, session=s.id, unit=s.unit, cgroup_id=cgroup_id,
+             old_cgroup_id=s.cgroup_id)
+        return new
 
     def _in_new_scope(self, msg: dict) -> dict:
         """MSG for the transient scope systemd makes for its requester (a
@@ -293,6 +370,8 @@ class Sessions:
             if maps.redirect_n >= 0:    # its sockets' entries went with them
                 step("redirect count", self.bpf.map_delete, maps.redirect_n, key)
         self.relays.forget(s.cgroup_id)
+        if s.pinned and self.units is not None:
+            step(f"drop-in of {s.unit}", self.units.remove_dropin, s.unit)
         if s.owned:
             if step(f"remove cgroup {s.cgroup}", self.cgroups.remove_tree, path) is False:
                 log.warning("cgroup %s not removed (busy)", s.cgroup)

@@ -12,6 +12,8 @@ from ..core.errors import NetleakError
 SYSTEMD = "org.freedesktop.systemd1"
 MANAGER = "org.freedesktop.systemd1.Manager"
 SLICE = "netleak.slice"
+RUNTIME_UNITS = "/run/systemd/system"   # drop-ins that go with a reboot
+DROPIN = "netleak.conf"
 
 
 def running() -> bool:
@@ -61,6 +63,24 @@ class Systemd:
                                    f"'systemctl status {name}'")
             time.sleep(0.005)
 
+    def loaded(self, unit: str) -> bool:
+        """Whether systemd knows UNIT (a stopped service it has a file for is
+        loaded; a collected scope, a removed unit are not)."""
+        try:
+            self._call("/org/freedesktop/systemd1", MANAGER, "GetUnit", "s", (unit,))
+        except NetleakError as e:
+            if "NoSuchUnit" in str(e):
+                try:
+                    (path,) = self._call("/org/freedesktop/systemd1", MANAGER, "LoadUnit",
+                                         "s", (unit,))
+                    (state,) = self._call(path, "org.freedesktop.DBus.Properties", "Get",
+                                          "ss", ("org.freedesktop.systemd1.Unit", "LoadState"))
+                    return state[1] == "loaded"
+                except NetleakError:
+                    return False
+            raise
+        return True
+
     def control_group(self, unit: str) -> str:
         """The cgroup of a loaded UNIT ('' while it has none)."""
         (path,) = self._call("/org/freedesktop/systemd1", MANAGER, "GetUnit", "s", (unit,))
@@ -68,6 +88,34 @@ class Systemd:
         (value,) = self._call(path, "org.freedesktop.DBus.Properties", "Get", "ss",
                               (f"org.freedesktop.systemd1.{kind}", "ControlGroup"))
         return value[1]
+
+    def write_dropin(self, unit: str, text: str) -> None:
+        """A runtime drop-in of UNIT (gone with a reboot, or remove_dropin),
+        then a reload, so its next start reads it."""
+        folder = os.path.join(RUNTIME_UNITS, f"{unit}.d")
+        os.makedirs(folder, mode=0o755, exist_ok=True)
+        path = os.path.join(folder, DROPIN)
+        part = path + ".part"
+        with open(part, "w") as f:
+            f.write(text)
+        os.rename(part, path)
+        self.reload()
+
+    def remove_dropin(self, unit: str) -> None:
+        folder = os.path.join(RUNTIME_UNITS, f"{unit}.d")
+        try:
+            os.unlink(os.path.join(folder, DROPIN))
+        except FileNotFoundError:
+            return
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass            # other drop-ins of the unit's stay
+        self.reload()
+
+    def reload(self) -> None:
+        """systemctl daemon-reload (returns once it is done)."""
+        self._call("/org/freedesktop/systemd1", MANAGER, "Reload")
 
     def close(self) -> None:
         if self._conn is not None:

@@ -209,3 +209,87 @@ def test_the_daemon_service_takes_over_from_a_daemon_started_on_demand(sd):
         sd.run("rm", "-f", path)
         sd.run("systemctl", "daemon-reload")
     assert wait_until(lambda: not daemon_pids(sd))
+
+
+def pinned_service(sd: Host, name: str, dropin: str | None) -> str:
+    """A Restart=always service sending a datagram to the server every 0.2 s
+    from its first instruction; DROPIN its netleak drop-in, if any."""
+    sd.run("sh", "-c", 'printf %s "$0" > /run/nlt-client.py', labmod.CLIENT_CODE)
+    unit = (f"[Service]\nExecStart={sys.executable} /run/nlt-client.py {labmod.SERVER4} "
+            f"{labmod.PORT} udp 10000\nRestart=always\nRestartSec=0.3\n")
+    path = f"/etc/systemd/system/{name}.service"
+    sd.run("sh", "-c", f'printf %s "$0" > {path}', unit)
+    if dropin is not None:
+        sd.run("mkdir", "-p", f"{path}.d")
+        sd.run("sh", "-c", f'printf %s "$0" > {path}.d/netleak.conf', dropin)
+    sd.run("systemctl", "daemon-reload")
+    return path
+
+
+def kill_twice(sd: Host, name: str) -> int:
+    """SIGKILL the service twice (Restart=always brings it back); its
+    restarts."""
+    for _ in range(2):
+        wait_until(lambda: False, timeout=1.0)          # it sends meanwhile
+        sd.run("systemctl", "kill", "-s", "KILL", name)
+        assert wait_until(lambda: sd.run("systemctl", "show", "-p", "MainPID", "--value",
+                                         name).stdout.strip() not in ("", "0"))
+    wait_until(lambda: False, timeout=1.0)
+    return int(sd.run("systemctl", "show", "-p", "NRestarts", "--value", name).stdout)
+
+
+def remove_service(sd: Host, name: str, path: str) -> None:
+    sd.run("systemctl", "stop", name)
+    sd.run("rm", "-rf", path, f"{path}.d")
+    sd.run("systemctl", "daemon-reload")
+    sd.run("systemctl", "reset-failed")
+    assert wait_until(lambda: sessions(sd) == []), sessions(sd)
+
+
+def test_a_service_pinned_by_the_example_drop_in_leaks_nothing_from_its_first_packet(sd):
+    with open(os.path.join(ROOT, "examples", "netleak-pinned.conf")) as f:
+        dropin = f.read().replace("/usr/local/bin/netleak", CLI).replace(" wg0 ", " vpn0 ")
+    path = pinned_service(sd, "nlt-pinned", dropin)
+    try:
+        with sd.lab.capture("up0") as up, sd.lab.capture("vpn0") as vpn:
+            assert sd.run("systemctl", "start", "nlt-pinned").returncode == 0
+            first = [r["id"] for r in sessions(sd)]
+            restarts = kill_twice(sd, "nlt-pinned")
+            now = [r["id"] for r in sessions(sd)]
+            sd.run("systemctl", "stop", "nlt-pinned")
+            leaked, carried = up.stop(), vpn.stop()
+        assert restarts >= 2 and leaked == 0
+        assert carried > 0                      # it did send, by vpn0
+        assert now == first and len(now) == 1   # one session throughout
+        with sd.lab.capture("up0") as cap:     # the positive control
+            sd.client()
+            assert cap.stop() > 0
+        r = sd.run(CLI, "detach", "--cgroup", "/system.slice/nlt-pinned.service")
+        assert r.returncode == 0, r.stderr
+    finally:
+        remove_service(sd, "nlt-pinned", path)
+
+
+def test_a_service_attached_by_name_stays_pinned_across_restarts(sd):
+    """netleak attach --unit once, while it runs: a drop-in netleak writes
+    pins each new start before its first instruction."""
+    path = pinned_service(sd, "nlt-named", None)
+    dropin = "/run/systemd/system/nlt-named.service.d/netleak.conf"
+    try:
+        assert sd.run("systemctl", "start", "nlt-named").returncode == 0
+        r = sd.run(CLI, "attach", "vpn0", "--unit", "nlt-named")
+        assert r.returncode == 0, r.stderr
+        assert f"ExecStartPre=+{CLI} attach vpn0 --unit %n" in sd.run("cat", dropin).stdout
+        with sd.lab.capture("up0") as up, sd.lab.capture("vpn0") as vpn:
+            restarts = kill_twice(sd, "nlt-named")
+            leaked, carried = up.stop(), vpn.stop()
+        assert restarts >= 2 and leaked == 0 and carried > 0, up.lines
+        row, = sessions(sd)
+        r = sd.run(CLI, "detach", "--cgroup", "/system.slice/nlt-named.service")
+        assert r.returncode == 0, r.stderr
+        assert sd.run("test", "-e", dropin).returncode == 1, "drop-in left behind"
+        with sd.lab.capture("up0") as cap:     # released: it goes by up0 again
+            assert wait_until(lambda: False, timeout=1.0) is False
+            assert cap.stop() > 0
+    finally:
+        remove_service(sd, "nlt-named", path)

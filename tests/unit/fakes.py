@@ -386,6 +386,16 @@ class FakeUnits:
     def __init__(self, journal: Journal, cgroups: FakeCgroups) -> None:
         self.journal = journal
         self.cgroups = cgroups
+        self.gone: set[str] = set()
+
+    def write_dropin(self, unit, text):
+        self.journal.append(("units", "write_dropin", unit, text))
+
+    def remove_dropin(self, unit):
+        self.journal.append(("units", "remove_dropin", unit))
+
+    def loaded(self, unit):
+        return unit not in self.gone
 
     def start_scope(self, name, pid, description):
         self.journal.append(("units", "start_scope", name, pid))
@@ -430,7 +440,7 @@ class World:
                           watch=self.watch, event_log=self.events,
                           resolvers=lambda index: self.resolvers.get(index, ()),
                           here_netns=lambda: self.here, make_relay=FakeRelay,
-                          units=self.units)
+                          units=self.units, netleak_cli="/usr/bin/netleak")
         r = self.roles
         self.holder, self.links, self.sessions = r.holder, r.links, r.sessions
         self.reaper, self.gc, self.requests, self.relays = (r.reaper, r.collector,

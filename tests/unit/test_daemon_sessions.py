@@ -549,3 +549,54 @@ def test_a_gone_units_programs_are_not_detached():
     w.journal.clear()
     assert w.reaper.reap() == ["s9"]
     assert w.journal.of("progs") == [] and ("cgroups", "remove_tree", s.cgroup) not in w.journal
+
+
+# ---------- services pinned by name ----------
+
+def pin_request(w: World, sid="p1", cgroup="system.slice/web.service", **extra) -> dict:
+    return w.attach_request(sid, cgroup=cgroup, unit="web.service", pinned=True, **extra)
+
+
+def test_a_pinned_service_gets_a_drop_in_that_pins_each_start():
+    w = world()
+    w.sessions.open(pin_request(w, dns=["198.51.100.53"], allow=["192.0.2.0/24"]))
+    (_, _, unit, text), = [e for e in w.journal if e[:2] == ("units", "write_dropin")]
+    assert unit == "web.service"
+    assert ("ExecStartPre=+/usr/bin/netleak attach wg0 --dns 198.51.100.53 "
+            "--allow 192.0.2.0/24 --unit %n") in text
+    w.sessions.detach({"id": "p1"})
+    assert ("units", "remove_dropin", "web.service") in w.journal
+
+
+def test_pinning_again_takes_the_new_cgroup_and_refuses_other_terms():
+    w = world()
+    w.sessions.open(pin_request(w))
+    old = w.state.sessions["p1"].cgroup_id
+    w.cgroups.tree.pop("system.slice/web.service")
+    again = pin_request(w, "p2")                  # a restart: the same path, a new cgroup
+    reply = w.sessions.open(again)
+    assert reply["id"] == "p1" and list(w.state.sessions) == ["p1"]
+    s = w.state.sessions["p1"]
+    assert s.cgroup_id == again["cgroup_id"] != old
+    assert w.policy(s.cgroup_id) is not None and w.policy(old) is None
+    with pytest.raises(NetleakError, match="pinned already"):
+        w.sessions.open(pin_request(w, "p3", allow=["192.0.2.0/24"]))
+
+
+def test_a_pinned_service_outlives_its_cgroup_and_follows_the_next():
+    w = world()
+    w.sessions.open(pin_request(w))
+    w.cgroups.tree.pop("system.slice/web.service")
+    assert w.reaper.reap() == []                  # restarting: kept
+    new = w.cgroups.add("system.slice/web.service")
+    w.reaper.follow_pinned()
+    assert w.state.sessions["p1"].cgroup_id == new and w.policy(new) is not None
+    w.cgroups.tree.pop("system.slice/web.service")
+    w.units.gone.add("web.service")               # the unit itself is gone
+    assert w.reaper.reap() == ["p1"]
+
+
+def test_a_pinned_service_may_be_detached():
+    w = world()
+    w.sessions.open(pin_request(w))
+    assert w.sessions.detach({"id": "p1"})["ok"]
