@@ -11,6 +11,7 @@ from ..core.errors import NetleakError
 from ..core.policy import POLICY_SIZE, Stats, pack_key
 from ..core.state import Session, policy_for
 from .notes import log, note, step
+from .units import UnitSessions, dropin, unit_name_ok
 
 
 def requested_session(msg: dict, pinset: str, now: float) -> tuple[Session, object]:
@@ -31,7 +32,7 @@ def requested_session(msg: dict, pinset: str, now: float) -> tuple[Session, obje
         raise NetleakError("no interface given (nor --block, nor --proxy)")
     owned = bool(msg.get("owned", True))
     unit = str(msg.get("unit") or "")
-    if unit and (owned or not _unit_name(unit)):
+    if unit and (owned or not unit_name_ok(unit)):
         raise NetleakError(f"not a unit name: {unit!r}")
     pinned = bool(msg.get("pinned")) and bool(unit)
     # the requester as the kernel names it (SO_PEERCRED), not as it says:
@@ -44,27 +45,7 @@ def requested_session(msg: dict, pinset: str, now: float) -> tuple[Session, obje
     return s, spec
 
 
-def _unit_name(name: str) -> bool:
-    stem, dot, kind = name.rpartition(".")
-    return bool(dot) and kind in ("scope", "service") and 0 < len(name) <= 255 and all(
-        c.isascii() and (c.isalnum() or c in ":-_.\\@") for c in stem)
-
-
-def dropin(command: list[str]) -> str:
-    """The drop-in that pins a service again before each start."""
-    return ("# netleak: this service is pinned by name (netleak attach --unit): each start\n"
-            "# puts its cgroup under control before ExecStart= runs; netleak detach\n"
-            "# removes this file\n[Service]\nExecStartPre=+" + " ".join(command) + "\n")
-
-
-def scope_name(sid: str) -> str:
-    """The transient scope of session SID."""
-    if not (sid.isascii() and sid.isalnum() and len(sid) <= 64):
-        raise NetleakError(f"bad session id {sid!r}")
-    return f"netleak-{sid}.scope"
-
-
-class Sessions:
+class Sessions(UnitSessions):
     def __init__(self, cfg, holder, links, relays, cgroups, bpf, pins, procs, clock,
                  resolvers, here_netns, units=None, netleak_cli: str = "") -> None:
         self.cfg = cfg
@@ -144,77 +125,6 @@ class Sessions:
         # uncommitted record whose populated cgroup the next daemon commits
         self.holder.save_later()
         return self._opened(s, spec, binding)
-
-    def attach_command(self, s: Session) -> list[str]:
-        """The `netleak attach` that pins S's unit again, as given."""
-        cli = self.netleak_cli
-        if not cli:
-            return []
-        argv = [cli, "attach"]
-        if s.block:
-            argv.append("--block")
-        else:
-            argv.append(s.iface)
-            b = self.state.bindings.get(s.iface)
-            for via, given in ((b.via4, b.user_via4), (b.via6, b.user_via6)) if b else ():
-                if via and given:
-                    argv += ["--via", via]
-        for d in s.dns if s.dns_from == "user" else ():
-            argv += ["--dns", d]
-        for a in s.allow:
-            argv += ["--allow", a]
-        return argv + ["--unit", "%n"]
-
-    def pinned(self, unit: str) -> Session | None:
-        for o in self.state.sessions.values():
-            if o.pinned and o.unit == unit:
-                return o
-        return None
-
-    def _pin_again(self, o: Session, s: Session, spec) -> dict:
-        """An attach of a unit pinned already: the same terms, its cgroup now."""
-        same = (o.iface, o.block, o.allow, o.proxy) == (s.iface, s.block, s.allow, s.proxy) \
-            and (not s.dns or s.dns == o.dns)
-        if not same:
-            raise NetleakError(f"{o.unit} is pinned already (session {o.id} on {o.what}): "
-                               f"netleak detach --unit {o.unit} first")
-        if s.cgroup_id != o.cgroup_id:
-            o = self.repin(o, s.cgroup_id)
-        return self._opened(o, spec, self.state.bindings.get(o.iface) if o.iface else None)
-
-    def repin(self, s: Session, cgroup_id: int) -> Session:
-        """A pinned unit's new cgroup (it restarted): its entry written for
-        the new cgroup first, its programs attached, the old entries gone."""
-        new = dataclasses.replace(s, cgroup_id=cgroup_id, committed=True)
-        self.holder.state = self.state.with_session(new)
-        self.holder.save()
-        links = self.links
-        if new.iface and new.iface not in links.live:
-            links.reconcile_all()
-        links.write_policy(new, links.live[new.iface] if new.iface else links.block_policy())
-        progs = self.pins.progs_for(new.pinset)
-        if progs is not None:
-            progs.attach(self.cgroups.path(new.cgroup))
-        maps = self.pins.maps_for(s.pinset)
-        if maps is not None:
-            for fd in (maps.policy, maps.stats):
-                step("old entry", self.bpf.map_delete, fd, pack_key(s.cgroup_id))
-        note("unit-repinned", "session %s: %s has a new cgroup (id %d): pinned again",
-             s.id, s.unit, cgroup_id, session=s.id, unit=s.unit, cgroup_id=cgroup_id,
-             old_cgroup_id=s.cgroup_id)
-        return new
-
-    def _in_new_scope(self, msg: dict) -> dict:
-        """MSG for the transient scope systemd makes for its requester (a
-        netleak-exec in a cgroup it shares); the requester is moved in now,
-        and runs nothing before the reply."""
-        pid = int(msg.get("peer_pid") or 0)
-        if self.units is None or pid <= 0:
-            raise NetleakError("no systemd here to make a scope in: retry without it")
-        name = scope_name(str(msg["id"]))
-        rel = self.units.start_scope(name, pid, f"netleak-exec session {msg['id']}")
-        return dict(msg, cgroup=rel, cgroup_id=self.cgroups.cgroup_id(self.cgroups.path(rel)),
-                    owned=False, unit=name, join=False)
 
     def _enforce(self, s: Session, path: str, binding, changed: bool, msg: dict) -> Session:
         """The kernel side of a recorded session: entries, routes and rules,
