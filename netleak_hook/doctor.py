@@ -149,8 +149,13 @@ def read_facts(environ: Mapping[str, str]) -> Facts:
         headers_complete=complete, headers_release=headers_release,
         euid=os.geteuid(), rp_filter=read_rp_filter(),
         tools=find_tools(environ), security=read_security(environ),
-        libbpf=find_libbpf(), systemd=os.path.isdir("/run/systemd/system"),
+        libbpf=find_libbpf(), systemd=systemd_running(),
         daemon_service=service_state("netleak-daemon.service"))
+
+
+def systemd_running() -> bool:
+    from .kernel.systemd import running
+    return running()
 
 
 def service_state(unit: str) -> Optional[str]:

@@ -25,7 +25,8 @@ def open_exec_session(cfg: Config, iface: str, via4: str | None,
     store = Store(run_dir(cfg))
     store.check()       # a run directory others may write: refused before anything is made
     sid = new_session_id()
-    systemd = os.path.isdir("/run/systemd/system")
+    from .kernel import systemd as sd     # light: os and time only
+    systemd = sd.running()
     unit = _own_unit(root) if systemd else None
     if systemd:
         return _open_in_unit(store, cfg, root, unit, sid, iface, via4, via6, guards)
