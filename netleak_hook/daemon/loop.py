@@ -52,14 +52,17 @@ class Daemon:
     def state(self):
         return self.holder.state
 
-    def start(self, listen, own_cgroup=None) -> None:
+    def start(self, listen, settle=None) -> None:
         """Rebuild the view from the state file and the kernel: finish or
         roll back what a crash interrupted, collect what is left over (also
         after a reboot, when run directory and bpffs start empty); then
-        LISTEN(store) opens the request socket. OWN_CGROUP, if given, moves
-        the daemon into a cgroup of its own first."""
-        if own_cgroup is not None:
-            own_cgroup(self.parent)
+        LISTEN(store) opens the request socket. SETTLE(parent), if given,
+        first moves the daemon where it lives (a cgroup or a unit of its
+        own) and returns the cgroup the relay's goes under (None: PARENT)."""
+        if settle is not None:
+            home = settle(self.parent)
+            if home:
+                self.relays.home = home
         # read once out of any controlled cgroup (a socket of one in another
         # namespace would be refused)
         self.holder.netns = self.netns_cookie()

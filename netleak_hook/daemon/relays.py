@@ -10,7 +10,7 @@ from ..core.errors import NetleakError
 from ..proxymode import relay
 from .notes import step
 
-RELAY_CGROUP = "relay"    # under the cgroup parent: where the relay's sockets are made
+RELAY_CGROUP = "relay"    # under the daemon's home: where the relay's sockets are made
 
 
 class Relays:
@@ -21,6 +21,8 @@ class Relays:
         self.cgroups = cgroups
         self.pins = pins
         self.parent = parent                # the cgroup parent's path
+        self.home = parent                  # where the relay's cgroup goes (the daemon's
+                                            # unit, on a systemd host)
         self.log_events = log_events        # list[dict] -> None: the event log
         self.make_relay = make_relay        # None: proxymode.relay.Relay
         self.relay = None                   # running, or None
@@ -29,7 +31,7 @@ class Relays:
 
     @property
     def cgroup(self) -> str:
-        return os.path.join(self.parent, RELAY_CGROUP)
+        return os.path.join(self.home, RELAY_CGROUP)
 
     def ports(self) -> tuple[int, int, int]:
         return self.relay.ports if self.relay is not None else (0, 0, 0)

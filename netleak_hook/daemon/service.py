@@ -12,7 +12,7 @@ import sys
 
 from ..core.config import Config
 from ..core.errors import NetleakError
-from ..kernel import cgroupfs
+from ..kernel import cgroupfs, systemd
 from ..rundir import logfile, logfmt
 from ..rundir.store import Store, run_dir
 from .loop import Daemon, open_daemon
@@ -121,6 +121,48 @@ def setup_logging(store: Store, cfg: Config, foreground: bool) -> None:
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
 
 
+def settle(root: str, parent: str, own_cgroup: bool, on_systemd: bool,
+           units=None) -> str:
+    """Where the daemon lives; returns the cgroup its relay's goes under.
+
+    On a systemd host every process of it is in a unit: one started on
+    demand (OWN_CGROUP) asks for a transient scope of its own in
+    netleak.slice, delegated so the relay's cgroup may go below it; one
+    systemd runs (the service, Delegate=yes) is in its unit already.
+    Elsewhere an auto-started daemon moves into PARENT/daemon. ROOT: the
+    cgroup2 mount; UNITS: systemd (kernel.systemd.Systemd), opened here if
+    not given."""
+    if not on_systemd:
+        if own_cgroup:
+            leave_callers_cgroup(parent)
+        return parent
+    pid = os.getpid()
+    if own_cgroup:
+        sd = units or systemd.Systemd()
+        try:
+            rel = sd.start_scope(daemon_scope_name(pid), pid,
+                                 "netleak daemon (started on demand)", delegate=True)
+        except NetleakError as e:
+            log.warning("no unit of its own (%s): moving into %s/%s instead", e, parent,
+                        DAEMON_CGROUP)
+            leave_callers_cgroup(parent)
+            return parent
+        finally:
+            if units is None:
+                sd.close()
+    else:
+        rel = cgroupfs.of_pid(pid)
+        if not rel:
+            return parent          # the root cgroup: no home to make cgroups in
+    return cgroupfs.abspath(root, rel)
+
+
+def daemon_scope_name(pid: int) -> str:
+    """The transient scope of a daemon started on demand (one per network
+    namespace may run, so the name is its PID's)."""
+    return f"netleak-daemon-{pid}.scope"
+
+
 def leave_callers_cgroup(parent: str) -> None:
     """An auto-started daemon would otherwise live in the cgroup of
     whoever ran netleak first: a unit's stop would kill it, and that
@@ -150,8 +192,9 @@ def serve(cfg: Config, idle_exit: float = 0.0, foreground: bool = False,
           own_cgroup: bool = False, report: int = -1, replace: bool = False) -> int:
     """Run the daemon of this network namespace until stopped.
 
-    own_cgroup: move into a cgroup of its own under the cgroup parent (for a
-    daemon netleak starts on demand; one run by systemd stays in its unit).
+    own_cgroup: move into a cgroup of its own (for a daemon netleak starts
+    on demand: a transient scope on a systemd host, else one under the
+    cgroup parent; one run by systemd stays in its unit).
     REPORT: a descriptor to say, in one line, whether it started ("ready",
     "busy" when another daemon runs, or why not), then closed. REPLACE: a
     daemon that runs already (started on demand) hands over to this one (a
@@ -187,6 +230,7 @@ def serve(cfg: Config, idle_exit: float = 0.0, foreground: bool = False,
         tell("busy")
         return 0
     notifier = Notifier(os.environ)
+    on_systemd = systemd.running()
     d: Daemon | None = None
 
     def stop(signum, frame):
@@ -196,7 +240,8 @@ def serve(cfg: Config, idle_exit: float = 0.0, foreground: bool = False,
     signal.signal(signal.SIGINT, stop)
     try:
         d = open_daemon(cfg, store, idle_exit=idle_exit)
-        d.start(listen, own_cgroup=leave_callers_cgroup if own_cgroup else None)
+        d.start(listen, settle=lambda parent: settle(d.cgroups.root, parent, own_cgroup,
+                                                     on_systemd))
         tell("ready")
         notifier.send(f"READY=1\nSTATUS=serving {len(d.state.sessions)} sessions\n"
                       f"MAINPID={os.getpid()}")

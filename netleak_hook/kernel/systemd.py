@@ -46,11 +46,14 @@ class Systemd:
                                f"{' '.join(map(str, e.data))}") from None
 
     def start_scope(self, name: str, pid: int, description: str,
-                    timeout: float = 5.0) -> str:
+                    timeout: float = 5.0, delegate: bool = False) -> str:
         """Move PID into a new transient scope NAME in netleak.slice; returns
-        the scope's cgroup (relative, no leading '/') once PID is in it."""
+        the scope's cgroup (relative, no leading '/') once PID is in it.
+        DELEGATE: the cgroups below the scope's are PID's to make."""
         props = [("Description", ("s", description)), ("Slice", ("s", SLICE)),
                  ("PIDs", ("au", [pid])), ("CollectMode", ("s", "inactive-or-failed"))]
+        if delegate:
+            props.append(("Delegate", ("b", True)))
         self._call("/org/freedesktop/systemd1", MANAGER, "StartTransientUnit",
                    "ssa(sv)a(sa(sv))", (name, "fail", props, []))
         deadline = time.monotonic() + timeout

@@ -7,6 +7,7 @@ import errno
 import socket
 
 from netleak_hook.core.config import Config
+from netleak_hook.core.errors import NetleakError
 from netleak_hook.core.plan import Link
 from netleak_hook.core.policy import Policy, Stats, pack_key
 from netleak_hook.core.state import State
@@ -397,8 +398,10 @@ class FakeUnits:
     def loaded(self, unit):
         return unit not in self.gone
 
-    def start_scope(self, name, pid, description):
-        self.journal.append(("units", "start_scope", name, pid))
+    def start_scope(self, name, pid, description, delegate=False):
+        self.journal.append(("units", "start_scope", name, pid, delegate))
+        if name in self.gone:
+            raise NetleakError(f"systemd refused StartTransientUnit: {name}")
         rel = f"netleak.slice/{name}"
         self.cgroups.add(rel, populated=True)
         return rel

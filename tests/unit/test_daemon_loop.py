@@ -40,9 +40,10 @@ def test_start_order():
         w.journal.append(("daemon", "listen"))
         return object()
 
-    d.start(listen, own_cgroup=lambda parent: (joined.append(parent),
-                                               w.journal.append(("daemon", "own cgroup"))))
+    d.start(listen, settle=lambda parent: (joined.append(parent),
+                                           w.journal.append(("daemon", "own cgroup")))[1])
     assert joined == [w.roles.parent]
+    assert d.relays.cgroup == w.roles.parent + "/relay"
     got = positions(w.journal, ("daemon", "own cgroup"), ("kernel", "netns_cookie"),
                     ("pins", "ensure"), ("store", "load"), ("bpf", "update"),
                     ("relay", "start"), ("maps", "open_ring"), ("daemon", "listen"))
@@ -247,3 +248,59 @@ def test_notifier_is_silent_without_systemd_or_for_another_pid(tmp_path):
 def test_notifier_takes_an_abstract_socket():
     from netleak_hook.daemon.service import Notifier
     assert Notifier({"NOTIFY_SOCKET": "@/org/systemd/x"}).addr == "\0/org/systemd/x"
+
+
+# ---------- where the daemon lives ----------
+
+def test_settle_off_systemd_moves_an_auto_started_daemon_under_the_parent(monkeypatch):
+    from netleak_hook.daemon import service
+    joined = []
+    monkeypatch.setattr(service, "leave_callers_cgroup", joined.append)
+    assert service.settle("/cg", "/cg/netleak", True, False) == "/cg/netleak"
+    assert joined == ["/cg/netleak"]
+    assert service.settle("/cg", "/cg/netleak", False, False) == "/cg/netleak"
+    assert joined == ["/cg/netleak"]        # one run by hand stays where it is
+
+
+def test_settle_on_systemd_asks_for_a_delegated_scope_of_its_own(monkeypatch):
+    import os
+    from netleak_hook.daemon import service
+    w = World()
+    monkeypatch.setattr(service, "leave_callers_cgroup", lambda parent: 1 / 0)
+    home = service.settle("/cg", "/cg/netleak", True, True, units=w.units)
+    name = f"netleak-daemon-{os.getpid()}.scope"
+    assert home == f"/cg/netleak.slice/{name}"
+    assert ("units", "start_scope", name, os.getpid(), True) in w.journal
+
+
+def test_settle_on_systemd_falls_back_to_the_parent_when_systemd_refuses(monkeypatch):
+    import os
+    from netleak_hook.daemon import service
+    w = World()
+    w.units.gone.add(f"netleak-daemon-{os.getpid()}.scope")
+    joined = []
+    monkeypatch.setattr(service, "leave_callers_cgroup", joined.append)
+    assert service.settle("/cg", "/cg/netleak", True, True, units=w.units) == "/cg/netleak"
+    assert joined == ["/cg/netleak"]
+
+
+def test_settle_as_a_service_stays_in_its_unit(monkeypatch):
+    from netleak_hook.daemon import service
+    monkeypatch.setattr(service.cgroupfs, "of_pid",
+                        lambda pid: "system.slice/netleak-daemon.service")
+    home = service.settle("/cg", "/cg/netleak", False, True)
+    assert home == "/cg/system.slice/netleak-daemon.service"
+    monkeypatch.setattr(service.cgroupfs, "of_pid", lambda pid: "")
+    assert service.settle("/cg", "/cg/netleak", False, True) == "/cg/netleak"
+
+
+def test_the_relay_cgroup_goes_under_the_daemons_home():
+    w = World(state=proxy_state())
+    d = w.daemon()
+    d.start(lambda store: object(), settle=lambda parent: "/cg/netleak.slice/d.scope")
+    assert d.relays.cgroup == "/cg/netleak.slice/d.scope/relay"
+    made = ("cgroups", "make", "netleak.slice/d.scope/relay")
+    attached = ("pins", "attach_ingress", "prog_relay_in", "netleak.slice/d.scope/relay")
+    assert made in w.journal and attached in w.journal
+    # its one session's cgroup was gone: the relay and its cgroup with it
+    assert ("cgroups", "remove_if_empty", "netleak.slice/d.scope/relay") in w.journal
