@@ -1,6 +1,7 @@
 """netleak: status, doctor, demo and the daemon (click)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -366,6 +367,12 @@ def detach(env: Env, cgroup: str | None, pid: int | None, unit: str | None,
             if cgroup or pid is not None or unit:
                 raise NetleakError("give --id or one of --cgroup/--pid/--unit, not both")
             msg["id"] = sid
+        elif unit is not None and cgroup is None and pid is None:
+            from .core import targets
+            msg["unit"] = targets.unit_name(unit)
+            # a stopped service has no cgroup: a pinned one is found by name
+            with contextlib.suppress(NetleakError):
+                msg["cgroup"] = _target(env, None, None, unit)
         else:
             msg["cgroup"] = _target(env, cgroup, pid, unit)
         _need_root()

@@ -239,10 +239,11 @@ class Sessions(UnitSessions):
     def detach(self, msg: dict) -> dict:
         """Release a cgroup attached with `netleak attach`."""
         sid, rel = msg.get("id"), str(msg.get("cgroup") or "").strip("/")
+        unit = msg.get("unit")      # a pinned service is found by name, even stopped
         found = [s for s in self.state.sessions.values()
-                 if s.id == sid or (rel and s.cgroup == rel)]
+                 if s.id == sid or (rel and s.cgroup == rel) or (unit and s.unit == unit)]
         if not found:
-            what = f"session {sid}" if sid else f"cgroup /{rel}"
+            what = f"session {sid}" if sid else f"cgroup /{rel}" if rel else f"unit {unit}"
             raise NetleakError(f"{what} is not under netleak control: see 'netleak status'")
         s = found[0]
         if s.exec_session:

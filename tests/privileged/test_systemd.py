@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -157,9 +158,15 @@ def test_exec_from_a_shared_cgroup_gets_a_scope_of_its_own(sd):
         sd.run("pkill", "-xf", "sleep 299")
         p.wait()
     # systemd collects the scope; the daemon ends the session
-    assert wait_until(lambda: not sd.run("systemctl", "list-units", "--no-legend",
-                                         "netleak-*.scope").stdout.strip())
+    assert wait_until(lambda: not [u for u in units(sd, "netleak-*.scope")
+                                   if not u.startswith("netleak-daemon-")])
     assert wait_until(lambda: sessions(sd) == [])
+
+
+def units(sd: Host, pattern: str) -> list[str]:
+    """The units systemd has loaded whose names match PATTERN."""
+    out = sd.run("systemctl", "list-units", "--all", "--plain", "--no-legend", pattern).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
 def sessions(sd: Host) -> list[dict]:
@@ -209,6 +216,66 @@ def test_the_daemon_service_takes_over_from_a_daemon_started_on_demand(sd):
         sd.run("rm", "-f", path)
         sd.run("systemctl", "daemon-reload")
     assert wait_until(lambda: not daemon_pids(sd))
+
+
+PROXY4, PROXY_PORT = "203.0.113.20", 1080
+PROXYD = os.path.join(ROOT, "tests", "proxyd.py")
+PEER = ("import socket, sys\n"
+        "s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)\n"
+        "print('ok', s.recv(200).decode().strip())\n")
+
+
+def cgroup_of(sd: Host, pid: str) -> str:
+    return sd.run("sh", "-c", f"grep ^0:: /proc/{pid}/cgroup").stdout.strip()[3:]
+
+
+def netleak_cgroups(sd: Host) -> list[str]:
+    """netleak's cgroups as systemd does not know them: straight under the root."""
+    return sd.run("sh", "-c", "ls -d /sys/fs/cgroup/netleak* | grep -v '[.]slice$'"
+                  ).stdout.split()
+
+
+def test_the_daemon_started_on_demand_and_its_relay_live_in_a_unit(sd):
+    """Nothing of netleak's runs outside a unit: the daemon an exec session
+    starts asks for a scope of its own, the proxy relay's cgroup is made in
+    it, and all of it goes once the sessions end."""
+    lab = sd.lab
+    lab.ip(lab.net, "addr", "add", f"{PROXY4}/32", "dev", "lo")
+    proxy = lab.spawn([sys.executable, PROXYD, "--kind", "socks5", "--listen",
+                       f"{PROXY4}:{PROXY_PORT}", "--source", PROXY4], ns=lab.net,
+                      stdout=subprocess.DEVNULL)
+    gateway = labmod.LINKS["vpn0"][1]
+    url = f"socks5://{PROXY4}:{PROXY_PORT}"
+    p = sd.machine.popen(EXEC, "--via", gateway, "--proxy", url, "vpn0", "sleep", "297")
+    try:
+        assert wait_until(lambda: sd.run("pgrep", "-xf", "sleep 297").returncode == 0)
+        pid, = daemon_pids(sd)
+        scope = f"netleak-daemon-{pid}.scope"
+        assert cgroup_of(sd, pid) == f"/netleak.slice/{scope}"
+        status = sd.run("systemctl", "status", "--no-pager", pid).stdout
+        assert scope in status.splitlines()[0], status
+        relay = f"/sys/fs/cgroup/netleak.slice/{scope}/relay"
+        assert sd.run("test", "-d", relay).returncode == 0, "no relay cgroup in the scope"
+        # the relay carries a second session's connection through the proxy
+        with lab.capture("up0") as up:
+            r = sd.run(EXEC, "--via", gateway, "--proxy", url, "vpn0", sys.executable,
+                       "-c", PEER, labmod.SERVER4, str(labmod.PORT))
+            assert up.stop() == 0
+        assert r.stdout.split() == ["ok", PROXY4], r.stdout + r.stderr
+        assert netleak_cgroups(sd) == []
+    finally:
+        sd.run("pkill", "-xf", "sleep 297")
+        p.wait()
+        proxy.kill()
+        proxy.wait()
+        lab.ip(lab.net, "addr", "del", f"{PROXY4}/32", "dev", "lo", check=False)
+    assert wait_until(lambda: sessions(sd) == [])
+    assert wait_until(lambda: sd.run("test", "-e", relay).returncode == 1)
+    for pid in daemon_pids(sd):                 # ours: started by this test's session
+        sd.run("kill", pid)
+    assert wait_until(lambda: not daemon_pids(sd))
+    assert wait_until(lambda: units(sd, "netleak-*.scope") == []), units(sd, "netleak-*")
+    assert netleak_cgroups(sd) == []
 
 
 def pinned_service(sd: Host, name: str, dropin: str | None) -> str:
@@ -288,11 +355,16 @@ def test_a_service_attached_by_name_stays_pinned_across_restarts(sd):
             leaked, carried = up.stop(), vpn.stop()
         assert restarts >= 2 and leaked == 0 and carried > 0, up.lines
         row, = sessions(sd)
-        r = sd.run(CLI, "detach", "--cgroup", "/system.slice/nlt-named.service")
+        # stopped, the service has no cgroup: it is found by name
+        assert sd.run("systemctl", "stop", "nlt-named").returncode == 0
+        r = sd.run(CLI, "detach", "--unit", "nlt-named")
         assert r.returncode == 0, r.stderr
+        assert sessions(sd) == []
         assert sd.run("test", "-e", dropin).returncode == 1, "drop-in left behind"
-        with sd.lab.capture("up0") as cap:     # released: it goes by up0 again
+        with sd.lab.capture("up0") as cap:     # released: its next run goes by up0
+            assert sd.run("systemctl", "start", "nlt-named").returncode == 0
             assert wait_until(lambda: len(cap.raw) > 0)
             assert cap.stop() > 0
+        assert sessions(sd) == []
     finally:
         remove_service(sd, "nlt-named", path)

@@ -600,3 +600,14 @@ def test_a_pinned_service_may_be_detached():
     w = world()
     w.sessions.open(pin_request(w))
     assert w.sessions.detach({"id": "p1"})["ok"]
+
+
+def test_a_stopped_pinned_service_is_detached_by_its_name():
+    w = world()
+    w.sessions.open(pin_request(w))
+    w.cgroups.tree.pop("system.slice/web.service")  # stopped: systemd gives no cgroup
+    reply = w.sessions.detach({"unit": "web.service"})
+    assert reply["ok"] and reply["id"] == "p1" and w.state.sessions == {}
+    assert ("units", "remove_dropin", "web.service") in w.journal
+    with pytest.raises(NetleakError, match="unit web.service is not under netleak"):
+        w.sessions.detach({"unit": "web.service"})
