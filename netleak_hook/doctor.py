@@ -150,7 +150,7 @@ def read_facts(environ: Mapping[str, str]) -> Facts:
         euid=os.geteuid(), rp_filter=read_rp_filter(),
         tools=find_tools(environ), security=read_security(environ),
         libbpf=find_libbpf(), systemd=systemd_running(),
-        daemon_service=service_state("netleak-daemon.service"))
+        **service_facts("netleak-daemon.service"))
 
 
 def systemd_running() -> bool:
@@ -158,15 +158,23 @@ def systemd_running() -> bool:
     return running()
 
 
-def service_state(unit: str) -> Optional[str]:
-    """systemctl is-active UNIT ("active", "inactive", ...); None without systemctl."""
+def service_facts(unit: str) -> dict:
+    """UNIT's state as systemctl shows it ("active", "inactive", ...; None
+    without systemctl) and, when it is installed, whether it is delegated."""
     import subprocess
     try:
-        r = subprocess.run(["systemctl", "is-active", unit], capture_output=True, text=True,
+        r = subprocess.run(["systemctl", "show", "-p", "LoadState", "-p", "ActiveState",
+                            "-p", "Delegate", unit], capture_output=True, text=True,
                            timeout=5)
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    return r.stdout.strip() or None
+        return {"daemon_service": None}
+    props = dict(line.partition("=")[::2] for line in r.stdout.splitlines())
+    if r.returncode != 0 or "LoadState" not in props:
+        return {"daemon_service": None}
+    if props["LoadState"] != "loaded":
+        return {"daemon_service": "not installed"}
+    return {"daemon_service": props.get("ActiveState") or None,
+            "daemon_delegated": props.get("Delegate") == "yes"}
 
 
 def find_libbpf() -> Optional[str]:

@@ -73,6 +73,7 @@ class Facts:
     libbpf: Optional[str] = "libbpf.so.1"   # the libbpf that loads; None: none does
     systemd: bool = False                 # systemd is init (/run/systemd/system)
     daemon_service: Optional[str] = None  # netleak-daemon.service's state (systemctl)
+    daemon_delegated: Optional[bool] = None  # its Delegate=; None: not installed
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,11 @@ def check_systemd(facts: Facts) -> Check:
         daemon = "the daemon runs as netleak-daemon.service"
     else:
         daemon = f"netleak-daemon.service is {service} (a daemon starts on demand)"
+    if facts.daemon_delegated is False:
+        return Check("systemd", True, f"init; {daemon}, without Delegate=yes: proxy mode's "
+                                      f"relay makes its cgroup below the service's",
+                     warn=True, fix="add Delegate=yes to netleak-daemon.service's [Service] "
+                                    "(examples/netleak-daemon.service has it)")
     layout = cgroup_layout(facts.mountinfo)
     if layout is None or layout[1] != "pure v2":
         return Check("systemd", True, f"init, cgroup v2 beside v1 ({daemon}): sessions are "
@@ -214,7 +220,8 @@ def check_systemd(facts: Facts) -> Check:
                      fix="boot with systemd.unified_cgroup_hierarchy=1 so every "
                          "controller applies to netleak.slice")
     return Check("systemd", True, f"init, unified cgroup v2: sessions are units "
-                                  f"(netleak-<id>.scope in netleak.slice); {daemon}")
+                                  f"(netleak-<id>.scope in netleak.slice) and netleak "
+                                  f"needs no delegated cgroup of its own; {daemon}")
 
 
 FIX_LIBBPF = ("apt-get install libbpf1 (Ubuntu 22.04: libbpf0); dnf install libbpf "

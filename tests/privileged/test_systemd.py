@@ -204,6 +204,9 @@ def test_the_daemon_service_takes_over_from_a_daemon_started_on_demand(sd):
         assert wait_until(lambda: daemon_pids(sd) == [main]), daemon_pids(sd)
         row, = sessions(sd)                       # the session lived through it
         assert row["state"] == "routed", row
+        checks = {c["name"]: c for c in json.loads(sd.run(CLI, "doctor", "--json").stdout)}
+        c = checks["systemd"]
+        assert "runs as netleak-daemon.service" in c["detail"] and not c["warn"], c
         import time
         time.sleep(5)                             # 2.5 watchdog periods
         show = sd.run("systemctl", "show", "-p", "ActiveState", "-p", "NRestarts",

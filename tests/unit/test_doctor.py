@@ -631,3 +631,27 @@ def test_systemd_sessions_as_units():
     c = by_name(facts(systemd=True, daemon_service=None))["systemd"]      # hybrid
     assert c.ok and c.warn and "unified_cgroup_hierarchy=1" in c.fix
     assert "makes cgroups under netleak/" in by_name(facts())["systemd"].detail
+    c = by_name(facts(systemd=True, mountinfo=PURE, daemon_service="active",
+                      daemon_delegated=True))["systemd"]
+    assert not c.warn and "no delegated cgroup of its own" in c.detail
+
+
+def test_systemd_warns_of_a_daemon_service_without_delegation():
+    c = by_name(facts(systemd=True, mountinfo=PURE, daemon_service="active",
+                      daemon_delegated=False))["systemd"]
+    assert c.ok and c.warn and "Delegate=yes" in c.fix and "without Delegate" in c.detail
+
+
+def test_service_facts_read_systemctl(monkeypatch):
+    import subprocess
+
+    def run(out, rc=0):
+        monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
+            a, rc, stdout=out, stderr=""))
+    run("LoadState=loaded\nActiveState=active\nDelegate=yes\n")
+    assert doc.service_facts("x.service") == {"daemon_service": "active",
+                                              "daemon_delegated": True}
+    run("LoadState=not-found\nActiveState=inactive\nDelegate=no\n")
+    assert doc.service_facts("x.service") == {"daemon_service": "not installed"}
+    run("", rc=1)
+    assert doc.service_facts("x.service") == {"daemon_service": None}
