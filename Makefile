@@ -78,6 +78,11 @@ uninstall:
 		rm -f $(UNIT_DIR)/netleak-daemon.service; systemctl daemon-reload || true; fi
 	rm -f $(PREFIX)/bin/netleak $(PREFIX)/bin/netleak-exec $(PREFIX)/bin/netleak-hook
 	rm -f $(HOOKS_DIR)/netleak.json
+	# drop-ins of services pinned by name would call a netleak that is gone
+	for f in /run/systemd/system/*.d/netleak.conf; do \
+		[ -f "$$f" ] && head -1 "$$f" | grep -q '^# netleak: this service is pinned' && \
+		rm -f "$$f" && rmdir "$$(dirname "$$f")" 2>/dev/null; done; \
+		[ -d /run/systemd/system ] && systemctl daemon-reload || true
 	rm -rf $(OPT)
 
 clean:

@@ -175,8 +175,9 @@ def agent(env: Env, hooks_dir: str, zipapp_dir: str, host_dir: str) -> None:
 def status(env: Env, as_json: bool) -> None:
     """Sessions of this network namespace: one row each.
 
-    STATE is routed, kill-switch (interface down), waiting (interface
-    absent), starting, or no-policy (fail closed).
+    STATE is routed, shadowed (another tool's rule routes its packets
+    elsewhere, where they are dropped), kill-switch (interface down),
+    waiting (interface absent), starting, or no-policy (fail closed).
     """
     from . import status as st
     try:
@@ -340,12 +341,16 @@ def attach(env: Env, iface: str | None, cgroup: str | None, pid: int | None,
             "op": "open", "id": new_session_id(), "iface": name, "via4": via4,
             "via6": via6, "cgroup": rel, "cgroup_id": cid, "owned": False,
             "join": False, **guards,
-            # a unit named: pinned across its restarts, until detach
-            **({"unit": rel.rpartition("/")[2], "pinned": True} if unit else {})},
+            # a service or scope named: pinned across its restarts, until
+            # detach (a slice, a socket's cgroup is attached as a cgroup)
+            **({"unit": rel.rpartition("/")[2], "pinned": True}
+               if unit and rel.endswith((".service", ".scope")) else {})},
             autostart=env.config().autostart)
         client.check_guards(guards, reply)
     except NetleakError as e:
         _fail(e)
+    if reply.get("warning"):
+        click.echo(f"netleak: warning: {reply['warning']}", err=True)
     if block:
         click.echo(f"/{rel}: no network (loopback only), session {reply['id']}")
         return
@@ -378,6 +383,10 @@ def detach(env: Env, cgroup: str | None, pid: int | None, unit: str | None,
         _need_root()
         store = _store(env)
         if store.daemon_pid() is None:
+            if msg.get("unit") and _remove_leftover_dropin(msg["unit"]):
+                click.echo(f"{msg['unit']}: removed the drop-in that pinned it (no "
+                           f"daemon runs, so nothing else was attached)")
+                return
             raise NetleakError("no netleak daemon runs in this network namespace, so "
                                "nothing is attached here: see 'netleak status'")
         reply = client.request(store, msg)
@@ -385,6 +394,28 @@ def detach(env: Env, cgroup: str | None, pid: int | None, unit: str | None,
         _fail(e)
     click.echo(f"/{reply['cgroup']}: released from {reply['iface'] or 'no-network mode'} "
                f"(session {reply['id']})")
+    if reply.get("warning"):
+        click.echo(f"netleak: warning: {reply['warning']}", err=True)
+
+
+def _remove_leftover_dropin(unit: str) -> bool:
+    """The drop-in of UNIT a daemon that is gone wrote (it would pin the
+    next start): removed, systemd reloaded; whether there was one."""
+    from .daemon.units import DROPIN_HEAD
+    from .kernel import systemd
+    path = os.path.join(systemd.RUNTIME_UNITS, f"{unit}.d", systemd.DROPIN)
+    try:
+        with open(path) as f:
+            if not f.read().startswith(DROPIN_HEAD):
+                return False        # not netleak's
+    except OSError:
+        return False
+    sd = systemd.Systemd()
+    try:
+        sd.remove_dropin(unit)
+    finally:
+        sd.close()
+    return True
 
 
 @main.command()

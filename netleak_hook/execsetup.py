@@ -8,7 +8,7 @@ import contextlib
 import os
 
 from .core.config import Config
-from .core.errors import NetleakError
+from .core.errors import NO_SCOPE, NetleakError
 from .kernel import cgroupfs
 from .core.lifecycle import exec_cgroup_name, new_session_id, own_unit_cgroup
 from .rundir.store import Store, run_dir
@@ -29,7 +29,21 @@ def open_exec_session(cfg: Config, iface: str, via4: str | None,
     systemd = sd.running()
     unit = _own_unit(root) if systemd else None
     if systemd:
-        return _open_in_unit(store, cfg, root, unit, sid, iface, via4, via6, guards)
+        try:
+            return _open_in_unit(store, cfg, root, unit, sid, iface, via4, via6, guards)
+        except NetleakError as e:
+            # a daemon that cannot reach systemd (one in a container without
+            # the host's /run/systemd): a cgroup of netleak's own, as elsewhere
+            if unit is not None or not str(e).startswith(NO_SCOPE):
+                raise
+            sid = new_session_id()
+    return _open_own_cgroup(store, cfg, root, sid, iface, via4, via6, guards)
+
+
+def _open_own_cgroup(store: Store, cfg: Config, root: str, sid: str, iface: str,
+                     via4: str | None, via6: str | None, guards: dict | None) -> str:
+    """Without systemd: a cgroup netleak makes under its parent, protected
+    by the daemon, this process moved in."""
     rel = f"{cfg.cgroup_parent.strip('/')}/{exec_cgroup_name(sid, os.getpid())}"
     path = cgroupfs.abspath(root, rel)
     home = cgroupfs.abspath(root, cgroupfs.of_pid(os.getpid()))

@@ -33,3 +33,8 @@ class NetleakError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+# the daemon's refusal of a transient scope when it cannot reach systemd
+# (netleak-exec then makes a cgroup of netleak's own)
+NO_SCOPE = "the netleak daemon cannot reach systemd to make a scope"

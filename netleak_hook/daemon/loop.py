@@ -189,10 +189,15 @@ def open_daemon(cfg, store, idle_exit: float = 0.0) -> Daemon:
 
 
 def netleak_command() -> str:
-    """The netleak command of this installation ('' if there is none)."""
+    """The netleak command of this installation: beside its Python (a venv,
+    the install's own folder), else the one on PATH; '' if there is none."""
+    import shutil
     import sys
     cli = os.path.join(os.path.dirname(sys.executable), "netleak")
-    return cli if os.access(cli, os.X_OK) else ""
+    if os.access(cli, os.X_OK):
+        return cli
+    found = shutil.which("netleak")
+    return os.path.abspath(found) if found else ""
 
 
 class Roles:

@@ -20,15 +20,26 @@ class Reaper:
         self.units = units          # systemd, for pinned units (None without it)
 
     def unit_gone(self, unit: str) -> bool:
-        """A pinned unit systemd no longer knows (its cgroup gone meanwhile)."""
-        return self.units is not None and not self.units.loaded(unit)
+        """A pinned unit systemd no longer knows (its cgroup gone meanwhile);
+        when systemd cannot say, it is kept (asked again at the next pass)."""
+        if self.units is None:
+            return False
+        try:
+            return not self.units.loaded(unit)
+        except Exception as e:
+            log.warning("cannot tell whether %s is still there: %s", unit, e)
+            return False
 
     def follow(self) -> None:
         """Watch exactly the sessions there are; reap the newly watched ones
         whose change came before the watch."""
         try:
+            sessions = self.holder.state.sessions
             missed = self.watch.sync({sid: self.cgroups.path(s.cgroup)
-                                      for sid, s in self.holder.state.sessions.items()})
+                                      for sid, s in sessions.items()})
+            # a stopped pinned unit has no cgroup to watch: whether systemd
+            # still knows it is asked in the periodic pass, not each turn
+            missed = {sid for sid in missed if sid in sessions and not sessions[sid].pinned}
             if missed:
                 self.reap(missed)
         except Exception:

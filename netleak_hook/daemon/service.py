@@ -56,22 +56,41 @@ class Notifier:
 def take_over(store: Store, timeout: float = TAKE_OVER_SECONDS):
     """The lock of a daemon that runs already (one started on demand): it is
     asked to yield (it exits as on SIGTERM, its sessions stay in the kernel
-    and the state file), then the lock is taken; None if it would not."""
-    import json
+    and the state file), then the lock is taken; None if it would not. The
+    ask is repeated (a client may start another daemon in between); one too
+    old to know it gets SIGTERM."""
     import time
-    with contextlib.suppress(OSError):
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
-            s.settimeout(5)
-            s.connect(store.socket_path)
-            s.sendall(json.dumps({"op": "yield"}).encode() + b"\n")
-            s.recv(4096)
     deadline = time.monotonic() + timeout
+    asked = 0.0
     while time.monotonic() < deadline:
         lock = store.take_lock()
         if lock is not None:
             return lock
+        if time.monotonic() - asked >= 1.0:
+            asked = time.monotonic()
+            ask_to_yield(store)
         time.sleep(0.05)
     return None
+
+
+def ask_to_yield(store: Store) -> None:
+    """One "yield" request to the daemon on STORE's socket (root's only);
+    SIGTERM to it when it does not know the request."""
+    import json
+    import struct
+    with contextlib.suppress(OSError, ValueError):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
+            s.settimeout(5)
+            s.connect(store.socket_path)
+            pid, uid, _ = struct.unpack("3i", s.getsockopt(
+                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+            if uid != 0:
+                return
+            s.sendall(json.dumps({"op": "yield"}).encode() + b"\n")
+            reply = json.loads(s.recv(4096).decode() or "{}")
+            if not reply.get("ok") and "unknown" in str(reply.get("error", "")):
+                log.info("the daemon that runs (pid %d) predates hand-overs: SIGTERM", pid)
+                os.kill(pid, signal.SIGTERM)
 
 
 def listen(store: Store) -> socket.socket:

@@ -11,7 +11,7 @@ from ..core.errors import NetleakError
 from ..core.policy import POLICY_SIZE, Stats, pack_key
 from ..core.state import Session, policy_for
 from .notes import log, note, step
-from .units import UnitSessions, dropin, unit_name_ok
+from .units import UnitSessions, unit_name_ok
 
 
 def requested_session(msg: dict, pinset: str, now: float) -> tuple[Session, object]:
@@ -86,18 +86,17 @@ class Sessions(UnitSessions):
                                                                   msg.get("proxy_addr")))
             self.relays.ensure()
         path = self.cgroups.path(s.cgroup)
-        if s.pinned:
-            again = self.pinned(s.unit)
-            if again is not None:       # its ExecStartPre= on each start
-                return self._pin_again(again, s, spec)
-        if not owned and not made:
-            self.check_attachable(s)
+        again = self.pinned(s.unit) if s.pinned else None
+        if not owned and not made and not (again and again.cgroup_id == s.cgroup_id):
+            self.check_attachable(s, again)
         try:
             if self.cgroups.cgroup_id(path) != s.cgroup_id:
                 raise FileNotFoundError
         except FileNotFoundError:
             raise NetleakError(f"cgroup {s.cgroup} changed or vanished while being set "
                                f"up: retry") from None
+        if again is not None:           # its ExecStartPre= on each start
+            return self._pin_again(again, s, spec)
         changed = False
         binding = None if not iface else self.links.binding_for(iface, msg.get("via4"),
                                                                  msg.get("via6"))
@@ -116,15 +115,12 @@ class Sessions(UnitSessions):
             self.remove(s, "setup-failed")
             self.holder.save()
             raise
-        if s.pinned and self.units is not None and s.unit.endswith(".service"):
-            command = self.attach_command(s)
-            if command:
-                step(f"{s.unit} pinned from its start", self.units.write_dropin, s.unit,
-                     dropin(command))
+        warning = self.pin_from_start(s)
         # the commit is saved after the reply: a crash before that leaves an
         # uncommitted record whose populated cgroup the next daemon commits
         self.holder.save_later()
-        return self._opened(s, spec, binding)
+        reply = self._opened(s, spec, binding)
+        return dict(reply, warning=warning) if warning else reply
 
     def _enforce(self, s: Session, path: str, binding, changed: bool, msg: dict) -> Session:
         """The kernel side of a recorded session: entries, routes and rules,
@@ -208,10 +204,11 @@ class Sessions(UnitSessions):
                 f"netleak-exec {iface}")
         return addr
 
-    def check_attachable(self, s: Session) -> None:
-        """Refusals for a cgroup the user names (netleak-exec makes its own)."""
+    def check_attachable(self, s: Session, pinned: Session | None = None) -> None:
+        """Refusals for a cgroup the user names (netleak-exec makes its own);
+        PINNED: the session of the unit pinned by name whose new cgroup S is."""
         for other in self.state.sessions.values():
-            if other.cgroup_id == s.cgroup_id:
+            if other.cgroup_id == s.cgroup_id and other is not pinned:
                 raise NetleakError(
                     f"cgroup /{s.cgroup} is already under netleak control (session "
                     f"{other.id} on {other.what}): detach it first")
@@ -251,9 +248,18 @@ class Sessions(UnitSessions):
                 f"session {s.id} was started by netleak-exec and ends with its "
                 f"processes: stop them instead (PIDs in "
                 f"{self.cgroups.path(s.cgroup)}/cgroup.procs)")
+        warning = ""
+        if s.pinned and self.units is not None:
+            try:        # first, so a failure is told (remove() only logs it)
+                self.units.remove_dropin(s.unit)
+            except Exception as e:
+                warning = (f"the drop-in of {s.unit} may still pin its next start ({e}): "
+                           f"remove {s.unit}.d/netleak.conf under /run/systemd/system and "
+                           f"run 'systemctl daemon-reload'")
         self.remove(s, "detached")
         self.holder.save()
-        return {"ok": True, "id": s.id, "cgroup": s.cgroup, "iface": s.iface}
+        reply = {"ok": True, "id": s.id, "cgroup": s.cgroup, "iface": s.iface}
+        return dict(reply, warning=warning) if warning else reply
 
     def abort(self, msg: dict) -> dict:
         """A requester gives up its set-up (netleak-exec failed after open)."""

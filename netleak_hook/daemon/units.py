@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..core.errors import NetleakError
+from ..core.errors import NO_SCOPE, NetleakError
 from ..core.policy import pack_key
 from ..core.state import Session
 from .notes import note, step
@@ -17,11 +17,25 @@ def unit_name_ok(name: str) -> bool:
         c.isascii() and (c.isalnum() or c in ":-_.\\@") for c in stem)
 
 
+DROPIN_HEAD = "# netleak: this service is pinned by name"
+
+
 def dropin(command: list[str]) -> str:
-    """The drop-in that pins a service again before each start."""
-    return ("# netleak: this service is pinned by name (netleak attach --unit): each start\n"
+    """The drop-in that pins a service again before each start; COMMAND's
+    last word is a specifier (%n), the others are quoted for systemd."""
+    words = [systemd_quoted(w) for w in command[:-1]] + command[-1:]
+    return (f"{DROPIN_HEAD} (netleak attach --unit): each start\n"
             "# puts its cgroup under control before ExecStart= runs; netleak detach\n"
-            "# removes this file\n[Service]\nExecStartPre=+" + " ".join(command) + "\n")
+            "# removes this file\n[Service]\nExecStartPre=+" + " ".join(words) + "\n")
+
+
+def systemd_quoted(word: str) -> str:
+    """WORD as one argument of a unit file's command line: no specifier or
+    variable expanded, no split at a space."""
+    inner = word.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace(
+        "$", "$$")
+    return inner if inner == word and word and all(
+        c.isalnum() or c in "/-_.:,+=@" for c in word) else f'"{inner}"'
 
 
 def scope_name(sid: str) -> str:
@@ -60,6 +74,26 @@ class UnitSessions:
                 return o
         return None
 
+    def pin_from_start(self, s: Session) -> str:
+        """For a service pinned by name: the drop-in whose ExecStartPre=
+        pins each start before ExecStart=; what kept it from being written,
+        or ""."""
+        if not (s.pinned and self.units is not None and s.unit.endswith(".service")):
+            return ""
+        command = self.attach_command(s)
+        why = "" if command else "no netleak command found for its ExecStartPre="
+        if command:
+            try:
+                self.units.write_dropin(s.unit, dropin(command))
+            except Exception as e:
+                why = str(e)
+        if why:
+            note("dropin-failed", "%s: no drop-in (%s)", s.unit, why, level=30,
+                 unit=s.unit, error=why)
+            return (f"{s.unit} is pinned, but without its drop-in ({why}): each new start "
+                    f"is pinned again within a quarter second, not before ExecStart=")
+        return ""
+
     def _pin_again(self, o: Session, s: Session, spec) -> dict:
         """An attach of a unit pinned already: the same terms, its cgroup now."""
         same = (o.iface, o.block, o.allow, o.proxy) == (s.iface, s.block, s.allow, s.proxy) \
@@ -67,14 +101,16 @@ class UnitSessions:
         if not same:
             raise NetleakError(f"{o.unit} is pinned already (session {o.id} on {o.what}): "
                                f"netleak detach --unit {o.unit} first")
-        if s.cgroup_id != o.cgroup_id:
-            o = self.repin(o, s.cgroup_id)
+        if (s.cgroup_id, s.cgroup) != (o.cgroup_id, o.cgroup):
+            o = self.repin(o, s.cgroup_id, s.cgroup)
         return self._opened(o, spec, self.state.bindings.get(o.iface) if o.iface else None)
 
-    def repin(self, s: Session, cgroup_id: int) -> Session:
-        """A pinned unit's new cgroup (it restarted): its entry written for
-        the new cgroup first, its programs attached, the old entries gone."""
-        new = dataclasses.replace(s, cgroup_id=cgroup_id, committed=True)
+    def repin(self, s: Session, cgroup_id: int, cgroup: str | None = None) -> Session:
+        """A pinned unit's new cgroup (it restarted; CGROUP: its path, if it
+        moved): its entry written for the new cgroup first, its programs
+        attached, the old entries gone."""
+        new = dataclasses.replace(s, cgroup_id=cgroup_id, cgroup=cgroup or s.cgroup,
+                                  committed=True)
         self.holder.state = self.state.with_session(new)
         self.holder.save()
         links = self.links
@@ -99,7 +135,7 @@ class UnitSessions:
         and runs nothing before the reply."""
         pid = int(msg.get("peer_pid") or 0)
         if self.units is None or pid <= 0:
-            raise NetleakError("no systemd here to make a scope in: retry without it")
+            raise NetleakError(f"{NO_SCOPE} (it runs where /run/systemd/system is not)")
         name = scope_name(str(msg["id"]))
         rel = self.units.start_scope(name, pid, f"netleak-exec session {msg['id']}")
         return dict(msg, cgroup=rel, cgroup_id=self.cgroups.cgroup_id(self.cgroups.path(rel)),

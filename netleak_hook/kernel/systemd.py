@@ -29,9 +29,14 @@ class Systemd:
 
     def _call(self, path: str, interface: str, method: str, signature: str = "",
               body: tuple = ()):
-        from jeepney import DBusAddress, DBusErrorResponse, new_method_call
-        if self._conn is None:
+        try:
+            from jeepney import DBusAddress, DBusErrorResponse, new_method_call
             from jeepney.io.blocking import open_dbus_connection
+        except ImportError:
+            raise NetleakError("jeepney is missing, so netleak cannot talk to systemd: "
+                               "apt-get install python3-jeepney (or pip install "
+                               "jeepney)") from None
+        if self._conn is None:
             try:
                 self._conn = open_dbus_connection(bus="SYSTEM")
             except (OSError, KeyError) as e:
@@ -44,6 +49,10 @@ class Systemd:
         except DBusErrorResponse as e:
             raise NetleakError(f"systemd refused {method}: {e.name}: "
                                f"{' '.join(map(str, e.data))}") from None
+        except (OSError, EOFError) as e:    # a timeout, the bus restarted: reopen next time
+            self.close()
+            raise NetleakError(f"no answer from systemd to {method} "
+                               f"({e.__class__.__name__}: {e}): is dbus running?") from None
 
     def start_scope(self, name: str, pid: int, description: str,
                     timeout: float = 5.0, delegate: bool = False) -> str:
@@ -70,19 +79,20 @@ class Systemd:
         """Whether systemd knows UNIT (a stopped service it has a file for is
         loaded; a collected scope, a removed unit are not)."""
         try:
-            self._call("/org/freedesktop/systemd1", MANAGER, "GetUnit", "s", (unit,))
+            (path,) = self._call("/org/freedesktop/systemd1", MANAGER, "GetUnit", "s",
+                                 (unit,))
         except NetleakError as e:
-            if "NoSuchUnit" in str(e):
-                try:
-                    (path,) = self._call("/org/freedesktop/systemd1", MANAGER, "LoadUnit",
-                                         "s", (unit,))
-                    (state,) = self._call(path, "org.freedesktop.DBus.Properties", "Get",
-                                          "ss", ("org.freedesktop.systemd1.Unit", "LoadState"))
-                    return state[1] == "loaded"
-                except NetleakError:
-                    return False
-            raise
-        return True
+            if "NoSuchUnit" not in str(e):
+                raise
+            try:
+                (path,) = self._call("/org/freedesktop/systemd1", MANAGER, "LoadUnit",
+                                     "s", (unit,))
+            except NetleakError:
+                return False
+        # in memory is not enough: a unit still referenced may be not-found
+        (state,) = self._call(path, "org.freedesktop.DBus.Properties", "Get", "ss",
+                              ("org.freedesktop.systemd1.Unit", "LoadState"))
+        return state[1] == "loaded"
 
     def control_group(self, unit: str) -> str:
         """The cgroup of a loaded UNIT ('' while it has none)."""

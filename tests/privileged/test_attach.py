@@ -159,7 +159,8 @@ def test_attach_by_unit_through_systemctl(world, job, tmp_path):
     job.next_answers(1)
     assert job.next_answers() == ["new 198.51.100.2"] * 3
     r = world.cli("detach", "--unit", "other.scope", env=env)
-    assert r.returncode == 125 and "is not running" in r.stderr, r.stderr
+    assert r.returncode == 125 and "other.scope is not under netleak control" in r.stderr, \
+        r.stderr
     r = world.cli("detach", "--unit", "job.scope", env=env)
     assert r.returncode == 0, r.stderr
     assert world.sessions() == 0

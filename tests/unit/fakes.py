@@ -57,6 +57,8 @@ class FakeNet:
         self.gateways: dict[int, tuple] = {}
         self.routes: set = set()
         self.rules: set = set()
+        self.added: dict = {}               # rule -> when it was added (ties keep that order)
+        self.other_tables: set[int] = set()  # others' tables that route anything
         self.addresses: dict[str, int] = {"127.0.0.1": 1, "192.0.2.10": 2}
 
     def link(self, name, index, up=True, p2p=True, addrs4=("198.51.100.2",)):
@@ -90,12 +92,31 @@ class FakeNet:
         self.journal.append(("net", "del_route", r))
         self.routes.discard(r)
 
-    def current_rules(self, ours):
-        return {r for r in self.rules if ours(r)}
+    def list_rules(self, ours):
+        """In the kernel's order: by priority, then as added."""
+        from netleak_hook.core.precedence import Listed
+        order = sorted(self.rules, key=lambda r: (r.priority, self.added.get(r, 0)))
+        return [(r, Listed(r.family, r.priority, r.table, bool(ours(r)), r.fwmark,
+                           f"{r.priority}: from {r.src or 'all'} lookup {r.table}"))
+                for r in order]
+
+    def lookup_table(self, family, mark, dst):
+        """The first rule of FAMILY that takes MARK (one with no selector
+        takes every packet), if its table has a unicast route."""
+        self.journal.append(("probe", "lookup_table", family, mark))
+        for r, _ in self.list_rules(lambda r: False):
+            if r.family != family or r.src or r.dst or r.fwmark not in (None, mark):
+                continue
+            if any(x.table == r.table and x.family == family and x.kind == "unicast"
+                   for x in self.routes) or r.table in self.other_tables:
+                return r.table
+            return None
+        return None
 
     def add_rule(self, r):
         self.journal.append(("net", "add_rule", r))
         self.rules.add(r)
+        self.added[r] = len(self.added) + 1
 
     def del_rule(self, r):
         self.journal.append(("net", "del_rule", r))
@@ -388,14 +409,22 @@ class FakeUnits:
         self.journal = journal
         self.cgroups = cgroups
         self.gone: set[str] = set()
+        self.broken = False                 # systemd does not answer
 
     def write_dropin(self, unit, text):
         self.journal.append(("units", "write_dropin", unit, text))
+        if self.broken:
+            raise NetleakError("no answer from systemd to Reload (TimeoutError)")
 
     def remove_dropin(self, unit):
         self.journal.append(("units", "remove_dropin", unit))
+        if self.broken:
+            raise NetleakError("no answer from systemd to Reload (TimeoutError)")
 
     def loaded(self, unit):
+        self.journal.append(("units", "loaded", unit))
+        if self.broken:
+            raise NetleakError("no answer from systemd to GetUnit (TimeoutError)")
         return unit not in self.gone
 
     def start_scope(self, name, pid, description, delegate=False):

@@ -304,3 +304,55 @@ def test_the_relay_cgroup_goes_under_the_daemons_home():
     assert made in w.journal and attached in w.journal
     # its one session's cgroup was gone: the relay and its cgroup with it
     assert ("cgroups", "remove_if_empty", "netleak.slice/d.scope/relay") in w.journal
+
+
+# ---------- the hand-over to a service ----------
+
+class _Held:
+    """A store whose lock frees after N tries, with a daemon socket that
+    answers each request with REPLY."""
+
+    def __init__(self, tmp_path, reply: dict, frees_after: int = 10**9) -> None:
+        import json
+        import socket
+        import threading
+        self.socket_path = str(tmp_path / "daemon.sock")
+        self.tries, self.frees_after, self.asked = 0, frees_after, []
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(self.socket_path)
+        self.server.listen(8)
+
+        def serve():
+            while True:
+                try:
+                    c, _ = self.server.accept()
+                except OSError:
+                    return
+                with c:
+                    self.asked.append(json.loads(c.recv(4096)))
+                    c.sendall(json.dumps(reply).encode() + b"\n")
+        threading.Thread(target=serve, daemon=True).start()
+
+    def take_lock(self):
+        self.tries += 1
+        return "lock" if self.tries > self.frees_after else None
+
+
+def test_take_over_asks_again_until_the_lock_is_free(tmp_path):
+    from netleak_hook.daemon import service
+    held = _Held(tmp_path, {"ok": True}, frees_after=25)     # ~1.2 s of tries
+    assert service.take_over(held, timeout=5) == "lock"
+    assert len(held.asked) >= 2 and held.asked[0] == {"op": "yield"}
+    held.server.close()
+
+
+def test_take_over_stops_a_daemon_too_old_to_yield(tmp_path, monkeypatch):
+    import os
+    import signal
+    from netleak_hook.daemon import service
+    killed = []
+    monkeypatch.setattr(service.os, "kill", lambda pid, sig: killed.append((pid, sig)))
+    held = _Held(tmp_path, {"ok": False, "error": "unknown request 'yield'"}, frees_after=3)
+    assert service.take_over(held, timeout=5) == "lock"
+    assert killed == [(os.getpid(), signal.SIGTERM)]      # the socket's peer: us, here
+    held.server.close()

@@ -511,10 +511,10 @@ def test_a_scope_needs_a_plain_session_id(sid):
 def test_no_scope_without_systemd_or_a_requester():
     w = world()
     w.sessions.units = None
-    with pytest.raises(NetleakError, match="no systemd here"):
+    with pytest.raises(NetleakError, match="cannot reach systemd to make a scope"):
         w.sessions.open(scope_request(w))
     w.sessions.units = w.units
-    with pytest.raises(NetleakError, match="no systemd here"):
+    with pytest.raises(NetleakError, match="cannot reach systemd to make a scope"):
         w.sessions.open(scope_request(w, peer_pid=0))
 
 
@@ -553,8 +553,9 @@ def test_a_gone_units_programs_are_not_detached():
 
 # ---------- services pinned by name ----------
 
-def pin_request(w: World, sid="p1", cgroup="system.slice/web.service", **extra) -> dict:
-    return w.attach_request(sid, cgroup=cgroup, unit="web.service", pinned=True, **extra)
+def pin_request(w: World, sid="p1", cgroup="system.slice/web.service", unit="web.service",
+                **extra) -> dict:
+    return w.attach_request(sid, cgroup=cgroup, unit=unit, pinned=True, **extra)
 
 
 def test_a_pinned_service_gets_a_drop_in_that_pins_each_start():
@@ -611,3 +612,77 @@ def test_a_stopped_pinned_service_is_detached_by_its_name():
     assert ("units", "remove_dropin", "web.service") in w.journal
     with pytest.raises(NetleakError, match="unit web.service is not under netleak"):
         w.sessions.detach({"unit": "web.service"})
+
+
+def test_a_stopped_pinned_service_costs_systemd_nothing_on_each_turn():
+    w = world()
+    w.sessions.open(pin_request(w))
+    w.cgroups.tree.pop("system.slice/web.service")      # stopped: no cgroup
+    for _ in range(5):
+        w.reaper.follow()
+    assert w.journal.index("units", "loaded") == -1
+    assert w.reaper.reap() == [] and w.journal.index("units", "loaded") >= 0
+
+
+def test_systemd_not_answering_keeps_a_pinned_unit_and_the_pass_goes_on():
+    w = world()
+    w.sessions.open(pin_request(w))
+    w.sessions.open(w.attach_request("a2", cgroup="system.slice/other.service"))
+    w.cgroups.tree.pop("system.slice/web.service")
+    w.cgroups.tree.pop("system.slice/other.service")
+    w.units.broken = True
+    assert w.reaper.reap() == ["a2"]
+    assert "p1" in w.state.sessions
+
+
+def test_a_drop_in_that_cannot_be_written_is_told_in_the_reply():
+    w = world()
+    w.units.broken = True
+    reply = w.sessions.open(pin_request(w))
+    assert reply["ok"] and "without its drop-in" in reply["warning"]
+    assert "not before ExecStart=" in reply["warning"]
+    w.units.broken = False
+    w.sessions.netleak_cli = ""
+    reply = w.sessions.open(pin_request(w, "p2", cgroup="system.slice/b.service",
+                                        unit="b.service"))
+    assert "no netleak command" in reply["warning"]
+
+
+def test_a_drop_in_that_cannot_be_removed_is_told_at_detach():
+    w = world()
+    w.sessions.open(pin_request(w))
+    w.units.broken = True
+    reply = w.sessions.detach({"unit": "web.service"})
+    assert reply["ok"] and "may still pin its next start" in reply["warning"]
+    assert w.state.sessions == {}
+
+
+def test_pinning_again_follows_a_cgroup_that_moved():
+    w = world()
+    w.sessions.open(pin_request(w))
+    w.cgroups.tree.pop("system.slice/web.service")
+    moved = pin_request(w, "p2", cgroup="other.slice/web.service")   # Slice= changed
+    reply = w.sessions.open(moved)
+    assert reply["id"] == "p1" and reply["cgroup"] == "other.slice/web.service"
+    s = w.state.sessions["p1"]
+    assert (s.cgroup, s.cgroup_id) == ("other.slice/web.service", moved["cgroup_id"])
+
+
+def test_pinning_again_still_refuses_a_process_of_another_namespace():
+    w = world()
+    w.sessions.open(pin_request(w))
+    w.cgroups.tree.pop("system.slice/web.service")
+    again = pin_request(w, "p2")
+    w.cgroups.procs["system.slice/web.service"] = [300]
+    w.procs.netns[300] = 1234
+    with pytest.raises(NetleakError, match="another network"):
+        w.sessions.open(again)
+
+
+def test_the_drop_in_quotes_what_systemd_would_expand():
+    w = world()
+    w.sessions.open(pin_request(w, dns=["198.51.100.53"]))
+    (_, _, _, text), = [e for e in w.journal if e[:2] == ("units", "write_dropin")]
+    assert text.rstrip().endswith("--unit %n")
+    from netleak_hook.daemon.units import systemd_quoted
+    assert systemd_quoted("we%ird $x") == '"we%%ird $$x"'
