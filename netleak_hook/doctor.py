@@ -150,7 +150,32 @@ def read_facts(environ: Mapping[str, str]) -> Facts:
         euid=os.geteuid(), rp_filter=read_rp_filter(),
         tools=find_tools(environ), security=read_security(environ),
         libbpf=find_libbpf(), systemd=systemd_running(),
-        **service_facts("netleak-daemon.service"))
+        shadowed=read_shadows(environ), **service_facts("netleak-daemon.service"))
+
+
+def read_shadows(environ: Mapping[str, str]) -> Optional[dict]:
+    """Per interface bound in this namespace: the rule that shadows
+    netleak's, or None; None altogether when that cannot be known."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        from .core.config import Config
+        from .rundir.store import Store, run_dir
+        cfg = Config.from_env(environ)
+        state = Store(run_dir(cfg)).load()
+        if not state.bindings:
+            return {}
+        from .kernel import netlink      # pyroute2: only with something to look up
+        from .status import shadows_of
+        ipr = netlink.open_ipr()
+        try:
+            links = {iface: netlink.read_link(ipr, iface) for iface in state.bindings}
+            found = shadows_of(ipr, cfg, state, links)
+        finally:
+            ipr.close()
+    except Exception:           # doctor reports what it can
+        return None
+    return {iface: found.get(iface) for iface in state.bindings}
 
 
 def systemd_running() -> bool:

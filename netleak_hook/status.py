@@ -16,6 +16,9 @@ from .core.state import State
 # short state -> what it means (JSON carries both)
 STATES = {
     "routed": "traffic leaves through the interface",
+    "shadowed": "another tool's rule routes the session's packets elsewhere, where the "
+                "kill switch drops them (see shadowed_by); the daemon moves netleak's "
+                "rules ahead of it when it can",
     "kill-switch": "interface down: everything but loopback is dropped",
     "waiting": "interface absent: everything but loopback is dropped until it returns",
     "starting": "being set up: the workload has not entered the cgroup yet",
@@ -37,6 +40,7 @@ class Facts:
     link_up: bool = False
     procs: int = 0
     stats: Stats | None = None
+    shadowed_by: str | None = None  # the rule that takes its interface's packets
 
 
 def session_state(committed: bool, f: Facts) -> str:
@@ -54,6 +58,8 @@ def session_state(committed: bool, f: Facts) -> str:
         return "waiting"
     if f.policy.killed or not f.link_up:
         return "kill-switch"
+    if f.shadowed_by:
+        return "shadowed"
     return "proxied" if f.policy.proxy else "routed"
 
 
@@ -79,6 +85,7 @@ def rows(state: State, facts: dict[str, Facts], now: float) -> list[dict]:
             "block": s.block, "allow": list(s.allow), "dns": list(s.dns),
             "dns_from": s.dns_from or None, "guards": guards_text(s),
             "proxy": _proxy_shown(s.proxy) or None,
+            "shadowed_by": f.shadowed_by if st == "shadowed" else None,
         })
     return out
 
@@ -146,6 +153,8 @@ def render(table: list[dict], width: int = 79) -> str:
                      f"{count_text(r['dropped']):>5}  {_fit(one_line(r['cgroup']), room)}")
         if r.get("dns") or r.get("allow") or r.get("proxy"):
             lines.append(f"{'':<10} {_fit(r['guards'], width - 11)}")
+        if r.get("shadowed_by"):
+            lines.append(f"{'':<10} {_fit('shadowed by ' + r['shadowed_by'], width - 11)}")
     return "\n".join(lines)
 
 
@@ -162,9 +171,11 @@ def gather(cfg) -> dict:
     maps: dict[str, programs.Maps | None] = {}
     links = {}
     facts = {}
+    shadows: dict[str, str | None] = {}
     try:
         for iface in {s.iface for s in state.sessions.values() if s.iface}:
             links[iface] = netlink.read_link(ipr, iface)
+        shadows = shadows_of(ipr, cfg, state, links)
         for s in state.sessions.values():
             if s.pinset not in maps:
                 try:
@@ -182,7 +193,8 @@ def gather(cfg) -> dict:
             nprocs = len(cgroupfs.tree_procs(path))
             facts[s.id] = Facts(policy=pol, maps_readable=m is not None,
                                 link_index=link.index if link else None,
-                                link_up=bool(link and link.up), procs=nprocs, stats=stats)
+                                link_up=bool(link and link.up), procs=nprocs, stats=stats,
+                                shadowed_by=shadows.get(s.iface))
     finally:
         ipr.close()
         for m in maps.values():
@@ -193,3 +205,22 @@ def gather(cfg) -> dict:
                           "ifindex": links[b.iface].index if links.get(b.iface) else None}
                          for b in sorted(state.bindings.values(), key=lambda b: b.slot)],
             "sessions": rows(state, facts, time.time())}
+
+
+def shadows_of(ipr, cfg, state: State, links: dict) -> dict[str, str | None]:
+    """Per bound interface that is up: the rule that takes its marked
+    packets away from its table, or None."""
+    from .core import plan, precedence
+    from .kernel import netlink
+    tables = {b.table for b in state.bindings.values()} | {
+        cfg.table_base + i for i in range(cfg.max_interfaces)}
+    listed = [i for _, i in netlink.list_rules(
+        ipr, lambda r: plan.is_ours(r, tables, cfg.mark_base))]
+    out = {}
+    for iface, b in state.bindings.items():
+        link = links.get(iface)
+        if link is not None and link.up:
+            out[iface] = precedence.shadow_of(
+                lambda fam, mark, dst: netlink.lookup_table(ipr, fam, mark, dst),
+                listed, b, link)
+    return out

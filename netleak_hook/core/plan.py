@@ -110,14 +110,13 @@ def allow_rules(mark: int, table: int, allow: tuple[str, ...], priority: int) ->
     return rules
 
 
-def is_ours(rule: Rule, priority: int, tables: set[int], mark_base: int) -> bool:
-    """Rules netleak made: at its priority into one of its tables, or one
-    earlier into main for a session mark of its own."""
-    if rule.priority == priority and rule.table in tables:
+def is_ours(rule: Rule, tables: set[int], mark_base: int) -> bool:
+    """Rules netleak made, at whatever priority they were moved to: into
+    one of its tables, or into main for a session mark of its own."""
+    if rule.table in tables:
         return True
-    return (rule.priority == priority - 1 and rule.table == MAIN_TABLE and
-            rule.fwmark is not None and
-            mark_base + SESSION_MARKS <= rule.fwmark <= mark_base + 0xFFFF)
+    return (rule.table == MAIN_TABLE and rule.fwmark is not None and rule.dst is not None
+            and mark_base + SESSION_MARKS <= rule.fwmark <= mark_base + 0xFFFF)
 
 
 def session_mark(used: set[int], mark_base: int) -> int | None:

@@ -74,6 +74,9 @@ class Facts:
     systemd: bool = False                 # systemd is init (/run/systemd/system)
     daemon_service: Optional[str] = None  # netleak-daemon.service's state (systemctl)
     daemon_delegated: Optional[bool] = None  # its Delegate=; None: not installed
+    shadowed: Optional[dict] = None       # bound iface -> the rule ahead of netleak's
+                                          # that takes its packets, or None; None:
+                                          # not known (not root, no state)
 
 
 @dataclass(frozen=True)
@@ -392,11 +395,29 @@ def check_relay_port(facts: Facts) -> Check:
                      f"NETLEAK_RELAY_PORT below {start - 1}")
 
 
+def check_rules(facts: Facts) -> Check:
+    """Whether each bound interface's marked packets reach its table."""
+    if facts.shadowed is None:
+        return Check("rules", True, "not checked (run as root to check the bound "
+                                    "interfaces' routing)")
+    if not facts.shadowed:
+        return Check("rules", True, "no interface is bound here")
+    bad = {iface: why for iface, why in sorted(facts.shadowed.items()) if why}
+    if not bad:
+        return Check("rules", True, f"the packets of {', '.join(sorted(facts.shadowed))} "
+                                    f"reach netleak's tables")
+    return Check("rules", False, "; ".join(f"{iface}: shadowed by {why}"
+                                           for iface, why in bad.items()),
+                 fix="another tool's rule comes first and netleak cannot move ahead of "
+                     "it (priority 0 or 1): give that rule a priority of 2 or more, or "
+                     "remove it ('ip rule del priority N')")
+
+
 CHECKS: tuple[Callable[[Facts], Check], ...] = (
     check_kernel_version, check_kernel_config, check_cgroup2, check_bpffs,
     check_btf, check_bcc, check_libbpf, check_systemd, check_headers, check_privileges, check_rp_filter,
     check_containers, check_tools, check_forged_sources, check_confinement,
-    check_socket_families, check_relay_port)
+    check_socket_families, check_relay_port, check_rules)
 
 
 def evaluate(facts: Facts) -> list[Check]:

@@ -40,8 +40,11 @@ class Net:
     def del_route(self, route) -> None:
         netlink.del_route(self.ipr, route)
 
-    def current_rules(self, ours):
-        return netlink.current_rules(self.ipr, ours)
+    def list_rules(self, ours):
+        return netlink.list_rules(self.ipr, ours)
+
+    def lookup_table(self, family: int, mark: int, dst: str):
+        return netlink.lookup_table(self.ipr, family, mark, dst)
 
     def add_rule(self, rule) -> None:
         netlink.add_rule(self.ipr, rule)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..core import plan
+from ..core import plan, precedence
 from ..core.errors import NetleakError
 from ..core.policy import (LOCAL_KEY_SIZE, POLICY_SIZE, Policy, local_key, local_key_netns,
                            local_value, pack_key)
@@ -26,6 +26,8 @@ class Links:
         self.resolvers = resolvers          # ifindex -> the servers the interface announces
         self.live: dict[str, Policy] = {}
         self.last_index: dict[str, int] = {}
+        self.priority = cfg.rule_priority   # where netleak's rules are now
+        self.shadowed: dict[str, str] = {}  # iface -> the rule that takes its packets
 
     @property
     def state(self):
@@ -84,6 +86,7 @@ class Links:
             step(f"route {r}", self.net.del_route, r)
         self.live.pop(iface, None)
         self.last_index.pop(iface, None)
+        self.shadowed.pop(iface, None)
         note("release", "released %s (mark %#x, table %d)", iface, b.mark, b.table,
              iface=iface, mark=b.mark, table=b.table)
 
@@ -156,6 +159,7 @@ class Links:
             if link is not None and link.up:
                 step(f"resolvers of {iface}", self.refresh_dns, iface, link)
                 self.release_kill(iface, link)
+        step("paths", self.check_paths, links)
         step("no-network entries", self.write_policies, "", self.block_policy())
 
     def kill_if_unusable(self, iface: str, link: plan.Link | None) -> None:
@@ -230,8 +234,21 @@ class Links:
         """Every table netleak may use (bound or not)."""
         return {self.cfg.table_base + i for i in range(self.cfg.max_interfaces)}
 
+    def ours(self, rule: plan.Rule) -> bool:
+        return plan.is_ours(rule, self.tables(), self.cfg.mark_base)
+
     def apply_rules(self, links: dict[str, plan.Link | None]) -> None:
-        prio = self.cfg.rule_priority
+        """netleak's rules, ahead of every rule of others' (one added later
+        without a priority lands ahead: they move in front of it again);
+        the new ones go in before the old ones go, so no packet falls
+        through in between."""
+        listed = self.net.list_rules(self.ours)
+        prio = precedence.rule_priority(self.cfg.rule_priority,
+                                        [i.priority for _, i in listed if not i.ours])
+        if prio != self.priority:
+            note("rules-moved", "netleak's rules at priority %d (was %d): ahead of the "
+                 "rules of others'", prio, self.priority, priority=prio, was=self.priority)
+            self.priority = prio
         desired: set[plan.Rule] = set()
         for b in self.state.bindings.values():
             desired |= plan.rules_for(b, prio, links.get(b.iface))
@@ -239,14 +256,35 @@ class Links:
             b = self.state.bindings.get(s.iface)
             if s.mark and b is not None:
                 desired |= plan.allow_rules(s.mark, b.table, s.allow, prio)
-        tables = self.tables()
-        current = self.net.current_rules(
-            lambda r: plan.is_ours(r, prio, tables, self.cfg.mark_base))
+        current = {r for r, i in listed if i.ours}
         add, remove = plan.diff(current, desired)
-        for r in sorted(remove, key=str):
-            self.net.del_rule(r)
         for r in sorted(add, key=str):
             self.net.add_rule(r)
+        for r in sorted(remove, key=str):
+            self.net.del_rule(r)
+
+    def check_paths(self, links: dict[str, plan.Link | None]) -> None:
+        """Whether each routed interface's marked packets reach its table (a
+        route lookup with the mark, per family it has a route for); a rule
+        that takes them elsewhere is noted once, as is its end."""
+        listed = [i for _, i in self.net.list_rules(self.ours)]
+        for iface, b in self.state.bindings.items():
+            link = links.get(iface)
+            live = self.live.get(iface)
+            why = None
+            if link is not None and link.up and live is not None and not live.killed:
+                why = precedence.shadow_of(self.net.lookup_table, listed, b, link)
+            if why != self.shadowed.get(iface):
+                if why:
+                    note("shadowed", "%s: its sessions' packets are routed by another "
+                         "rule, and dropped: %s", iface, why, iface=iface, rule=why)
+                else:
+                    note("unshadowed", "%s: its sessions' packets reach table %d again",
+                         iface, b.table, iface=iface, table=b.table)
+            if why:
+                self.shadowed[iface] = why
+            else:
+                self.shadowed.pop(iface, None)
 
     def gc_routes(self) -> int:
         """Routes in netleak's tables that no binding uses; returns how many
@@ -257,3 +295,4 @@ class Links:
         for r in sorted(stale, key=str):
             step(f"route {r}", self.net.del_route, r)
         return len(stale)
+

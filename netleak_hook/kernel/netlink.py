@@ -11,10 +11,11 @@ import socket
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR,
-                                   RTMGRP_LINK)
+from pyroute2.netlink.rtnl import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_RULE,
+                                   RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_RULE, RTMGRP_LINK)
 
 from ..core.plan import Link, Route, Rule
+from ..core.precedence import Listed, rule_text
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,10 @@ IFF_NOARP = 0x80
 IFF_LOWER_UP = 0x10000
 RTN_UNICAST = 1
 RTN_UNREACHABLE = 7
+FIB_RULE_INVERT = 0x2
+RTM_F_LOOKUP_TABLE = 0x1000     # the reply names the table the route came from
+RULE_ACTIONS = {1: "lookup", 2: "goto", 3: "nop", 6: "blackhole", 7: "unreachable",
+                8: "prohibit"}
 FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 ANY = {4: "0.0.0.0/0", 6: "::/0"}
 
@@ -37,9 +42,11 @@ def open_ipr() -> IPRoute:
 
 
 def open_events() -> IPRoute:
-    """A netlink socket that receives link and address changes."""
+    """A netlink socket that receives link, address and rule changes (a
+    rule another tool adds ahead of netleak's is answered at once)."""
     ev = IPRoute()
-    ev.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
+    ev.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR |
+            RTMGRP_IPV4_RULE | RTMGRP_IPV6_RULE)
     return ev
 
 
@@ -102,20 +109,45 @@ def default_gateways(ipr: IPRoute, ifindex: int) -> tuple[str | None, str | None
     return found[4], found[6]
 
 
-def current_rules(ipr: IPRoute, ours) -> set[Rule]:
-    """The rules OURS (a predicate on a Rule) accepts."""
-    rules: set[Rule] = set()
+def list_rules(ipr: IPRoute, ours) -> list[tuple[Rule, Listed]]:
+    """Every rule of both families, in the kernel's order; OURS (a
+    predicate on a Rule) says which are netleak's."""
+    out = []
     for af in (socket.AF_INET, socket.AF_INET6):
         for r in ipr.get_rules(family=af):
             prio = r.get_attr("FRA_PRIORITY") or 0
             table = r.get_attr("FRA_TABLE") or r["table"]
             src = r.get_attr("FRA_SRC") if r["src_len"] else None
             dst = f"{r.get_attr('FRA_DST')}/{r['dst_len']}" if r["dst_len"] else None
-            rule = Rule(_fam(af), prio, table, fwmark=r.get_attr("FRA_FWMARK"), src=src,
-                        dst=dst)
-            if ours(rule):
-                rules.add(rule)
-    return rules
+            fwmark = r.get_attr("FRA_FWMARK")
+            rule = Rule(_fam(af), prio, table, fwmark=fwmark, src=src, dst=dst)
+            mine = bool(ours(rule))
+            text = rule_text(
+                prio, invert=bool(r["flags"] & FIB_RULE_INVERT),
+                src=f"{src}/{r['src_len']}" if src else None, dst=dst, fwmark=fwmark,
+                fwmask=r.get_attr("FRA_FWMASK"), iif=r.get_attr("FRA_IIFNAME"),
+                oif=r.get_attr("FRA_OIFNAME"), action=RULE_ACTIONS.get(r["action"], "?"),
+                table=table, suppress=_suppress(r.get_attr("FRA_SUPPRESS_PREFIXLEN")))
+            out.append((rule, Listed(_fam(af), prio, table, mine, fwmark, text)))
+    return out
+
+
+def _suppress(value) -> int | None:
+    """FRA_SUPPRESS_PREFIXLEN, unset when it is -1 (as u32)."""
+    return None if value is None or value in (-1, 0xFFFFFFFF) else value
+
+
+def lookup_table(ipr: IPRoute, family: int, mark: int, dst: str) -> int | None:
+    """The table a packet to DST carrying MARK is routed by (`ip route get
+    DST mark MARK`); None when it finds no route."""
+    try:
+        reply = ipr.route("get", dst=dst, mark=mark, flags=RTM_F_LOOKUP_TABLE,
+                          family=FAMILY[family])
+    except NetlinkError:
+        return None
+    if not reply or reply[0]["type"] != RTN_UNICAST:
+        return None
+    return reply[0].get_attr("RTA_TABLE") or reply[0]["table"]
 
 
 def _rule_kw(rule: Rule) -> dict:

@@ -12,7 +12,7 @@ import tempfile
 import pytest
 
 from netleak_hook import lab
-from netleak_hook.core.config import DEFAULT_RULE_PRIORITY, DEFAULT_TABLE_BASE
+from netleak_hook.core.config import DEFAULT_TABLE_BASE
 from netleak_hook.kernel import bpfsys, cgroupfs, programs
 from tests.conftest import cannot_run, require_root
 from tests.helpers import alive, wait_until  # noqa: F401  (kept importable from here)
@@ -59,8 +59,16 @@ class World:
             self.lab.ip(self.lab.host, "-6", "rule").stdout
 
     def our_rules(self) -> list[str]:
-        return [ln for ln in self.rules().splitlines()
-                if ln.startswith(f"{DEFAULT_RULE_PRIORITY}:")]
+        """netleak's rules, at whatever priority they moved to: into its
+        tables, or into main for a session mark of its own."""
+        import re
+        tables = range(DEFAULT_TABLE_BASE, DEFAULT_TABLE_BASE + 64)
+        out = []
+        for ln in self.rules().splitlines():
+            m = re.search(r"lookup (\d+)", ln)
+            if (m and int(m.group(1)) in tables) or re.search(r"fwmark 0x6e6c[89a-f]", ln):
+                out.append(ln)
+        return out
 
     def our_routes(self) -> str:
         out = ""

@@ -2,6 +2,9 @@
 interface goes down, away and comes back; bindings; rules and routes."""
 from __future__ import annotations
 
+import dataclasses
+import logging
+
 import pytest
 
 from netleak_hook.core import plan
@@ -227,7 +230,9 @@ def test_reconcile_follows_the_namespaces_addresses():
     assert len(w.bpf.maps[w.maps.locals]) == 3
 
 
-def test_rules_removed_before_new_ones_are_added():
+def test_new_rules_are_added_before_the_old_ones_go():
+    """No moment without a rule for the mark (the packets would be dropped
+    by the kill switch: no leak, but a gap)."""
     w = opened()
     b = w.state.bindings["wg0"]
     stale = plan.Rule(family=4, priority=w.cfg.rule_priority, table=b.table, fwmark=b.mark + 1)
@@ -235,7 +240,79 @@ def test_rules_removed_before_new_ones_are_added():
     w.net.rules = {r for r in w.net.rules if r.family != 6}
     w.journal.clear()
     w.links.apply_rules(w.links.read_links())
-    assert 0 <= w.journal.index("net", "del_rule") < w.journal.index("net", "add_rule")
+    assert 0 <= w.journal.index("net", "add_rule") < w.journal.index("net", "del_rule")
+
+
+# ---------- ahead of others' rules ----------
+
+def noted(caplog, event: str) -> bool:
+    return any(getattr(r, "fields", {}).get("event") == event for r in caplog.records)
+
+
+def foreign(prio: int, table: int = 51820, family: int = 4, **kw) -> plan.Rule:
+    return plan.Rule(family=family, priority=prio, table=table, **kw)
+
+
+def ours_at(w) -> set[int]:
+    return {r.priority for r in w.net.rules if w.links.ours(r)}
+
+
+def test_a_rule_added_ahead_moves_netleaks_rules_in_front_of_it(caplog):
+    w = opened()
+    caplog.set_level(logging.INFO)
+    assert ours_at(w) == {1700}
+    w.net.rules |= {foreign(1699, fwmark=51820), foreign(1698, table=254)}
+    w.links.reconcile_all()
+    assert ours_at(w) == {1697} and w.links.priority == 1697
+    assert noted(caplog, "rules-moved")
+    # the rules of others' are theirs: left as they were
+    assert foreign(1699, fwmark=51820) in w.net.rules and foreign(1698, table=254) in w.net.rules
+    # they go: netleak's rules go back where they were configured
+    w.net.rules -= {foreign(1699, fwmark=51820), foreign(1698, table=254)}
+    w.links.reconcile_all()
+    assert ours_at(w) == {1700}
+
+
+def test_rules_behind_netleaks_do_not_move_them(caplog):
+    caplog.set_level(logging.INFO)
+    w = opened()
+    w.net.rules |= {foreign(5210), foreign(32766, table=254)}
+    w.links.reconcile_all()
+    assert ours_at(w) == {1700} and not noted(caplog, "rules-moved")
+
+
+def test_allow_rules_move_with_the_rest():
+    w = opened()
+    w.sessions.open(w.attach_request("a2", cgroup="system.slice/b.service",
+                                     allow=["192.0.2.0/24"]))
+    assert ours_at(w) == {1699, 1700}
+    w.net.rules.add(foreign(1698))
+    w.links.reconcile_all()
+    assert ours_at(w) == {1696, 1697}
+
+
+def test_a_binding_whose_packets_another_rule_takes_is_shadowed(caplog):
+    caplog.set_level(logging.INFO)
+    w = opened()
+    # at priority 1: netleak cannot get ahead (its rules stop at 2)
+    w.net.rules.add(foreign(1))
+    w.net.other_tables.add(51820)
+    w.links.reconcile_all()
+    assert ours_at(w) == {2}
+    assert w.links.shadowed["wg0"] == "1: from all lookup 51820"
+    assert noted(caplog, "shadowed")
+    w.net.rules.discard(foreign(1))
+    w.links.reconcile_all()
+    assert "wg0" not in w.links.shadowed and noted(caplog, "unshadowed")
+
+
+def test_no_shadow_check_while_the_kill_switch_is_on():
+    w = opened()
+    w.net.rules.add(foreign(1))
+    w.net.other_tables.add(51820)
+    w.net.links["wg0"] = dataclasses.replace(w.net.links["wg0"], admin_up=False)
+    w.links.reconcile_all()
+    assert "wg0" not in w.links.shadowed
 
 
 def test_new_resolvers_are_in_the_entry_that_lifts_the_kill_switch():

@@ -75,7 +75,7 @@ def test_healthy_machine_passes_all_checks_in_order():
     assert [r.name for r in results] == [
         "kernel version", "kernel config", "cgroup v2", "bpffs", "BTF", "BCC", "libbpf", "systemd",
         "kernel headers", "privileges", "rp_filter", "containers", "tools",
-        "forged sources", "other processes", "socket families", "relay port"]
+        "forged sources", "other processes", "socket families", "relay port", "rules"]
     assert all(r.ok and not r.warn for r in results)
 
 
@@ -528,7 +528,7 @@ def test_render_wraps_long_detail_with_alignment():
 
 def test_render_counts_failures():
     out = doc.render(doc.evaluate(facts(euid=1000, tools={})))
-    assert out.splitlines()[-1] == "17 checks, 2 failed, 1 warnings"
+    assert out.splitlines()[-1] == "18 checks, 2 failed, 1 warnings"
     assert out.count("     fix: ") == 3
     assert sum(ln.startswith("WARN ") for ln in out.splitlines()) == 1
 
@@ -655,3 +655,13 @@ def test_service_facts_read_systemctl(monkeypatch):
     assert doc.service_facts("x.service") == {"daemon_service": "not installed"}
     run("", rc=1)
     assert doc.service_facts("x.service") == {"daemon_service": None}
+
+
+def test_rules_check_names_the_rule_that_shadows_an_interface():
+    assert by_name(facts())["rules"].ok
+    assert "no interface" in by_name(facts(shadowed={}))["rules"].detail
+    ok = by_name(facts(shadowed={"wg0": None}))["rules"]
+    assert ok.ok and "wg0" in ok.detail
+    c = by_name(facts(shadowed={"wg0": None, "tun0": "1: from all lookup 51820"}))["rules"]
+    assert not c.ok and c.detail == "tun0: shadowed by 1: from all lookup 51820"
+    assert "priority" in c.fix

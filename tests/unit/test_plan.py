@@ -263,13 +263,15 @@ def test_session_marks_are_apart_from_interface_marks():
 
 @pytest.mark.parametrize("rule,ours", [
     (Rule(4, PRIO, 28203, fwmark=5), True),
+    (Rule(4, 1697, 28203, fwmark=5), True),           # moved ahead of others'
     (Rule(4, PRIO, 254, fwmark=5), False),            # not into our tables
     (Rule(4, PRIO - 1, 254, fwmark=0x6E6C8001, dst="192.168.1.0/24"), True),
+    (Rule(4, 12, 254, fwmark=0x6E6C8001, dst="192.168.1.0/24"), True),
     (Rule(4, PRIO - 1, 254, fwmark=0x6E6C0001, dst="192.168.1.0/24"), False),  # not a session mark
     (Rule(4, PRIO - 1, 254, fwmark=None, dst="192.168.1.0/24"), False),
     (Rule(4, PRIO - 1, 254, fwmark=0x6E6D8001), False),  # another base
-    (Rule(4, PRIO - 2, 254, fwmark=0x6E6C8001), False),
-    (Rule(6, PRIO - 1, 28203, fwmark=0x6E6C8001), False),
+    (Rule(4, PRIO - 1, 254, fwmark=0x6E6C8001), False),  # no prefix: not an --allow rule
+    (Rule(6, PRIO - 1, 28201, fwmark=0x6E6C8001), False),
 ])
 def test_is_ours_touches_only_netleaks_rules(rule, ours):
-    assert plan.is_ours(rule, PRIO, {28200, 28203}, 0x6E6C0000) is ours
+    assert plan.is_ours(rule, {28200, 28203}, 0x6E6C0000) is ours

@@ -22,6 +22,11 @@ POL = Policy(ifindex=7, mark=0x6E6C0001, killed=False)
     (False, status.Facts(policy=POL, link_index=7, link_up=True), "starting"),
     (True, status.Facts(policy=None, link_index=7, link_up=True), "no-policy"),
     (True, status.Facts(maps_readable=False), "unknown"),
+    (True, status.Facts(policy=POL, link_index=7, link_up=True, shadowed_by="1: x"),
+     "shadowed"),
+    # the kill switch is the truth while it is on, shadowed or not
+    (True, status.Facts(policy=Policy(7, 1, True), link_index=7, link_up=True,
+                        shadowed_by="1: x"), "kill-switch"),
 ])
 def test_session_state(committed, facts, state):
     assert status.session_state(committed, facts) == state
@@ -98,3 +103,15 @@ def test_count_text(n, text):
 
 def test_render_empty():
     assert status.render([]) == "no sessions"
+
+
+def test_a_shadowed_session_names_the_rule_in_both_outputs():
+    rule = "1698: not from all fwmark 0xca6c lookup 51820"
+    rows = status.rows(world(1), {"s0": status.Facts(policy=POL, link_index=7, link_up=True,
+                                                     shadowed_by=rule)}, T0)
+    assert rows[0]["state"] == "shadowed" and rows[0]["shadowed_by"] == rule
+    lines = status.render(rows).splitlines()
+    assert " shadowed " in lines[1] and lines[2].strip() == f"shadowed by {rule}"
+    routed = status.rows(world(1), {"s0": status.Facts(policy=POL, link_index=7,
+                                                       link_up=True)}, T0)
+    assert routed[0]["shadowed_by"] is None

@@ -1,0 +1,110 @@
+"""netleak's rules ahead of everyone else's, and the truth when they are not.
+
+`ip rule add` without a priority takes one less than the lowest in use, so a
+tool started after netleak (wg-quick's full tunnel, a network manager, a
+user's rule) lands ahead of netleak's rules and would route the sessions'
+marked packets by its own tables (where the kill switch drops them: not a
+leak, but a dead session). netleak moves its own rules ahead again; where it
+cannot (another rule at the lowest priorities), a route lookup with the
+session's mark tells, and status says `shadowed`, naming the rule.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Iterable
+
+from .plan import Binding, Link, routes_for
+
+# netleak's rules sit at P and P-1 (--allow prefixes); both stay after the
+# local table's rule at 0
+MIN_PRIORITY = 2
+
+# where a marked packet is looked up "to the internet": documentation
+# addresses no rule of anyone's should single out
+PROBE = {4: "203.0.113.254", 6: "2001:db8:ffff::fe"}
+
+TABLE_NAMES = {253: "default", 254: "main", 255: "local"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Listed:
+    """A rule as the kernel lists it (in its order), with `ip rule`'s text."""
+
+    family: int
+    priority: int
+    table: int
+    ours: bool
+    fwmark: int | None = None
+    text: str = ""
+
+
+def rule_priority(configured: int, foreign: Iterable[int]) -> int:
+    """The priority netleak's rules take: CONFIGURED, or one ahead of the
+    lowest rule of others' at or before it (never below MIN_PRIORITY, or
+    CONFIGURED if that is lower already)."""
+    ahead = [p for p in foreign if 0 < p <= configured]
+    if not ahead:
+        return configured
+    return max(min(configured, MIN_PRIORITY), min(ahead) - 1)
+
+
+def shadowed_by(listed: list[Listed], family: int, mark: int, table: int,
+                found: int | None) -> str | None:
+    """Why a packet of FAMILY with MARK, meant for TABLE, was looked up in
+    FOUND instead (None: no route at all), as the rule that took it; None
+    when it did reach TABLE."""
+    if found == table:
+        return None
+    own = next((i for i, r in enumerate(listed) if r.ours and r.family == family and
+                r.fwmark == mark and r.table == table), None)
+    if own is None:
+        return f"netleak's rule for mark {mark:#x} is missing (the daemon puts it back)"
+    ahead = [r for r in listed[:own] if not r.ours and r.family == family and r.priority > 0]
+    for r in ahead:
+        if found is not None and r.table == found:
+            return r.text
+    if ahead:
+        return ahead[0].text
+    where = f"table {table_name(found)}" if found is not None else "no route"
+    return f"a rule of another kind ({where})"
+
+
+def table_name(table: int) -> str:
+    return TABLE_NAMES.get(table, str(table))
+
+
+def rule_text(priority: int, *, invert: bool = False, src: str | None = None,
+              dst: str | None = None, fwmark: int | None = None, fwmask: int | None = None,
+              iif: str | None = None, oif: str | None = None, action: str = "lookup",
+              table: int | None = None, suppress: int | None = None) -> str:
+    """A rule as `ip rule` prints it (the selectors netleak can tell)."""
+    parts = [f"{priority}:"] + ["not"] * invert + ["from", src or "all"]
+    if dst:
+        parts += ["to", dst]
+    if fwmark is not None:
+        mask = "" if fwmask in (None, 0xFFFFFFFF) else f"/{fwmask:#x}"
+        parts += ["fwmark", f"{fwmark:#x}{mask}"]
+    if iif:
+        parts += ["iif", iif]
+    if oif:
+        parts += ["oif", oif]
+    if action == "lookup":
+        parts += ["lookup", table_name(table or 0)]
+    else:
+        parts.append(action)
+    if suppress is not None:
+        parts += ["suppress_prefixlength", str(suppress)]
+    return " ".join(parts)
+
+
+def shadow_of(lookup: Callable[[int, int, str], int | None], listed: list[Listed],
+              b: Binding, link: Link) -> str | None:
+    """The rule that takes B's marked packets away from its table, for any
+    family B has a route for (None: they reach it). LOOKUP(family, mark,
+    destination): the table a route lookup finds (None: no route)."""
+    for family in sorted({r.family for r in routes_for(b, link) if r.kind == "unicast"}):
+        why = shadowed_by(listed, family, b.mark, b.table,
+                          lookup(family, b.mark, PROBE[family]))
+        if why:
+            return why
+    return None
