@@ -151,3 +151,61 @@ def test_wg_quick_tunnel_carries_a_session_and_its_kill_switch_holds(world, wg_q
         s.stop()
     t.quick_down()      # everything else went through the tunnel too: now by up0
     w.control()
+
+
+# ---------------------------------------------------------------- OpenVPN
+
+@pytest.fixture
+def ovpn(world, folder):
+    """The OpenVPN tunnel: server in NET, client in HOST, TLS."""
+    realvpn.need("openvpn", "openssl")
+    t = realvpn.OpenVPN(world.lab, folder)
+    try:
+        yield t.start()
+    finally:
+        t.close()
+
+
+def test_exec_on_openvpn_goes_through_the_tunnel(world, ovpn):
+    w = world
+    v4, v6 = ovpn.addresses()
+    assert v4 and v6, w.lab.ip(w.lab.host, "addr").stdout
+    with w.lab.capture("up0") as up, \
+            w.lab.capture("up0", flt=f"udp port {ovpn.PORT}") as sealed:
+        four = w.netleak(ovpn.iface, *w.lab.client(S4, "tcp"))
+        six = w.netleak(ovpn.iface, *w.lab.client(S6, "udp"))
+        assert up.stop() == 0, up.lines
+        assert sealed.stop() > 0
+    assert four.stdout.split() == ["ok", v4], four.stdout + four.stderr
+    assert six.stdout.split() == ["ok", v6], six.stdout + six.stderr
+    w.control()
+
+
+def test_kill_switch_holds_through_an_openvpn_crash_restart_and_reconnect(world, ovpn):
+    w = world
+    v4, _ = ovpn.addresses()
+    s = Sender(w, ovpn.iface)
+    try:
+        with w.lab.capture("up0") as up:
+            s.wait_ok(v4)
+            before = ovpn.ifindex()
+            ovpn.crash_client()
+            s.wait_refused(s.mark())
+            assert wait_until(lambda: w.states() == ["waiting"]), w.status()
+            ovpn.start_client()
+            assert ovpn.ifindex() != before
+            v4, _ = ovpn.addresses()
+            s.wait_ok(v4, s.mark())
+            again = ovpn.ifindex()
+            n = s.mark()
+            ovpn.reconnect()
+            # its tun closed and opened again: refused meanwhile, a new ifindex
+            s.wait_refused(n)
+            assert ovpn.ifindex() not in (None, again)
+            v4, _ = ovpn.addresses()
+            s.wait_ok(v4, s.mark())
+            assert wait_until(lambda: w.states() == ["routed"]), w.status()
+            assert up.stop() == 0, up.lines
+    finally:
+        s.stop()
+    w.control()
