@@ -20,7 +20,9 @@ capture sees such packets when they do go by up0.
 """
 from __future__ import annotations
 
+import ipaddress
 import shutil
+import sys
 import tempfile
 
 import pytest
@@ -28,6 +30,7 @@ import pytest
 from netleak_hook import lab as labmod
 from tests import realvpn
 from tests.helpers import wait_until
+from tests.privileged.test_proxy import PEER
 
 pytestmark = pytest.mark.privileged
 
@@ -208,4 +211,117 @@ def test_kill_switch_holds_through_an_openvpn_crash_restart_and_reconnect(world,
             assert up.stop() == 0, up.lines
     finally:
         s.stop()
+    w.control()
+
+
+# ---------------------------------------------------------------- microsocks
+
+SOCKS4, SOCKS_PORT = "203.0.113.21", 1080     # beside proxyd's 203.0.113.20
+NAME = "server.example"                        # microsocks knows it; nothing else does
+STAND_INS = ipaddress.ip_network("198.18.0.0/15")
+
+
+@pytest.fixture
+def microsocks(world, folder):
+    realvpn.need("microsocks", "unshare")
+    lab = world.lab
+    lab.ip(lab.net, "addr", "add", f"{SOCKS4}/32", "dev", "lo")
+    p = realvpn.Microsocks(lab, folder, SOCKS4, SOCKS_PORT, {NAME: S4})
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def test_microsocks_carries_a_session_on_vpn0_and_nothing_leaves_directly(world, microsocks):
+    w = world
+    to_proxy = f"host {SOCKS4}"
+    with w.lab.capture("up0", flt=f"host {SOCKS4} or host {S4} or host {S6}") as up, \
+            w.lab.capture("vpn0", flt=to_proxy) as vpn:
+        by_addr = w.netleak("--proxy", f"socks5://{SOCKS4}:{SOCKS_PORT}", "vpn0",
+                            *w.lab.client(S4, "tcp"))
+        by_name = w.netleak("--proxy", f"socks5h://{SOCKS4}:{SOCKS_PORT}", "vpn0",
+                            sys.executable, "-c", PEER, NAME, str(labmod.PORT))
+        udp = w.netleak("--proxy", f"socks5://{SOCKS4}:{SOCKS_PORT}", "vpn0",
+                        *w.lab.client(S4, "udp"))
+        assert up.stop() == 0, up.lines
+        assert vpn.stop() > 0           # the proxy was reached, by vpn0
+    # the server saw the proxy's address: the connection came through it
+    assert by_addr.stdout.split() == ["ok", SOCKS4], by_addr.stdout + by_addr.stderr
+    # by name: a stand-in address for the program, the name for microsocks
+    assert by_name.stdout.split()[:2] == ["ok", SOCKS4], by_name.stdout + by_name.stderr
+    assert ipaddress.ip_address(by_name.stdout.split()[2]) in STAND_INS, by_name.stdout
+    assert udp.stdout.startswith("refused"), udp.stdout
+    w.control()
+
+
+# ---------------------------------------------------------------- wg-quick full tunnel
+
+GRACE = 10      # datagrams (0.2 s apart at least: 2 s) a step may take to be dealt with
+HELD = 5        # ... after which this many in a row must reach the server by vpn0
+
+
+def stays_on_vpn0(w, s: Sender, start: int) -> None:
+    """After GRACE datagrams from START, HELD in a row are answered by way
+    of vpn0 (the server saw vpn0's address), and status never said
+    `routed` of the session while one was not."""
+    assert wait_until(lambda: s.mark() >= start + GRACE, timeout=60), s.out.since(start)
+    seen: list[tuple[str, str]] = []
+    while len(seen) < HELD:
+        n = s.mark()
+        assert wait_until(lambda: s.mark() > n, timeout=10), s.out.since(start)
+        seen.append((s.out.lines[n], ",".join(w.states())))
+    wrong = [(line, state) for line, state in seen if line != f"ok {VPN4}"]
+    assert not [x for x in wrong if x[1] == "routed"], f"status says routed: {wrong}"
+    assert wrong == [], seen
+
+
+@pytest.mark.xfail(reason="rules ahead of netleak's", strict=True)
+def test_a_session_keeps_its_route_when_wg_quick_full_tunnel_comes_up(world, wg_quick):
+    """wg-quick's rules (added with no priority, so ahead of any rule there
+    is) come after the session's: the session stays on vpn0, and says so
+    truly, through `wg-quick up` and `wg-quick down; wg-quick up`."""
+    w, t = world, wg_quick
+    t.quick("0.0.0.0/0, ::/0")
+    s = Sender(w, "vpn0")
+    quick = False
+    try:
+        with w.lab.capture("up0") as up, w.lab.capture("vpn0") as vpn:
+            s.wait_ok(VPN4)
+            t.quick_up()
+            quick = True
+            stays_on_vpn0(w, s, s.mark())
+            t.quick_down()
+            quick = False
+            t.quick_up()
+            quick = True
+            stays_on_vpn0(w, s, s.mark())
+            assert up.stop() == 0, up.lines
+            assert vpn.stop() > 0
+    finally:
+        s.stop()
+        if quick:
+            t.quick_down()
+    w.control()
+
+
+def test_a_session_started_under_a_wg_quick_full_tunnel_is_routed_by_vpn0(world, wg_quick):
+    w, t = world, wg_quick
+    t.quick("0.0.0.0/0, ::/0")
+    t.quick_up()
+    s = None
+    try:
+        with w.lab.capture("up0") as up, w.lab.capture("vpn0") as vpn:
+            s = Sender(w, "vpn0")
+            s.wait_ok(VPN4)
+            stays_on_vpn0(w, s, s.mark())
+            assert up.stop() == 0, up.lines
+            assert vpn.stop() > 0
+        # the rest of HOST goes by the tunnel
+        other = w.lab.run(w.lab.client(S4, "tcp"))
+        assert other.stdout.split() == ["ok", t.HOST4], other.stdout
+    finally:
+        if s is not None:
+            s.stop()
+        t.quick_down()
     w.control()
