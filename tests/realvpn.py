@@ -23,7 +23,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 
 from netleak_hook import lab as labmod
 from tests.conftest import cannot_run
@@ -245,6 +244,10 @@ class WireGuard:
                     os.unlink(os.path.join(WG_RUN, name + ext))
                 except FileNotFoundError:
                     pass
+        try:
+            os.rmdir(WG_RUN)    # wireguard-go made it; others' sockets keep it
+        except OSError:
+            pass
 
 
 # ---------------------------------------------------------------- OpenVPN
@@ -402,8 +405,3 @@ class Microsocks:
 
     def close(self) -> None:
         kill(self.proc)
-
-
-def pause(seconds: float) -> None:
-    """Let a sender send a few more datagrams (its pace, not an assertion)."""
-    time.sleep(seconds)

@@ -84,7 +84,8 @@ class Sender:
 
     def wait_ok(self, addr: str, start: int = 0) -> None:
         assert self.out.wait_for(lambda ln: ln == f"ok {addr}", start=start), \
-            self.out.since(start)[-5:] + [self.proc.stderr.read() if self.proc.poll() else ""]
+            self.out.since(start)[-5:] + [self.proc.stderr.read()
+                                          if self.proc.poll() is not None else ""]
 
     def wait_refused(self, start: int) -> None:
         assert self.out.wait_for(lambda ln: ln.startswith("refused"), start=start), \
