@@ -3,7 +3,10 @@
 # Says what it does; installs nothing that is already there.
 # "install-deps.sh test" adds what the test suite needs: podman with runc
 # (its container tests), debootstrap (a Debian image without a registry) and
-# a static busybox (a minimal container rootfs); "install-deps.sh bench" adds
+# a static busybox (a minimal container rootfs), and the real VPN software
+# the suite runs netleak with: wireguard-go and wireguard-tools (userspace
+# WireGuard, wg, wg-quick), openvpn and openssl (a TLS tunnel with
+# certificates of its own) and microsocks (a SOCKS5 server); "install-deps.sh bench" adds
 # iperf3 (the benchmark's traffic).
 set -eu
 
@@ -19,6 +22,7 @@ arch=$(dpkg --print-architecture)
 want="python3-bpfcc python3-venv python3-pip iproute2 tcpdump util-linux procps iputils-ping"
 if [ "${1:-}" = test ]; then
     want="$want podman runc conmon containernetworking-plugins debootstrap busybox-static"
+    want="$want wireguard-go wireguard-tools openvpn openssl microsocks"
 elif [ "${1:-}" = bench ]; then
     want="$want iperf3"
 fi

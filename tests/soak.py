@@ -12,7 +12,9 @@ is one (state, probe): the packets each capture saw of that probe and what
 the workload saw, phase by phase.
 
 States: the probe as the exec'd command (vpn0 up, then down); vpn0 down
-and up; deleted and re-created; the peer silent (NET's side without its
+and up; deleted and re-created; a session on a real WireGuard tunnel
+(wireguard-go, tests/realvpn.py) while wireguard-go is SIGKILLed and
+started again; the peer silent (NET's side without its
 addresses) and the peer down (no carrier); every socket bound to lan0; a
 double-forked, setsid grandchild probing after the session's main process
 exited; `unshare -n`; every netleak process SIGKILLed, then vpn0 down,
@@ -64,6 +66,7 @@ from tests.privileged.conftest import (  # noqa: E402
     EXEC, World, kill_cgroup_tree, netleak_pids, policy_keys)
 from tests.privileged.probes import (  # noqa: E402
     FAMILIES, MPTCP, SPOOF, TAKE_OVER, THEIRS, VICTIM)
+from tests.realvpn import WireGuard  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DNSD_DIR = os.path.join(HERE, "privileged")
@@ -72,7 +75,8 @@ S4, S6 = lab.SERVER4, lab.SERVER6
 M4 = "::ffff:" + S4
 R4, R6 = "203.0.113.53", "2001:db8:ff::53"       # the sessions' resolvers (--dns)
 VIA4 = lab.LINKS["vpn0"][1]
-VPN_ADDRS = {"198.51.100.2", "2001:db8:2::2"}
+# the session's own path: vpn0, or the real WireGuard tunnel's HOST end
+VPN_ADDRS = {"198.51.100.2", "2001:db8:2::2", WireGuard.HOST4, WireGuard.HOST6}
 UP_ADDRS = {"192.0.2.2", "2001:db8:1::2"}
 UP_ADDRS_ORDERED = ("192.0.2.2", "2001:db8:1::2")
 LAN = ("192.0.2.66/26", "192.0.2.65", "2001:db8:3::2/64", "2001:db8:3::1")
@@ -1010,6 +1014,36 @@ class Soak:
             self.resume(st, run, "back", lambda: self.lab.recreate("vpn0"), "on the new vpn0")
         run.finish()
 
+    def st_wireguard(self, st: State) -> None:
+        """A real WireGuard tunnel (wireguard-go configured with wg, its
+        encrypted UDP by up0): a session on it probes while wireguard-go is
+        SIGKILLed (its interface goes, its control socket stays) and started
+        again (a new ifindex)."""
+        missing = [c for c in ("wireguard-go", "wg") if shutil.which(c) is None]
+        if missing:
+            raise SetupError(f"needs {', '.join(missing)} (make test installs them)")
+        wg = WireGuard(self.lab, self.tmp)
+        try:
+            wg.start()
+            run = st.add(Run(self.tmp, "wireguard", phase="routed"))
+            run.proc = self.exec_spawn(run.argv(), iface=wg.iface)
+            self.routed(st, run)
+            for _ in range(self.reps(1, 5)):
+                run.enter("~crash")
+                before = wg.ifindex()
+                wg.crash_host()
+                self.wait_status("waiting")
+                st.expect["crashed"] = "blocked"
+                run.enter("crashed")
+                run.wait_rounds("crashed", self.reps(2, 5))
+                self.resume(st, run, "restarted", wg.start_host,
+                            "after wireguard-go was started again")
+                if wg.ifindex() == before:
+                    raise SetupError("wireguard-go's new interface has the old ifindex")
+            run.finish()
+        finally:
+            wg.close()
+
     def st_peer_silent(self, st: State) -> None:
         """vpn0 up, the far end without its addresses (the link-local stays,
         as on a real peer): what is sent by vpn0 gets no answer, and nothing
@@ -1340,6 +1374,7 @@ STATES = (
     ("first-instr", "st_first", PROBES),
     ("down", "st_down", PROBES),
     ("recreate", "st_recreate", PROBES),
+    ("wireguard-go", "st_wireguard", PROBES),
     ("peer-silent", "st_peer_silent", PROBES),
     ("peer-down", "st_peer_down", PROBES),
     ("escape-lan0", "st_escape", LAN_PROBES),

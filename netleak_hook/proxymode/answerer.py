@@ -61,9 +61,10 @@ class Answerer:
                        "names are not resolved with a socks5:// proxy (it takes addresses "
                        "only): use socks5h:// to have the proxy resolve them")
 
-    def tcp(self, conn: socket.socket, route: Route, seconds: float, queries: int,
-            wait: float) -> None:
-        """DNS over TCP for SECONDS and QUERIES at most, a read waiting
+    def tcp(self, conn: socket.socket, r: Redirect, route: Route, seconds: float,
+            queries: int, wait: float) -> None:
+        """DNS over TCP, from the session socket whose record is R, for
+        SECONDS and QUERIES at most, a read waiting
         WAIT at most: a connection kept open by a trickle would hold a
         place for good."""
         deadline = time.monotonic() + seconds
@@ -84,6 +85,6 @@ class Answerer:
                 if answer is not None:
                     conn.sendall(fakedns.tcp_frame(answer))
                 if why == "refused-local":
-                    self.event("proxy-dns", route, "tcp", "", 53,
+                    self.event("proxy-dns", route, "tcp", r.orig_addr, r.orig_port,
                                "names are not resolved with a socks5:// proxy: use "
                                "socks5h:// to have the proxy resolve them")

@@ -238,7 +238,7 @@ class Relay:
                 return
             counted = r.cgroup
             if port == 53:
-                self.answers.tcp(conn, route, DNS_TCP_SECONDS, DNS_TCP_QUERIES,
+                self.answers.tcp(conn, r, route, DNS_TCP_SECONDS, DNS_TCP_QUERIES,
                                  CONNECT_TIMEOUT)
                 return
             host, refused = self.answers.destination(addr, port, route)

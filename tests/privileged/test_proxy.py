@@ -69,6 +69,17 @@ except OSError as e:
 """
 
 
+# one DNS query for NAME by UDP to ARGV[1] port 53; prints the answer's rcode
+ASK_DNS = r"""
+import socket, struct, sys
+q = struct.pack("!6H", 0x4242, 0x0100, 1, 0, 0, 0) + b"\x06server\x07example\x00\x00\x01\x00\x01"
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+s.sendto(q, (sys.argv[1], 53))
+print("rcode", s.recv(512)[3] & 15, flush=True)
+"""
+
+
 class Proxy:
     """proxyd in NET, by PID."""
 
@@ -182,6 +193,15 @@ def test_socks5_refuses_names_and_carries_addresses(proxy_lab):
     assert proxy.asked() == [f"{S4} {HTTP_PORT} ok"]
     assert wait_until(lambda: recorded(w, "proxy-dns"))
     assert "socks5h://" in recorded(w, "proxy-dns")[0]["detail"]
+    # a query to a loopback resolver: refused, and the event is the
+    # session's and names the resolver
+    before = len(recorded(w, "proxy-dns"))
+    stub = w.netleak("--proxy", url, sys.executable, "-c", ASK_DNS, "127.0.0.53")
+    assert stub.stdout.split() == ["rcode", "5"], stub.stdout + stub.stderr
+    assert wait_until(lambda: len(recorded(w, "proxy-dns")) > before)
+    e = recorded(w, "proxy-dns")[-1]
+    assert (e["protocol"], e["daddr"], e["dport"]) == ("udp", "127.0.0.53", 53), e
+    assert e["session"] and e["cgroup"].startswith(f"/{w.parent}/"), e
 
 
 def test_proxy_gone_blocks_everything(proxy_lab):

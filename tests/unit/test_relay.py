@@ -382,8 +382,8 @@ class Lab:
         self.socks: list[socket.socket] = []
 
     def route(self, scheme: str, port: int, cgroup: int = CGROUP, **kw) -> relay.Route:
-        r = relay.Route(scheme=scheme, addr="127.0.0.1", port=port,
-                        info={"id": f"session-{cgroup}", "cgroup_id": cgroup}, **kw)
+        kw.setdefault("info", {"id": f"session-{cgroup}", "cgroup_id": cgroup})
+        r = relay.Route(scheme=scheme, addr="127.0.0.1", port=port, **kw)
         self.routes[cgroup] = r
         return r
 
@@ -480,14 +480,14 @@ def dns_answer(msg: bytes) -> tuple[int, int, int, list[tuple[int, bytes]]]:
 
 
 def ask_udp(lab: Lab, port: int, query: bytes, host: str = "127.0.0.1",
-            cgroup: int = CGROUP, entry: bool = True) -> bytes:
+            cgroup: int = CGROUP, entry: bool = True, orig: str = "192.0.2.53") -> bytes:
     """A query by UDP from a socket the programs sent to PORT (with no
-    ENTRY: one they did not), and the answer."""
+    ENTRY: one they did not) on its way to the resolver ORIG, and the answer."""
     s = lab.socket(host, kind=socket.SOCK_DGRAM)
     if entry:
         s.bind((host, 0))
         with lab.bpf.lock:
-            lab.bpf.map[cookie(s)] = redirect("192.0.2.53", 53, host, port, cgroup, proxy=False)
+            lab.bpf.map[cookie(s)] = redirect(orig, 53, host, port, cgroup, proxy=False)
     s.sendto(query, (host, port))
     data, peer = s.recvfrom(4096)
     assert peer[:2] == (host, port)
@@ -979,6 +979,41 @@ def test_tcp_port_53_with_socks5_is_refused_with_event(lab, silent):
     e = lab.event()
     assert (e["reason"], e["protocol"], e["dport"]) == ("proxy-dns", "tcp", 53)
     assert e["session"] == "session-4242" and "socks5h://" in e["detail"]
+    assert e["daddr"] == "192.0.2.53" and e["family"] == "ipv4"
+    assert untouched(silent)
+
+
+SESSION_INFO = {"id": "s-dns", "container": "c1", "cgroup": "/netleak/exec-s-dns",
+                "cgroup_id": CGROUP, "iface": "wg0"}
+
+
+def test_refused_query_to_a_loopback_resolver_names_the_session_and_the_resolver(lab):
+    """A query the programs sent here on its way to 127.0.0.53 (a stub
+    resolver on loopback, as the relay is): the event is the session's
+    (its id, container, cgroup, interface) and names the resolver, not the
+    relay's nor the program's own loopback address."""
+    lab.route("socks5", 9, info=SESSION_INFO)
+    _, _, rcode, _ = dns_answer(ask_udp(lab, lab.relay.refuse_port, dns_query(NAME),
+                                        orig="127.0.0.53"))
+    assert rcode == 5
+    e = lab.event()
+    assert (e["reason"], e["protocol"], e["daddr"], e["dport"], e["family"]) == \
+        ("proxy-dns", "udp", "127.0.0.53", 53, "ipv4")
+    assert (e["session"], e["container"], e["cgroup"], e["cgroup_id"], e["iface"]) == \
+        ("s-dns", "c1", "/netleak/exec-s-dns", CGROUP, "wg0")
+
+
+def test_refused_tcp_query_to_a_loopback_resolver_names_the_session_and_the_resolver(
+        lab, silent):
+    lab.route("socks5", silent.getsockname()[1], info=SESSION_INFO)
+    s = lab.client("127.0.0.53", 53)
+    answers = _dns_tcp_exchange(s, [dns_query(NAME, qid=i) for i in range(3)])
+    assert [dns_answer(a)[2] for a in answers] == [5, 5, 5]
+    e = lab.event()
+    assert (e["reason"], e["protocol"], e["daddr"], e["dport"]) == \
+        ("proxy-dns", "tcp", "127.0.0.53", 53)
+    assert (e["session"], e["cgroup"], e["cgroup_id"], e["iface"]) == \
+        ("s-dns", "/netleak/exec-s-dns", CGROUP, "wg0")
     assert untouched(silent)
 
 
