@@ -349,7 +349,7 @@ def attach(env: Env, iface: str | None, cgroup: str | None, pid: int | None,
     if block:
         click.echo(f"/{rel}: no network (loopback only), session {reply['id']}")
         return
-    state = "kill switch on until it is up" if reply.get("killed") else "routed"
+    state = client.opened_state(reply)
     click.echo(f"/{rel}: on {name} ({state}), session {reply['id']}")
 
 
