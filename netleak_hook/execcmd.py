@@ -306,9 +306,8 @@ def run(argv: list[str]) -> int:
     from .execsetup import open_exec_session
     open_exec_session(cfg, iface, via4, via6, guards)
     if absent:      # accepted (wg0 before wg-quick up): the session waits for it
-        sys.stderr.write(f"{PROG}: no interface named {iface} yet: COMMAND starts with "
-                         f"everything but loopback dropped until it appears (see "
-                         f"'netleak status')\n")
+        sys.stderr.write(f"{PROG}: no interface named {iface} yet: waiting for it, "
+                         f"all but loopback dropped\n")
 
     from .kernel import confine
     if pw is not None and pw.pw_uid != 0:
