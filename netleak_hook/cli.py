@@ -175,8 +175,9 @@ def agent(env: Env, hooks_dir: str, zipapp_dir: str, host_dir: str) -> None:
 def status(env: Env, as_json: bool) -> None:
     """Sessions of this network namespace: one row each.
 
-    STATE is routed, kill-switch (interface down), waiting (interface
-    absent), starting, or no-policy (fail closed).
+    STATE is routed, kill-switch (interface down), waiting (for the
+    interface to appear, or for a gateway), starting, or no-policy (fail
+    closed).
     """
     from . import status as st
     try:

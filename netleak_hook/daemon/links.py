@@ -159,8 +159,9 @@ class Links:
             return
         before = self.live.get(iface)
         if before is None or not before.killed:
-            cause = "gone" if link is None else "down" if not link.up else "without a gateway"
-            note("kill-switch-on", "%s is %s: kill switch on", iface, cause, iface=iface,
+            cause = "gone" if link is None else "down" if not link.up else "no-gateway"
+            note("kill-switch-on", "%s is %s: kill switch on", iface,
+                 "up with no gateway known" if cause == "no-gateway" else cause, iface=iface,
                  cause=cause, ifindex=link.index if link else None,
                  sessions=len(self.state.sessions_on(iface)))
         self.live[iface] = Policy(ifindex=link.index if link else 0,
