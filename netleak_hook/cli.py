@@ -177,7 +177,8 @@ def status(env: Env, as_json: bool) -> None:
 
     STATE is routed, shadowed (another tool's rule routes its packets
     elsewhere, where they are dropped), kill-switch (interface down),
-    waiting (interface absent), starting, or no-policy (fail closed).
+    waiting (for the interface to appear, or for a gateway), starting, or
+    no-policy (fail closed).
     """
     from . import status as st
     try:
@@ -354,7 +355,7 @@ def attach(env: Env, iface: str | None, cgroup: str | None, pid: int | None,
     if block:
         click.echo(f"/{rel}: no network (loopback only), session {reply['id']}")
         return
-    state = "kill switch on until it is up" if reply.get("killed") else "routed"
+    state = client.opened_state(reply)
     click.echo(f"/{rel}: on {name} ({state}), session {reply['id']}")
 
 

@@ -69,6 +69,16 @@ def check_guards(msg: dict, reply: dict) -> None:
                            "it: stop it ('netleak gc' starts a new one) and retry")
 
 
+def opened_state(reply: dict) -> str:
+    """How a session on an interface starts, in a few words."""
+    waiting = reply.get("waiting")
+    if waiting == "interface":
+        return "waiting for the interface to appear, kill switch on"
+    if waiting == "gateway":
+        return "waiting for a default route to learn the gateway from, kill switch on"
+    return "kill switch on until it is up" if reply.get("killed") else "routed"
+
+
 def _roundtrip(path: str, msg: dict, timeout: float) -> dict:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:

@@ -80,12 +80,24 @@ def run(cfg: Config) -> int:
         _say(f"   (control: the same capture sees a plain request: {control} packets)")
         ok &= control > 0
         _say()
-        _say("4. Starting a program while vpn0 is absent is refused up front:")
+        _say("4. A program started while vpn0 is absent (before 'wg-quick up') waits")
+        _say("   for it, blocked, and is routed once vpn0 appears:")
         world.ip(world.host, "link", "del", "vpn0")
-        r = world.run(exec_cmd + ["vpn0"] + world.client(), env=env)
-        _say(f"   {(r.stderr.strip().splitlines() or ['(nothing)'])[-1]}  "
-             f"(exit status {r.returncode})")
-        ok &= r.returncode == 125
+        with world.capture("up0") as cap:
+            p = world.spawn(exec_cmd + ["vpn0"] + world.client(tries=40), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            assert p.stdout is not None
+            first = p.stdout.readline()     # the session runs, waiting
+            time.sleep(1.0)
+            world.recreate("vpn0")
+            out, err = p.communicate(timeout=60)
+            leaked = cap.stop()
+        answers = [ln for ln in (first + out).splitlines() if ln.strip()]
+        trace = "".join("+" if a.startswith("ok") else "x" for a in answers)
+        _say(f"   {(err.strip().splitlines() or ['(nothing)'])[0]}")
+        _say(f"   answers: {trace}   (x refused while waiting, + via vpn0)")
+        _say(f"   packets leaked on up0: {leaked}")
+        ok &= leaked == 0 and trace.startswith("x") and trace.endswith("+")
     _say()
     _say("Everything the demo made is removed." if ok else
          "Something did not behave as promised: see above, and run 'netleak doctor'.")

@@ -301,12 +301,13 @@ def run(argv: list[str]) -> int:
     pw = resolve_user(a.user)
     if os.geteuid() != 0:
         raise NetleakError(f"{PROG} needs root (cgroups, BPF, routing): run it with sudo")
-    if iface and not _is_interface(iface):
-        raise NetleakError(f"no interface named {iface} in this network namespace: "
-                           f"check 'ip -br link'")
+    absent = bool(iface) and not _is_interface(iface)
 
     from .execsetup import open_exec_session
     open_exec_session(cfg, iface, via4, via6, guards)
+    if absent:      # accepted (wg0 before wg-quick up): the session waits for it
+        sys.stderr.write(f"{PROG}: no interface named {iface} yet: waiting for it, "
+                         f"all but loopback dropped\n")
 
     from .kernel import confine
     if pw is not None and pw.pw_uid != 0:

@@ -71,7 +71,7 @@ def run(argv: list[str], raw: bytes, environ: dict) -> tuple[int, str]:
     if reply.get("proxy"):
         via = f" via {iface}" if iface else ""
         return 0, f"{stage} {st.short_id}: through {reply['proxy']}{via}, session {reply['id']}"
-    state = "kill switch on until it is up" if reply.get("killed") else "routed"
+    state = client.opened_state(reply)
     return 0, f"{stage} {st.short_id}: on {iface} ({state}), session {reply['id']}"
 
 

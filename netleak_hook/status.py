@@ -20,13 +20,20 @@ STATES = {
                 "kill switch drops them (see shadowed_by); the daemon moves netleak's "
                 "rules ahead of it when it can",
     "kill-switch": "interface down: everything but loopback is dropped",
-    "waiting": "interface absent: everything but loopback is dropped until it returns",
+    "waiting": "waiting for the interface: none of that name exists; everything but "
+               "loopback is dropped until it appears",
     "starting": "being set up: the workload has not entered the cgroup yet",
     "no-network": "no-network mode: only loopback (and --allow prefixes) may be used",
     "proxied": "proxy mode: TCP goes through the proxy, DNS is answered by netleak or "
                "refused, the rest is refused",
     "no-policy": "no policy entry: everything is dropped (fail closed); run 'netleak gc'",
     "unknown": "the BPF maps cannot be read (is bpffs mounted?)",
+}
+# a waiting session's detail, by what it waits for (plan.waiting_for)
+WAITING = {
+    "gateway": "waiting for a gateway: the interface is not point-to-point and has no "
+               "default route to learn one from; everything but loopback is dropped "
+               "until it has one (or give --via)",
 }
 
 
@@ -38,6 +45,7 @@ class Facts:
     maps_readable: bool = True
     link_index: int | None = None   # None: no such interface
     link_up: bool = False
+    waiting: str = ""               # what the kill switch waits for (plan.waiting_for)
     procs: int = 0
     stats: Stats | None = None
     shadowed_by: str | None = None  # the rule that takes its interface's packets
@@ -54,7 +62,7 @@ def session_state(committed: bool, f: Facts) -> str:
         return "no-network"
     if f.policy.proxy and not f.policy.mark:
         return "proxied"        # no interface (no mark): the proxy is reached by routing
-    if f.link_index is None:
+    if f.link_index is None or f.waiting:
         return "waiting"
     if f.policy.killed or not f.link_up:
         return "kill-switch"
@@ -72,7 +80,9 @@ def rows(state: State, facts: dict[str, Facts], now: float) -> list[dict]:
         st = session_state(s.committed, f)
         out.append({
             "id": s.id, "iface": s.iface, "ifindex": f.link_index, "state": st,
-            "state_detail": STATES[st], "cgroup": "/" + s.cgroup, "cgroup_id": s.cgroup_id,
+            "state_detail": WAITING.get(f.waiting, STATES[st]) if st == "waiting"
+            else STATES[st],
+            "cgroup": "/" + s.cgroup, "cgroup_id": s.cgroup_id,
             "procs": f.procs, "age": round(max(0.0, now - s.created), 1),
             "created": s.created,
             "started_by": "netleak-exec" if s.exec_session else ("hook" if s.container else "attach"),
@@ -161,6 +171,7 @@ def render(table: list[dict], width: int = 79) -> str:
 def gather(cfg) -> dict:
     """The state file and the kernel's view, as JSON-ready data."""
     from .kernel import bpfsys, cgroupfs, netlink, programs
+    from .core.plan import waiting_for
     from .core.policy import POLICY_SIZE, pack_key
     from .rundir.store import Store, run_dir
 
@@ -191,10 +202,12 @@ def gather(cfg) -> dict:
                 stats = m.read_stats(s.cgroup_id)
             path = cgroupfs.abspath(root, s.cgroup)
             nprocs = len(cgroupfs.tree_procs(path))
+            b = state.bindings.get(s.iface)
             facts[s.id] = Facts(policy=pol, maps_readable=m is not None,
                                 link_index=link.index if link else None,
                                 link_up=bool(link and link.up), procs=nprocs, stats=stats,
-                                shadowed_by=shadows.get(s.iface))
+                                shadowed_by=shadows.get(s.iface),
+                                waiting=(waiting_for(b, link) or "") if b else "")
     finally:
         ipr.close()
         for m in maps.values():

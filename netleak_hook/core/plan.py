@@ -177,6 +177,32 @@ def make_binding(iface: str, used_slots: set[int], mark_base: int, table_base: i
                    user_via4=user_via4, user_via6=user_via6)
 
 
+def learns_gateways(link: Link | None, user_via4: bool, user_via6: bool) -> bool:
+    """Whether a binding on LINK takes its gateways from the system's default
+    routes: an ethernet-like link (a point-to-point one needs none) for which
+    --via did not give both. An absent link is not read: what it will be is
+    not known until it appears."""
+    return link is not None and not link.layer3 and not (user_via4 and user_via6)
+
+
+def waiting_for(b: Binding, link: Link | None) -> str | None:
+    """What B's sessions wait for before anything may leave: "interface"
+    (none of that name yet), "gateway" (an ethernet-like link with no gateway
+    known for either family, so its table can hold no route by it), or None.
+    Meanwhile the kill switch stays on."""
+    if link is None:
+        return "interface"
+    if not link.layer3 and not (b.via4 or b.via6):
+        return "gateway"
+    return None
+
+
+def usable(b: Binding, link: Link | None) -> bool:
+    """Whether B's sessions may send by LINK now: it is up and waits for
+    nothing."""
+    return link is not None and link.up and waiting_for(b, link) is None
+
+
 def with_user_gateways(b: Binding, via4: str | None, via6: str | None) -> Binding:
     """B with gateways given by --via; they are never replaced by discovery."""
     return dataclasses.replace(

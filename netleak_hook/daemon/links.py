@@ -37,29 +37,24 @@ class Links:
 
     def binding_for(self, iface: str, via4: str | None, via6: str | None) -> plan.Binding:
         """IFACE's binding: the one in use (with the user's gateways, if
-        given), or a new one for a link that exists."""
+        given), or a new one, also for a link that does not exist yet (its
+        sessions wait for it, kill switch on)."""
         binding = self.state.bindings.get(iface)
         if binding is None:
-            link = self.net.read_link(iface)
-            if link is None:
-                raise NetleakError(
-                    f"no interface named {iface} in this network namespace: check "
-                    f"'ip -br link'")
-            return self.new_binding(iface, link, via4, via6)
+            return self.new_binding(iface, self.net.read_link(iface), via4, via6)
         if via4 or via6:
             return plan.with_user_gateways(binding, via4, via6)
         return binding
 
-    def new_binding(self, iface: str, link: plan.Link, via4: str | None,
+    def new_binding(self, iface: str, link: plan.Link | None, via4: str | None,
                     via6: str | None) -> plan.Binding:
+        """A binding with the gateways --via gave or the system's routes show;
+        with none yet (a link down or absent), its sessions wait (see
+        plan.waiting_for) and refresh_gateways learns them later."""
         user4, user6 = bool(via4), bool(via6)
-        if not link.layer3 and not (via4 and via6):
+        if plan.learns_gateways(link, user4, user6):
             gw4, gw6 = self.net.default_gateways(link.index)
             via4, via6 = via4 or gw4, via6 or gw6
-            if not (via4 or via6):
-                raise NetleakError(
-                    f"{iface} is not point-to-point and has no default route to learn "
-                    f"a gateway from: pass --via GATEWAY (e.g. --via 192.0.2.1)")
         used = {b.slot for b in self.state.bindings.values()}
         b = plan.make_binding(iface, used, self.cfg.mark_base, self.cfg.table_base,
                               self.cfg.max_interfaces, via4, via6, user4, user6)
@@ -158,17 +153,19 @@ class Links:
         for iface, link in links.items():
             if link is not None and link.up:
                 step(f"resolvers of {iface}", self.refresh_dns, iface, link)
+            if plan.usable(self.state.bindings[iface], link):
                 self.release_kill(iface, link)
         step("paths", self.check_paths, links)
         step("no-network entries", self.write_policies, "", self.block_policy())
 
     def kill_if_unusable(self, iface: str, link: plan.Link | None) -> None:
-        if link is not None and link.up:
+        if plan.usable(self.state.bindings[iface], link):
             return
         before = self.live.get(iface)
         if before is None or not before.killed:
-            cause = "gone" if link is None else "down"
-            note("kill-switch-on", "%s is %s: kill switch on", iface, cause, iface=iface,
+            cause = "gone" if link is None else "down" if not link.up else "no-gateway"
+            note("kill-switch-on", "%s is %s: kill switch on", iface,
+                 "up with no gateway known" if cause == "no-gateway" else cause, iface=iface,
                  cause=cause, ifindex=link.index if link else None,
                  sessions=len(self.state.sessions_on(iface)))
         self.live[iface] = Policy(ifindex=link.index if link else 0,
@@ -191,8 +188,11 @@ class Links:
         self.write_policies(iface, pol)
 
     def refresh_gateways(self, iface: str, link: plan.Link | None) -> plan.Binding:
+        """IFACE's binding with the gateways its default routes show now (a
+        binding made while the link was down or absent learns its first
+        ones here)."""
         b = self.state.bindings[iface]
-        if link is None or link.layer3 or (b.user_via4 and b.user_via6) or not link.up:
+        if not plan.learns_gateways(link, b.user_via4, b.user_via6) or not link.up:
             return b
         nb = plan.with_learned_gateways(b, *self.net.default_gateways(link.index))
         if nb != b:

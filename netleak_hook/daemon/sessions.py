@@ -154,17 +154,24 @@ class Sessions(UnitSessions):
         pol = policy_for(s, links.live[s.iface] if binding else links.block_policy(),
                          self.relays.ports())
         mark, table = pol.mark, binding.table if binding else None
+        # "interface" or "gateway" while the kill switch waits for one
+        # (the binding as the set-up left it: it may have learned a gateway)
+        waiting = plan.waiting_for(self.state.bindings[s.iface],
+                                   links.net.read_link(s.iface)) \
+            if binding is not None and pol.killed else None
         note("session-open", "session %s: %s %s on %s (mark %#x, table %s)", s.id,
              "made" if s.exec_session else "attached", s.cgroup, s.what, mark, table,
              session=s.id, iface=s.iface or None, cgroup="/" + s.cgroup,
              container=s.container or None,
              kind="exec" if s.exec_session else ("hook" if s.container else "attach"),
              unit=s.unit or None,
-             killed=pol.killed, block=s.block or None, dns=",".join(s.dns) or None,
+             killed=pol.killed, waiting=waiting, block=s.block or None,
+             dns=",".join(s.dns) or None,
              dns_from=s.dns_from or None, allow=",".join(s.allow) or None,
              proxy=spec.url() if spec else None)
         return {"ok": True, "id": s.id, "cgroup": s.cgroup, "mark": mark, "table": table,
-                "ifindex": pol.ifindex, "killed": pol.killed, "block": s.block,
+                "ifindex": pol.ifindex, "killed": pol.killed, "waiting": waiting,
+                "block": s.block,
                 "dns": list(s.dns), "dns_from": s.dns_from, "allow": list(s.allow),
                 "proxy": spec.url() if spec else None, "proxy_addr": s.proxy_addr or None}
 

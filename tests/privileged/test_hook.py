@@ -99,8 +99,7 @@ def test_unannotated_container_untouched(world, container):
 
 
 @pytest.mark.parametrize("value,words", [("vpn0 ; id", "io.netleak.interface"),
-                                        ("", "io.netleak.interface"),
-                                        ("nope0", "no interface named nope0")])
+                                        ("", "io.netleak.interface")])
 def test_bad_annotation_aborts_the_start(world, container, value, words):
     c = container()
     r = c.hook(annotations={"io.netleak.interface": value})
@@ -116,6 +115,25 @@ def test_private_network_namespace_refused(world, container):
     assert r.returncode == 125
     assert "--network=host" in r.stderr
     assert world.sessions() == 0 and not world.our_rules()
+
+
+def test_absent_interface_starts_waiting(world, container):
+    """An annotated interface that does not exist yet: the container starts
+    with the kill switch on (nothing reaches up0) and the log says it waits."""
+    c = container()
+    r = c.hook(annotations={"io.netleak.interface": "nope0"})
+    assert r.returncode == 0, r.stderr
+    assert f"createRuntime {CID[:12]}: on nope0 (waiting for the interface to appear" \
+        in world.hook_log()
+    (row,) = world.status()
+    assert row["state"] == "waiting" and row["state_detail"].startswith(
+        "waiting for the interface"), row
+    with world.lab.capture("up0") as cap:
+        answers = c.go()
+        leaked = cap.stop()
+    assert len(answers) == 2 and not any(a.startswith("ok") for a in answers), answers
+    assert leaked == 0
+    world.control()
 
 
 def test_not_oci_state(world):

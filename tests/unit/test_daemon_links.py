@@ -130,21 +130,6 @@ def test_user_gateways_are_never_replaced():
     assert (b.via4, b.via6) == ("192.0.2.9", "2001:db8::9")
 
 
-def test_ethernet_without_a_gateway_is_refused_with_the_fix():
-    w = World()
-    w.net.link("eth1", 4, p2p=False)
-    with pytest.raises(NetleakError, match="pass --via GATEWAY"):
-        w.open(iface="eth1")
-    assert w.state.sessions == {} and w.journal.of("bpf", "net", "progs") == []
-
-
-def test_unknown_interface_refused():
-    w = World()
-    with pytest.raises(NetleakError, match="no interface named wg9"):
-        w.open(iface="wg9")
-    assert w.store.saved == []
-
-
 def test_all_slots_in_use_refused():
     w = World(max_interfaces=1)
     w.net.link("wg0", 5)

@@ -403,9 +403,23 @@ def test_a_cgroup_removed_between_two_reads_is_gone():
     w.cgroups.cgroup_id = real
 
 
-def test_adoption_refused_where_a_binding_cannot_be_made(caplog):
+def test_adoption_where_no_gateway_is_known_waits_for_one():
     w = World()
     w.net.link("eth1", 4, p2p=False)          # no gateway to learn
+    cid = w.cgroups.add("system.slice/lost.service")
+    entry(w, cid, ifindex=4)
+    (sid,), _ = w.gc.entries()
+    assert w.state.sessions[sid].iface == "eth1"
+    assert w.state.bindings["eth1"].via4 is None
+    w.links.reconcile_all()
+    assert w.policy(cid).killed               # until a default route shows one
+
+
+def test_adoption_refused_where_a_binding_cannot_be_made(caplog):
+    w = World(max_interfaces=1)
+    w.net.link("wg0", 5)
+    w.net.link("eth1", 4, p2p=False)
+    w.open()
     cid = w.cgroups.add("system.slice/lost.service")
     entry(w, cid, ifindex=4)
     assert w.gc.entries() == ([], 0)
