@@ -158,8 +158,9 @@ class Daemon:
             msgs = []
         # pyroute2 may keep part of a burst in its own buffer, where select()
         # cannot see it: reconcile every bound interface, not just the ones
-        # these messages name (a handful of netlink dumps).
-        if msgs:
+        # these messages name (a handful of netlink dumps). A batch of other
+        # tables' routes alone is no reason (the periodic pass still runs).
+        if any(netlink.worth_a_pass(m) for m in msgs):
             self.links.reconcile_all()
 
     def close(self) -> None:

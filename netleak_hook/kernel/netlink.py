@@ -11,8 +11,9 @@ import socket
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_RULE,
-                                   RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_RULE, RTMGRP_LINK)
+from pyroute2.netlink.rtnl import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE,
+                                   RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE, RTMGRP_IPV6_RULE,
+                                   RTMGRP_LINK)
 
 from ..core.plan import Link, Route, Rule
 from ..core.precedence import Listed, rule_text
@@ -42,12 +43,26 @@ def open_ipr() -> IPRoute:
 
 
 def open_events() -> IPRoute:
-    """A netlink socket that receives link, address and rule changes (a
-    rule another tool adds ahead of netleak's is answered at once)."""
+    """A netlink socket that receives link, address, rule and route changes
+    (a rule another tool adds ahead of netleak's, a default route a network
+    manager adds, are answered at once)."""
     ev = IPRoute()
     ev.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR |
-            RTMGRP_IPV4_RULE | RTMGRP_IPV6_RULE)
+            RTMGRP_IPV4_RULE | RTMGRP_IPV6_RULE | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE)
     return ev
+
+
+def worth_a_pass(msg) -> bool:
+    """Whether an event may change what netleak does: any but a route that
+    is not a default route of the main table (where gateways are learned
+    from; netleak's own tables' routes come back as events too)."""
+    try:
+        if msg.get("event") not in ("RTM_NEWROUTE", "RTM_DELROUTE"):
+            return True
+        table = msg.get_attr("RTA_TABLE") or msg["table"]
+        return table == 254 and msg["dst_len"] == 0
+    except (AttributeError, KeyError, TypeError):
+        return True
 
 
 def read_link(ipr: IPRoute, name: str) -> Link | None:
