@@ -277,7 +277,6 @@ def stays_on_vpn0(w, s: Sender, start: int) -> None:
     assert wrong == [], seen
 
 
-@pytest.mark.xfail(reason="rules ahead of netleak's", strict=True)
 def test_a_session_keeps_its_route_when_wg_quick_full_tunnel_comes_up(world, wg_quick):
     """wg-quick's rules (added with no priority, so ahead of any rule there
     is) come after the session's: the session stays on vpn0, and says so
