@@ -316,9 +316,10 @@ def test_events_survive_a_daemon_killed(world, held):
 
 # helpers that egress programs got only lately (bpf_get_current_pid_tgid,
 # bpf_get_current_comm, bpf_get_current_cgroup_id, bpf_get_netns_cookie), and
-# those socket programs got in 6.1 (the first three)
+# those socket programs got in 6.1 (the first two), or in 5.18 (bpf_set_retval)
 LATE_EGRESS = {14, 16, 80, 122}
-LATE_SOCK = {14, 16, 187}     # ... and bpf_set_retval (5.18)
+SET_RETVAL = 187
+LATE_SOCK = {14, 16, SET_RETVAL}
 
 
 def _helpers(b, fn: bytes) -> set[int]:
@@ -347,5 +348,7 @@ def test_the_plainest_compile_level_needs_no_late_helpers():
                cflags=programs.cflags(extra=programs.LEVELS[0]))
     try:       # the control: the richest level does use them
         assert _helpers(rich, b"nl_egress") >= LATE_EGRESS
+        for fn in (b"nl_connect4", b"nl_connect6", b"nl_sendmsg4", b"nl_sendmsg6"):
+            assert SET_RETVAL in _helpers(rich, fn), fn
     finally:
         rich.cleanup()
