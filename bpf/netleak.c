@@ -40,17 +40,27 @@ BPF_HASH_OF_MAPS(rings, u64, "ring_tmpl", NL_MAX_RINGS);
 enum nl_verdict { V_PASS, V_LOOPBACK, V_KILL, V_DEVICE, V_NOPOLICY, V_NETNS,
                   V_SUPPRESSED, V_LOST, V_ALLOWED, V_BLOCK, V_INBOUND, V_REFUSED_DNS,
                   V_REFUSED_BLOCK, V_DNS, V_PROXIED, V_REFUSED_PROXY, V_PROXY, V_SOURCE,
-                  V_REFUSED_SOURCE, V_REFUSED_MPTCP, V_REFUSED_LIMIT };
+                  V_REFUSED_SOURCE, V_REFUSED_MPTCP, V_REFUSED_LIMIT, V_REFUSED_KILL_CONNECT,
+                  V_REFUSED_KILL_SENDMSG };
+
+/* What count() files a new entry from (never written): a struct nl_stats
+ * on the stack would take half the 512 bytes the verifier allows, in each
+ * place count() is inlined. */
+BPF_ARRAY(stats_zero, struct nl_stats, 1);
 
 static __always_inline void count(u64 cgid, enum nl_verdict v, u32 len)
 {
 #ifndef NL_NO_STATS
-    struct nl_stats zero = {};
     struct nl_stats *s = stats.lookup(&cgid);
     struct nl_count *c;
 
     if (!s) {
-        stats.insert(&cgid, &zero);
+        u32 first = 0;
+        struct nl_stats *zero = stats_zero.lookup(&first);
+
+        if (!zero)
+            return;
+        stats.insert(&cgid, zero);
         s = stats.lookup(&cgid);
         if (!s)
             return;     /* map full: counting is best effort, the verdict is not */
@@ -77,6 +87,8 @@ static __always_inline void count(u64 cgid, enum nl_verdict v, u32 len)
     case V_REFUSED_SOURCE: s->refused_source++; return;
     case V_REFUSED_MPTCP: s->refused_mptcp++; return;
     case V_REFUSED_LIMIT: s->refused_limit++; return;
+    case V_REFUSED_KILL_CONNECT: s->refused_kill_connect++; return;
+    case V_REFUSED_KILL_SENDMSG: s->refused_kill_sendmsg++; return;
     default:         s->events_lost++; return;
     }
     c->packets++;
@@ -709,6 +721,22 @@ static __always_inline int to_relay(struct bpf_sock_addr *ctx, struct nl_policy 
     return 1;
 }
 
+/* Whether A is one of this machine's addresses in the socket's network
+ * namespace (the daemon keeps them in `locals`): the local routing table
+ * sends it by loopback, whatever the kill switch says. */
+static __always_inline int local_dest(struct bpf_sock_addr *ctx, const struct nl_addr *a)
+{
+    struct nl_local_key k = {};
+
+    k.netns = bpf_get_netns_cookie(ctx);
+    k.addr = *a;
+    return locals.lookup(&k) != 0;
+}
+
+/* errno of a call the kill switch refuses: what routing says while the
+ * interface's table holds only its unreachable route (uapi/asm-generic) */
+#define NL_EHOSTUNREACH 113
+
 /* Where connect() and sendmsg() of a controlled cgroup may go.
  *
  * - Loopback goes on, except DNS (port 53): a local stub resolver would
@@ -717,18 +745,28 @@ static __always_inline int to_relay(struct bpf_sock_addr *ctx, struct nl_policy 
  *   from where the app asked), or refused when it has none of that family.
  * - --allow prefixes go on (routing sends them to the main table).
  * - In no-network mode, everything else is refused (EPERM, at once).
- * - While the kill switch is on, routing refuses the call (the interface's
- *   table has only its unreachable route then) before any packet exists
- *   for nl_egress to see: say so; the call goes on and fails there.
- *   Sockets routing does not send to our table (bound to a device, or
- *   re-marked) are left to nl_egress, which reports their packets. */
+ * - While the kill switch is on, everything else but this machine's own
+ *   addresses is refused, whatever device the socket is bound to and
+ *   whatever its mark: the call fails at once, before any packet exists
+ *   (routing would refuse most of them too, but unseen), and is counted
+ *   here, where each call is seen once. The caller gets routing's errno
+ *   where the kernel lets a program choose (bpf_set_retval, Linux 5.18:
+ *   NL_SET_RETVAL), EPERM elsewhere. Packets of sockets connected before
+ *   the switch came on are nl_egress's to drop (and count).
+ * Only a call that goes on files a redirect: a refused one holds no entry.
+ * All refusals leave by one exit: one event on the stack, not one each. */
 static __always_inline int sock_addr(struct bpf_sock_addr *ctx, u8 hook, int v6)
 {
     u64 key;
     struct nl_policy *p = lookup_task(&key);
     struct bpf_sock *sk = ctx->sk;
     struct nl_addr a = {};
+    struct nl_redirect o = {};
     u32 port = ctx->user_port;
+    u64 cookie = 0;
+    int dns = 0;
+    enum nl_verdict v;
+    u8 reason;
 
     if (!p || !sk)
         return 1;
@@ -736,37 +774,52 @@ static __always_inline int sock_addr(struct bpf_sock_addr *ctx, u8 hook, int v6)
     if (p->flags & NL_FLAG_PROXY)
         return to_relay(ctx, p, key, &a, port, hook, v6);
     if (is_loopback(&a)) {
-        struct nl_redirect o = {};
-        u64 cookie;
-
         if (port != bpf_htons(DNS_PORT))
             return 1;
         cookie = bpf_get_socket_cookie(ctx);
         if (!dns_pick(p, &a, cookie, &o.server)) {
-            count(key, V_REFUSED_DNS, 0);
-            call_event(ctx, p, key, &a, port, hook, NL_R_DNS, v6);
-            return 0;
+            v = V_REFUSED_DNS;
+            reason = NL_R_DNS;
+            goto refuse;
         }
-        o.orig = a;
+        dns = 1;
+        o.orig = a;     /* what the app asked for */
+        a = o.server;
+    }
+    if (!(p->allow_n && allowed(p, &a))) {
+        if (p->flags & NL_FLAG_BLOCK) {
+            v = V_REFUSED_BLOCK;
+            reason = NL_R_BLOCK;
+            goto refuse;
+        }
+        if ((p->flags & NL_FLAG_KILL) && !local_dest(ctx, &a)) {
+            v = hook == NL_H_CONNECT ? V_REFUSED_KILL_CONNECT : V_REFUSED_KILL_SENDMSG;
+            reason = NL_R_KILL;
+            goto refuse;
+        }
+    }
+    if (dns) {
         o.orig_port = port;
         o.server_port = port;
         o.cgroup = key;
-        if (!remember(cookie, &o))
-            return over_limit(ctx, p, key, &a, port, hook, v6);
+        if (!remember(cookie, &o)) {
+            a = o.orig;
+            v = V_REFUSED_LIMIT;
+            reason = NL_R_LIMIT;
+            goto refuse;
+        }
         set_ctx_addr(ctx, v6, &o.server, port);
         count(key, V_DNS, 0);
-        a = o.server;
     }
-    if (p->allow_n && allowed(p, &a))
-        return 1;
-    if (p->flags & NL_FLAG_BLOCK) {
-        count(key, V_REFUSED_BLOCK, 0);
-        call_event(ctx, p, key, &a, port, hook, NL_R_BLOCK, v6);
-        return 0;
-    }
-    if ((p->flags & NL_FLAG_KILL) && !sk->bound_dev_if && sk->mark == p->mark)
-        call_event(ctx, p, key, &a, port, hook, NL_R_KILL, v6);
     return 1;
+refuse:
+    count(key, v, 0);
+    call_event(ctx, p, key, &a, port, hook, reason, v6);
+#ifdef NL_SET_RETVAL
+    if (reason == NL_R_KILL)
+        bpf_set_retval(-NL_EHOSTUNREACH);
+#endif
+    return 0;
 }
 
 /* recvmsg() and getpeername() of a socket sent elsewhere (its DNS to a

@@ -1,6 +1,6 @@
 /* netleak: types shared by the BPF programs and userspace.
  *
- * Userspace mirrors these layouts in netleak_hook/policy.py; keep both in
+ * Userspace mirrors these layouts in netleak_hook/core/abi.py; keep both in
  * step (the pin directory name is a hash of this source, so a change here
  * gets fresh pins and never mixes layouts).
  */
@@ -95,12 +95,14 @@ struct nl_stats {
     u64 refused_source;             /* setsockopt refused: non-local source addresses */
     u64 refused_mptcp;              /* MPTCP sockets refused */
     u64 refused_limit;              /* over NL_SESSION_REDIRECTS: refused */
+    u64 refused_kill_connect;       /* connect() refused: kill switch on */
+    u64 refused_kill_sendmsg;       /* sendmsg() with an address refused: kill switch on */
 };
 
 /* Why an attempt was blocked (struct nl_event.reason). */
 enum nl_reason {
     NL_R_KILL = 1,      /* kill switch on: packet dropped, or connect/sendmsg
-                         * that routing refuses (no route while the switch is on) */
+                         * refused */
     NL_R_DEVICE = 2,    /* packet would have left by another interface */
     NL_R_NOPOLICY = 3,  /* attached but no policy entry: dropped, fail closed */
     NL_R_NETNS = 4,     /* socket opened in another network namespace: refused */

@@ -2,14 +2,16 @@
 format (version 0.0.4), e.g. for node-exporter's textfile collector (pure)."""
 from __future__ import annotations
 
+from .core.policy import REFUSALS
 from .rundir import files
 from .status import STATES
 
 # packet verdicts, as the counters name them (<verdict>_packets, _bytes)
 VERDICTS = ("passed", "loopback", "allowed", "drop_kill", "drop_device", "drop_nopolicy",
             "drop_block", "drop_inbound", "drop_proxy", "drop_source")
-# socket calls refused, as the counters name them (refused_<reason>)
-REFUSALS = ("netns", "dns", "block", "proxy", "source", "mptcp", "limit")
+# socket calls refused: REFUSALS (core/policy.py), refused_<reason>; the
+# kill switch's are counted by call (refused_kill_connect, _sendmsg)
+KILL_CALLS = ("connect", "sendmsg")
 
 
 def _escape(value: str) -> str:
@@ -50,6 +52,7 @@ def render(data: dict) -> str:
             for v in VERDICTS:
                 out.append(f"{name}{_labels(**_ids(s), verdict=v)} {c[f'{v}_{unit}']}")
     out += ["# HELP netleak_sockets_refused_total Socket calls of a session refused: "
+            "kill (connect or sendmsg while the kill switch is on), "
             "netns (socket opened in another network namespace), dns (loopback DNS with "
             "no resolver to send it to), block (connect or sendmsg in no-network mode), "
             "proxy (proxy mode: neither TCP nor DNS), source (setsockopt for a source "
@@ -60,8 +63,19 @@ def render(data: dict) -> str:
         c = s.get("counters")
         if c:
             for why in REFUSALS:
-                out.append(f"netleak_sockets_refused_total{_labels(**_ids(s), reason=why)} "
-                           f"{c[f'refused_{why}']}")
+                n = (sum(c[f"refused_kill_{call}"] for call in KILL_CALLS) if why == "kill"
+                     else c[f"refused_{why}"])
+                out.append(f"netleak_sockets_refused_total{_labels(**_ids(s), reason=why)} {n}")
+    out += ["# HELP netleak_kill_switch_refused_total Socket calls of a session refused "
+            "while the kill switch is on, by call: connect (TCP or UDP), sendmsg (UDP "
+            "with an address: sendto, sendmsg, sendmmsg).",
+            "# TYPE netleak_kill_switch_refused_total counter"]
+    for s in sessions:
+        c = s.get("counters")
+        if c:
+            for call in KILL_CALLS:
+                out.append(f"netleak_kill_switch_refused_total{_labels(**_ids(s), call=call)} "
+                           f"{c[f'refused_kill_{call}']}")
     out += ["# HELP netleak_dns_redirected_total Loopback DNS queries of a session sent "
             "to its resolvers through the interface.",
             "# TYPE netleak_dns_redirected_total counter"]

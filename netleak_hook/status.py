@@ -92,6 +92,8 @@ def rows(state: State, facts: dict[str, Facts], now: float) -> list[dict]:
             "killed": f.policy.killed if f.policy else None,
             "counters": dataclasses.asdict(f.stats) if f.stats else None,
             "dropped": f.stats.dropped if f.stats else None,
+            "refused": f.stats.refusals() if f.stats else None,
+            "refused_calls": f.stats.refused if f.stats else None,
             "block": s.block, "allow": list(s.allow), "dns": list(s.dns),
             "dns_from": s.dns_from or None, "guards": guards_text(s),
             "proxy": _proxy_shown(s.proxy) or None,
@@ -151,8 +153,10 @@ def _fit(text: str, width: int) -> str:
 def render(table: list[dict], width: int = 79) -> str:
     if not table:
         return "no sessions"
+    # PASS and DROP count packets, REFUSED socket calls (connect, sendmsg,
+    # socket, setsockopt) the programs refused
     head = (f"{'ID':<10} {'IFACE':<8} {'STATE':<11} {'PROCS':>5} {'AGE':>4} "
-            f"{'PASS':>5} {'DROP':>5}  ")
+            f"{'PASS':>5} {'DROP':>5} {'REFUSED':>7}  ")
     room = max(8, width - len(head))
     lines = [head + "CGROUP"]
     for r in table:
@@ -160,7 +164,8 @@ def render(table: list[dict], width: int = 79) -> str:
         lines.append(f"{r['id']:<10.10} {_fit(r['iface'] or '-', 8):<8} "
                      f"{r['state']:<11} {r['procs']:>5} {age_text(r['age']):>4} "
                      f"{count_text(c.get('passed_packets')):>5} "
-                     f"{count_text(r['dropped']):>5}  {_fit(one_line(r['cgroup']), room)}")
+                     f"{count_text(r['dropped']):>5} {count_text(r.get('refused_calls')):>7}  "
+                     f"{_fit(one_line(r['cgroup']), room)}")
         if r.get("dns") or r.get("allow") or r.get("proxy"):
             lines.append(f"{'':<10} {_fit(r['guards'], width - 11)}")
         if r.get("shadowed_by"):

@@ -166,7 +166,8 @@ STATS = Layout("nl_stats", (
     ("drop_inbound", COUNT), ("refused_dns", "u64"), ("refused_block", "u64"),
     ("dns_redirected", "u64"), ("proxied", "u64"), ("refused_proxy", "u64"),
     ("drop_proxy", COUNT), ("drop_source", COUNT), ("refused_source", "u64"),
-    ("refused_mptcp", "u64"), ("refused_limit", "u64")))
+    ("refused_mptcp", "u64"), ("refused_limit", "u64"), ("refused_kill_connect", "u64"),
+    ("refused_kill_sendmsg", "u64")))
 
 # one blocked attempt, from an event ring
 EVENT = Layout("nl_event", (

@@ -58,6 +58,14 @@ class Policy:
                    dns_port=abi.net_port(v["dns_port"]))
 
 
+# why socket calls were refused, as the counters name them (refused_<reason>):
+# kill (kill switch on: connect and sendmsg), netns (socket in another network
+# namespace), dns (loopback DNS, no resolver), block (no-network mode), proxy
+# (proxy mode: neither TCP nor DNS), source (setsockopt for a foreign source),
+# mptcp (MPTCP socket), limit (too many redirected sockets)
+REFUSALS = ("kill", "netns", "dns", "block", "proxy", "source", "mptcp", "limit")
+
+
 @dataclasses.dataclass(frozen=True)
 class Stats:
     """Counters of one cgroup, summed over CPUs (struct nl_stats): packets
@@ -94,6 +102,22 @@ class Stats:
     refused_source: int = 0         # setsockopt refused: non-local source addresses
     refused_mptcp: int = 0          # MPTCP sockets refused
     refused_limit: int = 0          # over the redirected sockets a session may hold
+    refused_kill_connect: int = 0   # connect() refused: kill switch on
+    refused_kill_sendmsg: int = 0   # sendmsg() with an address refused: kill switch on
+
+    @property
+    def refused_kill(self) -> int:
+        """Socket calls refused while the kill switch was on."""
+        return self.refused_kill_connect + self.refused_kill_sendmsg
+
+    def refusals(self) -> dict[str, int]:
+        """Socket calls refused, by reason (REFUSALS' order)."""
+        return {why: getattr(self, f"refused_{why}") for why in REFUSALS}
+
+    @property
+    def refused(self) -> int:
+        """Socket calls refused, whatever the reason."""
+        return sum(self.refusals().values())
 
     @property
     def dropped(self) -> int:

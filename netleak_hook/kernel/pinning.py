@@ -63,9 +63,10 @@ PINS = tuple(f"prog_{n}" for n, _, _ in PROGRAMS + OWN_PROGRAMS) + \
     tuple(f"map_{m}" for m in MAPS)
 # what older netleak versions pinned too: enough to manage their sessions
 BASE_PINS = ("prog_egress", "prog_sock_create", "map_policy", "map_stats")
-# helper levels of the compile, richest first (see compile_and_pin)
-LEVELS = (("-DNL_SKB_NETNS_COOKIE", "-DNL_TASK_EGRESS", "-DNL_TASK_SOCK"),
-          ("-DNL_TASK_SOCK",), ())
+# helper levels of the compile, richest first (see compile_and_pin):
+# NL_SET_RETVAL (5.18) lets a refused call fail with routing's errno
+LEVELS = (("-DNL_SKB_NETNS_COOKIE", "-DNL_TASK_EGRESS", "-DNL_TASK_SOCK", "-DNL_SET_RETVAL"),
+          ("-DNL_TASK_SOCK", "-DNL_SET_RETVAL"), ("-DNL_SET_RETVAL",), ())
 
 BPF_FS_MAGIC = 0xCAFE4A11
 

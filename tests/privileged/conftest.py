@@ -304,7 +304,9 @@ class Held:
         self.world = world
         world.events_only()     # no periodic pass repairs what a test breaks
         self.proc = world.spawn(*(session or ("vpn0",)), "sleep", "300")
-        assert wait_until(lambda: len(self.rows()) == 1 and self.rows()[0]["procs"] == 1)
+        # the suite's first session compiles the programs: seconds on a busy machine
+        assert wait_until(lambda: len(self.rows()) == 1 and self.rows()[0]["procs"] == 1,
+                          timeout=60)
         self.cgroup = self.rows()[0]["cgroup"]
         self.path = cgroupfs.abspath(cgroupfs.find_cgroup2(), self.cgroup)
 

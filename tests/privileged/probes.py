@@ -222,3 +222,71 @@ for target in sys.argv[4:]:
     except OSError as e:
         print(target, "refused", e.strerror, flush=True)
 """
+
+# Socket calls while the kill switch is on, on command: one command a line
+# of stdin, then "done". ARGV: the server's IPv4 and IPv6 address, its port,
+# then this machine's own non-loopback addresses. Commands:
+#   tcp N    N TCP connects to the server, IPv4 and IPv6 in turn
+#   udp M    M UDP sendtos to the server, in turn: IPv4, IPv6, IPv4-mapped on
+#            an IPv6 socket, IPv4 from a socket bound to up0
+#   local    a TCP connect and a UDP sendto to loopback (127.0.0.1, ::1) and to
+#            each own address (listeners of its own on a free port)
+# Prints one line per call: "KIND ok" or "KIND refused STRERROR".
+KILL_CALLS = r"""
+import socket, sys
+server4, server6, port, own = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+A4, A6 = socket.AF_INET, socket.AF_INET6
+def attempt(kind, fam, proto, host, p, dev=None):
+    try:
+        with socket.socket(fam, proto) as s:
+            s.settimeout(5)
+            if dev:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev)
+            if proto == socket.SOCK_STREAM:
+                s.connect((host, p))
+            else:
+                s.sendto(b"hi", (host, p))
+        print(kind, "ok", flush=True)
+    except OSError as e:
+        print(kind, "refused", e.strerror, flush=True)
+UDP = (("udp4", A4, server4, None), ("udp6", A6, server6, None),
+       ("udp4mapped", A6, "::ffff:" + server4, None), ("udp4bound", A4, server4, b"up0"))
+for line in sys.stdin:
+    cmd, *arg = line.split()
+    if cmd == "tcp":
+        for i in range(int(arg[0])):
+            fam, host = (A4, server4) if i % 2 == 0 else (A6, server6)
+            attempt("tcp", fam, socket.SOCK_STREAM, host, port)
+    elif cmd == "udp":
+        for i in range(int(arg[0])):
+            kind, fam, host, dev = UDP[i % len(UDP)]
+            attempt(kind, fam, socket.SOCK_DGRAM, host, port, dev)
+    elif cmd == "local":
+        for host in ["127.0.0.1", "::1", *own]:
+            fam = A6 if ":" in host else A4
+            with socket.socket(fam, socket.SOCK_STREAM) as ear:
+                ear.bind((host, 0))
+                ear.listen(1)
+                attempt("local-tcp " + host, fam, socket.SOCK_STREAM, host, ear.getsockname()[1])
+            attempt("local-udp " + host, fam, socket.SOCK_DGRAM, host, port)
+    print("done", flush=True)
+"""
+
+# A UDP socket bound to up0 and connected to ARGV[1] port 8080 while the
+# switch is off; on each line of stdin, it sends 5 datagrams by send() (no
+# sendmsg program sees those) and prints what each did, then "done".
+CONNECTED_BOUND = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"up0")
+s.connect((sys.argv[1], 8080))
+print("ready", flush=True)
+for line in sys.stdin:
+    for _ in range(5):
+        try:
+            s.send(b"leak?")
+            print("sent", flush=True)
+        except OSError as e:
+            print("refused", e.strerror, flush=True)
+    print("done", flush=True)
+"""

@@ -98,8 +98,8 @@ def test_wrong_device_reported_with_who_and_where(world, held):
 
 
 def test_kill_switch_reported_for_connects_and_packets(world, held):
-    """vpn0 down: a plain connect fails in routing (reported by the connect
-    hook, no packet), a datagram forced out by up0 is dropped at egress."""
+    """vpn0 down: a plain connect, and a datagram forced towards up0, are
+    refused by the connect and sendmsg programs (no packet exists)."""
     lab = world.lab
     lab.ip(lab.host, "link", "set", "vpn0", "down")
     assert wait_until(lambda: held.rows()[0]["state"] == "kill-switch")
@@ -110,7 +110,7 @@ def test_kill_switch_reported_for_connects_and_packets(world, held):
         == [("kill-switch", "connect", "tcp", labmod.SERVER4, labmod.PORT)] * 2
     held.run(sys.executable, "-c", ESCAPE, "bindtodevice", labmod.SERVER4)
     evs = wait_events(world, 7)
-    assert [(e["reason"], e["hook"]) for e in evs[2:]] == [("kill-switch", "egress")] * 5
+    assert [(e["reason"], e["hook"]) for e in evs[2:]] == [("kill-switch", "sendmsg")] * 5
     # IPv6 too, and loopback is neither blocked nor reported
     held.run(*labmod.Lab.client(labmod.SERVER6))
     held.run(*labmod.Lab.client("127.0.0.1"))
@@ -316,9 +316,10 @@ def test_events_survive_a_daemon_killed(world, held):
 
 # helpers that egress programs got only lately (bpf_get_current_pid_tgid,
 # bpf_get_current_comm, bpf_get_current_cgroup_id, bpf_get_netns_cookie), and
-# those socket programs got in 6.1 (the first three)
+# those socket programs got in 6.1 (the first two), or in 5.18 (bpf_set_retval)
 LATE_EGRESS = {14, 16, 80, 122}
-LATE_SOCK = {14, 16}
+SET_RETVAL = 187
+LATE_SOCK = {14, 16, SET_RETVAL}
 
 
 def _helpers(b, fn: bytes) -> set[int]:
@@ -347,5 +348,7 @@ def test_the_plainest_compile_level_needs_no_late_helpers():
                cflags=programs.cflags(extra=programs.LEVELS[0]))
     try:       # the control: the richest level does use them
         assert _helpers(rich, b"nl_egress") >= LATE_EGRESS
+        for fn in (b"nl_connect4", b"nl_connect6", b"nl_sendmsg4", b"nl_sendmsg6"):
+            assert SET_RETVAL in _helpers(rich, fn), fn
     finally:
         rich.cleanup()

@@ -248,7 +248,7 @@ def test_the_header_is_parsed_whole():
     assert set(h.structs) == {"nl_addr", "nl_prefix", "nl_policy", "nl_count", "nl_stats",
                               "nl_event", "nl_redirect", "nl_local_key", "nl_relayed"}
     assert {n: s.size for n, s in h.structs.items()} == {
-        "nl_addr": 16, "nl_prefix": 32, "nl_policy": 384, "nl_count": 16, "nl_stats": 248,
+        "nl_addr": 16, "nl_prefix": 32, "nl_policy": 384, "nl_count": 16, "nl_stats": 264,
         "nl_event": 72, "nl_redirect": 56, "nl_local_key": 24, "nl_relayed": 8}
     assert set(h.enums) == {"nl_reason", "nl_hook"}
     assert h.defines["NL_MAX_REDIRECTS"] == 1048576 and h.defines["NL_FLAG_PROXY"] == 4
@@ -262,6 +262,7 @@ EDITS = [
     ("u8 daddr[16];", "u8 daddr[20];", "struct nl_event"),        # an array grown
     ("u32 dns_port;", "u32 answer_port;", "struct nl_policy"),    # a field renamed
     ("u64 refused_limit;", "u64 refused_limit;\n    u64 refused_more;", "struct nl_stats"),
+    ("    u64 refused_kill_sendmsg;", "", "struct nl_stats"),         # a counter gone
     ("u32 w[4];", "u64 w[2];", "struct nl_addr"),                 # the alignment changed
     ("struct nl_addr addr;\n};", "struct nl_prefix addr;\n};", "struct nl_local_key"),
     ("#define NL_MAX_DNS 4", "#define NL_MAX_DNS 5", "NL_MAX_DNS"),
@@ -346,7 +347,7 @@ def test_layout_pack_and_unpack():
 
 def test_inline_struct_members_are_named_after_both():
     assert abi.STATS.names[:3] == ("passed_packets", "passed_bytes", "loopback_packets")
-    assert abi.STATS.format == "<" + "Q" * 31
+    assert abi.STATS.format == "<" + "Q" * 33
 
 
 def test_addresses_and_ports():

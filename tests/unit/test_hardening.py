@@ -178,7 +178,7 @@ def test_event_lines_escape_what_the_workload_named_itself():
 def test_status_rows_escape_cgroup_names():
     from netleak_hook import status
     row = {"id": "ab12", "iface": "wg0", "state": "routed", "procs": 1, "age": 5,
-           "counters": None, "dropped": None, "cgroup": "/a/\x1b[31mred\x1b[0m"}
+           "counters": None, "dropped": None, "cgroup": "/\x1b[31mred"}
     out = status.render([row])
     assert "\x1b" not in out and "\\x1b[31mred" in out
 

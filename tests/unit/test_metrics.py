@@ -15,7 +15,8 @@ LINE = re.compile(r'^[a-z_]+(\{([a-z_]+="([^"\\]|\\.)*",?)*\})? [0-9]+$')
 
 def _session(sid="s0", state="routed", counters=True, cgroup="/netleak/exec-s0-1",
              container=None):
-    c = dataclasses.asdict(Stats(*range(1, 12))) if counters else None
+    c = dataclasses.asdict(Stats(*range(1, 12), refused_limit=12, refused_kill_connect=13,
+                                 refused_kill_sendmsg=14)) if counters else None
     return {"id": sid, "iface": "wg0", "state": state, "cgroup": cgroup,
             "container": container, "counters": c}
 
@@ -36,7 +37,8 @@ def test_every_line_is_valid_exposition_text():
         assert ln.startswith(("# HELP ", "# TYPE ")) or LINE.match(ln), ln
     names = [ln.split()[2] for ln in text.splitlines() if ln.startswith("# TYPE")]
     assert names == ["netleak_sessions", "netleak_packets_total", "netleak_bytes_total",
-                     "netleak_sockets_refused_total", "netleak_dns_redirected_total",
+                     "netleak_sockets_refused_total", "netleak_kill_switch_refused_total",
+                     "netleak_dns_redirected_total",
                      "netleak_events_undelivered_total"]
 
 
@@ -50,6 +52,11 @@ def test_values_by_verdict():
     assert s[f'netleak_bytes_total{{{ids},verdict="drop_device"}}'] == "8"
     assert s[f'netleak_packets_total{{{ids},verdict="drop_nopolicy"}}'] == "9"
     assert s[f'netleak_sockets_refused_total{{{ids},reason="netns"}}'] == "11"
+    assert s[f'netleak_sockets_refused_total{{{ids},reason="limit"}}'] == "12"
+    assert s[f'netleak_sockets_refused_total{{{ids},reason="kill"}}'] == "27"
+    assert s[f'netleak_kill_switch_refused_total{{{ids},call="connect"}}'] == "13"
+    assert s[f'netleak_kill_switch_refused_total{{{ids},call="sendmsg"}}'] == "14"
+    assert len([k for k in s if k.startswith("netleak_sockets_refused_total{")]) == 8
     assert s['netleak_sessions{state="routed"}'] == "1"
     assert s['netleak_sessions{state="kill-switch"}'] == "0"
 

@@ -128,7 +128,7 @@ def test_cgroup2_mount_prefers_sys_fs_cgroup_over_earlier_ones():
 def test_sizes():
     assert policy.POLICY_SIZE == 384
     assert policy.KEY_SIZE == 8
-    assert policy.STATS_SIZE == 248
+    assert policy.STATS_SIZE == 264
 
 
 def test_policy_layout_matches_the_c_struct():
@@ -189,8 +189,9 @@ def test_policy_unpack_ignores_trailing_bytes():
 
 
 def test_stats_unpack_percpu_sums():
-    cpu0 = struct.pack("<31Q", *range(1, 32))
-    cpu1 = struct.pack("<31Q", *[10 * i for i in range(1, 11)], 2**40, 5, 6, *[0] * 18)
+    cpu0 = struct.pack("<33Q", *range(1, 34))
+    cpu1 = struct.pack("<33Q", *[10 * i for i in range(1, 11)], 2**40, 5, 6, *[0] * 18, 100,
+                       200)
     s = Stats.unpack_percpu(cpu0 + cpu1, 2)
     assert s == Stats(passed_packets=11, passed_bytes=22, loopback_packets=33,
                       loopback_bytes=44, drop_kill_packets=55, drop_kill_bytes=66,
@@ -202,8 +203,13 @@ def test_stats_unpack_percpu_sums():
                       refused_dns=20, refused_block=21, dns_redirected=22, proxied=23,
                       refused_proxy=24, drop_proxy_packets=25, drop_proxy_bytes=26,
                       drop_source_packets=27, drop_source_bytes=28, refused_source=29,
-                      refused_mptcp=30, refused_limit=31)
+                      refused_mptcp=30, refused_limit=31, refused_kill_connect=132,
+                      refused_kill_sendmsg=233)
     assert s.dropped == 55 + 77 + 99 + 16 + 25 + 27
+    assert s.refused_kill == 132 + 233
+    assert s.refusals() == {"kill": 365, "netns": 11 + 2**40, "dns": 20, "block": 21,
+                            "proxy": 24, "source": 29, "mptcp": 30, "limit": 31}
+    assert s.refused == 365 + 11 + 2**40 + 20 + 21 + 24 + 29 + 30 + 31
 
 
 def test_stats_of_an_older_layout_read_with_its_stride():
@@ -228,8 +234,8 @@ def test_pinset_usable_with_an_older_versions_pins(tmp_path):
 
 
 def test_stats_unpack_percpu_only_ncpus():
-    raw = struct.pack("<31Q", *range(31)) + struct.pack("<31Q", *range(100, 131))
-    assert Stats.unpack_percpu(raw, 1) == Stats(*range(31))
+    raw = struct.pack("<33Q", *range(33)) + struct.pack("<33Q", *range(100, 133))
+    assert Stats.unpack_percpu(raw, 1) == Stats(*range(33))
     assert Stats.unpack_percpu(b"", 0) == Stats()
 
 
@@ -241,11 +247,20 @@ def test_stats_layout_matches_the_c_struct():
     body = body[:body.index("};")]
     pairs = body.count("struct nl_count ")
     singles = body.count("u64 ")
-    assert policy.STATS_SIZE == (2 * pairs + singles) * 8 == 248
+    assert policy.STATS_SIZE == (2 * pairs + singles) * 8 == 264
 
 
 def test_stats_defaults():
     assert Stats().dropped == 0 and Stats().passed_packets == 0
+    assert Stats().refused == 0 and set(Stats().refusals()) == set(policy.REFUSALS)
+
+
+def test_stats_of_the_layout_before_the_kill_switch_counters():
+    """31 counters a CPU: the kill switch's refusals read 0."""
+    old = struct.pack("<31Q", *range(1, 32)) * 2
+    s = Stats.unpack_percpu(old, 2, stride=248)
+    assert s.refused_limit == 62 and s.refused_kill == 0
+    assert s.refusals()["kill"] == 0
 
 
 @pytest.mark.parametrize("cid", [0, 1, 12345, 2**63 + 5, 2**64 - 1])

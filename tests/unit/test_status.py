@@ -57,8 +57,24 @@ def test_rows_are_complete_and_oldest_first():
     assert r0["counters"]["passed_packets"] == 5
     assert r0["counters"]["drop_kill_bytes"] == 0
     assert r0["dropped"] == 2
+    assert r0["refused_calls"] == 0 and r0["refused"]["kill"] == 0
     assert rows[1]["state"] == "kill-switch" and rows[1]["started_by"] == "attach"
     assert rows[1]["counters"] is None
+    assert rows[1]["refused"] is None and rows[1]["refused_calls"] is None
+
+
+def test_rows_count_refused_calls_by_reason():
+    facts = {"s0": status.Facts(policy=Policy(7, 1, True), link_index=7, link_up=False,
+                                stats=Stats(refused_kill_connect=3, refused_kill_sendmsg=4,
+                                            refused_dns=1, drop_kill_packets=9))}
+    (row,) = status.rows(world(1), facts, T0)
+    assert row["refused"] == {"kill": 7, "netns": 0, "dns": 1, "block": 0, "proxy": 0,
+                              "source": 0, "mptcp": 0, "limit": 0}
+    assert row["refused_calls"] == 8 and row["dropped"] == 9
+    assert row["counters"]["refused_kill_connect"] == 3
+    assert row["counters"]["refused_kill_sendmsg"] == 4
+    (line,) = status.render([row]).splitlines()[1:]
+    assert line.split()[5:8] == ["0", "9", "8"]        # PASS, DROP, REFUSED
 
 
 def test_session_without_facts_is_unknown():
@@ -85,8 +101,8 @@ def test_render_fits_80_columns_and_keeps_the_end_of_long_paths():
     out = status.render(rows)
     lines = out.splitlines()
     assert lines[0].split() == ["ID", "IFACE", "STATE", "PROCS", "AGE", "PASS", "DROP",
-                                "CGROUP"]
-    assert " 123k    12  " in lines[1]
+                                "REFUSED", "CGROUP"]
+    assert " 123k    12       0  " in lines[1]
     assert all(len(ln) < 80 for ln in lines), [len(ln) for ln in lines]
     assert lines[1].endswith("x.scope") and "…" in lines[1]
     assert " routed " in lines[1] and " 2h " in lines[1]
