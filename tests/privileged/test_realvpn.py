@@ -267,6 +267,9 @@ def stays_on_vpn0(w, s: Sender, start: int) -> None:
     of vpn0 (the server saw vpn0's address), and status never said
     `routed` of the session while one was not."""
     assert wait_until(lambda: s.mark() >= start + GRACE, timeout=60), s.out.since(start)
+    grace = s.out.lines[start:start + GRACE]
+    print(f"of the {GRACE} datagrams after the step, {sum(ln != f'ok {VPN4}' for ln in grace)} "
+          f"were not answered by way of vpn0")
     seen: list[tuple[str, str]] = []
     while len(seen) < HELD:
         n = s.mark()

@@ -57,7 +57,11 @@ def test_a_rule_added_ahead_of_netleaks_does_not_take_its_sessions(world):
                     if not own or max(own) >= min(others):
                         return False
                 return True
+            import time
+            t0 = time.monotonic()
             assert wait_until(ahead, timeout=10), world.rules()
+            print(f"netleak's rules ahead again {time.monotonic() - t0:.3f} s after "
+                  f"the others' were seen")
             four, six = answers(held).strip(), answers(held, labmod.SERVER6).strip()
             leaked = up.stop()
         assert (four, six) == (f"ok {VPN4}", f"ok {VPN6}")
