@@ -294,7 +294,7 @@ def test_allow_is_visible_keeps_working_under_the_kill_switch_and_leaves_no_rule
     try:
         assert hold.rows()[0]["allow"] == [f"{S4}/32"]
         assert f"allow {S4}/32" in w.cli("status").stdout
-        prio = min(int(ln.split(":")[0]) for ln in w.our_rules())
+        prio = min(int(ln.split(":")[0]) for ln in w.our_rules() if "lookup main" not in ln)
         assert any(ln.startswith(f"{prio - 1}:") and S4 in ln
                    for ln in w.rules().splitlines())
         client = [sys.executable, "-c", labmod.CLIENT_CODE]
