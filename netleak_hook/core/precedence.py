@@ -24,6 +24,7 @@ MIN_PRIORITY = 2
 PROBE = {4: "203.0.113.254", 6: "2001:db8:ffff::fe"}
 
 TABLE_NAMES = {253: "default", 254: "main", 255: "local"}
+LOCAL_TABLE = 255
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,16 +37,37 @@ class Listed:
     ours: bool
     fwmark: int | None = None
     text: str = ""
+    action: str = "lookup"   # or goto, nop, blackhole, unreachable, prohibit
+    l3mdev: bool = False     # a VRF's rule
+
+    @property
+    def local(self) -> bool:
+        return self.action == "lookup" and self.table == LOCAL_TABLE
+
+    @property
+    def overtaken(self) -> bool:
+        """Whether netleak's rules may move ahead of this one: another
+        tool's lookup, not the local table's rule (loopback), not a rule
+        that refuses or drops (an admin's prohibit stays in force), not a
+        VRF's."""
+        return (not self.ours and self.action == "lookup" and not self.local
+                and not self.l3mdev and self.priority > 0)
 
 
-def rule_priority(configured: int, foreign: Iterable[int]) -> int:
+def rule_priority(configured: int, listed: Iterable[Listed]) -> int:
     """The priority netleak's rules take: CONFIGURED, or one ahead of the
-    lowest rule of others' at or before it (never below MIN_PRIORITY, or
-    CONFIGURED if that is lower already)."""
-    ahead = [p for p in foreign if 0 < p <= configured]
+    lowest lookup of others' at or before it that they may overtake
+    (Listed.overtaken); never ahead of the local table's rule, never below
+    MIN_PRIORITY (nor below CONFIGURED if that is lower already)."""
+    listed = list(listed)
+    floor = max([MIN_PRIORITY] + [r.priority + 2 for r in listed if r.local and not r.ours])
+    if configured <= floor:
+        return configured
+    # a rule netleak cannot get ahead of is left alone (and told as a shadow)
+    ahead = [r.priority for r in listed if r.overtaken and floor < r.priority <= configured]
     if not ahead:
         return configured
-    return max(min(configured, MIN_PRIORITY), min(ahead) - 1)
+    return max(floor, min(ahead) - 1)
 
 
 def shadowed_by(listed: list[Listed], family: int, mark: int, table: int,
@@ -59,14 +81,17 @@ def shadowed_by(listed: list[Listed], family: int, mark: int, table: int,
                 r.fwmark == mark and r.table == table), None)
     if own is None:
         return f"netleak's rule for mark {mark:#x} is missing (the daemon puts it back)"
-    ahead = [r for r in listed[:own] if not r.ours and r.family == family and r.priority > 0]
+    ahead = [r for r in listed[:own] if not r.ours and r.family == family and not r.local]
     for r in ahead:
-        if found is not None and r.table == found:
+        if found is not None and r.table == found and r.action == "lookup":
+            return r.text
+        if found is None and r.action in ("blackhole", "unreachable", "prohibit"):
             return r.text
     if ahead:
         return ahead[0].text
-    where = f"table {table_name(found)}" if found is not None else "no route"
-    return f"a rule of another kind ({where})"
+    if found is None:
+        return f"no route in table {table} (the interface's routes are missing)"
+    return f"a rule of another kind (table {table_name(found)})"
 
 
 def table_name(table: int) -> str:

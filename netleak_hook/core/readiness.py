@@ -401,7 +401,7 @@ def check_rules(facts: Facts) -> Check:
         return Check("rules", True, "not checked (run as root to check the bound "
                                     "interfaces' routing)")
     if not facts.shadowed:
-        return Check("rules", True, "no interface is bound here")
+        return Check("rules", True, "no bound interface is up here to check")
     bad = {iface: why for iface, why in sorted(facts.shadowed.items()) if why}
     if not bad:
         return Check("rules", True, f"the packets of {', '.join(sorted(facts.shadowed))} "

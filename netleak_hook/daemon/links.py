@@ -243,8 +243,7 @@ class Links:
         the new ones go in before the old ones go, so no packet falls
         through in between."""
         listed = self.net.list_rules(self.ours)
-        prio = precedence.rule_priority(self.cfg.rule_priority,
-                                        [i.priority for _, i in listed if not i.ours])
+        prio = precedence.rule_priority(self.cfg.rule_priority, [i for _, i in listed])
         if prio != self.priority:
             note("rules-moved", "netleak's rules at priority %d (was %d): ahead of the "
                  "rules of others'", prio, self.priority, priority=prio, was=self.priority)
@@ -260,7 +259,15 @@ class Links:
         add, remove = plan.diff(current, desired)
         for r in sorted(add, key=str):
             self.net.add_rule(r)
+        # a delete names priority, table and selectors, and the kernel takes
+        # the first rule they match: with another tool's rule there too, it
+        # could be theirs, so ours stays (and is said)
+        crowded = {(i.family, i.priority, i.table) for _, i in listed if not i.ours}
         for r in sorted(remove, key=str):
+            if (r.family, r.priority, r.table) in crowded:
+                note("rule-kept", "kept %s: another tool's rule has its priority and table",
+                     r, level=30, rule=str(r))
+                continue
             self.net.del_rule(r)
 
     def check_paths(self, links: dict[str, plan.Link | None]) -> None:

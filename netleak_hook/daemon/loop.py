@@ -153,14 +153,14 @@ class Daemon:
     def on_netlink(self) -> None:
         try:
             msgs = self.netlink_events.get()
-        except Exception:  # pyroute2 may raise on a truncated batch
+        except Exception:  # pyroute2 may raise on a truncated batch, ENOBUFS
             log.exception("reading netlink events")
-            msgs = []
+            msgs = None     # some were lost: a pass, to be sure
         # pyroute2 may keep part of a burst in its own buffer, where select()
-        # cannot see it: reconcile every bound interface, not just the ones
-        # these messages name (a handful of netlink dumps). A batch of other
-        # tables' routes alone is no reason (the periodic pass still runs).
-        if any(netlink.worth_a_pass(m) for m in msgs):
+        # cannot see it, and hand it out with the next one: reconcile every
+        # bound interface on any batch (a handful of netlink dumps), whatever
+        # its messages say.
+        if msgs is None or msgs:
             self.links.reconcile_all()
 
     def close(self) -> None:

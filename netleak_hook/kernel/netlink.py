@@ -11,9 +11,8 @@ import socket
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE,
-                                   RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE, RTMGRP_IPV6_RULE,
-                                   RTMGRP_LINK)
+from pyroute2.netlink.rtnl import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_RULE,
+                                   RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_RULE, RTMGRP_LINK)
 
 from ..core.plan import Link, Route, Rule
 from ..core.precedence import Listed, rule_text
@@ -43,26 +42,16 @@ def open_ipr() -> IPRoute:
 
 
 def open_events() -> IPRoute:
-    """A netlink socket that receives link, address, rule and route changes
-    (a rule another tool adds ahead of netleak's, a default route a network
-    manager adds, are answered at once)."""
+    """A netlink socket that receives link, address and rule changes (a
+    rule another tool adds ahead of netleak's is answered at once). Not
+    routes: a host's route churn would cost a pass each, and a pass goes
+    by whatever batch comes (pyroute2 may hand out a batch late, so what a
+    message says cannot decide whether to look); a gateway a default route
+    brings is learned by the periodic pass."""
     ev = IPRoute()
     ev.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR |
-            RTMGRP_IPV4_RULE | RTMGRP_IPV6_RULE | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE)
+            RTMGRP_IPV4_RULE | RTMGRP_IPV6_RULE)
     return ev
-
-
-def worth_a_pass(msg) -> bool:
-    """Whether an event may change what netleak does: any but a route that
-    is not a default route of the main table (where gateways are learned
-    from; netleak's own tables' routes come back as events too)."""
-    try:
-        if msg.get("event") not in ("RTM_NEWROUTE", "RTM_DELROUTE"):
-            return True
-        table = msg.get_attr("RTA_TABLE") or msg["table"]
-        return table == 254 and msg["dst_len"] == 0
-    except (AttributeError, KeyError, TypeError):
-        return True
 
 
 def read_link(ipr: IPRoute, name: str) -> Link | None:
@@ -136,15 +125,31 @@ def list_rules(ipr: IPRoute, ours) -> list[tuple[Rule, Listed]]:
             dst = f"{r.get_attr('FRA_DST')}/{r['dst_len']}" if r["dst_len"] else None
             fwmark = r.get_attr("FRA_FWMARK")
             rule = Rule(_fam(af), prio, table, fwmark=fwmark, src=src, dst=dst)
-            mine = bool(ours(rule))
+            action = RULE_ACTIONS.get(r["action"], "?")
+            invert = bool(r["flags"] & FIB_RULE_INVERT)
+            fwmask, suppress = r.get_attr("FRA_FWMASK"), _suppress(
+                r.get_attr("FRA_SUPPRESS_PREFIXLEN"))
+            iif, oif = r.get_attr("FRA_IIFNAME"), r.get_attr("FRA_OIFNAME")
+            l3mdev = bool(r.get_attr("FRA_L3MDEV"))
+            # netleak's rules are exactly as it makes them: a rule with any
+            # other selector is another tool's, even into one of its tables
+            plain = (action == "lookup" and not invert and not iif and not oif and
+                     not l3mdev and suppress is None and fwmask in (None, 0xFFFFFFFF) and
+                     (not src or r["src_len"] == (32 if af == socket.AF_INET else 128)) and
+                     not any(r.get_attr(a) for a in _OTHER_SELECTORS))
+            mine = plain and bool(ours(rule))
             text = rule_text(
-                prio, invert=bool(r["flags"] & FIB_RULE_INVERT),
-                src=f"{src}/{r['src_len']}" if src else None, dst=dst, fwmark=fwmark,
-                fwmask=r.get_attr("FRA_FWMASK"), iif=r.get_attr("FRA_IIFNAME"),
-                oif=r.get_attr("FRA_OIFNAME"), action=RULE_ACTIONS.get(r["action"], "?"),
-                table=table, suppress=_suppress(r.get_attr("FRA_SUPPRESS_PREFIXLEN")))
-            out.append((rule, Listed(_fam(af), prio, table, mine, fwmark, text)))
+                prio, invert=invert, src=f"{src}/{r['src_len']}" if src else None, dst=dst,
+                fwmark=fwmark, fwmask=fwmask, iif=iif, oif=oif, action=action,
+                table=table, suppress=suppress)
+            out.append((rule, Listed(_fam(af), prio, table, mine, fwmark, text, action,
+                                     l3mdev)))
     return out
+
+
+# selectors netleak's own rules never have
+_OTHER_SELECTORS = ("FRA_UID_RANGE", "FRA_IP_PROTO", "FRA_SPORT_RANGE", "FRA_DPORT_RANGE",
+                    "FRA_TUN_ID", "FRA_GOTO")
 
 
 def _suppress(value) -> int | None:

@@ -59,7 +59,7 @@ def test_a_rule_added_ahead_of_netleaks_does_not_take_its_sessions(world):
                 return True
             import time
             t0 = time.monotonic()
-            assert wait_until(ahead, timeout=10), world.rules()
+            assert wait_until(ahead, timeout=10), world.rules() + open(world.run_dir + "/daemon.log").read()[-3000:]
             print(f"netleak's rules ahead again {time.monotonic() - t0:.3f} s after "
                   f"the others' were seen")
             four, six = answers(held).strip(), answers(held, labmod.SERVER6).strip()

@@ -66,10 +66,11 @@ def _waiting(world, what: str) -> dict:
 def test_exec_on_a_down_interface_waits_for_its_gateway(world):
     lab = world.lab
     _take_down(lab)
-    p = world.spawn("-u", "nobody", "vpn0", *lab.client(tries=600))
-    read = lambda: p.stdout.readline().strip()      # noqa: E731
+    p = None
     try:
-        with lab.capture("up0") as cap:
+        with lab.capture("up0") as cap:     # from before the workload's first packet
+            p = world.spawn("-u", "nobody", "vpn0", *lab.client(tries=600))
+            read = lambda: p.stdout.readline().strip()      # noqa: E731
             _refusals(read)
             row = _waiting(world, "a gateway")
             _refusals(read)
@@ -84,8 +85,9 @@ def test_exec_on_a_down_interface_waits_for_its_gateway(world):
             leaked = cap.stop()
         assert leaked == 0
     finally:
-        p.kill()
-        p.wait()
+        if p is not None:
+            p.kill()
+            p.wait()
 
 
 # a process in a cgroup made by hand (a stand-in for a systemd scope), as
@@ -141,10 +143,11 @@ def test_exec_on_an_absent_interface_waits_for_it(world):
     comes back as a veth that must learn its gateway first."""
     lab = world.lab
     lab.ip(lab.host, "link", "del", "vpn0")
-    p = world.spawn("-u", "nobody", "vpn0", *lab.client(tries=600))
-    read = lambda: p.stdout.readline().strip()      # noqa: E731
+    p = None
     try:
-        with lab.capture("up0") as cap:
+        with lab.capture("up0") as cap:     # from before the workload's first packet
+            p = world.spawn("-u", "nobody", "vpn0", *lab.client(tries=600))
+            read = lambda: p.stdout.readline().strip()      # noqa: E731
             _refusals(read)
             row = _waiting(world, "the interface")
             _refusals(read)
@@ -159,8 +162,9 @@ def test_exec_on_an_absent_interface_waits_for_it(world):
             leaked = cap.stop()
         assert leaked == 0
     finally:
-        p.kill()
-        p.wait()
+        if p is not None:
+            p.kill()
+            p.wait()
     err = p.stderr.read()
     assert "no interface named vpn0 yet" in err and len(err.splitlines()) == 1, err
 

@@ -59,6 +59,7 @@ class FakeNet:
         self.rules: set = set()
         self.added: dict = {}               # rule -> when it was added (ties keep that order)
         self.other_tables: set[int] = set()  # others' tables that route anything
+        self.theirs: set = set()            # rules with selectors netleak's never have
         self.addresses: dict[str, int] = {"127.0.0.1": 1, "192.0.2.10": 2}
 
     def link(self, name, index, up=True, p2p=True, addrs4=("198.51.100.2",)):
@@ -96,7 +97,8 @@ class FakeNet:
         """In the kernel's order: by priority, then as added."""
         from netleak_hook.core.precedence import Listed
         order = sorted(self.rules, key=lambda r: (r.priority, self.added.get(r, 0)))
-        return [(r, Listed(r.family, r.priority, r.table, bool(ours(r)), r.fwmark,
+        return [(r, Listed(r.family, r.priority, r.table,
+                           r not in self.theirs and bool(ours(r)), r.fwmark,
                            f"{r.priority}: from {r.src or 'all'} lookup {r.table}"))
                 for r in order]
 

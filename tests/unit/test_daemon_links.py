@@ -279,11 +279,11 @@ def test_allow_rules_move_with_the_rest():
 def test_a_binding_whose_packets_another_rule_takes_is_shadowed(caplog):
     caplog.set_level(logging.INFO)
     w = opened()
-    # at priority 1: netleak cannot get ahead (its rules stop at 2)
+    # at priority 1: netleak cannot get ahead (its rules stop at 2), so stays
     w.net.rules.add(foreign(1))
     w.net.other_tables.add(51820)
     w.links.reconcile_all()
-    assert ours_at(w) == {2}
+    assert ours_at(w) == {1700}
     assert w.links.shadowed["wg0"] == "1: from all lookup 51820"
     assert noted(caplog, "shadowed")
     w.net.rules.discard(foreign(1))
@@ -312,3 +312,16 @@ def test_new_resolvers_are_in_the_entry_that_lifts_the_kill_switch():
     w.links.reconcile_all()
     pol = w.policy(w.state.sessions["s1"].cgroup_id)
     assert not pol.killed and pol.dns == ("198.51.100.99",)
+
+
+def test_a_rule_of_others_into_netleaks_table_is_never_deleted():
+    w = opened()
+    b = w.state.bindings["wg0"]
+    # another tool's rule at netleak's priority and table: deleting netleak's
+    # stale one could take theirs (the kernel deletes the first match)
+    theirs = plan.Rule(family=4, priority=1700, table=b.table, fwmark=b.mark, src="192.0.2.9")
+    stale = plan.Rule(family=4, priority=1700, table=b.table, fwmark=b.mark + 7)
+    w.net.rules |= {theirs, stale}
+    w.net.theirs = {theirs}
+    w.links.apply_rules(w.links.read_links())
+    assert theirs in w.net.rules and stale in w.net.rules

@@ -92,8 +92,11 @@ def test_a_broken_netlink_batch_is_logged(caplog):
     def broken():
         raise ValueError("truncated")
     d.netlink_events.get = broken
+    calls = []
+    d.links.reconcile_all = lambda: calls.append("reconcile")
     d.on_netlink()
     assert "reading netlink events" in caplog.text
+    assert calls == ["reconcile"]           # some were lost: a pass, to be sure
 
 
 def test_clean_exit_stops_the_relay_then_the_ring_then_clears_addresses():

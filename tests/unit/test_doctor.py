@@ -659,7 +659,7 @@ def test_service_facts_read_systemctl(monkeypatch):
 
 def test_rules_check_names_the_rule_that_shadows_an_interface():
     assert by_name(facts())["rules"].ok
-    assert "no interface" in by_name(facts(shadowed={}))["rules"].detail
+    assert "no bound interface is up" in by_name(facts(shadowed={}))["rules"].detail
     ok = by_name(facts(shadowed={"wg0": None}))["rules"]
     assert ok.ok and "wg0" in ok.detail
     c = by_name(facts(shadowed={"wg0": None, "tun0": "1: from all lookup 51820"}))["rules"]

@@ -7,22 +7,41 @@ from netleak_hook.core import precedence as pr
 from netleak_hook.core.precedence import Listed
 
 
+def others(*prios: int, table: int = 51820, action: str = "lookup", **kw) -> list[Listed]:
+    return [Listed(4, p, table, False, action=action, **kw) for p in prios]
+
+
+LOCAL0 = others(0, table=255)
+MAIN_DEFAULT = others(32766, table=254) + others(32767, table=253)
+
+
 @pytest.mark.parametrize("foreign,want", [
     ([], 1700),
-    ([0, 32766, 32767], 1700),            # local, main, default: not ahead
-    ([5210, 5230], 1700),                 # Tailscale's: behind
-    ([1699, 1698], 1697),                 # wg-quick up after netleak
-    ([1700], 1699),                       # a tie goes to whoever was first: move
-    ([1697, 1698, 1699], 1696),           # stable: the same answer once moved
-    ([100, 1699], 99),
-    ([3], 2), ([2], 2), ([1], 2),         # never below 2 (--allow uses P-1)
+    (LOCAL0 + MAIN_DEFAULT, 1700),        # local, main, default: not ahead
+    (others(5210, 5230), 1700),           # Tailscale's: behind
+    (others(1699, 1698), 1697),           # wg-quick up after netleak
+    (others(1700), 1699),                 # a tie goes to whoever was first: move
+    (others(1697, 1698, 1699), 1696),     # stable: the same answer once moved
+    (others(100, 1699), 99),
+    (others(3), 2),                       # never below 2 (--allow uses P-1):
+    (others(2), 1700), (others(1), 1700),   # those it cannot get ahead of: no move
+    # an admin's refusals and a VRF's rules stay ahead; so does the local table
+    (others(100, action="prohibit") + others(1699), 1698),
+    (others(1000, l3mdev=True), 1700),
+    (others(1000, table=255) + others(1500), 1499),
+    (others(1000, table=255) + others(999), 1700),    # no room after local: stay
+    (others(1600, table=255) + others(1601), 1700),   # no room either
 ])
 def test_rule_priority(foreign, want):
-    assert pr.rule_priority(1700, foreign) == want
+    assert pr.rule_priority(1700, LOCAL0 + foreign) == want
 
 
 def test_a_configured_priority_below_the_floor_stays():
-    assert pr.rule_priority(1, [1]) == 1
+    assert pr.rule_priority(1, others(1)) == 1
+
+
+def test_netleaks_own_rules_do_not_move_it():
+    assert pr.rule_priority(1700, [Listed(4, 1697, 28200, True)]) == 1700
 
 
 MARK, TABLE = 0x6E6C0001, 28200

@@ -317,19 +317,3 @@ def test_policy_round_trip_in_proxy_mode():
     assert raw[8] == 0x4       # flags: NL_FLAG_PROXY
     assert Policy.unpack(raw) == p
 
-
-def test_route_events_worth_a_pass_are_main_default_routes_and_all_else():
-    from pyroute2.netlink.rtnl.rtmsg import rtmsg
-    from netleak_hook.kernel import netlink
-
-    def route(table, dst_len, event="RTM_NEWROUTE"):
-        m = rtmsg()
-        m["table"], m["dst_len"] = table, dst_len
-        m["attrs"] = [("RTA_TABLE", table)]
-        m["event"] = event
-        return m
-    assert netlink.worth_a_pass(route(254, 0))                 # a gateway to learn
-    assert netlink.worth_a_pass(route(254, 0, "RTM_DELROUTE"))
-    assert not netlink.worth_a_pass(route(254, 24))            # a LAN route
-    assert not netlink.worth_a_pass(route(28200, 0))           # netleak's own table
-    assert netlink.worth_a_pass("newlink")                     # anything else
