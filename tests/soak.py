@@ -9,12 +9,19 @@ ICMP has no v4-mapped form. Sessions are given `--dns` resolvers in NET:
 loopback DNS must reach them through vpn0, never the stub, which forwards
 by up0. Each state below is set up for real while the probes run; a cell
 is one (state, probe): the packets each capture saw of that probe and what
-the workload saw, phase by phase.
+the workload saw, phase by phase. Only packets to or from the servers
+count: a real tunnel's own encrypted UDP on up0 goes to NET's end of up0,
+and a TCP or UDP answer is the session's own (`ok`) only when the server
+saw an address of the session's path (vpn0's, or the tunnel's).
 
 States: the probe as the exec'd command (vpn0 up, then down); vpn0 down
 and up; deleted and re-created; a session on a real WireGuard tunnel
 (wireguard-go, tests/realvpn.py) while wireguard-go is SIGKILLed and
-started again; the peer silent (NET's side without its
+started again; a session on a real OpenVPN 2.6 TLS tunnel while the
+client is SIGKILLed, started again and sent SIGUSR1 (a reconnect); a
+session on vpn0 while a wg-quick full tunnel (its rules ahead of
+netleak's) comes up, goes down and comes up again, answered by way of
+vpn0 throughout; the peer silent (NET's side without its
 addresses) and the peer down (no carrier); every socket bound to lan0; a
 double-forked, setsid grandchild probing after the session's main process
 exited; `unshare -n`; every netleak process SIGKILLed, then vpn0 down,
@@ -66,7 +73,7 @@ from tests.privileged.conftest import (  # noqa: E402
     EXEC, World, kill_cgroup_tree, netleak_pids, policy_keys)
 from tests.privileged.probes import (  # noqa: E402
     FAMILIES, MPTCP, SPOOF, TAKE_OVER, THEIRS, VICTIM)
-from tests.realvpn import WireGuard  # noqa: E402
+from tests.realvpn import OpenVPN, WireGuard  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DNSD_DIR = os.path.join(HERE, "privileged")
@@ -75,8 +82,17 @@ S4, S6 = lab.SERVER4, lab.SERVER6
 M4 = "::ffff:" + S4
 R4, R6 = "203.0.113.53", "2001:db8:ff::53"       # the sessions' resolvers (--dns)
 VIA4 = lab.LINKS["vpn0"][1]
-# the session's own path: vpn0, or the real WireGuard tunnel's HOST end
-VPN_ADDRS = {"198.51.100.2", "2001:db8:2::2", WireGuard.HOST4, WireGuard.HOST6}
+
+
+def _nets(*cidrs: str) -> tuple:
+    return tuple(ipaddress.ip_network(c) for c in cidrs)
+
+
+# a session's own path, by the address the server saw: vpn0's, the real
+# WireGuard tunnel's HOST end, or what the OpenVPN server gives its client
+VPN0_PATH = _nets("198.51.100.2/32", "2001:db8:2::2/128")
+WG_PATH = _nets(f"{WireGuard.HOST4}/32", f"{WireGuard.HOST6}/128")
+OVPN_PATH = _nets(f"{OpenVPN.NET}/27", OpenVPN.NET6)
 UP_ADDRS = {"192.0.2.2", "2001:db8:1::2"}
 UP_ADDRS_ORDERED = ("192.0.2.2", "2001:db8:1::2")
 LAN = ("192.0.2.66/26", "192.0.2.65", "2001:db8:3::2/64", "2001:db8:3::1")
@@ -352,6 +368,13 @@ class SetupError(Exception):
     """A state could not be set up, or did not hold as it should."""
 
 
+def need(*commands: str) -> None:
+    """A state that needs COMMANDS fails without them (it is never skipped)."""
+    missing = [c for c in commands if shutil.which(c) is None]
+    if missing:
+        raise SetupError(f"needs {', '.join(missing)} (make test installs them)")
+
+
 # ---------- what the captures and the probes saw ----------
 
 LINE = re.compile(r"\b(IP6?) (\S+) > (\S+?): (.*)$")
@@ -400,8 +423,17 @@ def attribute(line: str) -> str:
     return BY_PORT.get(server[1], "other")
 
 
-def normalize(probe: Probe, outcome: str) -> str:
-    """ok (by vpn0), ok@up0, ok@lan0, ok@ADDR, ok-empty, timeout, or an errno name."""
+def _within(addr: str, nets) -> bool:
+    try:
+        a = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return any(a in net for net in nets)
+
+
+def normalize(probe: Probe, outcome: str, own=VPN0_PATH) -> str:
+    """ok (by OWN, the session's path), ok@up0, ok@lan0, ok@ADDR, ok-empty,
+    timeout, or an errno name."""
     if not outcome.startswith("ok"):
         return outcome
     if probe.kind.startswith("dns"):
@@ -409,7 +441,9 @@ def normalize(probe: Probe, outcome: str) -> str:
     if probe.kind == "icmp":
         return "ok"
     addr = outcome[3:]
-    for where, addrs in (("", VPN_ADDRS), ("@up0", UP_ADDRS), ("@lan0", LAN_ADDRS)):
+    if _within(addr, own):
+        return "ok"
+    for where, addrs in (("@up0", UP_ADDRS), ("@lan0", LAN_ADDRS)):
         if addr in addrs:
             return "ok" + where
     return f"ok@{addr}"
@@ -421,11 +455,14 @@ def replied(outcome: str) -> bool:
 
 class Run:
     """One probe process: its output file, read as rounds, each tagged with
-    the phase the runner had set when the round started."""
+    the phase the runner had set when the round started; an answer is `ok`
+    when the server saw an address of OWN (the session's path)."""
 
     def __init__(self, tmp: str, tag: str, probes=PROBES, once: bool = False,
-                 phase: str = "-", dev: str = "", timeout: float = 1.0) -> None:
+                 phase: str = "-", dev: str = "", timeout: float = 1.0,
+                 own=VPN0_PATH) -> None:
         base = os.path.join(tmp, tag)
+        self.own = own
         self.out, self.stop_file, self.phase_file = base + ".out", base + ".stop", base + ".phase"
         self.probes = tuple(probes)
         self.cfg = {"probes": [dataclasses.asdict(p) for p in self.probes], "out": self.out,
@@ -463,7 +500,7 @@ class Run:
                 done.append((parts[1], cur))
                 cur = {}
             elif len(parts) == 4 and parts[2] in BY_NAME:
-                cur[parts[2]] = normalize(BY_NAME[parts[2]], parts[3])
+                cur[parts[2]] = normalize(BY_NAME[parts[2]], parts[3], self.own)
         return done
 
     def tagged(self, phase: str) -> list[dict[str, str]]:
@@ -1019,13 +1056,11 @@ class Soak:
         encrypted UDP by up0): a session on it probes while wireguard-go is
         SIGKILLed (its interface goes, its control socket stays) and started
         again (a new ifindex)."""
-        missing = [c for c in ("wireguard-go", "wg") if shutil.which(c) is None]
-        if missing:
-            raise SetupError(f"needs {', '.join(missing)} (make test installs them)")
+        need("wireguard-go", "wg")
         wg = WireGuard(self.lab, self.tmp)
         try:
             wg.start()
-            run = st.add(Run(self.tmp, "wireguard", phase="routed"))
+            run = st.add(Run(self.tmp, "wireguard", phase="routed", own=WG_PATH))
             run.proc = self.exec_spawn(run.argv(), iface=wg.iface)
             self.routed(st, run)
             for _ in range(self.reps(1, 5)):
@@ -1043,6 +1078,102 @@ class Soak:
             run.finish()
         finally:
             wg.close()
+
+    def st_openvpn(self, st: State) -> None:
+        """A real OpenVPN 2.6 tunnel with TLS (the server in NET, the client
+        in HOST, its encrypted UDP by up0): a session on it probes while the
+        client is SIGKILLed (its tun goes) and started again (a new
+        ifindex), then sent SIGUSR1 (a reconnect: its tun closed and opened
+        again, another new ifindex)."""
+        need("openvpn", "openssl")
+        folder = os.path.join(self.tmp, "openvpn")
+        os.mkdir(folder)
+        ovpn = OpenVPN(self.lab, folder)
+        try:
+            ovpn.start()
+            run = st.add(Run(self.tmp, "openvpn", phase="routed", own=OVPN_PATH))
+            run.proc = self.exec_spawn(run.argv(), iface=ovpn.iface)
+            self.routed(st, run)
+            for _ in range(self.reps(1, 5)):
+                run.enter("~crash")
+                before = ovpn.ifindex()
+                ovpn.crash_client()
+                self.wait_status("waiting")
+                st.expect["crashed"] = "blocked"
+                run.enter("crashed")
+                run.wait_rounds("crashed", self.reps(2, 5))
+                self.resume(st, run, "restarted", ovpn.start_client,
+                            "after the OpenVPN client was started again")
+                again = ovpn.ifindex()
+                if again == before:
+                    raise SetupError("the OpenVPN client's new tun has the old ifindex")
+                self.resume(st, run, "reconnected", ovpn.reconnect,
+                            "after the OpenVPN client's SIGUSR1 reconnect")
+                if ovpn.ifindex() in (None, again):
+                    raise SetupError("SIGUSR1 did not give the OpenVPN client a new tun")
+            run.finish()
+        finally:
+            ovpn.close()
+
+    def st_wg_quick_full(self, st: State) -> None:
+        """A session on vpn0 while a wg-quick full tunnel (AllowedIPs
+        0.0.0.0/0, ::/0) comes up, goes down and comes up again. wg-quick's
+        rules, added with no priority, land ahead of netleak's, which move
+        ahead again: after each step, once a round is answered by way of
+        vpn0 (the rounds before are counted, not judged; they may go
+        sealed through the tunnel, never in clear), every round must be,
+        and status must say routed."""
+        need("wireguard-go", "wg", "wg-quick")
+        wg = WireGuard(self.lab, self.tmp)
+        try:
+            wg.start_net()
+            wg.quick("0.0.0.0/0, ::/0")
+            run = self.continuous(st, "wgquick")
+            steps = [("quick-up", "up", wg.quick_up)]
+            steps += [("quick-down", "down", wg.quick_down),
+                      ("quick-up-again", "up", wg.quick_up)] * self.reps(1, 3)
+            late = []
+            for phase, verb, step in steps:
+                run.enter("~" + phase)
+                step()
+                settle = f"~{phase}-settle"
+                run.set_phase(settle)
+                run.wait_all_ok(settle, f"the session's probes were not answered by way of "
+                                        f"vpn0 after wg-quick {verb}")
+                late.append(sum(not all(v == "ok" for v in r.values())
+                                for r in run.tagged(settle)))
+                st.expect[phase] = "ok"
+                run.enter(phase)
+                run.wait_rounds(phase, self.reps(3, 5))
+                if self.states() != ["routed"]:
+                    raise SetupError(f"status after wg-quick {verb}: {self.states()}")
+                self.check_wg_quick(wg, verb == "up")
+            st.notes.append("rounds not all answered by way of vpn0 just after each "
+                            "wg-quick step: " + ", ".join(
+                                f"{ph} {n}" for (ph, _, _), n in zip(steps, late)))
+            run.finish()
+        finally:
+            wg.close()     # wg-quick down first if it is up: the captures' end markers
+
+    def check_wg_quick(self, wg: WireGuard, up: bool) -> None:
+        """With wg-quick's full tunnel UP, what is not a session's goes by
+        it (v4 and v6), and netleak's rules come before wg-quick's; down,
+        none of wg-quick's rules are left."""
+        L = self.lab
+        ours = set(self.world.our_rules())
+        for fam, server in (("-4", S4), ("-6", S6)):
+            dev = L.ip(L.host, fam, "route", "get", server).stdout
+            if (f"dev {wg.iface} " in dev) != up:
+                raise SetupError(f"wg-quick {'up' if up else 'down'}, yet the route to "
+                                 f"{server} is {dev.strip()}")
+            rules = L.ip(L.host, fam, "rule").stdout.splitlines()
+            theirs = [int(ln.split(":")[0]) for ln in rules if "lookup 51820" in ln]
+            mine = [int(ln.split(":")[0]) for ln in rules if ln in ours]
+            if up and not (theirs and mine and max(mine) < min(theirs)):
+                raise SetupError(f"netleak's rules are not ahead of wg-quick's ({fam}):\n"
+                                 + "\n".join(rules))
+            if not up and theirs:
+                raise SetupError(f"wg-quick down left its rules ({fam}): {theirs}")
 
     def st_peer_silent(self, st: State) -> None:
         """vpn0 up, the far end without its addresses (the link-local stays,
@@ -1375,6 +1506,8 @@ STATES = (
     ("down", "st_down", PROBES),
     ("recreate", "st_recreate", PROBES),
     ("wireguard-go", "st_wireguard", PROBES),
+    ("openvpn", "st_openvpn", PROBES),
+    ("wg-quick-full", "st_wg_quick_full", PROBES),
     ("peer-silent", "st_peer_silent", PROBES),
     ("peer-down", "st_peer_down", PROBES),
     ("escape-lan0", "st_escape", LAN_PROBES),

@@ -14,10 +14,11 @@ pytestmark = pytest.mark.privileged
 
 
 def _require_tools() -> None:
-    """tcpdump, nsenter, unshare, wireguard-go, wg and BCC; with
-    NETLEAK_REQUIRE_ROOT=1 their absence fails instead of skipping."""
-    missing = [t for t in ("tcpdump", "nsenter", "unshare", "wireguard-go", "wg")
-               if shutil.which(t) is None]
+    """tcpdump, nsenter, unshare, wireguard-go, wg, wg-quick, openvpn,
+    openssl and BCC; with NETLEAK_REQUIRE_ROOT=1 their absence fails
+    instead of skipping."""
+    missing = [t for t in ("tcpdump", "nsenter", "unshare", "wireguard-go", "wg", "wg-quick",
+                           "openvpn", "openssl") if shutil.which(t) is None]
     try:
         import bcc  # noqa: F401
     except ImportError:
