@@ -384,7 +384,10 @@ def detach(env: Env, cgroup: str | None, pid: int | None, unit: str | None,
         _need_root()
         store = _store(env)
         if store.daemon_pid() is None:
-            if msg.get("unit") and _remove_leftover_dropin(msg["unit"]):
+            from .daemon.units import DROPIN_HEAD
+            from .kernel.systemd import remove_dropin_of_netleak
+            # a drop-in a crashed daemon left would pin the unit's next start
+            if msg.get("unit") and remove_dropin_of_netleak(msg["unit"], DROPIN_HEAD):
                 click.echo(f"{msg['unit']}: removed the drop-in that pinned it (no "
                            f"daemon runs, so nothing else was attached)")
                 return
@@ -398,25 +401,6 @@ def detach(env: Env, cgroup: str | None, pid: int | None, unit: str | None,
     if reply.get("warning"):
         click.echo(f"netleak: warning: {reply['warning']}", err=True)
 
-
-def _remove_leftover_dropin(unit: str) -> bool:
-    """The drop-in of UNIT a daemon that is gone wrote (it would pin the
-    next start): removed, systemd reloaded; whether there was one."""
-    from .daemon.units import DROPIN_HEAD
-    from .kernel import systemd
-    path = os.path.join(systemd.RUNTIME_UNITS, f"{unit}.d", systemd.DROPIN)
-    try:
-        with open(path) as f:
-            if not f.read().startswith(DROPIN_HEAD):
-                return False        # not netleak's
-    except OSError:
-        return False
-    sd = systemd.Systemd()
-    try:
-        sd.remove_dropin(unit)
-    finally:
-        sd.close()
-    return True
 
 
 @main.command()

@@ -136,6 +136,25 @@ class Systemd:
             self._conn = None
 
 
+def remove_dropin_of_netleak(unit: str, head: str) -> bool:
+    """UNIT's runtime drop-in, if its text starts with HEAD (netleak's, left
+    by a daemon that is gone: it would pin the next start), removed and
+    systemd reloaded; whether there was one."""
+    path = os.path.join(RUNTIME_UNITS, f"{unit}.d", DROPIN)
+    try:
+        with open(path) as f:
+            if not f.read().startswith(head):
+                return False
+    except OSError:
+        return False
+    sd = Systemd()
+    try:
+        sd.remove_dropin(unit)
+    finally:
+        sd.close()
+    return True
+
+
 def _cgroup_of(pid: int) -> str | None:
     try:
         with open(f"/proc/{pid}/cgroup") as f:

@@ -317,3 +317,20 @@ def test_policy_round_trip_in_proxy_mode():
     assert raw[8] == 0x4       # flags: NL_FLAG_PROXY
     assert Policy.unpack(raw) == p
 
+
+
+def test_a_leftover_drop_in_is_removed_only_if_it_is_netleaks(tmp_path, monkeypatch):
+    from netleak_hook.daemon.units import DROPIN_HEAD, dropin
+    from netleak_hook.kernel import systemd
+    monkeypatch.setattr(systemd, "RUNTIME_UNITS", str(tmp_path))
+    removed = []
+    monkeypatch.setattr(systemd.Systemd, "remove_dropin", lambda self, u: removed.append(u))
+    (tmp_path / "web.service.d").mkdir()
+    (tmp_path / "web.service.d" / "netleak.conf").write_text(
+        dropin(["/usr/bin/netleak", "attach", "wg0", "--unit", "%n"]))
+    (tmp_path / "db.service.d").mkdir()
+    (tmp_path / "db.service.d" / "netleak.conf").write_text("[Service]\nNice=5\n")
+    assert systemd.remove_dropin_of_netleak("web.service", DROPIN_HEAD)
+    assert not systemd.remove_dropin_of_netleak("db.service", DROPIN_HEAD)   # not ours
+    assert not systemd.remove_dropin_of_netleak("none.service", DROPIN_HEAD)
+    assert removed == ["web.service"]
