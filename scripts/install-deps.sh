@@ -22,7 +22,9 @@ arch=$(dpkg --print-architecture)
 want="python3-bpfcc python3-venv python3-pip iproute2 tcpdump util-linux procps iputils-ping"
 if [ "${1:-}" = test ]; then
     want="$want podman runc conmon containernetworking-plugins debootstrap busybox-static"
-    want="$want wireguard-go wireguard-tools openvpn openssl microsocks"
+    # iptables: wg-quick's full tunnel writes its filter rules with it when
+    # nft is not there (recommended only, and recommends are not installed)
+    want="$want wireguard-go wireguard-tools iptables openvpn openssl microsocks"
 elif [ "${1:-}" = bench ]; then
     want="$want iperf3"
 fi
