@@ -123,9 +123,16 @@ def not_measured(failures: dict[str, str]) -> str:
                      for part, why in failures.items())
 
 
+PROGRAMS_NOTE = ("Each netleak program's own time per run, as the kernel counts it "
+                 "(kernel.bpf_stats_enabled, on for the traffic runs), over all the "
+                 "runs inside sessions of each traffic figure above:")
+
+
 def readme_section(figures: list[Figure], machine: dict, plot: str | None,
-                   failures: dict[str, str] | None = None) -> str:
+                   failures: dict[str, str] | None = None, programs: str = "") -> str:
     parts = [machine_line(machine), "", table(figures)]
+    if programs:
+        parts += ["", PROGRAMS_NOTE, "", programs]
     if failures:
         parts += ["", not_measured(failures)]
     if plot:
@@ -159,3 +166,65 @@ def buckets(points: list[tuple[int, float]], width: int) -> list[tuple[int, floa
     for x, y in points:
         by.setdefault(x // width * width, []).append(y)
     return [(k, statistics.median(v)) for k, v in sorted(by.items())]
+
+
+# ----- the programs' own time, as the kernel counts it (bpf_stats_enabled) -----
+
+def run_delta(before: dict[str, tuple[int, int]],
+              after: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    """(ns, runs) of each program between two snapshots of its
+    (run_time_ns, run_cnt); a program absent before (loaded in between)
+    or counted lower (loaded anew) counts from 0, one that did not run is
+    left out."""
+    out = {}
+    for name, (ns, runs) in after.items():
+        ns0, runs0 = before.get(name, (0, 0))
+        if runs < runs0 or ns < ns0:
+            ns0, runs0 = 0, 0
+        if runs > runs0:
+            out[name] = (ns - ns0, runs - runs0)
+    return out
+
+
+def program_costs(deltas: list[tuple[str, dict[str, tuple[int, int]]]]) -> list[dict]:
+    """Per workload and program, the sums over the workload's runs: ns,
+    runs and ns per run (the mean, exact: the kernel's own totals), sorted
+    by workload as first seen, then program."""
+    sums: dict[tuple[str, str], list[int]] = {}
+    order: dict[str, int] = {}
+    for workload, delta in deltas:
+        order.setdefault(workload, len(order))
+        for prog, (ns, runs) in delta.items():
+            s = sums.setdefault((workload, prog), [0, 0])
+            s[0] += ns
+            s[1] += runs
+    return [{"workload": w, "program": p, "ns": ns, "runs": runs, "ns_per_run": ns / runs}
+            for (w, p), (ns, runs) in sorted(sums.items(), key=lambda kv: (order[kv[0][0]],
+                                                                              kv[0][1]))]
+
+
+def program_table(costs: list[dict], labels: dict[str, str]) -> str:
+    """The Markdown table of program_costs: a row per program, a column per
+    workload (LABELS: workload -> its heading, in column order) holding ns
+    per run and the runs counted. Empty without costs."""
+    if not costs:
+        return ""
+    by = {(c["workload"], c["program"]): c for c in costs}
+    workloads = [w for w in labels if any(c["workload"] == w for c in costs)]
+    workloads += [w for w in dict.fromkeys(c["workload"] for c in costs) if w not in labels]
+    progs = sorted({c["program"] for c in costs},
+                   key=lambda p: (-sum(c["runs"] for c in costs if c["program"] == p), p))
+    rows = ["| program: ns per run (runs counted) | " +
+            " | ".join(labels.get(w, w) for w in workloads) + " |",
+            "|---|" + "---|" * len(workloads)]
+    for p in progs:
+        cells = []
+        for w in workloads:
+            c = by.get((w, p))
+            cells.append(f"{_ns(c['ns_per_run'])} ({c['runs']:,})" if c else "–")
+        rows.append(f"| {p} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _ns(x: float) -> str:
+    return f"{x:,.0f} ns" if x >= 100 else f"{x:.1f} ns"

@@ -4,8 +4,10 @@ throwaway labs (lab.Lab: HOST with up0 and vpn0, NET with the servers).
 Every figure is the median of repeated runs, interleaved with its baseline
 so that drift hits both alike, and is reported as a ratio against it:
 start time, TCP and 64-byte UDP throughput and the connect() rate inside a
-session next to outside one on the same path, the egress program's own time
-per packet, a scale run of many concurrent sessions, and proxy mode: bulk
+session next to outside one on the same path (with what each netleak
+program spent in the runs inside, as the kernel counts it with
+kernel.bpf_stats_enabled on for them, and then back as it was), the egress
+program's own time per packet, a scale run of many concurrent sessions, and proxy mode: bulk
 TCP and connection set-up through netleak's relay next to the same
 programs doing the SOCKS5 handshake with the same proxy themselves. Writes
 bench/results.json, bench/scale.png and the table in README.md."""
@@ -15,6 +17,7 @@ import argparse
 import compileall
 import contextlib
 import datetime
+import functools
 import json
 import os
 import platform
@@ -41,6 +44,9 @@ QUICK = dict(start_rounds=3, cold_rounds=1, traffic_rounds=2, traffic_seconds=1,
              connects=200, sessions=20, scale_rounds=2, reap_rounds=1, test_runs=2,
              proxy_rounds=2, proxy_seconds=1, proxy_connects=200)
 PARTS = ("start", "traffic", "proxy", "program", "scale")
+# the traffic figures whose runs inside a session have the programs' costs
+TRAFFIC_LABELS = {"tcp_throughput": "TCP throughput", "udp_64b_rate": "UDP 64-byte",
+                  "connect_rate": "TCP connect() + close"}
 
 # proxy mode: the test proxy on an address of its own in NET, a sink by the
 # server's address; bench/bulk.py is the sender, the connect loop and the sink
@@ -73,6 +79,48 @@ while True:
     c, _ = s.accept()
     c.close()
 """
+
+
+BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
+
+
+@contextlib.contextmanager
+def bpf_stats():
+    """kernel.bpf_stats_enabled on for the block (the kernel then counts
+    each program's runs and time), its old value back after it, whatever
+    ends the block. The sysctl is the machine's, not a namespace's. Yields
+    whether the kernel has it."""
+    try:
+        with open(BPF_STATS) as f:
+            old = f.read().strip()
+    except FileNotFoundError:
+        old = ""
+    if not old:
+        yield False
+        return
+    try:
+        with open(BPF_STATS, "w") as f:
+            f.write("1")
+        yield True
+    finally:
+        with open(BPF_STATS, "w") as f:
+            f.write(old)
+
+
+def prog_snapshot(bpf_dir: str) -> dict[str, tuple[int, int]]:
+    """(run_time_ns, run_cnt) of each program of the current pin set under
+    BPF_DIR, by name (none before the first session pins them)."""
+    from netleak_hook.kernel import bpfsys, pinning
+    path = os.path.join(bpf_dir, pinning.pinset_name())
+    out = {}
+    for name in sorted(os.listdir(path)) if os.path.isdir(path) else ():
+        if name.startswith("prog_"):
+            fd = bpfsys.obj_get(os.path.join(path, name))
+            try:
+                out[name[len("prog_"):]] = bpfsys.prog_run_stats(fd)
+            finally:
+                os.close(fd)
+    return out
 
 
 def machine() -> dict:
@@ -116,7 +164,11 @@ class Bench:
         self.figures: list[report.Figure] = []
         self.series: dict[str, list] = {}
         self.failures: dict[str, str] = {}      # part -> why it has no figures
+        # (workload, {program: (ns, runs)}) of each traffic run inside a
+        # session, counted by the kernel; None while its counting is off
+        self.prog_runs: list[tuple[str, dict]] | None = None
         self._proxy_pid: int | None = None
+        self.program_costs: list[dict] = []
 
     def __enter__(self) -> "Bench":
         self.own.__enter__()
@@ -271,20 +323,51 @@ class Bench:
                 (inside if where else outside).append(self._iperf(where, True) / 1e3)
         return inside, outside
 
+    def _counted(self, workload: str, inside: bool, run) -> float:
+        """RUN(inside); one inside a session has what netleak's programs
+        spent in it added to prog_runs, as the kernel counted it."""
+        if not inside or self.prog_runs is None:
+            return run(inside)
+        before = prog_snapshot(self.own.bpf_dir)
+        x = run(inside)
+        self.prog_runs.append((workload, report.run_delta(
+            before, prog_snapshot(self.own.bpf_dir))))
+        return x
+
     def traffic(self) -> None:
-        p = self.plan
         print("traffic by up0, inside a session and outside", flush=True)
+        with bpf_stats() as counting:
+            if counting:
+                self.prog_runs = []
+            else:
+                print("  no kernel.bpf_stats_enabled: no program costs", flush=True)
+            try:
+                self._traffic()
+            finally:
+                runs, self.prog_runs = self.prog_runs, None
+        if runs:
+            self.series["program_runs"] = [{"workload": w, **{p: list(v) for p, v in d.items()}}
+                                           for w, d in runs]
+            self.program_costs = report.program_costs(runs)
+            print(report.program_table(self.program_costs, TRAFFIC_LABELS), flush=True)
+
+    def _traffic(self) -> None:
+        p = self.plan
         tcp_in, tcp_out, conn_in, conn_out = [], [], [], []
         udp_in, udp_out = [], []
+        tcp, udp = (functools.partial(self._iperf, udp=u) for u in (False, True))
         for r in range(p["traffic_rounds"]):
             # in and out alternate which goes first, so that drift hits both alike
             order = (True, False) if r % 2 == 0 else (False, True)
             for inside in order:
-                (tcp_in if inside else tcp_out).append(self._iperf(inside, False) / 1e9)
+                (tcp_in if inside else tcp_out).append(
+                    self._counted("tcp_throughput", inside, tcp) / 1e9)
             for inside in order:
-                (udp_in if inside else udp_out).append(self._iperf(inside, True) / 1e3)
+                (udp_in if inside else udp_out).append(
+                    self._counted("udp_64b_rate", inside, udp) / 1e3)
             for inside in order:
-                (conn_in if inside else conn_out).append(self._connects(inside))
+                (conn_in if inside else conn_out).append(
+                    self._counted("connect_rate", inside, self._connects))
         self.add("tcp_throughput", "TCP throughput (iperf3)", "Gbit/s", tcp_in, tcp_out,
                  "outside", goal="ratio >= 0.97", paired=True)
         self.add("udp_64b_rate", "UDP 64-byte datagrams (iperf3)", "kpps", udp_in, udp_out,
@@ -765,7 +848,8 @@ def main(argv: list[str] | None = None) -> int:
     png = os.path.join(a.out, "scale.png")
     has_plot = "setup_ms" in b.series and plot(b.series, png, plan["sessions"])
     results = {"machine": info, "plan": plan, "seconds": round(time.monotonic() - t0),
-               "figures": [f.as_dict() for f in b.figures], "series": b.series,
+               "figures": [f.as_dict() for f in b.figures],
+               "program_costs": b.program_costs, "series": b.series,
                "not_measured": b.failures}
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
@@ -773,6 +857,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report.machine_line(info))
     print(report.table(b.figures))
+    programs = report.program_table(b.program_costs, TRAFFIC_LABELS)
+    if programs:
+        print(f"\n{report.PROGRAMS_NOTE}\n\n{programs}")
     if b.failures:
         print(report.not_measured(b.failures))
     if a.readme:
@@ -782,7 +869,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(a.readme, "w") as f:
             f.write(report.replace_section(
                 text, report.readme_section(b.figures, info, rel if has_plot else None,
-                                            b.failures)))
+                                            b.failures, programs)))
     missed = [f.key for f in b.figures if f.met is False]
     print(f"\ngoals missed: {', '.join(missed)}" if missed else
           "\nevery goal met" + (" of the parts measured" if b.failures else ""))

@@ -167,13 +167,26 @@ def prog_query(cgroup_fd: int, attach_type: int, max_progs: int = 64) -> list[in
     return list(ids[: cnt.value])
 
 
-def _info_u32(fd: int, offset: int) -> int:
-    """One u32 of the bpf_prog_info or bpf_map_info of FD."""
+def _info(fd: int) -> bytes:
+    """The bpf_prog_info or bpf_map_info of FD."""
     buf = (ctypes.c_uint8 * 256)()
     size = ctypes.c_uint32(256)
     _check((_lib or _libbpf()).bpf_obj_get_info_by_fd(fd, buf, ctypes.byref(size)),
            "bpf_obj_get_info_by_fd")
-    return int.from_bytes(bytes(buf[offset:offset + 4]), "little")
+    return bytes(buf)
+
+
+def _info_u32(fd: int, offset: int) -> int:
+    """One u32 of the bpf_prog_info or bpf_map_info of FD."""
+    return int.from_bytes(_info(fd)[offset:offset + 4], "little")
+
+
+def prog_run_stats(prog_fd: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) of a loaded program: what the kernel counted
+    while kernel.bpf_stats_enabled was on (bpf_prog_info, at 192 and 200)."""
+    info = _info(prog_fd)
+    return (int.from_bytes(info[192:200], "little"),
+            int.from_bytes(info[200:208], "little"))
 
 
 def map_value_size(map_fd: int) -> int:

@@ -86,3 +86,45 @@ def test_a_failed_part_is_said_under_the_table():
                                 {"proxy": "the proxy did not start:\n  no such file"})
     assert out.endswith("Not measured: proxy (the proxy did not start: no such file).")
     assert "Not measured" not in report.readme_section([fig], info, None, {})
+
+
+def test_run_delta_counts_what_ran_between_snapshots():
+    before = {"egress": (1000, 10), "ingress": (500, 5), "connect4": (70, 1),
+              "sendmsg4": (9000, 90)}
+    after = {"egress": (3000, 30), "ingress": (500, 5), "connect4": (70, 1),
+             "sendmsg4": (40, 1),            # loaded anew in between: counts from 0
+             "sock_create": (300, 2)}        # loaded in between
+    assert report.run_delta(before, after) == {
+        "egress": (2000, 20), "sendmsg4": (40, 1), "sock_create": (300, 2)}
+    assert report.run_delta({}, {}) == {}
+
+
+def test_program_costs_sum_each_workloads_runs_before_dividing():
+    deltas = [("udp", {"egress": (100, 1)}), ("tcp", {"egress": (300, 10)}),
+              ("udp", {"egress": (500, 3), "ingress": (60, 2)})]
+    costs = report.program_costs(deltas)
+    assert [(c["workload"], c["program"], c["ns"], c["runs"]) for c in costs] == [
+        ("udp", "egress", 600, 4), ("udp", "ingress", 60, 2), ("tcp", "egress", 300, 10)]
+    assert costs[0]["ns_per_run"] == 150 and costs[2]["ns_per_run"] == 30
+    assert report.program_costs([]) == []
+
+
+def test_program_table_has_a_row_per_program_and_a_column_per_workload():
+    costs = report.program_costs([("tcp", {"egress": (60_000, 1000), "ingress": (900, 20)}),
+                                  ("conn", {"connect4": (1234, 2), "egress": (500, 5)})])
+    rows = report.program_table(costs, {"tcp": "TCP", "conn": "connect"}).splitlines()
+    assert rows[0] == "| program: ns per run (runs counted) | TCP | connect |"
+    assert len(rows) == 2 + 3
+    assert rows[2] == "| egress | 60.0 ns (1,000) | 100 ns (5) |"     # most runs first
+    assert rows[3] == "| ingress | 45.0 ns (20) | – |"
+    assert rows[4] == "| connect4 | – | 617 ns (2) |"
+    assert report.program_table([], {"tcp": "TCP"}) == ""
+
+
+def test_readme_section_shows_the_program_table_when_there_is_one():
+    fig = report.figure("a", "start", "ms", [40], [20], "python")
+    info = {"date": "d", "cpu": "c", "cpus": 2, "memory_gb": 1.0, "os": "o",
+            "kernel": "k", "python": "p"}
+    out = report.readme_section([fig], info, None, programs="| program | x |")
+    assert out.endswith(f"{report.PROGRAMS_NOTE}\n\n| program | x |")
+    assert report.PROGRAMS_NOTE not in report.readme_section([fig], info, None)

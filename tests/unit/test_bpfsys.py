@@ -80,6 +80,9 @@ class FakeLib:
         # bpf_map_info: type 1, id 42, key_size 8, value_size 248
         for i, v in enumerate((1, 42, 8, 248)):
             buf[4 * i:4 * i + 4] = list(v.to_bytes(4, "little"))
+        # bpf_prog_info: run_time_ns, run_cnt
+        buf[192:200] = list((5 * 2**32 + 7).to_bytes(8, "little"))
+        buf[200:208] = list((3 * 2**32 + 1).to_bytes(8, "little"))
         return 0
 
     def bpf_map_create(self, map_type, name, key_size, value_size, max_entries, opts):
@@ -198,6 +201,7 @@ def test_info_fields(lib):
     assert bpfsys.map_value_size(6) == 248
     assert bpfsys.prog_id(6) == 42
     assert lib.calls[-1] == ("info", 6, 256)
+    assert bpfsys.prog_run_stats(6) == (5 * 2**32 + 7, 3 * 2**32 + 1)
 
 
 def test_map_create_cuts_the_name_and_uses_what_the_library_has(lib):
