@@ -128,6 +128,7 @@ def test_pins():
         return
     bpf_dir = f"/sys/fs/bpf/netleak-test-{os.getpid()}"
     mounted_before = os.path.ismount("/sys/fs/bpf")
+    remove_stale_test_pins()
     old = os.environ.get("NETLEAK_BPF_DIR")
     os.environ["NETLEAK_BPF_DIR"] = bpf_dir
     try:
@@ -141,6 +142,20 @@ def test_pins():
         if not mounted_before:   # netleak mounted bpffs for the suite: undo it
             subprocess.run(["umount", "/sys/fs/bpf"], check=False)
     assert not os.path.exists(bpf_dir)
+
+
+def remove_stale_test_pins(top: str = "/sys/fs/bpf") -> list[str]:
+    """The pin folders of earlier runs of the suite whose pytest is gone
+    without its teardown (SIGTERM or SIGKILL, as a CI timeout sends):
+    removed by their name, netleak-test-<pid>, only when no such process
+    lives; returns what was removed."""
+    removed = []
+    for name in sorted(os.listdir(top)) if os.path.isdir(top) else ():
+        prefix, _, pid = name.rpartition("-")
+        if prefix == "netleak-test" and pid.isdigit() and not alive(int(pid)):
+            programs.remove_pins(os.path.join(top, name))
+            removed.append(name)
+    return removed
 
 
 def netleak_pids(run_dir: str) -> list[int]:

@@ -115,3 +115,29 @@ def test_test_run_of_the_egress_program(test_pins):
             bpfsys.map_delete(maps.stats, k)
         os.close(prog)
         maps.close()
+
+
+def test_a_killed_suites_pin_folder_is_removed_by_the_next_run(tmp_path):
+    """A suite killed before its teardown leaves /sys/fs/bpf/netleak-test-<pid>:
+    the next run removes it, by name, once that pid is gone; a live run's
+    folder (this one's) and other folders stay."""
+    import subprocess
+    import sys
+    from tests.privileged.conftest import remove_stale_test_pins
+    require_root()
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    dead = f"/sys/fs/bpf/netleak-test-{p.pid}"
+    live = f"/sys/fs/bpf/netleak-test-{os.getpid()}"
+    os.makedirs(os.path.join(dead, "v1-0123456789ab"))
+    made_live = not os.path.exists(live)
+    os.makedirs(live, exist_ok=True)
+    try:
+        removed = remove_stale_test_pins()
+        assert os.path.basename(dead) in removed and not os.path.exists(dead)
+        assert os.path.isdir(live)
+        assert not [n for n in removed if not n.startswith("netleak-test-")]
+    finally:
+        programs.remove_pins(dead)
+        if made_live:
+            os.rmdir(live)
