@@ -12,6 +12,12 @@ from .core.config import Config
 from .core.errors import NetleakError
 
 
+def _trace(text: str) -> tuple[list[str], str]:
+    """The client's answers, and a trace of them: + answered, x refused."""
+    answers = [ln for ln in text.splitlines() if ln.strip()]
+    return answers, "".join("+" if a.startswith("ok") else "x" for a in answers)
+
+
 def _say(text: str = "") -> None:
     print(text, flush=True)
 
@@ -66,8 +72,7 @@ def run(cfg: Config) -> int:
             world.recreate("vpn0")
             out, _ = p.communicate(timeout=60)
             leaked = cap.stop()
-        answers = [ln for ln in (first + out).splitlines() if ln.strip()]
-        trace = "".join("+" if a.startswith("ok") else "x" for a in answers)
+        answers, trace = _trace(first + out)
         _say(f"   answers: {trace}   (+ via vpn0, x refused)")
         resumed = bool(answers) and answers[-1].startswith("ok")
         _say("   traffic " + ("resumed by vpn0 once it was back" if resumed
@@ -92,8 +97,7 @@ def run(cfg: Config) -> int:
             world.recreate("vpn0")
             out, err = p.communicate(timeout=60)
             leaked = cap.stop()
-        answers = [ln for ln in (first + out).splitlines() if ln.strip()]
-        trace = "".join("+" if a.startswith("ok") else "x" for a in answers)
+        answers, trace = _trace(first + out)
         _say(f"   {(err.strip().splitlines() or ['(nothing)'])[0]}")
         _say(f"   answers: {trace}   (x refused while waiting, + via vpn0)")
         _say(f"   packets leaked on up0: {leaked}")

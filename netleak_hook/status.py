@@ -230,8 +230,8 @@ def shadows_of(ipr, cfg, state: State, links: dict) -> dict[str, str | None]:
     packets away from its table, or None."""
     from .core import plan, precedence
     from .kernel import netlink
-    tables = {b.table for b in state.bindings.values()} | {
-        cfg.table_base + i for i in range(cfg.max_interfaces)}
+    tables = {b.table for b in state.bindings.values()} | plan.netleak_tables(
+        cfg.table_base, cfg.max_interfaces)
     listed = [i for _, i in netlink.list_rules(
         ipr, lambda r: plan.is_ours(r, tables, cfg.mark_base))]
     out = {}

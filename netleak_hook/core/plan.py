@@ -110,6 +110,11 @@ def allow_rules(mark: int, table: int, allow: tuple[str, ...], priority: int) ->
     return rules
 
 
+def netleak_tables(table_base: int, max_interfaces: int) -> set[int]:
+    """Every routing table netleak may use (bound or not)."""
+    return {table_base + i for i in range(max_interfaces)}
+
+
 def is_ours(rule: Rule, tables: set[int], mark_base: int) -> bool:
     """Rules netleak made, at whatever priority they were moved to: into
     one of its tables, or into main for a session mark of its own."""

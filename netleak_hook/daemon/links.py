@@ -149,13 +149,13 @@ class Links:
                 self.apply_routes(self.refresh_gateways(iface, link), link)
             except Exception:
                 log.exception("reconciling %s", iface)
-        self.apply_rules(links)
+        rules = self.apply_rules(links)
         for iface, link in links.items():
             if link is not None and link.up:
                 step(f"resolvers of {iface}", self.refresh_dns, iface, link)
             if plan.usable(self.state.bindings[iface], link):
                 self.release_kill(iface, link)
-        step("paths", self.check_paths, links)
+        step("paths", self.check_paths, links, rules)
         step("no-network entries", self.write_policies, "", self.block_policy())
 
     def kill_if_unusable(self, iface: str, link: plan.Link | None) -> None:
@@ -232,16 +232,17 @@ class Links:
 
     def tables(self) -> set[int]:
         """Every table netleak may use (bound or not)."""
-        return {self.cfg.table_base + i for i in range(self.cfg.max_interfaces)}
+        return plan.netleak_tables(self.cfg.table_base, self.cfg.max_interfaces)
 
     def ours(self, rule: plan.Rule) -> bool:
         return plan.is_ours(rule, self.tables(), self.cfg.mark_base)
 
-    def apply_rules(self, links: dict[str, plan.Link | None]) -> None:
+    def apply_rules(self, links: dict[str, plan.Link | None]) -> list:
         """netleak's rules, ahead of every rule of others' (one added later
         without a priority lands ahead: they move in front of it again);
         the new ones go in before the old ones go, so no packet falls
-        through in between."""
+        through in between. Returns the rules as they are now (listed
+        again only when something changed)."""
         listed = self.net.list_rules(self.ours)
         prio = precedence.rule_priority(self.cfg.rule_priority, [i for _, i in listed])
         if prio != self.priority:
@@ -269,12 +270,14 @@ class Links:
                      r, level=30, rule=str(r))
                 continue
             self.net.del_rule(r)
+        return self.net.list_rules(self.ours) if add or remove else listed
 
-    def check_paths(self, links: dict[str, plan.Link | None]) -> None:
+    def check_paths(self, links: dict[str, plan.Link | None], rules: list) -> None:
         """Whether each routed interface's marked packets reach its table (a
         route lookup with the mark, per family it has a route for); a rule
-        that takes them elsewhere is noted once, as is its end."""
-        listed = [i for _, i in self.net.list_rules(self.ours)]
+        that takes them elsewhere is noted once, as is its end. RULES: as
+        apply_rules left them."""
+        listed = [i for _, i in rules]
         for iface, b in self.state.bindings.items():
             link = links.get(iface)
             live = self.live.get(iface)
