@@ -30,8 +30,6 @@
 #define NL_IPV6_FREEBIND 78
 
 BPF_HASH(policy, u64, struct nl_policy, NL_MAX_ENTRIES);
-BPF_PERCPU_HASH(stats, u64, struct nl_stats, NL_MAX_ENTRIES);
-
 /* Readers' rings, keyed by the netns cookie of the daemon that reads it;
  * ring_tmpl only gives the inner maps their shape. */
 BPF_RINGBUF_OUTPUT(ring_tmpl, NL_RING_PAGES);
@@ -43,28 +41,65 @@ enum nl_verdict { V_PASS, V_LOOPBACK, V_KILL, V_DEVICE, V_NOPOLICY, V_NETNS,
                   V_REFUSED_SOURCE, V_REFUSED_MPTCP, V_REFUSED_LIMIT, V_REFUSED_KILL_CONNECT,
                   V_REFUSED_KILL_SENDMSG };
 
-/* What count() files a new entry from (never written): a struct nl_stats
- * on the stack would take half the 512 bytes the verifier allows, in each
- * place count() is inlined. */
+/* Counters of the sessions, by the slot their policy entry names
+ * (nl_policy.stats_slot): a per-CPU array, whose lookup the verifier
+ * inlines to a bounds check and an address. The egress program has the
+ * policy entry at hand anyway, so counting a packet costs a few
+ * instructions, where a per-CPU hash keyed by the cgroup id cost a second
+ * hash lookup (about 30 ns a packet). Not cgroup storage: that goes with
+ * the cgroup (a systemd scope's before the reaper reads its last figures)
+ * and belongs to the cgroup a program is attached to, not to the session
+ * whose verdict it counts. Slot 0 is never given: "no slot". */
+BPF_PERCPU_ARRAY(counters, struct nl_stats, NL_MAX_ENTRIES);
+
+/* Who holds each slot (slot -> cgroup id): userspace claims one with
+ * BPF_NOEXIST, so daemons of different network namespaces sharing these
+ * maps never take the same; the programs never read it. */
+BPF_HASH(slots, u32, u64, NL_MAX_ENTRIES);
+
+/* Counters by cgroup id, for a verdict with no policy entry (or an entry
+ * with no slot): the socket's own cgroup id. The cold path. */
+BPF_PERCPU_HASH(stats, u64, struct nl_stats, NL_MAX_ENTRIES);
+
+/* What stats_of() files a new entry from (never written): a struct
+ * nl_stats on the stack would take most of the 512 bytes the verifier
+ * allows, in each place count() is inlined. */
 BPF_ARRAY(stats_zero, struct nl_stats, 1);
 
-static __always_inline void count(u64 cgid, enum nl_verdict v, u32 len)
+/* CGID's entry in `stats`, filed when it has none (NULL: the map is full;
+ * counting is best effort, the verdict is not). */
+static __always_inline struct nl_stats *stats_of(u64 cgid)
+{
+    struct nl_stats *s = stats.lookup(&cgid);
+    u32 first = 0;
+    struct nl_stats *zero;
+
+    if (s)
+        return s;
+    zero = stats_zero.lookup(&first);
+    if (!zero)
+        return 0;
+    stats.insert(&cgid, zero);
+    return stats.lookup(&cgid);
+}
+
+/* Count verdict V of a LEN-byte packet (0: a call) for the session of
+ * policy P, or for cgroup CGID when P is NULL or has no slot. */
+static __always_inline void count(const struct nl_policy *p, u64 cgid, enum nl_verdict v,
+                                  u32 len)
 {
 #ifndef NL_NO_STATS
-    struct nl_stats *s = stats.lookup(&cgid);
+    struct nl_stats *s = 0;
     struct nl_count *c;
 
-    if (!s) {
-        u32 first = 0;
-        struct nl_stats *zero = stats_zero.lookup(&first);
-
-        if (!zero)
-            return;
-        stats.insert(&cgid, zero);
-        s = stats.lookup(&cgid);
-        if (!s)
-            return;     /* map full: counting is best effort, the verdict is not */
+    if (p && p->stats_slot) {
+        u32 slot = p->stats_slot;
+        s = counters.lookup(&slot);
     }
+    if (!s)
+        s = stats_of(cgid);
+    if (!s)
+        return;
     /* per-CPU values: plain increments are race free */
     switch (v) {
     case V_PASS:     c = &s->passed; break;
@@ -149,7 +184,7 @@ static __always_inline void send(u64 netns, struct nl_event *e, struct nl_policy
     void *ring = rings.lookup(&netns);
 
     if (!ring || bpf_ringbuf_output(ring, e, sizeof(*e), 0) != 0) {
-        count(e->cgroup, V_LOST, 0);
+        count(p, e->cgroup, V_LOST, 0);
         if (p && e->suppressed)
             __sync_fetch_and_add(&p->ev_suppressed, e->suppressed);
     }
@@ -175,7 +210,7 @@ static __always_inline void report(struct nl_event *e, struct nl_policy *p, u64 
     }
     if (!admit(limit, e->time_ns, &held)) {
         if (limit->event_rate)
-            count(e->cgroup, V_SUPPRESSED, 0);
+            count(p, e->cgroup, V_SUPPRESSED, 0);
         return;
     }
     e->suppressed = held;
@@ -374,7 +409,7 @@ static __always_inline int drop(struct __sk_buff *skb, struct nl_policy *p, u64 
     struct nl_event e = {};
     u64 netns;
 
-    count(key, v, skb->len);
+    count(p, key, v, skb->len);
     if (p) {
         netns = p->netns;
     } else {
@@ -419,12 +454,12 @@ int nl_egress(struct __sk_buff *skb)
          * would be forwarded by the default route: fail closed. */
         if (loopback_dns(skb))
             return drop(skb, p, key, self, V_REFUSED_DNS, NL_R_DNS);
-        count(key, V_LOOPBACK, skb->len);
+        count(p, key, V_LOOPBACK, skb->len);
         return 1;
     }
     if (skb_allowed(skb, p, 0)) {
         /* an --allow prefix: the main table chose the device */
-        count(key, V_ALLOWED, skb->len);
+        count(p, key, V_ALLOWED, skb->len);
         return 1;
     }
     if (p->flags & NL_FLAG_BLOCK)
@@ -435,7 +470,7 @@ int nl_egress(struct __sk_buff *skb)
         return drop(skb, p, key, self, V_KILL, NL_R_KILL);
     if (skb->ifindex != p->ifindex)
         return drop(skb, p, key, self, V_DEVICE, NL_R_DEVICE);
-    count(key, V_PASS, skb->len);
+    count(p, key, V_PASS, skb->len);
     return 1;
 }
 
@@ -460,7 +495,7 @@ int nl_sock_create(struct bpf_sock *sk)
          * Refused at once instead, so programs fall back to TCP. */
         struct nl_event e = {};
 
-        count(key, V_REFUSED_MPTCP, 0);
+        count(p, key, V_REFUSED_MPTCP, 0);
         e.time_ns = bpf_ktime_get_boot_ns();
         e.cgroup = key;
         e.sock_cgroup = bpf_get_current_cgroup_id();
@@ -474,7 +509,7 @@ int nl_sock_create(struct bpf_sock *sk)
     if (p->netns && bpf_get_netns_cookie(sk) != p->netns) {
         struct nl_event e = {};
 
-        count(key, V_NETNS, 0);
+        count(p, key, V_NETNS, 0);
         e.time_ns = bpf_ktime_get_boot_ns();
         e.cgroup = key;
         e.sock_cgroup = bpf_get_current_cgroup_id();
@@ -506,7 +541,7 @@ int nl_ingress(struct __sk_buff *skb)
         return 1;
     if (p && skb_allowed(skb, p, 1))
         return 1;
-    count(key, V_INBOUND, skb->len);
+    count(p, key, V_INBOUND, skb->len);
     return 0;
 }
 
@@ -666,7 +701,7 @@ int nl_sock_release(struct bpf_sock *sk)
 static __always_inline int over_limit(struct bpf_sock_addr *ctx, struct nl_policy *p, u64 key,
                                       const struct nl_addr *a, u32 port, u8 hook, int v6)
 {
-    count(key, V_REFUSED_LIMIT, 0);
+    count(p, key, V_REFUSED_LIMIT, 0);
     call_event(ctx, p, key, a, port, hook, NL_R_LIMIT, v6);
     return 0;
 }
@@ -699,7 +734,7 @@ static __always_inline int to_relay(struct bpf_sock_addr *ctx, struct nl_policy 
         return 1;
     if (!p->relay_port || !p->dns_port ||
         !(tcp || (dns && ctx->type == SOCK_DGRAM && ctx->protocol == IPPROTO_UDP))) {
-        count(key, V_REFUSED_PROXY, 0);
+        count(p, key, V_REFUSED_PROXY, 0);
         call_event(ctx, p, key, a, port, hook, NL_R_PROXY, v6);
         return 0;
     }
@@ -717,7 +752,7 @@ static __always_inline int to_relay(struct bpf_sock_addr *ctx, struct nl_policy 
         return over_limit(ctx, p, key, a, port, hook, v6);
     mark_relayed(ctx->sk, r.server_port);
     set_ctx_addr(ctx, v6, &r.server, r.server_port);
-    count(key, V_PROXIED, 0);
+    count(p, key, V_PROXIED, 0);
     return 1;
 }
 
@@ -809,11 +844,11 @@ static __always_inline int sock_addr(struct bpf_sock_addr *ctx, u8 hook, int v6)
             goto refuse;
         }
         set_ctx_addr(ctx, v6, &o.server, port);
-        count(key, V_DNS, 0);
+        count(p, key, V_DNS, 0);
     }
     return 1;
 refuse:
-    count(key, v, 0);
+    count(p, key, v, 0);
     call_event(ctx, p, key, &a, port, hook, reason, v6);
 #ifdef NL_SET_RETVAL
     if (reason == NL_R_KILL)
@@ -870,7 +905,7 @@ int nl_setsockopt(struct bpf_sockopt *ctx)
     if (p) {
         struct nl_event e = {};
 
-        count(key, V_REFUSED_SOURCE, 0);
+        count(p, key, V_REFUSED_SOURCE, 0);
         e.time_ns = bpf_ktime_get_boot_ns();
         e.cgroup = key;
         e.sock_cgroup = bpf_get_current_cgroup_id();

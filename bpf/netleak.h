@@ -61,6 +61,9 @@ struct nl_policy {
                          * ::1, network order */
     u32 dns_port;       /* proxy mode: its DNS answerer's UDP port (one that
                          * answers from the proxy, or one that refuses) */
+    u32 stats_slot;     /* the session's element of the map `counters` (0:
+                         * none: counted in `stats` by cgroup id) */
+    u32 pad;
 };
 
 /* about one second */
@@ -71,8 +74,9 @@ struct nl_count {
     u64 bytes;
 };
 
-/* Per-cgroup counters (per CPU), keyed like the policy. Packets of a cgroup
- * with no policy are counted under the socket's own cgroup id. */
+/* A session's counters (per CPU): its slot of the map `counters`. Verdicts
+ * with no policy entry are counted in the map `stats`, under the socket's
+ * own cgroup id. */
 struct nl_stats {
     struct nl_count passed;         /* left by the interface */
     struct nl_count loopback;       /* stayed on the machine (lo) */

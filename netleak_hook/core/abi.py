@@ -27,7 +27,7 @@ MAX_REDIRECTS = 1048576     # NL_MAX_REDIRECTS: sockets sent elsewhere, all sess
 SESSION_REDIRECTS = 8192    # NL_SESSION_REDIRECTS: ... of one session at once
 MAX_LOCALS = 16384          # NL_MAX_LOCALS: this machine's addresses, all namespaces
 MAX_DEPTH = 16              # NL_MAX_DEPTH: cgroup levels the ancestor walk covers
-MAX_ENTRIES = 4096          # NL_MAX_ENTRIES: sessions (policy and stats entries)
+MAX_ENTRIES = 4096          # NL_MAX_ENTRIES: sessions (policy entries, counter slots)
 NOPOLICY_RATE = 50          # NL_NOPOLICY_RATE: events per window without a policy
 MAX_RINGS = 256             # NL_MAX_RINGS: event readers (network namespaces)
 RING_PAGES = 16             # NL_RING_PAGES: each reader's ring, in pages
@@ -154,11 +154,13 @@ POLICY = Layout("nl_policy", (
     ("netns", "u64"), ("ev_window", "u64"), ("ev_sent", "u64"), ("ev_suppressed", "u64"),
     ("dns_n", "u32"), ("allow_n", "u32"),
     ("dns", ADDR, MAX_DNS), ("allow", PREFIX, MAX_ALLOW),
-    ("relay_port", "u32"), ("dns_port", "u32")))        # network order (net_port)
+    ("relay_port", "u32"), ("dns_port", "u32"),         # network order (net_port)
+    ("stats_slot", "u32"), ("pad", "u32")))             # the session's counters
 
 COUNT = Layout("nl_count", (("packets", "u64"), ("bytes", "u64")))
 
-# the map `stats`, by cgroup id, per CPU: its names are policy.Stats' fields
+# the map `counters`, by a session's slot (and `stats`, by cgroup id, for
+# verdicts with no policy entry), per CPU: its names are policy.Stats' fields
 STATS = Layout("nl_stats", (
     ("passed", COUNT), ("loopback", COUNT), ("drop_kill", COUNT), ("drop_device", COUNT),
     ("drop_nopolicy", COUNT), ("refused_netns", "u64"), ("events_suppressed", "u64"),

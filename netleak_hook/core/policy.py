@@ -30,6 +30,7 @@ class Policy:
     proxy: bool = False  # proxy mode: TCP and DNS to the relay, nothing else leaves
     relay_port: int = 0  # the relay's TCP port on loopback (proxy mode)
     dns_port: int = 0    # its DNS answerer's UDP port (proxy mode)
+    stats_slot: int = 0  # the session's element of the map `counters` (0: none)
 
     def pack(self) -> bytes:
         flags = (FLAG_KILL if self.killed else 0) | (FLAG_BLOCK if self.block else 0) | \
@@ -41,7 +42,8 @@ class Policy:
             allow_n=min(len(self.allow), MAX_ALLOW),
             dns=tuple(abi.addr16(a) for a in self.dns[:MAX_DNS]),
             allow=tuple(abi.prefix16(c) for c in self.allow[:MAX_ALLOW]),
-            relay_port=abi.net_port(self.relay_port), dns_port=abi.net_port(self.dns_port))
+            relay_port=abi.net_port(self.relay_port), dns_port=abi.net_port(self.dns_port),
+            stats_slot=self.stats_slot)
 
     @classmethod
     def unpack(cls, raw: bytes) -> "Policy":
@@ -55,7 +57,7 @@ class Policy:
                    dns=tuple(abi.addr_text(a) for a in v["dns"][:v["dns_n"]]),
                    allow=tuple(abi.prefix_text(p) for p in v["allow"][:v["allow_n"]]),
                    proxy=bool(flags & FLAG_PROXY), relay_port=abi.net_port(v["relay_port"]),
-                   dns_port=abi.net_port(v["dns_port"]))
+                   dns_port=abi.net_port(v["dns_port"]), stats_slot=v["stats_slot"])
 
 
 # why socket calls were refused, as the counters name them (refused_<reason>):
@@ -126,6 +128,10 @@ class Stats:
                 self.drop_nopolicy_packets + self.drop_block_packets +
                 self.drop_proxy_packets + self.drop_source_packets)
 
+    def __add__(self, other: "Stats") -> "Stats":
+        return Stats(*(a + b for a, b in zip(dataclasses.astuple(self),
+                                             dataclasses.astuple(other))))
+
     @classmethod
     def unpack_percpu(cls, raw: bytes, ncpus: int, stride: int = 0) -> "Stats":
         """Sum the CPUs' values, STRIDE bytes each (an older version's
@@ -138,6 +144,21 @@ class Stats:
             vals = abi.STATS.struct.unpack(one.ljust(size, b"\0"))
             totals = [a + b for a, b in zip(totals, vals)]
         return cls(**dict(zip(abi.STATS.names, totals)))
+
+
+def free_slots(used, limit: int = abi.MAX_ENTRIES):
+    """The slots of the map `counters` a new session may claim, lowest
+    first: 1 to LIMIT - 1 (0 means none), but for those in USED. Daemons of
+    other namespaces share the map, so a slot may still be taken: the claim
+    (BPF_NOEXIST on the map `slots`) says, and the next one is tried."""
+    return (slot for slot in range(1, limit) if slot not in used)
+
+
+SLOT_KEY_SIZE = 4               # the map `slots`: slot (u32) -> cgroup id (u64)
+
+
+def pack_slot(slot: int) -> bytes:
+    return slot.to_bytes(SLOT_KEY_SIZE, "little")
 
 
 LOCAL_KEY_SIZE = abi.LOCAL_KEY.size

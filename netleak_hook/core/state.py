@@ -34,6 +34,7 @@ class Session:
     proxy_addr: str = ""   # the proxy's address, resolved when the session began
     unit: str = ""         # the systemd unit whose cgroup this is (systemd owns it)
     pinned: bool = False   # the unit pinned by name (attach --unit): kept across its restarts
+    stats_slot: int = 0    # its counters' slot in its pin set's map `counters` (0: none)
 
     @property
     def takes_names(self) -> bool:
@@ -65,7 +66,8 @@ def policy_for(s: Session, base: Policy, relay: tuple[int, int, int] = (0, 0, 0)
     tcp, names, refused = relay if proxy else (0, 0, 0)
     return dataclasses.replace(base, mark=s.mark or base.mark, block=s.block,
                                dns=s.dns, allow=s.allow, proxy=proxy, relay_port=tcp,
-                               dns_port=names if s.takes_names else refused)
+                               dns_port=names if s.takes_names else refused,
+                               stats_slot=s.stats_slot)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,7 @@ import os
 from ..core import lifecycle, plan
 from ..core.errors import NetleakError
 from ..core.lifecycle import new_session_id
-from ..core.policy import KEY_SIZE, POLICY_SIZE, Policy, pack_key, unpack_key
+from ..core.policy import KEY_SIZE, POLICY_SIZE, SLOT_KEY_SIZE, Policy, pack_key, unpack_key
 from ..core.state import Session
 from ..proxymode.relay import REDIRECT_SIZE, unpack_redirect
 from .notes import log, note, step
@@ -150,6 +150,8 @@ class Collector:
             for key, _, rel in self._unclaimed(maps.stats, claimed):
                 if rel is None and whole_tree:
                     step("stale stats entry", self.bpf.map_delete, maps.stats, key)
+            if maps.slots >= 0 and whole_tree:
+                step("stale counter slots", self.slots, maps, claimed)
             if maps.redirect_n >= 0:
                 for key, _, rel in self._unclaimed(maps.redirect_n, claimed):
                     if rel is None and whole_tree:
@@ -172,6 +174,24 @@ class Collector:
             raw = self.bpf.map_lookup(maps.redirect, key, REDIRECT_SIZE)
             if raw is not None and unpack_redirect(raw).cgroup not in alive:
                 self.bpf.map_delete(maps.redirect, key)
+                stale += 1
+        return stale
+
+    def slots(self, maps, claimed: set[int]) -> int:
+        """Give back counter slots held by cgroups that are gone and no
+        session of this daemon claims (a daemon that crashed between the
+        claim and its record). Another daemon's live sessions keep theirs:
+        their cgroups are there."""
+        keys = self.bpf.map_keys(maps.slots, SLOT_KEY_SIZE)
+        if not keys:
+            return 0
+        alive = self.cgroups.index_ids()
+        stale = 0
+        for key in keys:
+            raw = self.bpf.map_lookup(maps.slots, key, KEY_SIZE)
+            cid = unpack_key(raw) if raw is not None else 0
+            if raw is not None and cid not in claimed and cid not in alive:
+                self.bpf.map_delete(maps.slots, key)
                 stale += 1
         return stale
 
@@ -202,7 +222,7 @@ class Collector:
                     pinset=self.pins.path, owned=owned, created=self.clock(),
                     committed=bool(self.cgroups.populated(self.cgroups.path(rel))),
                     block=block, dns=pol.dns, dns_from="user" if pol.dns else "",
-                    allow=pol.allow,
+                    allow=pol.allow, stats_slot=pol.stats_slot,
                     mark=pol.mark if binding and pol.allow and
                     plan.session_mark(set(), self.cfg.mark_base) <= pol.mark <=
                     self.cfg.mark_base + 0xFFFF else 0)

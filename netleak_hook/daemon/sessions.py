@@ -107,6 +107,7 @@ class Sessions(UnitSessions):
             # its own) are new
             changed = binding != self.state.bindings.get(iface) or iface not in self.links.live
             self.holder.state = self.state.with_binding(binding)
+        s = self.with_stats_slot(s)
         self.holder.state = self.state.with_session(s)
         self.holder.save()
         try:
@@ -174,6 +175,17 @@ class Sessions(UnitSessions):
                 "block": s.block,
                 "dns": list(s.dns), "dns_from": s.dns_from, "allow": list(s.allow),
                 "proxy": spec.url() if spec else None, "proxy_addr": s.proxy_addr or None}
+
+    def with_stats_slot(self, s: Session) -> Session:
+        """S with a slot of its pin set's map `counters` claimed for it
+        (none free: it is counted by cgroup id, as exactly, only slower).
+        Claimed before the record is saved, so the record names it."""
+        maps = self.pins.maps_for(s.pinset)
+        if maps is None:
+            return s
+        used = {o.stats_slot for o in self.state.sessions.values() if o.pinset == s.pinset}
+        slot = maps.claim_slot(s.cgroup_id, used)
+        return dataclasses.replace(s, stats_slot=slot) if slot else s
 
     def own_guards(self, s: Session, binding: plan.Binding) -> Session:
         """S with the interface's resolvers when it was given none, and a
@@ -288,9 +300,11 @@ class Sessions(UnitSessions):
         stats = Stats()
         if maps is not None:
             key = pack_key(s.cgroup_id)
-            stats = step("read counters", maps.read_stats, s.cgroup_id) or stats
+            stats = step("read counters", maps.read_stats, s.cgroup_id, s.stats_slot) or stats
             step("policy entry", self.bpf.map_delete, maps.policy, key)
             step("stats entry", self.bpf.map_delete, maps.stats, key)
+            # after the entry that names it: the next claim zeroes it
+            step("counters slot", maps.release_slot, s.stats_slot)
             if maps.redirect_n >= 0:    # its sockets' entries went with them
                 step("redirect count", self.bpf.map_delete, maps.redirect_n, key)
         self.relays.forget(s.cgroup_id)

@@ -122,6 +122,8 @@ class UnitSessions:
             progs.attach(self.cgroups.path(new.cgroup))
         maps = self.pins.maps_for(s.pinset)
         if maps is not None:
+            # its counters go on in its slot, which its new cgroup holds now
+            step("counters slot", maps.move_slot, s.stats_slot, cgroup_id)
             for fd in (maps.policy, maps.stats):
                 step("old entry", self.bpf.map_delete, fd, pack_key(s.cgroup_id))
         note("unit-repinned", "session %s: %s has a new cgroup (id %d): pinned again",

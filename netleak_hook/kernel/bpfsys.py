@@ -31,6 +31,7 @@ BPF_MAP_TYPE_RINGBUF = 27
 
 BPF_F_ALLOW_MULTI = 2
 BPF_ANY = 0
+BPF_NOEXIST = 1
 
 # libbpf 1.x first; Ubuntu 22.04 has only 0.5 (package libbpf0)
 LIBRARIES = ("libbpf.so.1", "libbpf.so.0")

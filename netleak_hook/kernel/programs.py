@@ -121,22 +121,74 @@ class Maps:
                            if os.path.exists(pins.pin("map_redirect_n")) else -1)
         self.locals = (bpfsys.obj_get(pins.pin("map_locals"))
                        if os.path.exists(pins.pin("map_locals")) else -1)
+        # an older version's pin set counts by cgroup id only
+        self.counters = (bpfsys.obj_get(pins.pin("map_counters"))
+                         if os.path.exists(pins.pin("map_counters")) else -1)
+        self.slots = (bpfsys.obj_get(pins.pin("map_slots"))
+                      if self.counters >= 0 and os.path.exists(pins.pin("map_slots")) else -1)
         self.stats_size = bpfsys.map_value_size(self.stats)
         self.ncpus = bpfsys.possible_cpus()
 
     def close(self) -> None:
         for fd in (self.policy, self.stats, self.rings, self.redirect, self.redirect_n,
-                   self.locals):
+                   self.locals, self.counters, self.slots):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
 
-    def read_stats(self, cgroup_id: int):
-        """The counters of CGROUP_ID summed over CPUs (policy.Stats); zeros
-        when it has none yet."""
-        from ..core.policy import Stats, pack_key
-        raw = bpfsys.map_lookup(self.stats, pack_key(cgroup_id), self.stats_size * self.ncpus)
-        return Stats.unpack_percpu(raw, self.ncpus, self.stats_size) if raw else Stats()
+    def read_stats(self, cgroup_id: int, slot: int = 0):
+        """The counters of the session of CGROUP_ID and SLOT, summed over
+        CPUs (policy.Stats): its slot's, plus what was counted under its
+        cgroup id (verdicts with no policy entry); zeros when none yet."""
+        from ..core.policy import Stats, pack_key, pack_slot
+        size = self.stats_size * self.ncpus
+        total = Stats()
+        raw = bpfsys.map_lookup(self.stats, pack_key(cgroup_id), size)
+        if raw:
+            total = Stats.unpack_percpu(raw, self.ncpus, self.stats_size)
+        if slot and self.counters >= 0:
+            raw = bpfsys.map_lookup(self.counters, pack_slot(slot), size)
+            if raw:
+                total = total + Stats.unpack_percpu(raw, self.ncpus, self.stats_size)
+        return total
+
+    def claim_slot(self, cgroup_id: int, used) -> int:
+        """A slot of the map `counters` for the session of CGROUP_ID, its
+        counters zeroed; 0 when every one is taken (or this pin set has
+        none): the session is then counted by cgroup id. USED: slots known
+        taken. The kernel arbitrates (BPF_NOEXIST) between daemons."""
+        from ..core.policy import free_slots, pack_slot
+        if self.slots < 0:
+            return 0
+        owner = cgroup_id.to_bytes(8, "little")
+        for slot in free_slots(used):
+            try:
+                bpfsys.map_update(self.slots, pack_slot(slot), owner, bpfsys.BPF_NOEXIST)
+            except OSError as e:
+                if e.errno == errno.EEXIST:
+                    continue
+                if e.errno == errno.E2BIG:      # the map is full
+                    return 0
+                raise
+            self.zero_slot(slot)
+            return slot
+        return 0
+
+    def zero_slot(self, slot: int) -> None:
+        from ..core.policy import pack_slot
+        bpfsys.map_update(self.counters, pack_slot(slot), bytes(self.stats_size * self.ncpus))
+
+    def move_slot(self, slot: int, cgroup_id: int) -> None:
+        """SLOT is now held by CGROUP_ID (a pinned unit's new cgroup)."""
+        from ..core.policy import pack_slot
+        if slot and self.slots >= 0:
+            bpfsys.map_update(self.slots, pack_slot(slot), cgroup_id.to_bytes(8, "little"))
+
+    def release_slot(self, slot: int) -> None:
+        """Give SLOT back ("already free" is done)."""
+        from ..core.policy import pack_slot
+        if slot and self.slots >= 0:
+            bpfsys.map_delete(self.slots, pack_slot(slot))
 
     def open_ring(self, netns: int) -> int:
         """The event ring of network namespace NETNS (a cookie), created and

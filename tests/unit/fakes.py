@@ -9,7 +9,7 @@ import socket
 from netleak_hook.core.config import Config
 from netleak_hook.core.errors import NetleakError
 from netleak_hook.core.plan import Link
-from netleak_hook.core.policy import Policy, Stats, pack_key
+from netleak_hook.core.policy import Policy, Stats, free_slots, pack_key, pack_slot
 from netleak_hook.core.state import State
 from netleak_hook.daemon.loop import wire
 
@@ -225,12 +225,30 @@ class FakeMaps:
     def __init__(self, base: int, bpf: "FakeBpf", stats: dict | None = None) -> None:
         self.policy, self.stats, self.locals = base, base + 1, base + 2
         self.redirect, self.redirect_n, self.rings = base + 3, base + 4, base + 5
+        self.counters, self.slots = base + 6, base + 7
         self.bpf = bpf
         self.closed_rings: list[int] = []
 
-    def read_stats(self, cgroup_id):
-        return Stats(passed_packets=3) if pack_key(cgroup_id) in self.bpf.maps.get(
-            self.stats, {}) else Stats()
+    def read_stats(self, cgroup_id, slot=0):
+        by_id = pack_key(cgroup_id) in self.bpf.maps.get(self.stats, {})
+        in_slot = slot and pack_slot(slot) in self.bpf.maps.get(self.counters, {})
+        return Stats(passed_packets=3 * (by_id + bool(in_slot)))
+
+    def claim_slot(self, cgroup_id, used):
+        held = self.bpf.maps.setdefault(self.slots, {})
+        for slot in free_slots(used):
+            if pack_slot(slot) not in held:
+                held[pack_slot(slot)] = pack_key(cgroup_id)
+                return slot
+        return 0
+
+    def move_slot(self, slot, cgroup_id):
+        if slot:
+            self.bpf.maps.setdefault(self.slots, {})[pack_slot(slot)] = pack_key(cgroup_id)
+
+    def release_slot(self, slot):
+        if slot:
+            self.bpf.maps.get(self.slots, {}).pop(pack_slot(slot), None)
 
     def open_ring(self, netns):
         self.bpf.journal.append(("maps", "open_ring", netns))

@@ -19,6 +19,10 @@ from netleak_hook.core.policy import Policy
 from netleak_hook.core.state import Session, State
 from tests.helpers import make_session
 
+from netleak_hook.core.abi import POLICY as _POLICY
+
+_PORTS = _POLICY.offsets["relay_port"]   # relay_port, then dns_port
+
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 URL = "socks5h://127.0.0.1:9050"
 SECRET = "socks5://me:s3cret@192.0.2.1:1080"
@@ -318,7 +322,7 @@ def test_policy_proxy_ports_edges(relay_port, dns_port, tail):
     p = Policy(ifindex=0, mark=0, killed=True, proxy=True, relay_port=relay_port,
                dns_port=dns_port)
     raw = p.pack()
-    assert raw[-8:] == tail and raw[8] == 0x4 | 0x1
+    assert raw[_PORTS:_PORTS + 8] == tail and raw[8] == 0x4 | 0x1
     assert Policy.unpack(raw) == p
 
 

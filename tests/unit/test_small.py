@@ -14,6 +14,10 @@ from netleak_hook.core.policy import Policy, Stats
 from netleak_hook.core.state import Session
 from tests.helpers import make_session
 
+from netleak_hook.core.abi import POLICY as _POLICY
+
+_PORTS = _POLICY.offsets["relay_port"]   # relay_port, then dns_port
+
 # ---------- lifecycle.should_reap ----------
 
 T0 = 1_700_000_000.0
@@ -126,7 +130,7 @@ def test_cgroup2_mount_prefers_sys_fs_cgroup_over_earlier_ones():
 # ---------- policy ----------
 
 def test_sizes():
-    assert policy.POLICY_SIZE == 384
+    assert policy.POLICY_SIZE == 392
     assert policy.KEY_SIZE == 8
     assert policy.STATS_SIZE == 264
 
@@ -150,7 +154,7 @@ def test_policy_layout_matches_the_c_struct():
 def test_policy_round_trip(killed):
     p = Policy(ifindex=7, mark=0x6E6C0001, killed=killed, netns=2**40 + 3)
     raw = p.pack()
-    assert len(raw) == 384
+    assert len(raw) == 392
     assert Policy.unpack(raw) == p
 
 
@@ -313,7 +317,7 @@ def test_policy_round_trip_in_proxy_mode():
     p = Policy(ifindex=0, mark=0, killed=False, netns=5, proxy=True, relay_port=0x1234,
                dns_port=0x5678)
     raw = p.pack()
-    assert raw[-8:] == b"\x12\x34\0\0\x56\x78\0\0"
+    assert raw[_PORTS:_PORTS + 8] == b"\x12\x34\0\0\x56\x78\0\0"
     assert raw[8] == 0x4       # flags: NL_FLAG_PROXY
     assert Policy.unpack(raw) == p
 
