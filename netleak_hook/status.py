@@ -204,7 +204,7 @@ def gather(cfg) -> dict:
             if m is not None:
                 raw = bpfsys.map_lookup(m.policy, pack_key(s.cgroup_id), POLICY_SIZE)
                 pol = Policy.unpack(raw) if raw else None
-                stats = m.read_stats(s.cgroup_id)
+                stats = m.read_stats(s.cgroup_id, s.stats_slot)
             path = cgroupfs.abspath(root, s.cgroup)
             nprocs = len(cgroupfs.tree_procs(path))
             b = state.bindings.get(s.iface)

@@ -4,6 +4,7 @@ what is adopted, and what is left to others."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 from netleak_hook.core import lifecycle
 from netleak_hook.core.policy import Policy, pack_key
@@ -505,3 +506,61 @@ def test_removal_goes_on_when_the_counters_cannot_be_read(caplog):
     w.maps.read_stats = boom
     w.sessions.remove(w.state.sessions["s1"], "test")
     assert w.state.sessions == {} and "'read counters' failed" in caplog.text
+
+
+# ---------- counter slots ----------
+
+def test_each_session_claims_its_own_slot_named_in_its_entry_and_freed_at_reap():
+    w = world()
+    w.open("s1", populated=True)
+    w.open("s2", populated=True)
+    s1, s2 = w.state.sessions["s1"], w.state.sessions["s2"]
+    assert {s1.stats_slot, s2.stats_slot} == {1, 2}
+    assert w.policy(s1.cgroup_id).stats_slot == s1.stats_slot
+    assert w.policy(s2.cgroup_id).stats_slot == s2.stats_slot
+    committed(w, "s1")
+    empty(w, "s1")
+    assert w.reaper.reap() == ["s1"]
+    assert set(w.bpf.maps[w.maps.slots]) == {(2).to_bytes(4, "little")}
+    w.open("s3", populated=True)
+    assert w.state.sessions["s3"].stats_slot == 1      # the lowest free one again
+
+
+def test_a_slot_another_daemon_holds_is_skipped():
+    w = world()
+    w.bpf.maps[w.maps.slots] = {(1).to_bytes(4, "little"): pack_key(999)}
+    w.open("s1", populated=True)
+    assert w.state.sessions["s1"].stats_slot == 2
+
+
+def test_no_slot_free_the_session_is_counted_by_cgroup_id():
+    w = world()
+    w.maps.claim_slot = lambda cgroup_id, used: 0
+    w.open("s1", populated=True)
+    s = w.state.sessions["s1"]
+    assert s.stats_slot == 0 and w.policy(s.cgroup_id).stats_slot == 0
+
+
+def test_slots_of_gone_cgroups_nobody_claims_are_given_back():
+    w = world()
+    w.open("s1", populated=True)
+    live = w.state.sessions["s1"]
+    held = w.bpf.maps[w.maps.slots]
+    held[(7).to_bytes(4, "little")] = pack_key(4001)        # a crash's: cgroup gone
+    w.gc.entries()
+    assert set(held) == {live.stats_slot.to_bytes(4, "little")}
+
+
+def test_the_counters_read_at_reap_are_the_slots_and_the_cgroup_ids(caplog):
+    caplog.set_level(logging.INFO)
+    w = world()
+    w.open(populated=True)
+    s = w.state.sessions["s1"]
+    w.bpf.maps.setdefault(w.maps.counters, {})[s.stats_slot.to_bytes(4, "little")] = b"c"
+    w.bpf.maps.setdefault(w.maps.stats, {})[pack_key(s.cgroup_id)] = b"c"
+    committed(w, "s1")
+    empty(w, "s1")
+    w.reaper.reap()
+    ended = [r.fields for r in caplog.records
+             if getattr(r, "fields", {}).get("event") == "session-end"]
+    assert [e["passed"] for e in ended] == [6]       # 3 in the slot, 3 by cgroup id

@@ -338,3 +338,32 @@ def test_a_leftover_drop_in_is_removed_only_if_it_is_netleaks(tmp_path, monkeypa
     assert not systemd.remove_dropin_of_netleak("db.service", DROPIN_HEAD)   # not ours
     assert not systemd.remove_dropin_of_netleak("none.service", DROPIN_HEAD)
     assert removed == ["web.service"]
+
+
+def test_policy_names_its_counters_slot():
+    p = Policy(ifindex=7, mark=1, killed=False, stats_slot=4095)
+    raw = p.pack()
+    at = _POLICY.offsets["stats_slot"]
+    assert raw[at:at + 4] == (4095).to_bytes(4, "little")
+    assert Policy.unpack(raw) == p
+    # an older version's entry has no slot: counted by cgroup id
+    assert Policy.unpack(raw[:at]).stats_slot == 0
+
+
+def test_free_slots_lowest_first_never_zero_nor_past_the_map():
+    assert list(policy.free_slots({1, 3}, limit=6)) == [2, 4, 5]
+    assert list(policy.free_slots(set(range(1, 4)), limit=4)) == []
+    assert next(policy.free_slots(set())) == 1
+
+
+def test_counters_of_a_slot_and_of_a_cgroup_id_add_up():
+    a = Stats(passed_packets=2, passed_bytes=100, refused_netns=1)
+    b = Stats(passed_packets=3, drop_nopolicy_packets=4)
+    assert a + b == Stats(passed_packets=5, passed_bytes=100, refused_netns=1,
+                          drop_nopolicy_packets=4)
+
+
+def test_a_sessions_entry_carries_its_slot():
+    from netleak_hook.core.state import policy_for
+    s = make_session(stats_slot=9)
+    assert policy_for(s, Policy(ifindex=5, mark=1, killed=True)).stats_slot == 9
