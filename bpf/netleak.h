@@ -57,13 +57,18 @@ struct nl_policy {
     u32 allow_n;        /* prefixes in allow[]: may use the main table */
     struct nl_addr dns[NL_MAX_DNS];
     struct nl_prefix allow[NL_MAX_ALLOW];
-    u32 relay_port;     /* proxy mode: the relay's TCP port on 127.0.0.1 and
+    u16 relay_port;     /* proxy mode: the relay's TCP port on 127.0.0.1 and
                          * ::1, network order */
+    u16 stats_slot;     /* the session's element of the map `counters` (0:
+                         * none: counted in `stats` by cgroup id). It takes
+                         * the upper half of what was a u32 port, which
+                         * older versions' userspace masks off: the entry
+                         * keeps its size, and means the same to every
+                         * version that reads it (one of another namespace's
+                         * daemon may), and an older entry reads as "no
+                         * slot". */
     u32 dns_port;       /* proxy mode: its DNS answerer's UDP port (one that
                          * answers from the proxy, or one that refuses) */
-    u32 stats_slot;     /* the session's element of the map `counters` (0:
-                         * none: counted in `stats` by cgroup id) */
-    u32 pad;
 };
 
 /* about one second */

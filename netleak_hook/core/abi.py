@@ -154,8 +154,8 @@ POLICY = Layout("nl_policy", (
     ("netns", "u64"), ("ev_window", "u64"), ("ev_sent", "u64"), ("ev_suppressed", "u64"),
     ("dns_n", "u32"), ("allow_n", "u32"),
     ("dns", ADDR, MAX_DNS), ("allow", PREFIX, MAX_ALLOW),
-    ("relay_port", "u32"), ("dns_port", "u32"),         # network order (net_port)
-    ("stats_slot", "u32"), ("pad", "u32")))             # the session's counters
+    # ports in network order (net_port); the slot of the map `counters`
+    ("relay_port", "u16"), ("stats_slot", "u16"), ("dns_port", "u32")))
 
 COUNT = Layout("nl_count", (("packets", "u64"), ("bytes", "u64")))
 

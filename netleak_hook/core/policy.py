@@ -146,12 +146,16 @@ class Stats:
         return cls(**dict(zip(abi.STATS.names, totals)))
 
 
+MAX_SLOT = 0xFFFF               # nl_policy.stats_slot is a u16
+
+
 def free_slots(used, limit: int = abi.MAX_ENTRIES):
     """The slots of the map `counters` a new session may claim, lowest
-    first: 1 to LIMIT - 1 (0 means none), but for those in USED. Daemons of
-    other namespaces share the map, so a slot may still be taken: the claim
-    (BPF_NOEXIST on the map `slots`) says, and the next one is tried."""
-    return (slot for slot in range(1, limit) if slot not in used)
+    first: 1 to LIMIT - 1 (0 means none; at most MAX_SLOT), but for those
+    in USED. Daemons of other namespaces share the map, so a slot may still
+    be taken: the claim (BPF_NOEXIST on the map `slots`) says, and the next
+    one is tried."""
+    return (slot for slot in range(1, min(limit, MAX_SLOT + 1)) if slot not in used)
 
 
 SLOT_KEY_SIZE = 4               # the map `slots`: slot (u32) -> cgroup id (u64)

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from netleak_hook.core import mounts, policy, lifecycle
+from netleak_hook.core import abi, mounts, policy, lifecycle
 from netleak_hook.kernel import cgroupfs
 from netleak_hook.core.errors import Exit, NetleakError
 from netleak_hook.core.policy import Policy, Stats
@@ -130,14 +130,14 @@ def test_cgroup2_mount_prefers_sys_fs_cgroup_over_earlier_ones():
 # ---------- policy ----------
 
 def test_sizes():
-    assert policy.POLICY_SIZE == 392
+    assert policy.POLICY_SIZE == 384
     assert policy.KEY_SIZE == 8
     assert policy.STATS_SIZE == 264
 
 
 def test_policy_layout_matches_the_c_struct():
     """struct nl_policy: 4 u32, 4 u64, 2 u32, then the resolvers and the
-    prefixes (16 and 32 bytes each)."""
+    prefixes (16 and 32 bytes each), two u16 and a u32."""
     with open(os.path.join(os.path.dirname(__file__), "..", "..", "bpf", "netleak.h")) as f:
         header = f.read()
     body = header[header.index("struct nl_policy {"):]
@@ -146,7 +146,8 @@ def test_policy_layout_matches_the_c_struct():
     n_allow = int(re.search(r"#define NL_MAX_ALLOW (\d+)", header).group(1))
     assert (n_dns, n_allow) == (policy.MAX_DNS, policy.MAX_ALLOW)
     words = len(re.findall(r"^\s+u32 ", body, re.M)) * 4 + \
-        len(re.findall(r"^\s+u64 ", body, re.M)) * 8
+        len(re.findall(r"^\s+u64 ", body, re.M)) * 8 + \
+        len(re.findall(r"^\s+u16 ", body, re.M)) * 2
     assert policy.POLICY_SIZE == words + 16 * n_dns + 32 * n_allow
 
 
@@ -154,7 +155,7 @@ def test_policy_layout_matches_the_c_struct():
 def test_policy_round_trip(killed):
     p = Policy(ifindex=7, mark=0x6E6C0001, killed=killed, netns=2**40 + 3)
     raw = p.pack()
-    assert len(raw) == 392
+    assert len(raw) == 384
     assert Policy.unpack(raw) == p
 
 
@@ -341,18 +342,24 @@ def test_a_leftover_drop_in_is_removed_only_if_it_is_netleaks(tmp_path, monkeypa
 
 
 def test_policy_names_its_counters_slot():
-    p = Policy(ifindex=7, mark=1, killed=False, stats_slot=4095)
+    p = Policy(ifindex=7, mark=1, killed=False, proxy=True, relay_port=1021,
+               stats_slot=4095)
     raw = p.pack()
     at = _POLICY.offsets["stats_slot"]
-    assert raw[at:at + 4] == (4095).to_bytes(4, "little")
+    assert raw[at:at + 2] == (4095).to_bytes(2, "little")
     assert Policy.unpack(raw) == p
-    # an older version's entry has no slot: counted by cgroup id
-    assert Policy.unpack(raw[:at]).stats_slot == 0
+    # the slot is the upper half of the u32 an older version reads as the
+    # relay's port, which it masks off: the port it reads is right
+    old_u32 = int.from_bytes(raw[_PORTS:_PORTS + 4], "little")
+    assert old_u32 >> 16 == 4095 and abi.net_port(old_u32) == 1021
+    # and an older version's entry (that half zero) has no slot
+    assert Policy.unpack(raw[:at] + b"\0\0" + raw[at + 2:]).stats_slot == 0
 
 
 def test_free_slots_lowest_first_never_zero_nor_past_the_map():
     assert list(policy.free_slots({1, 3}, limit=6)) == [2, 4, 5]
     assert list(policy.free_slots(set(range(1, 4)), limit=4)) == []
+    assert max(policy.free_slots(set(), limit=1 << 20)) == 0xFFFF   # a u16 in the entry
     assert next(policy.free_slots(set())) == 1
 
 
