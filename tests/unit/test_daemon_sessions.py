@@ -584,6 +584,21 @@ def test_pinning_again_takes_the_new_cgroup_and_refuses_other_terms():
         w.sessions.open(pin_request(w, "p3", allow=["192.0.2.0/24"]))
 
 
+def test_a_pinned_service_keeps_its_counters_slot_in_its_new_cgroup():
+    w = world()
+    w.sessions.open(pin_request(w))
+    slot = w.state.sessions["p1"].stats_slot
+    w.cgroups.tree.pop("system.slice/web.service")
+    again = pin_request(w, "p2")
+    w.sessions.open(again)
+    assert w.state.sessions["p1"].stats_slot == slot != 0
+    assert w.policy(again["cgroup_id"]).stats_slot == slot
+    # its new cgroup holds the claim, so gc does not take it for a crash's
+    assert w.bpf.maps[w.maps.slots] == {slot.to_bytes(4, "little"): pack_key(again["cgroup_id"])}
+    w.gc.entries()
+    assert slot.to_bytes(4, "little") in w.bpf.maps[w.maps.slots]
+
+
 def test_a_pinned_service_outlives_its_cgroup_and_follows_the_next():
     w = world()
     w.sessions.open(pin_request(w))
