@@ -320,14 +320,14 @@ class Sessions(UnitSessions):
         keep, release = unused_fate(self.state, self.clock(), self.cfg.linger_seconds,
                                     starting)
         fresh = [i for i in keep if i not in self.state.lingering]
+        for iface in release:
+            self.links.remove_binding(iface)
         self.holder.state = self.state.with_lingering(keep)
         for iface in fresh:
             b = self.state.bindings[iface]
             note("linger", "%s: no session left; its rules and routes stay %gs for the "
                  "next one (table %d)", iface, self.cfg.linger_seconds, b.table,
                  iface=iface, seconds=self.cfg.linger_seconds, table=b.table)
-        for iface in release:
-            self.links.remove_binding(iface)
         return release
 
     def expire_lingering(self) -> None:

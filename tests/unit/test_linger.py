@@ -6,6 +6,7 @@ detached set-up; followed through link changes like any binding."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 
 import pytest
@@ -153,7 +154,7 @@ def test_a_session_within_the_linger_reuses_the_set_up_as_it_is():
     assert (reply["mark"], reply["table"], reply["killed"]) == (B.mark, B.table, False)
 
 
-def test_the_set_up_goes_when_the_bound_is_over():
+def test_the_set_up_goes_when_the_bound_is_over(caplog):
     w = world()
     w.open()
     ended(w)
@@ -162,7 +163,11 @@ def test_the_set_up_goes_when_the_bound_is_over():
     assert w.net.rules and w.net.routes
     w.clock.now += 0.2
     saves = len(w.store.saved)
+    caplog.set_level(logging.INFO)
     w.sessions.expire_lingering()
+    (rec,) = [r.fields for r in caplog.records
+              if getattr(r, "fields", {}).get("event") == "release"]
+    assert (rec["iface"], rec["lingered"]) == ("wg0", True)
     assert w.net.rules == set() and w.net.routes == set()
     assert w.state.bindings == {} and w.state.lingering == {}
     assert len(w.store.saved) == saves + 1 and w.store.saved[-1].bindings == {}
