@@ -4,7 +4,6 @@ Kept free of heavy imports: it is on netleak-exec's warm path.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 
 from .core.config import Config
@@ -71,14 +70,16 @@ def _open_own_cgroup(store: Store, cfg: Config, root: str, sid: str, iface: str,
     except BaseException:
         if moving is not None:
             _wait(moving)
-        from . import client
-        with contextlib.suppress(Exception):
-            client.request(store, {"op": "abort", "id": sid}, timeout=5)
-        with contextlib.suppress(OSError, NetleakError):
+        _abort(store, sid)
+        try:
             if cgroupfs.of_pid(os.getpid()) == rel:
                 cgroupfs.join(home)
-        with contextlib.suppress(OSError):
+        except (OSError, NetleakError):
+            pass
+        try:
             cgroupfs.remove_tree(path)
+        except OSError:
+            pass
         cgroupfs.remove_if_empty(os.path.dirname(path))
         raise
     return sid
@@ -122,10 +123,20 @@ def _open_in_unit(store: Store, cfg: Config, root: str, rel: str | None, sid: st
             raise NetleakError(f"this process is not in the session's cgroup "
                                f"/{reply.get('cgroup')}: not starting the command")
     except BaseException:
-        with contextlib.suppress(Exception):
-            client.request(store, {"op": "abort", "id": sid}, timeout=5)
+        _abort(store, sid)
         raise
     return sid
+
+
+def _abort(store: Store, sid: str) -> None:
+    """Tell the daemon the set-up of SID is given up (best effort: a daemon
+    that cannot be told rolls it back itself). No contextlib here: with
+    functools and collections it would cost every start."""
+    from . import client
+    try:
+        client.request(store, {"op": "abort", "id": sid}, timeout=5)
+    except Exception:
+        pass
 
 
 def _wait(moving) -> None:
