@@ -321,6 +321,22 @@ def _proxy_url(a: Args) -> str | None:
     return with_password(a.proxy, password)
 
 
+def checked(a: Args, url: str | None) -> tuple[str, str | None, str | None, dict]:
+    """IFACE, the gateways and the guards of A (with the proxy URL),
+    checked; no kernel. Only what was given is looked at: the checks of
+    addresses import ipaddress (with functools and re)."""
+    # no IFACE only with --block, or with --proxy when none was given
+    no_iface = a.block or (url is not None and not a.iface)
+    iface = "" if no_iface else validate.interface_name(a.iface)
+    via4, via6 = validate.gateways(a.via) if a.via else (None, None)
+    guards: dict = {}
+    if a.dns or a.allow or a.block:
+        guards = validate.guard_request(a.dns, a.allow, a.block, a.via)
+    if url is not None:
+        guards = {**guards, **validate.proxy_request(url, a.block, a.dns, iface, a.via)}
+    return iface, via4, via6, guards
+
+
 def run(argv: list[str]) -> int:
     a = parse(argv)
     if a.action == "help":
@@ -335,15 +351,7 @@ def run(argv: list[str]) -> int:
         return 0
     cfg = Config.from_env(os.environ)
     url = _proxy_url(a)
-    # no IFACE only with --block, or with --proxy when none was given
-    no_iface = a.block or (url is not None and not a.iface)
-    iface = "" if no_iface else validate.interface_name(a.iface)
-    via4, via6 = validate.gateways(a.via)
-    guards: dict = {}
-    if a.dns or a.allow or a.block:
-        guards = validate.guard_request(a.dns, a.allow, a.block, a.via)
-    if url is not None:
-        guards = {**guards, **validate.proxy_request(url, a.block, a.dns, iface, a.via)}
+    iface, via4, via6, guards = checked(a, url)
     if a.block and len(a.command) > 1 and _is_interface(a.command[0]):
         raise NetleakError(f"--block takes no IFACE ({a.command[0]} is one): "
                            f"{PROG} --block COMMAND...")
