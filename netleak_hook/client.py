@@ -82,22 +82,25 @@ def request(store: Store, msg: dict, timeout: float = REQUEST_TIMEOUT) -> dict:
                            f"service)") from None
 
 
-def _request(store: Store, msg: dict, timeout: float = REQUEST_TIMEOUT) -> dict:
+def _request(store: Store, msg: dict, timeout: float = REQUEST_TIMEOUT,
+             meanwhile=None) -> dict:
     if not store.check():       # refuses a directory others may write
         raise FileNotFoundError(store.path)
-    reply = _roundtrip(store.socket_path, msg, timeout)
+    reply = _roundtrip(store.socket_path, msg, timeout, meanwhile)
     if not reply.get("ok"):
         raise NetleakError(reply.get("error") or "the netleak daemon refused the request")
     return reply
 
 
 def request_starting_daemon(store: Store, msg: dict, autostart: bool = True,
-                            home: str | None = None) -> dict:
+                            home: str | None = None, meanwhile=None) -> dict:
     """Like request(), but start the daemon first when none listens
     (unless AUTOSTART is off: then say who should have started it). HOME:
-    the cgroup directory the daemon starts in, when not the caller's."""
+    the cgroup directory the daemon starts in, when not the caller's.
+    MEANWHILE(): called once the request is sent, before the reply is
+    read (work that would otherwise wait for it)."""
     try:
-        return _request(store, msg)
+        return _request(store, msg, meanwhile=meanwhile)
     except NO_DAEMON:
         # none listens, or one was exiting (idle) as we connected
         if not autostart:
@@ -131,13 +134,15 @@ def opened_state(reply: dict) -> str:
     return "kill switch on until it is up" if reply.get("killed") else "routed"
 
 
-def _roundtrip(path: str, msg: dict, timeout: float) -> dict:
+def _roundtrip(path: str, msg: dict, timeout: float, meanwhile=None) -> dict:
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         s.settimeout(timeout)
         s.connect(path)
         _check_peer(s, path)
         s.sendall(dumps(msg).encode() + b"\n")
+        if meanwhile is not None:
+            meanwhile()
         buf = b""
         while not buf.endswith(b"\n"):
             chunk = s.recv(65536)
