@@ -189,7 +189,7 @@ def status(env: Env, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=1))
     else:
-        click.echo(st.render(data["sessions"]))
+        click.echo(st.render(data["sessions"], bindings=data["bindings"]))
 
 
 @main.command()

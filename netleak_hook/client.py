@@ -4,11 +4,13 @@ Kept light (no pyroute2, no BCC): it is on netleak-exec's warm path.
 """
 from __future__ import annotations
 
-import json
 import os
-import socket
 import sys
 import time
+
+# the C module: socket.py (enum, selectors) would add milliseconds to every
+# start, and a plain Unix stream socket needs nothing of it
+import _socket
 
 from .core.errors import NetleakError
 from .rundir.store import Store
@@ -18,6 +20,56 @@ REQUEST_TIMEOUT = 30.0
 
 
 NO_DAEMON = (FileNotFoundError, ConnectionRefusedError, ConnectionResetError)
+
+
+class _Decoding:
+    """What the C scanner of json reads off its decoder (json's defaults)."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"),
+                      "NaN": float("nan")}.__getitem__
+
+
+def dumps(obj) -> str:
+    """json.dumps(OBJ) by json's C encoder, without importing the json
+    package: its decoder imports re, milliseconds of every start."""
+    try:
+        import _json
+        encode = _json.make_encoder({}, _unencodable, _json.encode_basestring_ascii, None,
+                                    ": ", ", ", False, False, True)
+    except (ImportError, AttributeError, TypeError):   # not CPython: the package
+        import json
+        return json.dumps(obj)
+    return "".join(encode(obj, 0))
+
+
+def loads(text: bytes | str):
+    """json.loads(TEXT) by json's C scanner (see dumps); ValueError when it
+    is not one JSON value."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    try:
+        import _json
+        scan = _json.make_scanner(_Decoding)
+    except (ImportError, AttributeError, TypeError):
+        import json
+        return json.loads(text)
+    start = len(text) - len(text.lstrip(" \t\n\r"))
+    try:
+        obj, end = scan(text, start)
+    except StopIteration:
+        raise ValueError("not JSON") from None
+    if text[end:].strip(" \t\n\r"):
+        raise ValueError("extra data after JSON")
+    return obj
+
+
+def _unencodable(obj):
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
 def request(store: Store, msg: dict, timeout: float = REQUEST_TIMEOUT) -> dict:
@@ -30,22 +82,25 @@ def request(store: Store, msg: dict, timeout: float = REQUEST_TIMEOUT) -> dict:
                            f"service)") from None
 
 
-def _request(store: Store, msg: dict, timeout: float = REQUEST_TIMEOUT) -> dict:
+def _request(store: Store, msg: dict, timeout: float = REQUEST_TIMEOUT,
+             meanwhile=None) -> dict:
     if not store.check():       # refuses a directory others may write
         raise FileNotFoundError(store.path)
-    reply = _roundtrip(store.socket_path, msg, timeout)
+    reply = _roundtrip(store.socket_path, msg, timeout, meanwhile)
     if not reply.get("ok"):
         raise NetleakError(reply.get("error") or "the netleak daemon refused the request")
     return reply
 
 
 def request_starting_daemon(store: Store, msg: dict, autostart: bool = True,
-                            home: str | None = None) -> dict:
+                            home: str | None = None, meanwhile=None) -> dict:
     """Like request(), but start the daemon first when none listens
     (unless AUTOSTART is off: then say who should have started it). HOME:
-    the cgroup directory the daemon starts in, when not the caller's."""
+    the cgroup directory the daemon starts in, when not the caller's.
+    MEANWHILE(): called once the request is sent, before the reply is
+    read (work that would otherwise wait for it)."""
     try:
-        return _request(store, msg)
+        return _request(store, msg, meanwhile=meanwhile)
     except NO_DAEMON:
         # none listens, or one was exiting (idle) as we connected
         if not autostart:
@@ -79,20 +134,22 @@ def opened_state(reply: dict) -> str:
     return "kill switch on until it is up" if reply.get("killed") else "routed"
 
 
-def _roundtrip(path: str, msg: dict, timeout: float) -> dict:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+def _roundtrip(path: str, msg: dict, timeout: float, meanwhile=None) -> dict:
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         s.settimeout(timeout)
         s.connect(path)
         _check_peer(s, path)
-        s.sendall(json.dumps(msg).encode() + b"\n")
+        s.sendall(dumps(msg).encode() + b"\n")
+        if meanwhile is not None:
+            meanwhile()
         buf = b""
         while not buf.endswith(b"\n"):
             chunk = s.recv(65536)
             if not chunk:
                 break
             buf += chunk
-    except socket.timeout:
+    except _socket.timeout:
         raise NetleakError(
             f"the netleak daemon did not answer within {timeout:.0f}s: see "
             f"{os.path.dirname(path)}/daemon.log") from None
@@ -104,7 +161,7 @@ def _roundtrip(path: str, msg: dict, timeout: float) -> dict:
     finally:
         s.close()
     try:
-        return json.loads(buf)
+        return loads(buf)
     except ValueError:
         raise NetleakError(
             f"the netleak daemon closed the connection: see "
@@ -115,12 +172,12 @@ class Impostor(NetleakError):
     """Something other than root's daemon answers on the daemon's socket."""
 
 
-def _check_peer(s: socket.socket, path: str) -> None:
+def _check_peer(s, path: str) -> None:
     """Only root's daemon is believed: whatever else answers there (a
     socket some user managed to put in place) is refused before it is
     told anything."""
     import struct
-    _, uid, _ = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+    _, uid, _ = struct.unpack("3i", s.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED,
                                                   struct.calcsize("3i")))
     if uid != 0:
         raise Impostor(f"the process answering at {path} runs as uid {uid}, not as "

@@ -96,8 +96,8 @@ def parse(argv: list[str], is_interface=None) -> Args:
     With --proxy before, IFACE is optional: the first word is one when an
     interface of that name exists (IS_INTERFACE) and a command follows.
 
-    getopt, not click or argparse: importing either costs more than half of
-    the whole warm start of netleak-exec.
+    Not click or argparse: importing either costs more than half of the
+    whole warm start of netleak-exec (nor the getopt module: see getopt).
     """
     a = Args()
     rest, ended = _options(a, argv)
@@ -150,16 +150,75 @@ def _take_proxy(a: Args, opt: str, value: str) -> None:
         a.proxy_file = value
 
 
+SHORT_OPTIONS = "hu:"
+LONG_OPTIONS = ("help", "user=", "via=", "version", "dump-bpf", "dns=", "allow=", "block",
+                "proxy=", "proxy-file=", "keep-fds")
+
+
+def getopt(argv: list[str], shorts: str,
+           longs: tuple[str, ...]) -> tuple[list[tuple[str, str]], list[str], bool]:
+    """getopt.getopt's parse of ARGV (options up to the first word that is
+    not one; `--` ends them; long options may be shortened to a unique
+    prefix), with whether a `--` ended them. The module itself imports
+    gettext, and with it re: a few milliseconds of every start.
+    NetleakError with getopt's message when an option is wrong."""
+    opts: list[tuple[str, str]] = []
+    i = 0
+    while i < len(argv) and argv[i].startswith("-") and argv[i] != "-":
+        word = argv[i]
+        i += 1
+        if word == "--":
+            return opts, argv[i:], True
+        if word.startswith("--"):
+            name, eq, value = word[2:].partition("=")
+            full, has_arg = _long_option(name, longs)
+            if has_arg and not eq:
+                if i >= len(argv):
+                    raise NetleakError(f"option --{full} requires argument")
+                value, i = argv[i], i + 1
+            elif eq and not has_arg:
+                raise NetleakError(f"option --{full} must not have an argument")
+            opts.append(("--" + full, value))
+            continue
+        rest = word[1:]
+        while rest:
+            ch, rest = rest[0], rest[1:]
+            at = shorts.find(ch)
+            if ch == ":" or at < 0:
+                raise NetleakError(f"option -{ch} not recognized")
+            value = ""
+            if shorts.startswith(":", at + 1):
+                if not rest:
+                    if i >= len(argv):
+                        raise NetleakError(f"option -{ch} requires argument")
+                    rest, i = argv[i], i + 1
+                value, rest = rest, ""
+            opts.append(("-" + ch, value))
+    return opts, argv[i:], False
+
+
+def _long_option(name: str, longs: tuple[str, ...]) -> tuple[str, bool]:
+    """The long option NAME stands for (itself or the one it is a unique
+    prefix of), and whether it takes an argument."""
+    found = [o for o in longs if o.startswith(name)]
+    if not found:
+        raise NetleakError(f"option --{name} not recognized")
+    if name in found:
+        return name, False
+    if name + "=" in found:
+        return name, True
+    if len(found) > 1:
+        raise NetleakError(f"option --{name} not a unique prefix")
+    return found[0].rstrip("="), found[0].endswith("=")
+
+
 def _options(a: Args, argv: list[str]) -> tuple[list[str], bool]:
     """Take the options at the start of ARGV into A; the rest, and whether
-    a `--` ended them (getopt drops it)."""
-    import getopt
+    a `--` ended them."""
     try:
-        opts, rest = getopt.getopt(argv, "hu:", ["help", "user=", "via=", "version",
-                                                  "dump-bpf", "dns=", "allow=", "block",
-                                                  "proxy=", "proxy-file=", "keep-fds"])
-    except getopt.GetoptError as e:
-        raise NetleakError(f"{e.msg} (see '{PROG} --help')") from None
+        opts, rest, ended = getopt(argv, SHORT_OPTIONS, LONG_OPTIONS)
+    except NetleakError as e:
+        raise NetleakError(f"{e.message} (see '{PROG} --help')") from None
     for opt, val in opts:
         if opt in ("-h", "--help"):
             a.action = "help"
@@ -184,8 +243,7 @@ def _options(a: Args, argv: list[str]) -> tuple[list[str], bool]:
             _take_proxy(a, opt, val)
         elif opt == "--keep-fds":
             a.keep_fds = True
-    used = len(argv) - len(rest)
-    return rest, used > 0 and argv[used - 1] == "--" and not (opts and opts[-1][1] == "--")
+    return rest, ended
 
 
 def resolve_command(name: str, path_env: str | None) -> str:
@@ -263,6 +321,22 @@ def _proxy_url(a: Args) -> str | None:
     return with_password(a.proxy, password)
 
 
+def checked(a: Args, url: str | None) -> tuple[str, str | None, str | None, dict]:
+    """IFACE, the gateways and the guards of A (with the proxy URL),
+    checked; no kernel. Only what was given is looked at: the checks of
+    addresses import ipaddress (with functools and re)."""
+    # no IFACE only with --block, or with --proxy when none was given
+    no_iface = a.block or (url is not None and not a.iface)
+    iface = "" if no_iface else validate.interface_name(a.iface)
+    via4, via6 = validate.gateways(a.via) if a.via else (None, None)
+    guards: dict = {}
+    if a.dns or a.allow or a.block:
+        guards = validate.guard_request(a.dns, a.allow, a.block, a.via)
+    if url is not None:
+        guards = {**guards, **validate.proxy_request(url, a.block, a.dns, iface, a.via)}
+    return iface, via4, via6, guards
+
+
 def run(argv: list[str]) -> int:
     a = parse(argv)
     if a.action == "help":
@@ -277,15 +351,7 @@ def run(argv: list[str]) -> int:
         return 0
     cfg = Config.from_env(os.environ)
     url = _proxy_url(a)
-    # no IFACE only with --block, or with --proxy when none was given
-    no_iface = a.block or (url is not None and not a.iface)
-    iface = "" if no_iface else validate.interface_name(a.iface)
-    via4, via6 = validate.gateways(a.via)
-    guards: dict = {}
-    if a.dns or a.allow or a.block:
-        guards = validate.guard_request(a.dns, a.allow, a.block, a.via)
-    if url is not None:
-        guards = {**guards, **validate.proxy_request(url, a.block, a.dns, iface, a.via)}
+    iface, via4, via6, guards = checked(a, url)
     if a.block and len(a.command) > 1 and _is_interface(a.command[0]):
         raise NetleakError(f"--block takes no IFACE ({a.command[0]} is one): "
                            f"{PROG} --block COMMAND...")

@@ -4,7 +4,6 @@ Kept free of heavy imports: it is on netleak-exec's warm path.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 
 from .core.config import Config
@@ -63,7 +62,7 @@ def _open_own_cgroup(store: Store, cfg: Config, root: str, sid: str, iface: str,
         # and the session counts as committed only once the workload is
         # inside. A daemon started on demand starts in HOME, not in here.
         reply = client.request_starting_daemon(store, msg, autostart=cfg.autostart,
-                                               home=home)
+                                               home=home, meanwhile=_ahead)
         client.check_guards(msg, reply)
         _wait(moving)
         if cgroupfs.of_pid(os.getpid()) != rel:
@@ -71,14 +70,16 @@ def _open_own_cgroup(store: Store, cfg: Config, root: str, sid: str, iface: str,
     except BaseException:
         if moving is not None:
             _wait(moving)
-        from . import client
-        with contextlib.suppress(Exception):
-            client.request(store, {"op": "abort", "id": sid}, timeout=5)
-        with contextlib.suppress(OSError, NetleakError):
+        _abort(store, sid)
+        try:
             if cgroupfs.of_pid(os.getpid()) == rel:
                 cgroupfs.join(home)
-        with contextlib.suppress(OSError):
+        except (OSError, NetleakError):
+            pass
+        try:
             cgroupfs.remove_tree(path)
+        except OSError:
+            pass
         cgroupfs.remove_if_empty(os.path.dirname(path))
         raise
     return sid
@@ -122,10 +123,27 @@ def _open_in_unit(store: Store, cfg: Config, root: str, rel: str | None, sid: st
             raise NetleakError(f"this process is not in the session's cgroup "
                                f"/{reply.get('cgroup')}: not starting the command")
     except BaseException:
-        with contextlib.suppress(Exception):
-            client.request(store, {"op": "abort", "id": sid}, timeout=5)
+        _abort(store, sid)
         raise
     return sid
+
+
+def _abort(store: Store, sid: str) -> None:
+    """Tell the daemon the set-up of SID is given up (best effort: a daemon
+    that cannot be told rolls it back itself). No contextlib here: with
+    functools and collections it would cost every start."""
+    from . import client
+    try:
+        client.request(store, {"op": "abort", "id": sid}, timeout=5)
+    except Exception:
+        pass
+
+
+def _ahead() -> None:
+    """While the daemon sets up (and the move waits for the kernel): import
+    ctypes, which confining COMMAND needs next (~2 ms of CPU that would
+    otherwise come after the reply)."""
+    import ctypes  # noqa: F401
 
 
 def _wait(moving) -> None:
@@ -144,17 +162,33 @@ def _move_in_background(path: str):
     up. Nothing runs in the cgroup before the daemon has protected it: this
     process only waits for the reply, and execs only after it. The daemon's
     own move of this process stays what commits the session.
+
+    The thread only writes to a descriptor opened here, and this thread
+    waits until it is about to: a thread that still needs the interpreter
+    lock would wait for it (up to its 5 ms switch interval) while this one
+    imports and talks to the daemon, and the wait would start that late.
     """
     import _thread
     done = _thread.allocate_lock()
     done.acquire()
+    try:
+        fd = os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        done.release()      # the daemon's move then does it, or says why not
+        return done
+    line = b"%d\n" % os.getpid()
+    going = _thread.allocate_lock()
+    going.acquire()
 
     def move() -> None:
         try:
-            cgroupfs.join(path)
+            going.release()
+            os.write(fd, line)      # the lock is free during the wait
         except OSError:
             pass        # the daemon's move then does it, or says why not
         finally:
+            os.close(fd)
             done.release()
     _thread.start_new_thread(move, ())
+    going.acquire(timeout=1)
     return done

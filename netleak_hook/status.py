@@ -150,7 +150,23 @@ def _fit(text: str, width: int) -> str:
     return text if len(text) <= width else "…" + text[-(width - 1):]
 
 
-def render(table: list[dict], width: int = 79) -> str:
+def lingering_lines(bindings: list[dict]) -> list[str]:
+    """A line per lingering interface (status's bindings): no session uses
+    it, and its rules and routes wait for the next one until the time left."""
+    return [f"{b['iface']}: lingering {b['lingering']:.1f}s more (no session: its rules and "
+            f"routes, table {b['table']}, wait for the next one)"
+            for b in bindings if b.get("lingering") is not None]
+
+
+def render(table: list[dict], width: int = 79, bindings: list[dict] = ()) -> str:
+    """The sessions as a table; BINDINGS (status's): the lingering ones
+    below it."""
+    text = _render(table, width)
+    extra = lingering_lines(list(bindings))
+    return "\n".join([text, *extra])
+
+
+def _render(table: list[dict], width: int) -> str:
     if not table:
         return "no sessions"
     # PASS and DROP count packets, REFUSED socket calls (connect, sendmsg,
@@ -189,7 +205,7 @@ def gather(cfg) -> dict:
     facts = {}
     shadows: dict[str, str | None] = {}
     try:
-        for iface in {s.iface for s in state.sessions.values() if s.iface}:
+        for iface in {s.iface for s in state.sessions.values() if s.iface} | set(state.bindings):
             links[iface] = netlink.read_link(ipr, iface)
         shadows = shadows_of(ipr, cfg, state, links)
         for s in state.sessions.values():
@@ -218,11 +234,26 @@ def gather(cfg) -> dict:
         for m in maps.values():
             if m is not None:
                 m.close()
+    now = time.time()
     return {"daemon_pid": store.daemon_pid(), "run_dir": store.path,
-            "bindings": [{"iface": b.iface, "mark": b.mark, "table": b.table,
-                          "ifindex": links[b.iface].index if links.get(b.iface) else None}
-                         for b in sorted(state.bindings.values(), key=lambda b: b.slot)],
-            "sessions": rows(state, facts, time.time())}
+            "bindings": binding_rows(state, links, now),
+            "sessions": rows(state, facts, now)}
+
+
+def binding_rows(state: State, links: dict, now: float) -> list[dict]:
+    """One row per bound interface; LINGERING: the seconds its set-up is
+    kept with no session (None while it has one)."""
+    unused = set(state.unused_bindings())
+    out = []
+    for b in sorted(state.bindings.values(), key=lambda b: b.slot):
+        link = links.get(b.iface)
+        until = state.lingering.get(b.iface)
+        out.append({"iface": b.iface, "mark": b.mark, "table": b.table,
+                    "ifindex": link.index if link else None,
+                    "sessions": len(state.sessions_on(b.iface)),
+                    "lingering": round(max(0.0, until - now), 1)
+                    if until is not None and b.iface in unused else None})
+    return out
 
 
 def shadows_of(ipr, cfg, state: State, links: dict) -> dict[str, str | None]:

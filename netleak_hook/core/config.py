@@ -23,6 +23,10 @@ DEFAULT_MAX_INTERFACES = 64
 # 1024 so no unprivileged program can take them while the daemon is away
 # (1021-1022: RFC 4727's experiment ports)
 DEFAULT_RELAY_PORT = 1021
+# how long an interface's set-up (rules, table routes) is kept once its last
+# session ended, for the next command on it to start without making it anew
+DEFAULT_LINGER_SECONDS = 5.0
+MAX_LINGER_SECONDS = 3600.0
 
 # (environment variable, attribute, kind: "str", "int", "float" or "bool")
 _ENV = (
@@ -37,6 +41,7 @@ _ENV = (
     ("NETLEAK_AUTOSTART", "autostart", "bool"),
     ("NETLEAK_EVENT_RATE", "event_rate", "int"),
     ("NETLEAK_RELAY_PORT", "relay_port", "int"),
+    ("NETLEAK_LINGER_SECONDS", "linger_seconds", "float"),
 )
 
 
@@ -49,7 +54,7 @@ class Config:
 
     __slots__ = ("run_dir", "bpf_dir", "cgroup_parent", "mark_base", "table_base",
                  "rule_priority", "max_interfaces", "log_file", "reconcile_seconds", "autostart",
-                 "event_rate", "relay_port")
+                 "event_rate", "relay_port", "linger_seconds")
 
     def __init__(self, run_dir: str | None = None, bpf_dir: str = "/sys/fs/bpf/netleak",
                  cgroup_parent: str = "netleak", mark_base: int = DEFAULT_MARK_BASE,
@@ -58,7 +63,8 @@ class Config:
                  max_interfaces: int = DEFAULT_MAX_INTERFACES,
                  log_file: str | None = None, reconcile_seconds: float = 1.0,
                  autostart: bool = True, event_rate: int = 50,
-                 relay_port: int = DEFAULT_RELAY_PORT) -> None:
+                 relay_port: int = DEFAULT_RELAY_PORT,
+                 linger_seconds: float = DEFAULT_LINGER_SECONDS) -> None:
         self.run_dir = run_dir            # None: /run/netleak/net-<netns inode>
         self.bpf_dir = bpf_dir
         self.cgroup_parent = cgroup_parent  # under the cgroup2 mount
@@ -76,6 +82,9 @@ class Config:
         # rest are counted as suppressed
         self.event_rate = event_rate
         self.relay_port = relay_port
+        # an interface no session uses any more keeps its rules and routes
+        # this long (0: removed at once)
+        self.linger_seconds = linger_seconds
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
@@ -135,6 +144,10 @@ class Config:
             raise NetleakError(
                 f"NETLEAK_RELAY_PORT={self.relay_port} must be between 1 and 1022 (it and "
                 f"the next port, privileged ones, serve proxy mode's relay)")
+        if not 0 <= self.linger_seconds <= MAX_LINGER_SECONDS:
+            raise NetleakError(
+                f"NETLEAK_LINGER_SECONDS={self.linger_seconds:g} must be between 0 (an "
+                f"interface's set-up goes with its last session) and {MAX_LINGER_SECONDS:g}")
         rel = self.cgroup_parent.strip("/")
         if not rel or {".", ".."} & set(rel.split("/")):
             raise NetleakError(

@@ -1,11 +1,11 @@
 """One error type for users, and the exit statuses netleak uses."""
 from __future__ import annotations
 
-import enum
 
-
-class Exit(enum.IntEnum):
-    """Exit statuses, as `env` and `podman run` use them."""
+class Exit:
+    """Exit statuses, as `env` and `podman run` use them (plain ints: enum,
+    with functools and collections, would cost every netleak-exec start
+    about a millisecond)."""
 
     OK = 0
     FAILURE = 1          # a netleak command (not a wrapped one) failed a check

@@ -74,12 +74,20 @@ def policy_for(s: Session, base: Policy, relay: tuple[int, int, int] = (0, 0, 0)
 class State:
     bindings: dict[str, Binding] = dataclasses.field(default_factory=dict)
     sessions: dict[str, Session] = dataclasses.field(default_factory=dict)
+    # bound interfaces no session uses, kept until then (the daemon's clock):
+    # the next session on one reuses its rules and routes
+    lingering: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def sessions_on(self, iface: str) -> list[Session]:
         return [s for s in self.sessions.values() if s.iface == iface]
 
     def with_session(self, s: Session) -> "State":
-        return dataclasses.replace(self, sessions={**self.sessions, s.id: s})
+        """S added (or updated); its interface, if it lingered, is in use again."""
+        lingering = self.lingering
+        if s.iface in lingering:
+            lingering = {k: v for k, v in lingering.items() if k != s.iface}
+        return dataclasses.replace(self, sessions={**self.sessions, s.id: s},
+                                   lingering=lingering)
 
     def without_session(self, sid: str) -> "State":
         return dataclasses.replace(
@@ -90,12 +98,55 @@ class State:
 
     def without_binding(self, iface: str) -> "State":
         return dataclasses.replace(
-            self, bindings={k: v for k, v in self.bindings.items() if k != iface})
+            self, bindings={k: v for k, v in self.bindings.items() if k != iface},
+            lingering={k: v for k, v in self.lingering.items() if k != iface})
 
     def unused_bindings(self) -> list[str]:
-        """Interfaces no session uses any more: their rules and routes go."""
+        """Interfaces no session uses any more: their rules and routes go
+        (at once, or when their linger ends)."""
         used = {s.iface for s in self.sessions.values()}
         return sorted(set(self.bindings) - used)
+
+    def with_lingering(self, lingering: dict[str, float]) -> "State":
+        """The unused bindings to keep, each until its time (others' entries
+        are not kept: a binding in use does not linger)."""
+        unused = set(self.unused_bindings())
+        return dataclasses.replace(
+            self, lingering={k: v for k, v in lingering.items() if k in unused})
+
+
+# why a session ended (daemon/sessions.py remove) when its interface's
+# set-up may linger: its workload is over, and the next command on that
+# interface may come soon; a set-up that failed, was given up or detached
+# on purpose goes at once
+LINGER_CAUSES = frozenset({"empty", "cgroup-gone", "unit-gone"})
+
+
+def lingers_after(cause: str) -> bool:
+    """Whether a session that ended so leaves its interface's set-up lingering."""
+    return cause in LINGER_CAUSES
+
+
+def unused_fate(state: State, now: float, linger: float,
+                starting: str = "") -> tuple[dict[str, float], list[str]]:
+    """What becomes of the bindings no session uses: (those kept lingering,
+    each with its deadline; those to release now). STARTING: the interface
+    that may start lingering now (its last session just ended for one of
+    LINGER_CAUSES), for LINGER seconds (0: none does). One whose deadline
+    passed goes, and so does one whose deadline lies further ahead than
+    LINGER (the clock was set back, the linger shortened): nothing outlives
+    the bound."""
+    keep: dict[str, float] = {}
+    release: list[str] = []
+    for iface in state.unused_bindings():
+        until = state.lingering.get(iface)
+        if until is None and iface == starting and linger > 0:
+            until = now + linger
+        if until is not None and now < until <= now + linger:    # NaN: released
+            keep[iface] = until
+        else:
+            release.append(iface)
+    return keep, release
 
 
 def to_json(state: State) -> str:
@@ -110,7 +161,9 @@ def to_json(state: State) -> str:
         rows = [f"  {json.dumps(k)}: {json.dumps(fields(v), sort_keys=True)}"
                 for k, v in sorted(items.items())]
         return "{\n" + ",\n".join(rows) + "\n }" if rows else "{}"
+    lingering = json.dumps(state.lingering, sort_keys=True)
     return (f'{{"version": {STATE_VERSION},\n "bindings": {table(state.bindings)},\n'
+            f' "lingering": {lingering},\n'
             f' "sessions": {table(state.sessions)}}}\n')
 
 
@@ -132,6 +185,7 @@ def from_json(text: str) -> State:
         return State(
             bindings={k: build(Binding, v) for k, v in (doc.get("bindings") or {}).items()},
             sessions={k: build(Session, v) for k, v in (doc.get("sessions") or {}).items()},
+            lingering={str(k): float(v) for k, v in (doc.get("lingering") or {}).items()},
         )
-    except (AttributeError, TypeError):
+    except (AttributeError, TypeError, ValueError):
         return State()

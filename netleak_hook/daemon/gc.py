@@ -49,6 +49,10 @@ class Collector:
         file lost them but their cgroup still runs), rules and routes of
         interfaces no session uses. Each phase runs even if another fails."""
         report: dict = {"reaped": step("reap", self.reaper.reap) or []}
+        # set-ups no session uses, lingering or left by a crash, go now
+        report["released"] = step("unused set-ups", self.links.release_unused) or []
+        if report["released"]:
+            self.holder.save()
         step("attach programs", self.ensure_attached)
         report["adopted"], report["entries_removed"] = \
             step("map entries", self.entries) or ([], 0)

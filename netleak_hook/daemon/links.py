@@ -55,14 +55,22 @@ class Links:
         if plan.learns_gateways(link, user4, user6):
             gw4, gw6 = self.net.default_gateways(link.index)
             via4, via6 = via4 or gw4, via6 or gw6
-        used = {b.slot for b in self.state.bindings.values()}
-        b = plan.make_binding(iface, used, self.cfg.mark_base, self.cfg.table_base,
-                              self.cfg.max_interfaces, via4, via6, user4, user6)
+        b = self._make_binding(iface, via4, via6, user4, user6)
+        if b is None and self.state.lingering:
+            # a slot held only by a lingering set-up is free for the asking
+            self.remove_binding(min(self.state.lingering, key=self.state.lingering.get))
+            b = self._make_binding(iface, via4, via6, user4, user6)
         if b is None:
             raise NetleakError(
                 f"all {self.cfg.max_interfaces} interface slots are in use: end "
                 f"sessions on other interfaces first")
         return b
+
+    def _make_binding(self, iface: str, via4: str | None, via6: str | None, user4: bool,
+                      user6: bool) -> plan.Binding | None:
+        used = {b.slot for b in self.state.bindings.values()}
+        return plan.make_binding(iface, used, self.cfg.mark_base, self.cfg.table_base,
+                                 self.cfg.max_interfaces, via4, via6, user4, user6)
 
     def current_index(self, iface: str) -> int | None:
         """IFACE's ifindex: as the events keep it, else read now."""
@@ -72,8 +80,17 @@ class Links:
         link = self.net.read_link(iface)
         return link.index if link else None
 
+    def release_unused(self) -> list[str]:
+        """Release every binding no session uses, lingering or not (gc, a
+        clean exit); returns them."""
+        unused = self.state.unused_bindings()
+        for iface in unused:
+            self.remove_binding(iface)
+        return unused
+
     def remove_binding(self, iface: str) -> None:
         b = self.state.bindings[iface]
+        lingered = iface in self.state.lingering
         self.holder.state = self.state.without_binding(iface)
         step(f"rules of {iface}", lambda: self.apply_rules(self.read_links()))
         routes = step(f"routes of {iface}", self.net.current_routes, b.table)
@@ -83,7 +100,7 @@ class Links:
         self.last_index.pop(iface, None)
         self.shadowed.pop(iface, None)
         note("release", "released %s (mark %#x, table %d)", iface, b.mark, b.table,
-             iface=iface, mark=b.mark, table=b.table)
+             iface=iface, mark=b.mark, table=b.table, lingered=lingered or None)
 
     # ---------- policy entries ----------
 

@@ -102,6 +102,10 @@ class Daemon:
             self.reaper.follow()
             self.reaper.follow_pinned()
             try:
+                self.sessions.expire_lingering()
+            except Exception:   # the next turn tries again; gc at the latest
+                log.exception("releasing lingering set-ups")
+            try:
                 ready = self.wait([self.listener, self.netlink_events, watch]
                                   + ([self.ring.reader] if self.ring.reader else []))
             except InterruptedError:
@@ -164,10 +168,13 @@ class Daemon:
             self.links.reconcile_all()
 
     def close(self) -> None:
-        """A clean exit: the relay stopped, the ring drained; with no session
-        left, nothing of this namespace's stays in the maps."""
+        """A clean exit: the relay stopped, the ring drained, lingering
+        set-ups released; with no session left, nothing of this namespace's
+        stays in the maps."""
         self.relays.close()
         self.ring.close()
+        if step("lingering set-ups", self.links.release_unused):
+            self.holder.save()
         if not self.state.sessions:
             step("local addresses", self.links.sync_locals, False)
 

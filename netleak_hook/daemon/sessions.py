@@ -9,7 +9,7 @@ import os
 from ..core import plan, proxyspec, validate
 from ..core.errors import NetleakError
 from ..core.policy import POLICY_SIZE, Stats, pack_key
-from ..core.state import Session, policy_for
+from ..core.state import Session, lingers_after, policy_for, unused_fate
 from .notes import log, note, step
 from .units import UnitSessions, unit_name_ok
 
@@ -322,8 +322,32 @@ class Sessions(UnitSessions):
              dropped=stats.dropped, suppressed=stats.events_suppressed)
         if s.proxy:
             self.relays.close_if_unused()
-        unused = self.state.unused_bindings()
-        for iface in unused:
-            self.links.remove_binding(iface)
-        if s.mark and not unused:
+        released = self.settle_unused(s.iface if lingers_after(cause) else "")
+        if s.mark and s.iface not in released:
             step("rules of its own", lambda: self.links.apply_rules(self.links.read_links()))
+
+    def settle_unused(self, starting: str = "") -> list[str]:
+        """Bindings no session uses: STARTING (the interface whose last
+        session just ended by itself) lingers, for the next session on it to
+        find its rules and routes in place; those whose linger is over, and
+        any other, are released. Returns the released ones."""
+        keep, release = unused_fate(self.state, self.clock(), self.cfg.linger_seconds,
+                                    starting)
+        fresh = [i for i in keep if i not in self.state.lingering]
+        for iface in release:
+            self.links.remove_binding(iface)
+        self.holder.state = self.state.with_lingering(keep)
+        for iface in fresh:
+            b = self.state.bindings[iface]
+            note("linger", "%s: no session left; its rules and routes stay %gs for the "
+                 "next one (table %d)", iface, self.cfg.linger_seconds, b.table,
+                 iface=iface, seconds=self.cfg.linger_seconds, table=b.table)
+        return release
+
+    def expire_lingering(self) -> None:
+        """Release the lingering bindings whose time is over (each turn of
+        the daemon's loop: a few comparisons when nothing is due)."""
+        if not self.state.lingering:
+            return
+        if self.settle_unused():
+            self.holder.save()

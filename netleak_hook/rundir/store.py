@@ -7,7 +7,6 @@ else (safedir), and every file in it is opened relative to it, never
 through a link."""
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 
@@ -106,8 +105,7 @@ class Store:
         from ..core.state import to_json
         dfd = self.dir_fd(create=True)
         tmp = f".state.{os.getpid()}.tmp"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp, dir_fd=dfd)      # a crash's leftover of this pid
+        _unlink(tmp, dfd)           # a crash's leftover of this pid
         fd = self.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         try:
             with os.fdopen(fd, "w") as f:
@@ -117,8 +115,7 @@ class Store:
             # and against a crash of this process.
             os.replace(tmp, self.STATE, src_dir_fd=dfd, dst_dir_fd=dfd)
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp, dir_fd=dfd)
+            _unlink(tmp, dfd)
             raise
 
     # ---------- the daemon ----------
@@ -157,5 +154,13 @@ class Store:
 
     def remove(self, name: str) -> None:
         """Unlink NAME in the run directory; gone already is fine."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name, dir_fd=self.dir_fd())
+        _unlink(name, self.dir_fd())
+
+
+def _unlink(name: str, dir_fd: int) -> None:
+    """Unlink NAME in DIR_FD; gone already is fine. (Not contextlib: it is
+    on netleak-exec's warm path, and brings functools and collections.)"""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass

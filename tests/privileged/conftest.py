@@ -19,6 +19,7 @@ from tests.helpers import alive, wait_until  # noqa: F401  (kept importable from
 from tests.privileged import podman
 
 EXEC = [sys.executable, "-m", "netleak_hook.execcmd"]
+LINGER = "0.3"      # the suite's NETLEAK_LINGER_SECONDS
 CLI = [sys.executable, "-m", "netleak_hook.cli"]
 
 
@@ -29,7 +30,11 @@ class World:
         self.lab = the_lab
         self.run_dir = run_dir
         self.parent = parent
-        self.env = dict(os.environ, NETLEAK_RUN_DIR=run_dir, NETLEAK_CGROUP_PARENT=parent)
+        # an interface's set-up lingers this long after its last session:
+        # short, so "nothing left behind" is checked past its bound, not
+        # before it (test_linger.py sets its own)
+        self.env = dict(os.environ, NETLEAK_RUN_DIR=run_dir, NETLEAK_CGROUP_PARENT=parent,
+                        NETLEAK_LINGER_SECONDS=LINGER)
 
     def events_only(self) -> None:
         """The daemon started after this runs its full pass once an hour
@@ -232,8 +237,9 @@ def world(request):
         yield w
         # Nothing left behind once the workload is gone and the reaper ran.
         assert wait_until(lambda: w.sessions() == 0), "sessions not reaped"
-        assert wait_until(lambda: not w.our_rules()), w.rules()
-        assert w.our_routes() == ""
+        # (a lingering set-up included: its bound is the suite's LINGER)
+        assert wait_until(lambda: not w.our_rules() and w.our_routes() == ""), \
+            (w.rules(), w.our_routes())
         assert w.cgroups() == []
         assert policy_keys() <= keys_before, "policy map entries left behind"
         # a daemon that exits takes its own cgroup and the parent along
@@ -284,7 +290,8 @@ class Pods:
         self.ns = world.lab.nsenter(world.lab.host)
         pm.install_hook({"NETLEAK_RUN_DIR": world.run_dir,
                          "NETLEAK_CGROUP_PARENT": world.parent,
-                         "NETLEAK_BPF_DIR": os.environ["NETLEAK_BPF_DIR"]})
+                         "NETLEAK_BPF_DIR": os.environ["NETLEAK_BPF_DIR"],
+                         "NETLEAK_LINGER_SECONDS": LINGER})
 
     def run(self, *args: str, **kw) -> subprocess.CompletedProcess:
         """podman run ..., in HOST."""

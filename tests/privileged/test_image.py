@@ -15,6 +15,7 @@ import pytest
 from netleak_hook.kernel import programs
 from tests.helpers import wait_until
 from tests.privileged import podman
+from tests.privileged.conftest import LINGER
 from tests.privileged.podman import ANN, HOST, VPN, client
 
 pytestmark = [pytest.mark.privileged, pytest.mark.container]
@@ -44,7 +45,7 @@ def test_agent_installs_the_hook_and_protects_containers(world, pods, agent_imag
     lib.mkdir()
     os.unlink(os.path.join(pm.hooks_dir, "netleak.json"))   # the agent writes it
     env = {"NETLEAK_RUN_DIR": world.run_dir, "NETLEAK_CGROUP_PARENT": world.parent,
-           "NETLEAK_BPF_DIR": bpf_dir}
+           "NETLEAK_BPF_DIR": bpf_dir, "NETLEAK_LINGER_SECONDS": LINGER}
     r = pods.run(
         "-d", "--name", "agent", "--privileged", "--pid=host", HOST, "--cgroupns=host",
         "-v", "/sys/fs/cgroup:/sys/fs/cgroup", "-v", "/sys/fs/bpf:/sys/fs/bpf",

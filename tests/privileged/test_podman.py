@@ -102,8 +102,9 @@ def test_container_ended_by_podman_leaves_no_state(world, pods, how):
     verb = how.split()
     r = pods.podman(*verb, *(["-t", "0"] if verb[0] == "rm" else []), "gone")
     assert r.returncode == 0, r.stderr
-    assert wait_until(lambda: world.sessions() == 0 and not world.our_rules(), timeout=15)
-    assert world.our_routes() == ""
+    # (past the suite's linger: rules and routes both)
+    assert wait_until(lambda: world.sessions() == 0 and not world.our_rules()
+                      and world.our_routes() == "", timeout=15)
     assert policy_keys() <= keys
 
 

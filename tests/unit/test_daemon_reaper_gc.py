@@ -285,7 +285,7 @@ def test_gc_pass_reports_every_phase_and_attaches_missing_programs():
     w.journal.clear()
     report = w.gc.gc()
     assert report == {"reaped": [], "adopted": [], "entries_removed": 1,
-                      "routes_removed": 0, "cgroups_removed": ["exec-dead-4242"],
+                      "routes_removed": 0, "cgroups_removed": ["exec-dead-4242"], "released": [],
                       "sessions": 1}
     assert ("progs", "attach", s.cgroup) in w.journal
 

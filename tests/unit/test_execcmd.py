@@ -253,3 +253,55 @@ def test_exec_unknown_option():
     r = _run("--bogus", "wg0", "true")
     assert r.returncode == 125
     assert r.stderr.count("\n") == 1
+
+
+# ---------- getopt (netleak-exec's own: the module would import re) ----------
+
+def _stdlib(argv, shorts, longs):
+    import getopt
+    try:
+        opts, rest = getopt.getopt(argv, shorts, list(longs))
+    except getopt.GetoptError as e:
+        return ("error", e.msg)
+    return (opts, rest)
+
+
+def _ours(argv, shorts, longs):
+    try:
+        return execcmd.getopt(argv, shorts, longs)[:2]
+    except NetleakError as e:
+        return ("error", e.message)
+
+
+@pytest.mark.parametrize("argv,ended", [
+    (["--", "wg0"], True), (["-u", "x", "--", "wg0"], True), (["wg0", "--"], False),
+    (["-u", "--", "wg0"], False), (["-u", "--", "--", "wg0"], True),
+    (["--user", "--", "wg0"], False), (["--user=--", "--", "wg0"], True), ([], False)])
+def test_getopt_says_whether_a_double_dash_ended_the_options(argv, ended):
+    assert execcmd.getopt(argv, execcmd.SHORT_OPTIONS, execcmd.LONG_OPTIONS)[2] is ended
+
+
+WORDS = ["-h", "-u", "-ualice", "-hu", "-hualice", "-x", "-", "--", "--help", "--he",
+         "--user", "--user=bob", "--us=bob", "--via", "--via=", "--v", "--ver", "--version=1",
+         "--block", "--block=yes", "--proxy", "--proxy=socks5://h:1", "--proxy-f=f",
+         "--pro", "--nope", "--dump", "--keep-fds", "wg0", "curl", "-u:", "-:", "x=y"]
+
+
+def test_getopt_parses_as_the_standard_module_does():
+    from hypothesis import given, settings, strategies as st
+
+    @settings(max_examples=600, deadline=None)
+    @given(st.lists(st.sampled_from(WORDS), max_size=6))
+    def check(argv):
+        assert _ours(argv, execcmd.SHORT_OPTIONS, execcmd.LONG_OPTIONS) == \
+            _stdlib(argv, execcmd.SHORT_OPTIONS, execcmd.LONG_OPTIONS), argv
+    check()
+
+
+def test_netleak_exec_does_not_import_getopt_or_re():
+    code = ("import sys, netleak_hook.execcmd as e; e.parse(['-u', 'x', '--via=192.0.2.1', "
+            "'wg0', 'true']); print(' '.join(m for m in ('getopt', 'gettext', 're') "
+            "if m in sys.modules))")
+    r = subprocess.run([os.path.join(ROOT, ".venv", "bin", "python"), "-c", code],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.strip() == "", r.stdout + r.stderr

@@ -36,3 +36,21 @@ def test_other_refusals_are_not_worked_around(systemd_host, monkeypatch):
     with pytest.raises(NetleakError, match="no interface"):
         execsetup.open_exec_session(Config(), "wg0", None, None)
     assert systemd_host == []
+
+
+# ---------- the move in the background ----------
+
+def test_the_background_move_writes_this_process_to_cgroup_procs(tmp_path):
+    import os
+    procs = tmp_path / "cgroup.procs"
+    procs.write_text("")
+    done = execsetup._move_in_background(str(tmp_path))
+    execsetup._wait(done)
+    assert procs.read_text() == f"{os.getpid()}\n"
+    assert done.acquire(blocking=False)         # free once the move is over
+
+
+def test_a_move_that_cannot_begin_leaves_it_to_the_daemon(tmp_path):
+    done = execsetup._move_in_background(str(tmp_path / "gone"))
+    assert done.acquire(blocking=False)
+

@@ -162,3 +162,39 @@ def test_every_package_is_packaged():
     found = {"netleak_hook"} | {f"netleak_hook.{p.parent.name}"
                                 for p in PKG.glob("*/__init__.py")}
     assert listed == found
+
+
+# standard modules netleak-exec does without: each costs its start (re through
+# json's decoder and getopt's gettext; functools and collections through
+# enum and contextlib; socket.py's enums and selectors)
+WARM_PATH_AVOIDED = ("getopt", "gettext", "re", "json", "socket", "selectors", "enum",
+                     "functools", "collections", "contextlib", "dataclasses", "typing",
+                     "ipaddress")
+
+
+def warm_path_loads(extra: str = "") -> list[str]:
+    """The modules of WARM_PATH_AVOIDED loaded once netleak-exec's warm path
+    ran its pure steps (parse and checks of a plain command line, the
+    client's JSON both ways), and EXTRA."""
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(PKG.parent)!r})\n"
+        "from netleak_hook import execcmd, execsetup, client\n"
+        "from netleak_hook.kernel import confine, systemd\n"
+        "execcmd.checked(execcmd.parse(['-u', 'nobody', 'wg0', 'true']), None)\n"
+        "client.loads(client.dumps({'op': 'open', 'dns': ['10.0.0.1'], 'x': None}))\n"
+        f"{extra}\n"
+        f"print(' '.join(m for m in {WARM_PATH_AVOIDED!r} if m in sys.modules))\n"
+    )
+    r = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()
+
+
+def test_exec_warm_path_does_without_costly_standard_modules():
+    assert warm_path_loads() == []
+    # positive controls: the probe sees one that is loaded, and --via's check
+    assert {"re", "json"} <= set(warm_path_loads("import json"))
+    assert "ipaddress" in warm_path_loads(
+        "execcmd.checked(execcmd.parse(['--via', '192.0.2.1', 'wg0', 'true']), None)")
