@@ -37,11 +37,11 @@ sys.path.insert(0, ROOT)
 from bench import report  # noqa: E402
 from netleak_hook import lab  # noqa: E402
 
-FULL = dict(start_rounds=40, cold_rounds=5, traffic_rounds=25, traffic_seconds=2,
-            connects=3000, sessions=1000, scale_rounds=15, reap_rounds=5, test_runs=15,
+FULL = dict(start_rounds=40, cold_rounds=5, lone_rounds=20, paused_rounds=10,
+            traffic_rounds=25, traffic_seconds=2, connects=3000, sessions=1000, scale_rounds=15, reap_rounds=5, test_runs=15,
             proxy_rounds=15, proxy_seconds=2, proxy_connects=200)
-QUICK = dict(start_rounds=3, cold_rounds=1, traffic_rounds=2, traffic_seconds=1,
-             connects=200, sessions=20, scale_rounds=2, reap_rounds=1, test_runs=2,
+QUICK = dict(start_rounds=3, cold_rounds=1, lone_rounds=3, paused_rounds=2,
+             traffic_rounds=2, traffic_seconds=1, connects=200, sessions=20, scale_rounds=2, reap_rounds=1, test_runs=2,
              proxy_rounds=2, proxy_seconds=1, proxy_connects=200)
 PARTS = ("start", "traffic", "proxy", "program", "scale")
 # the traffic figures whose runs inside a session have the programs' costs
@@ -53,6 +53,13 @@ TRAFFIC_LABELS = {"tcp_throughput": "TCP throughput", "udp_64b_rate": "UDP 64-by
 PROXY4, PROXY_PORT, SINK_PORT = "203.0.113.20", 1080, 8082
 BULK = os.path.join(ROOT, "bench", "bulk.py")
 PROXYD = os.path.join(ROOT, "tests", "proxyd.py")
+
+# the warm start's baseline, and the command under netleak-exec beside it:
+# the system's interpreter, not the venv's
+SYSTEM_PYTHON = ["/usr/bin/python3", "-c", "pass"]
+# the least pause before a lone start "after a pause"; longer when netleak
+# says how long an interface's set-up lingers after its last session
+LONE_PAUSE_SECONDS = 3.0
 
 CONNECT_PORT = 8081
 # connect() and close, N times; prints connects per second. SO_LINGER 0
@@ -123,6 +130,31 @@ def prog_snapshot(bpf_dir: str) -> dict[str, tuple[int, int]]:
     return out
 
 
+def linger_seconds(env: dict) -> float | None:
+    """How long netleak keeps an interface's set-up after its last session,
+    when it says so (NETLEAK_LINGER_SECONDS, or a config attribute named
+    for it); None when it does not."""
+    raw = env.get("NETLEAK_LINGER_SECONDS")
+    if raw is None:
+        try:
+            from netleak_hook.core.config import Config
+            cfg = Config.from_env(env)
+            raw = next((getattr(cfg, a) for a in dir(cfg) if "linger" in a), None)
+        except Exception:       # any version of the config: not ours to judge here
+            raw = None
+    try:
+        return float(raw) if raw is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def lone_pause(env: dict) -> float:
+    """The pause before a lone start: LONE_PAUSE_SECONDS, or a second more
+    than the linger when that is longer."""
+    linger = linger_seconds(env)
+    return max(LONE_PAUSE_SECONDS, linger + 1.0) if linger is not None else LONE_PAUSE_SECONDS
+
+
 def machine() -> dict:
     def first(path: str, key: str, default: str = "?") -> str:
         try:
@@ -174,6 +206,7 @@ class Bench:
         self.own.__enter__()
         try:
             self.world.__enter__()
+            self.idle_rules = self.rules()      # no session yet: the lab's own
         except BaseException:
             self.own.__exit__(None, None, None)
             raise
@@ -241,30 +274,86 @@ class Bench:
             lab.stop_daemon(self.own.run_dir)
             programs.remove_pins(self.own.bpf_dir)
             cold.append(self.timed([self.exec_bin, "vpn0", "true"]))
-        holder, _ = self.hold()      # warm: the daemon is up and vpn0 bound
         other = self.plan.get("compare")
         # byte code written first, so neither tree is timed compiling
         for tree in (ROOT, other) if other else (ROOT,):
             compileall.compile_dir(os.path.join(tree, "netleak_hook"), quiet=1)
-        warm, py, before = [], [], []
-        for _ in range(p["start_rounds"]):
+        self._start_lone()
+        holder, _ = self.hold()      # warm: the daemon is up and vpn0 bound
+        warm, py, before, held, held_py = [], [], [], [], []
+        for r in range(p["start_rounds"]):
             warm.append(self.timed([self.exec_bin, "vpn0", "true"]))
             py.append(self.timed([sys.executable, "-c", "pass"]))
+            for mine in ((True, False) if r % 2 == 0 else (False, True)):
+                (held if mine else held_py).append(
+                    self.timed(([self.exec_bin, "vpn0"] if mine else []) + SYSTEM_PYTHON))
             if other:
                 before.append(self.timed([sys.executable, os.path.join(
                     other, "bin", "netleak-exec"), "vpn0", "true"], pythonpath=other))
         holder.kill()
         holder.wait()
         ms = [x * 1000 for x in warm]
-        self.add("warm_start", "warm start: `netleak-exec vpn0 true`", "ms", ms,
-                 [x * 1000 for x in py], "`python3 -c pass`", goal="ratio <= 3", paired=True)
+        self.add("warm_start_held", "warm start beside a holder session on vpn0: "
+                 "`netleak-exec vpn0 python3 -c pass`", "ms", [x * 1000 for x in held],
+                 [x * 1000 for x in held_py], "`python3 -c pass`", goal="ratio <= 3",
+                 paired=True)
+        self.add("warm_start", "warm start, the kinder case (a holder session on vpn0, "
+                 "`true` against a Python): `netleak-exec vpn0 true`", "ms", ms,
+                 [x * 1000 for x in py], "`python3 -c pass`", paired=True)
         if other:
-            self.add("warm_start_compare", "warm start, this tree vs --compare's", "ms", ms,
-                     [x * 1000 for x in before], os.path.basename(other.rstrip("/")),
-                     paired=True)
+            self.add("warm_start_compare", "warm start beside a holder, this tree vs "
+                     "--compare's", "ms", ms, [x * 1000 for x in before],
+                     os.path.basename(other.rstrip("/")), paired=True)
         self.add("cold_start", "cold start (no pins, no daemon)", "ms",
-                 [x * 1000 for x in cold], ms, "warm start")
+                 [x * 1000 for x in cold], ms, "warm start beside a holder")
         self.wait_sessions(0)
+
+    def _start_lone(self) -> None:
+        """Warm start alone on vpn0: the daemon up and the pins there, no
+        other session on the interface. Back to back: each round once the
+        last one's session is reaped (a linger may still hold vpn0's set-up).
+        After a pause: also once its rules are gone, and a pause longer than
+        any linger (as one command at a time meets it)."""
+        p = self.plan
+        pause = lone_pause(self.env)
+        print(f"  lone starts: back to back, and after a {pause:.1f} s pause", flush=True)
+        b2b, b2b_py, paused, paused_py = [], [], [], []
+        for paused_round, rounds in ((False, p["lone_rounds"]), (True, p["paused_rounds"])):
+            mine_runs, base_runs = (paused, paused_py) if paused_round else (b2b, b2b_py)
+            for r in range(rounds):
+                self.wait_sessions(0, timeout=60)
+                if paused_round:
+                    time.sleep(pause)
+                    self.wait_rules(self.idle_rules, timeout=60)
+                self.ensure_daemon_up()
+                for mine in ((True, False) if r % 2 == 0 else (False, True)):
+                    (mine_runs if mine else base_runs).append(1000 * self.timed(
+                        ([self.exec_bin, "vpn0"] if mine else []) + SYSTEM_PYTHON))
+        self.wait_sessions(0, timeout=60)
+        self.add("warm_start_lone_paused", f"warm start alone on vpn0, after a {pause:.0f} s "
+                 "pause (no session, no rules): `netleak-exec vpn0 python3 -c pass`", "ms",
+                 paused, paused_py, "`python3 -c pass`", goal="ratio <= 3", paired=True)
+        self.add("warm_start_lone", "warm start alone on vpn0, back to back (the last "
+                 "session just reaped)", "ms", b2b, b2b_py, "`python3 -c pass`", paired=True)
+        self.series["lone_pause_seconds"] = pause
+
+    def ensure_daemon_up(self) -> None:
+        """The daemon running (it leaves after a minute without sessions):
+        started by an untimed session if it is not."""
+        from netleak_hook.rundir.store import Store
+        if Store(self.own.run_dir).daemon_pid() is None:
+            print("  (the daemon was not running: started by an untimed session)", flush=True)
+            self.timed([self.exec_bin, "vpn0", "true"])
+            self.wait_sessions(0, timeout=60)
+
+    def wait_rules(self, n: int, timeout: float) -> None:
+        """Until HOST has N routing rules (netleak's of the last session gone)."""
+        deadline = time.monotonic() + timeout
+        while self.rules() != n:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"bench: {self.rules()} routing rules {timeout:.0f} s after "
+                                 f"the last session, expected {n}")
+            time.sleep(0.02)
 
     # ----- traffic on one path, inside a session and outside -----
 
@@ -610,6 +699,7 @@ class Bench:
     # ----- many sessions at once -----
 
     def rules(self) -> int:
+        """Routing rules of HOST, both families."""
         return sum(len(self.world.ip(self.world.host, fam, "rule").stdout.splitlines())
                    for fam in ("-4", "-6"))
 
