@@ -29,6 +29,7 @@ import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -39,7 +40,7 @@ from netleak_hook import lab  # noqa: E402
 
 FULL = dict(start_rounds=40, cold_rounds=5, lone_rounds=20, paused_rounds=10,
             traffic_rounds=25, traffic_seconds=2, connects=3000, sessions=1000, scale_rounds=15, reap_rounds=5, test_runs=15,
-            proxy_rounds=15, proxy_seconds=2, proxy_connects=200)
+            proxy_rounds=10, proxy_seconds=1, proxy_connects=200)
 QUICK = dict(start_rounds=3, cold_rounds=1, lone_rounds=3, paused_rounds=2,
              traffic_rounds=2, traffic_seconds=1, connects=200, sessions=20, scale_rounds=2, reap_rounds=1, test_runs=2,
              proxy_rounds=2, proxy_seconds=1, proxy_connects=200)
@@ -48,11 +49,16 @@ PARTS = ("start", "traffic", "proxy", "program", "scale")
 TRAFFIC_LABELS = {"tcp_throughput": "TCP throughput", "udp_64b_rate": "UDP 64-byte",
                   "connect_rate": "TCP connect() + close"}
 
-# proxy mode: the test proxy on an address of its own in NET, a sink by the
-# server's address; bench/bulk.py is the sender, the connect loop and the sink
-PROXY4, PROXY_PORT, SINK_PORT = "203.0.113.20", 1080, 8082
+# proxy mode: microsocks on an address of its own in NET, a source by the
+# server's address; bench/bulk.py is the source, the fetcher and the connect loop
+PROXY4, PROXY_PORT, SOURCE_PORT = "203.0.113.20", 1080, 8083
 BULK = os.path.join(ROOT, "bench", "bulk.py")
-PROXYD = os.path.join(ROOT, "tests", "proxyd.py")
+# the relay's forwarding modes, each measured with the daemon started with
+# NETLEAK_RELAY_FORWARD set to it ("auto" is one of them)
+RELAY_MODES = ("splice", "sockmap")
+# the paths through the proxy, in a round's order (reversed every other round)
+PROXY_PATHS = (*(f"netleak:{m}" for m in RELAY_MODES), "proxychains4", "own")
+PROXY_STARTS = 3        # starts of the one-connection client per path and round
 
 # the warm start's baseline, and the command under netleak-exec beside it:
 # the system's interpreter, not the venv's
@@ -194,12 +200,16 @@ class Bench:
         self.own = lab.Isolated("bench")
         self.world = lab.Lab(f"nlbench{os.getpid() % 1000}")
         self.figures: list[report.Figure] = []
+        self.rows: list[report.Figure | report.Missing] = []     # the table's, in order
         self.series: dict[str, list] = {}
         self.failures: dict[str, str] = {}      # part -> why it has no figures
         # (workload, {program: (ns, runs)}) of each traffic run inside a
         # session, counted by the kernel; None while its counting is off
         self.prog_runs: list[tuple[str, dict]] | None = None
         self._proxy_pid: int | None = None
+        self._pc_dir = ""                       # proxychains4's configuration
+        self._relay_mode = ""                   # that the running daemon was started with
+        self.proxy_peers: list[dict] = []
         self.program_costs: list[dict] = []
 
     def __enter__(self) -> "Bench":
@@ -225,9 +235,15 @@ class Bench:
     def add(self, *args, **kw) -> report.Figure:
         f = report.figure(*args, **kw)
         self.figures.append(f)
+        self.rows.append(f)
         print(f"  {f.label}: {f.value:,.3f} {f.unit} vs {f.baseline:,.3f} "
               f"({f.baseline_label}), ratio {f.ratio:.3f}", flush=True)
         return f
+
+    def missing(self, key: str, label: str, why: str, goal: str = "") -> None:
+        """A row of the table that has no figure: not measured, and why."""
+        self.rows.append(report.Missing(key, label, why, goal))
+        print(f"  {label}: not measured ({why})", flush=True)
 
     def timed(self, argv: list[str], pythonpath: str = "") -> float:
         env = dict(self.env, PYTHONPATH=pythonpath) if pythonpath else self.env
@@ -463,33 +479,51 @@ class Bench:
                  "outside", goal="ratio >= 0.97", paired=True)
         self.add("connect_rate", "TCP connect() + close", "conn/s", conn_in, conn_out,
                  "outside", goal="ratio >= 0.95", paired=True)
+        self._connect_share(conn_out)
 
-    # ----- proxy mode: through the relay, and without it -----
+    def _connect_share(self, conn_out: list[float]) -> None:
+        """netleak's programs' ns per connect in each connect loop inside
+        (the kernel's count, all programs summed) against the ns a connect
+        takes outside in the same round."""
+        label = "connect share: netleak's programs' time per connect (bpf_stats)"
+        goal = "ratio <= 0.05"
+        if self.prog_runs is None:
+            self.missing("connect_share", label, "kernel.bpf_stats_enabled absent", goal)
+            return
+        ns = [report.ns_per(d, self.plan["connects"]) for w, d in self.prog_runs
+              if w == "connect_rate"]
+        self.add("connect_share", label, "ns", ns, [1e9 / x for x in conn_out],
+                 "a connect() + close outside", goal=goal, paired=True)
+
+    # ----- proxy mode against its peers, through the same proxy -----
 
     def proxy(self) -> None:
-        """Bulk TCP and connection set-up through the proxy: the sender
-        and connect loop of bench/bulk.py under `netleak-exec --proxy`
-        (their connect() goes to the relay, which does the SOCKS5
-        handshake) next to the same programs outside netleak doing the
-        handshake themselves, with the same proxy and sink. The proxy's own
-        cost is in both; the difference is the relay. A failure is
+        """The same programs of bench/bulk.py (a trivial client, a connect
+        loop, a bulk download) through the same microsocks, four ways:
+        under `netleak-exec --proxy` with the daemon started in each relay
+        forwarding mode, under proxychains4, and doing the SOCKS5 handshake
+        themselves. Each round runs every path once, the order reversed
+        every other round (one daemon restart a round). A failure is
         reported (and the part left out of the table), never waited on."""
         p = self.plan
-        print("proxy mode: through the relay, and the client's own SOCKS5", flush=True)
+        print("proxy mode: netleak by relay mode, proxychains4 and the client's own "
+              "SOCKS5, through one microsocks", flush=True)
         started: list[Proc] = []
+        runs: dict[str, list[dict]] = {path: [] for path in PROXY_PATHS}
+        status: dict[str, str] = {}
         try:
+            for tool in ("microsocks", "proxychains4"):
+                if shutil.which(tool) is None:
+                    raise ProxyFailed(f"{tool} is missing: 'make bench' installs it")
             self._proxy_servers(started)
-            for relay in (True, False):     # warm-up (the relay starts), and a check
-                self._bulk(relay, seconds=0.2)
-                self._connect_ms(relay, 5)
-            bulk = {True: [], False: []}
-            setup = {True: [], False: []}
+            for path in PROXY_PATHS:
+                self._path_ready(path, status)
+            order = list(PROXY_PATHS)
             for r in range(p["proxy_rounds"]):
-                order = (True, False) if r % 2 == 0 else (False, True)
-                for relay in order:
-                    bulk[relay].append(self._bulk(relay, p["proxy_seconds"]))
-                for relay in order:
-                    setup[relay].append(self._connect_ms(relay, p["proxy_connects"]))
+                for path in order:
+                    self._path_ready(path, status)
+                    runs[path].append(self._proxy_round(path))
+                order.reverse()
         except (ProxyFailed, OSError, subprocess.SubprocessError, ValueError) as e:
             return self._proxy_failed(e)
         except SystemExit as e:
@@ -498,31 +532,43 @@ class Bench:
             return self._proxy_failed(e.code)
         finally:
             self._proxy_cleanup(started)
-        gbit = {k: [x["gbit"] for x in v] for k, v in bulk.items()}
-        self.add("proxy_throughput", "TCP throughput through the proxy: "
-                 "`netleak-exec --proxy socks5://…` (relay)", "Gbit/s", gbit[True],
-                 gbit[False], "client's own SOCKS5, same proxy", goal="ratio >= 0.8",
-                 paired=True)
-        ms = {k: [x["median_ms"] for x in v] for k, v in setup.items()}
-        self.add("proxy_connect", f"connect + first byte through the proxy "
-                 f"({p['proxy_connects']} in a row, median)", "ms", ms[True],
-                 ms[False], "client's own SOCKS5, same proxy", paired=True)
-        # where the CPU goes: seconds per GB moved, each part (median of runs)
-        cpu = {}
-        for relay, runs in bulk.items():
-            cpu["relay" if relay else "direct"] = report.per_unit(
-                [x["cpu"] for x in runs], [x["bytes"] / 1e9 for x in runs])
-        for relay, k in ((True, "relay"), (False, "direct")):
-            busy = statistics.median(x["busy"] for x in bulk[relay])
-            print(f"  CPU ms per GB, {k}: " +
-                  ", ".join(f"{part} {sec * 1000:.0f}" for part, sec in cpu[k].items()) +
-                  f"; machine {busy:.0%} busy", flush=True)
-        self.series["proxy_bulk"] = [dict(x, relay=k) for k, v in bulk.items() for x in v]
-        self.series["proxy_connect"] = [dict(x, relay=k) for k, v in setup.items()
-                                        for x in v]
-        self.series["proxy_cpu_ms_per_gb"] = [
-            {"path": k, **{part: round(sec * 1000, 1) for part, sec in v.items()}}
-            for k, v in cpu.items()]
+        self._proxy_figures(runs, status)
+
+    def _proxy_figures(self, runs: dict[str, list[dict]], status: dict[str, str]) -> None:
+        p = self.plan
+
+        def col(path: str, what: str) -> list[float]:
+            return [x[what] for x in runs[path]]
+
+        own, pc = "own", "proxychains4"
+        for mode in RELAY_MODES:
+            path = f"netleak:{mode}"
+            name = f"`netleak-exec --proxy` ({mode})"
+            self.add(f"proxy_bulk_{mode}", f"proxy download: {name}", "MB/s",
+                     col(path, "mbps"), col(own, "mbps"), "client's own SOCKS5",
+                     goal="ratio >= 0.97", paired=True)
+            self.add(f"proxy_connect_{mode}", f"proxy connect + first byte, median of "
+                     f"{p['proxy_connects']}: {name}", "ms", col(path, "connect_ms"),
+                     col(pc, "connect_ms"), "proxychains4", goal="ratio <= 1.2", paired=True)
+            self.add(f"proxy_start_{mode}", f"proxy start, a one-connection client: {name}",
+                     "ms", col(path, "start_ms"), col(pc, "start_ms"), "proxychains4",
+                     paired=True)
+            self.add(f"proxy_machine_cpu_{mode}", f"proxy download, machine CPU per GB: "
+                     f"{name}", "s/GB", col(path, "machine_s_per_gb"),
+                     col(own, "machine_s_per_gb"), "client's own SOCKS5", paired=True)
+        self.add("proxy_bulk_proxychains4", "proxy download: proxychains4", "MB/s",
+                 col(pc, "mbps"), col(own, "mbps"), "client's own SOCKS5", paired=True)
+        if "sockmap" in RELAY_MODES and "splice" in RELAY_MODES:
+            self.add("relay_cpu_sockmap", "relay (daemon) CPU per GB: sockmap mode", "s/GB",
+                     col("netleak:sockmap", "relay_s_per_gb"),
+                     col("netleak:splice", "relay_s_per_gb"), "splice mode",
+                     goal="ratio <= 0.1", paired=True)
+        self.proxy_peers = report.peer_columns(
+            {path: runs[path] for path in PROXY_PATHS}, status)
+        print(report.peer_table(self.proxy_peers), flush=True)
+        self.series["proxy_runs"] = [dict(x, path=path) for path in PROXY_PATHS
+                                     for x in runs[path]]
+        self.series["relay_forward"] = status
 
     def _proxy_failed(self, why: object) -> None:
         why = " ".join(str(why).split()) or "failed"
@@ -532,35 +578,100 @@ class Bench:
     def _proxy_servers(self, started: list) -> None:
         w = self.world
         w.ip(w.net, "addr", "add", f"{PROXY4}/32", "dev", "lo")
-        for name, argv in (
-                ("proxy", [sys.executable, PROXYD, "--kind", "socks5", "--listen",
-                           f"{PROXY4}:{PROXY_PORT}", "--source", PROXY4]),
-                ("sink", [sys.executable, BULK, "sink", lab.SERVER4, str(SINK_PORT)])):
-            proc = Proc(name, w.nsenter(w.net) + argv)
-            started.append(proc)
-            line = proc.line(10)
-            if not line.startswith("ready"):
-                raise ProxyFailed(f"the {name} did not start: {proc.tail()}")
-            proc.drain()    # the proxy prints a line per tunnel: read and dropped
-            if name == "proxy":
-                self._proxy_pid = proc.pid
+        self._pc_dir = tempfile.mkdtemp(prefix="netleak-bench-pc-")
+        with open(os.path.join(self._pc_dir, "proxychains.conf"), "w") as f:
+            f.write(report.proxychains_conf(PROXY4, PROXY_PORT))
+        source = Proc("source", w.nsenter(w.net) + [
+            sys.executable, BULK, "source", lab.SERVER4, str(SOURCE_PORT)])
+        started.append(source)
+        if not source.line(10).startswith("ready"):
+            raise ProxyFailed(f"the source did not start: {source.tail()}")
+        # microsocks says nothing when ready (a line per client on stderr,
+        # kept by Proc): ready once the client's own SOCKS5 gets through
+        proxy = Proc("microsocks", w.nsenter(w.net) + [
+            "microsocks", "-i", PROXY4, "-p", str(PROXY_PORT), "-b", PROXY4])
+        started.append(proxy)
+        self._proxy_pid = proxy.pid
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self._connect_ms("own", 1)
+                break
+            except ProxyFailed:
+                if proxy.p.poll() is not None or time.monotonic() > deadline:
+                    raise ProxyFailed(f"microsocks did not start: {proxy.tail()}") from None
+                time.sleep(0.1)
+
+    def _path_ready(self, path: str, status: dict[str, str]) -> None:
+        """For netleak's paths, the daemon running in the path's relay mode
+        (restarted when it runs another), the relay warmed up by a few
+        untimed connections, and the mode the daemon reports kept."""
+        mode = path.partition(":")[2]
+        if not mode or self._relay_mode == mode:
+            return
+        self.wait_sessions(0, timeout=30)
+        lab.stop_daemon(self.own.run_dir)
+        self._relay_mode = mode
+        self._connect_ms(path, 5)       # starts the daemon with the mode's env
+        if mode not in status:
+            status[mode] = self._reported_forward()
+
+    def _reported_forward(self) -> str:
+        """The forwarding mode `netleak status --json` reports ("?" if none)."""
+        netleak = os.path.join(os.path.dirname(self.exec_bin), "netleak")
+        r = self.world.run([netleak, "status", "--json"], env=self.env, timeout=30)
+        try:
+            return report.relay_forward(json.loads(r.stdout))
+        except ValueError:
+            return "?"
 
     def _proxy_cleanup(self, started: list) -> None:
         for proc in started:
             proc.stop()
         self._proxy_pid = None
+        if self._pc_dir:
+            shutil.rmtree(self._pc_dir, ignore_errors=True)
+            self._pc_dir = ""
         self.world.ip(self.world.net, "addr", "del", f"{PROXY4}/32", "dev", "lo",
                       check=False)
         try:
             self.wait_sessions(0, timeout=30)
         except SystemExit as e:
             print(f"  proxy mode: {e.code}", flush=True)
+        if self._relay_mode:        # later parts start a daemon of the default mode
+            lab.stop_daemon(self.own.run_dir)
+            self._relay_mode = ""
 
-    def _client(self, relay: bool, args: list[str]) -> list[str]:
-        if relay:
-            return [self.exec_bin, "--proxy", f"socks5://{PROXY4}:{PROXY_PORT}",
-                    sys.executable, BULK, *args]
-        return [sys.executable, BULK, *args, "--socks", f"{PROXY4}:{PROXY_PORT}"]
+    def _client(self, path: str, args: list[str]) -> tuple[list[str], dict]:
+        """(argv, env) of bench/bulk.py ARGS on PATH, in HOST."""
+        py = [sys.executable, BULK, *args]
+        env = self.env
+        if path.startswith("netleak:"):
+            argv = [self.exec_bin, "--proxy", f"socks5://{PROXY4}:{PROXY_PORT}", *py]
+            env = dict(env, NETLEAK_RELAY_FORWARD=path.partition(":")[2])
+        elif path == "proxychains4":
+            argv = ["proxychains4", "-q", "-f",
+                    os.path.join(self._pc_dir, "proxychains.conf"), *py]
+        else:
+            argv = [*py, "--socks", f"{PROXY4}:{PROXY_PORT}"]
+        return self.world.nsenter(self.world.host) + argv, env
+
+    def _proxy_round(self, path: str) -> dict:
+        """One round of PATH: starts of a one-connection client, the
+        connect loop, a download."""
+        p = self.plan
+        starts = []
+        for _ in range(PROXY_STARTS):
+            t0 = time.perf_counter()
+            self._connect_ms(path, 1)
+            starts.append((time.perf_counter() - t0) * 1000)
+        setup = self._connect_ms(path, p["proxy_connects"])
+        out = self._fetch(path, p["proxy_seconds"])
+        gb = out["bytes"] / 1e9
+        return {"start_ms": statistics.median(starts), "connect_ms": setup["median_ms"],
+                "mbps": out["mbps"], "relay_s_per_gb": out["cpu"].get("relay", 0.0) / gb,
+                "machine_s_per_gb": out["cpu"]["machine"] / gb, "connect": setup,
+                "fetch": out}
 
     def _cpu(self) -> dict[str, float]:
         """CPU seconds so far of the daemon (its relay), of the proxy and
@@ -570,16 +681,17 @@ class Bench:
         for part, pid in (("relay", Store(self.own.run_dir).daemon_pid()),
                           ("proxy", self._proxy_pid)):
             if pid is not None:
-                out[part] = cpu_seconds(pid)
+                with contextlib.suppress(OSError):
+                    out[part] = cpu_seconds(pid)
         return out
 
-    def _bulk(self, relay: bool, seconds: float) -> dict:
-        """One bulk run: Gbit/s, bytes and seconds, and CPU seconds of each
-        part over the transfer (sender, relay, proxy, sink)."""
-        argv = self._client(relay, ["send", lab.SERVER4, str(SINK_PORT),
-                                    "--seconds", str(seconds)])
-        name = f"bulk sender ({'relay' if relay else 'direct'})"
-        proc = Proc(name, self.world.nsenter(self.world.host) + argv, env=self.env)
+    def _fetch(self, path: str, seconds: float) -> dict:
+        """One download: MB/s, bytes and seconds, and CPU seconds of each
+        part over it (fetcher, relay, proxy, the machine)."""
+        argv, env = self._client(path, ["fetch", lab.SERVER4, str(SOURCE_PORT),
+                                        "--seconds", str(seconds)])
+        name = f"download ({path})"
+        proc = Proc(name, argv, env=env)
         try:
             line = proc.line(30)        # the session's start and the tunnel
             if line != "start":
@@ -592,24 +704,20 @@ class Bench:
         finally:
             proc.stop()
         out = json.loads(line)
-        out["cpu"] = {"sender": out.pop("cpu"), "sink": out.pop("sink_cpu"),
+        out["cpu"] = {"fetcher": out.pop("cpu"),
                       **{k: after[k] - before[k] for k in after if k in before}}
-        # what no process of the run was charged with: softirq (the TCP
-        # receive path), kernel threads, and any other process of the machine
-        out["cpu"]["other"] = max(0.0, out["cpu"]["machine"] - sum(
-            v for k, v in out["cpu"].items() if k not in ("machine", "wall")))
         # how busy the machine was over the transfer (1.0: every CPU all along)
         out["busy"] = out["cpu"]["machine"] / (after["wall"] - before["wall"]) \
             / (os.cpu_count() or 1)
         del out["cpu"]["wall"]
         return out
 
-    def _connect_ms(self, relay: bool, n: int) -> dict:
+    def _connect_ms(self, path: str, n: int) -> dict:
         """N connections in a row, each timed from connect() to the first
         byte back: their median ms (and quartiles, min, max)."""
-        argv = self._client(relay, ["connects", lab.SERVER4, str(SINK_PORT), str(n)])
-        name = f"connect loop ({'relay' if relay else 'direct'})"
-        proc = Proc(name, self.world.nsenter(self.world.host) + argv, env=self.env)
+        argv, env = self._client(path, ["connects", lab.SERVER4, str(SOURCE_PORT), str(n)])
+        name = f"connect loop ({path})"
+        proc = Proc(name, argv, env=env)
         try:
             line = proc.line(30 + n * 0.5)
             if proc.wait(10) != 0 or not line.startswith("{"):
@@ -939,17 +1047,23 @@ def main(argv: list[str] | None = None) -> int:
     has_plot = "setup_ms" in b.series and plot(b.series, png, plan["sessions"])
     results = {"machine": info, "plan": plan, "seconds": round(time.monotonic() - t0),
                "figures": [f.as_dict() for f in b.figures],
-               "program_costs": b.program_costs, "series": b.series,
+               "not_measured_rows": [m.as_dict() for m in b.rows
+                                     if isinstance(m, report.Missing)],
+               "program_costs": b.program_costs, "proxy_peers": b.proxy_peers,
+               "series": b.series,
                "not_measured": b.failures}
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
         f.write("\n")
     print()
     print(report.machine_line(info))
-    print(report.table(b.figures))
+    print(report.table(b.rows))
     programs = report.program_table(b.program_costs, TRAFFIC_LABELS)
     if programs:
         print(f"\n{report.PROGRAMS_NOTE}\n\n{programs}")
+    peers = report.peer_table(b.proxy_peers)
+    if peers:
+        print(f"\n{report.PEERS_NOTE}\n\n{peers}")
     if b.failures:
         print(report.not_measured(b.failures))
     if a.readme:
@@ -958,8 +1072,8 @@ def main(argv: list[str] | None = None) -> int:
         rel = os.path.relpath(png, os.path.dirname(os.path.abspath(a.readme)))
         with open(a.readme, "w") as f:
             f.write(report.replace_section(
-                text, report.readme_section(b.figures, info, rel if has_plot else None,
-                                            b.failures, programs)))
+                text, report.readme_section(b.rows, info, rel if has_plot else None,
+                                            b.failures, programs, peers)))
     missed = [f.key for f in b.figures if f.met is False]
     print(f"\ngoals missed: {', '.join(missed)}" if missed else
           "\nevery goal met" + (" of the parts measured" if b.failures else ""))
