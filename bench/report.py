@@ -186,6 +186,13 @@ def per_unit(parts: list[dict[str, float]], amounts: list[float]) -> dict[str, f
     return {k: statistics.median(p.get(k, 0.0) / a for p, a in runs) for k in keys}
 
 
+def lone_pause(linger: float | None, least: float) -> float:
+    """The pause before a lone start "after a pause": LEAST, or a second
+    more than LINGER (how long an interface's set-up stays after its last
+    session, when netleak says) when that is longer."""
+    return max(least, linger + 1.0) if linger is not None else least
+
+
 def buckets(points: list[tuple[int, float]], width: int) -> list[tuple[int, float]]:
     """Median of (x, y) points per bucket of WIDTH on x: (bucket start, median)."""
     by: dict[int, list[float]] = {}

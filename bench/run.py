@@ -154,13 +154,6 @@ def linger_seconds(env: dict) -> float | None:
         return None
 
 
-def lone_pause(env: dict) -> float:
-    """The pause before a lone start: LONE_PAUSE_SECONDS, or a second more
-    than the linger when that is longer."""
-    linger = linger_seconds(env)
-    return max(LONE_PAUSE_SECONDS, linger + 1.0) if linger is not None else LONE_PAUSE_SECONDS
-
-
 def machine() -> dict:
     def first(path: str, key: str, default: str = "?") -> str:
         try:
@@ -331,7 +324,7 @@ class Bench:
         After a pause: also once its rules are gone, and a pause longer than
         any linger (as one command at a time meets it)."""
         p = self.plan
-        pause = lone_pause(self.env)
+        pause = report.lone_pause(linger_seconds(self.env), LONE_PAUSE_SECONDS)
         print(f"  lone starts: back to back, and after a {pause:.1f} s pause", flush=True)
         b2b, b2b_py, paused, paused_py = [], [], [], []
         for paused_round, rounds in ((False, p["lone_rounds"]), (True, p["paused_rounds"])):
