@@ -7,9 +7,10 @@ start time, TCP and 64-byte UDP throughput and the connect() rate inside a
 session next to outside one on the same path (with what each netleak
 program spent in the runs inside, as the kernel counts it with
 kernel.bpf_stats_enabled on for them, and then back as it was), the egress
-program's own time per packet, a scale run of many concurrent sessions, and proxy mode: bulk
-TCP and connection set-up through netleak's relay next to the same
-programs doing the SOCKS5 handshake with the same proxy themselves. Writes
+program's own time per packet, a scale run of many concurrent sessions,
+proxy mode next to proxychains4 and to the client's own SOCKS5 through one
+microsocks (netleak once per relay forwarding mode), and systemd's own
+IPAddressDeny/Allow scope as a peer on a real systemd host. Writes
 bench/results.json, bench/scale.png and the table in README.md."""
 from __future__ import annotations
 
@@ -40,11 +41,13 @@ from netleak_hook import lab  # noqa: E402
 
 FULL = dict(start_rounds=40, cold_rounds=5, lone_rounds=20, paused_rounds=10,
             traffic_rounds=25, traffic_seconds=2, connects=3000, sessions=1000, scale_rounds=15, reap_rounds=5, test_runs=15,
-            proxy_rounds=10, proxy_seconds=1, proxy_connects=200)
+            proxy_rounds=10, proxy_seconds=1, proxy_connects=200, systemd_rounds=15,
+            systemd_packets=20000)
 QUICK = dict(start_rounds=3, cold_rounds=1, lone_rounds=3, paused_rounds=2,
              traffic_rounds=2, traffic_seconds=1, connects=200, sessions=20, scale_rounds=2, reap_rounds=1, test_runs=2,
-             proxy_rounds=2, proxy_seconds=1, proxy_connects=200)
-PARTS = ("start", "traffic", "proxy", "program", "scale")
+             proxy_rounds=2, proxy_seconds=1, proxy_connects=200, systemd_rounds=3,
+             systemd_packets=2000)
+PARTS = ("start", "traffic", "proxy", "program", "scale", "systemd")
 # the traffic figures whose runs inside a session have the programs' costs
 TRAFFIC_LABELS = {"tcp_throughput": "TCP throughput", "udp_64b_rate": "UDP 64-byte",
                   "connect_rate": "TCP connect() + close"}
@@ -66,6 +69,45 @@ SYSTEM_PYTHON = ["/usr/bin/python3", "-c", "pass"]
 # the least pause before a lone start "after a pause"; longer when netleak
 # says how long an interface's set-up lingers after its last session
 LONE_PAUSE_SECONDS = 3.0
+
+# the systemd part (its scope allows the lab's server alone, by the default
+# route; netleak's session goes by vpn0): the start loop (runs each of two prefixes of `python3 -c pass` in turn: their
+# ms) and the burst (says its cgroup, waits for GO, sends N datagrams to the
+# lab's server, reading each echo, says "done", waits for END)
+SD_START = r"""
+import json, subprocess, sys, time
+prefixes, rounds = json.loads(sys.argv[1]), int(sys.argv[2])
+out = [[] for _ in prefixes]
+for r in range(rounds):
+    order = list(range(len(prefixes)))
+    if r % 2:
+        order.reverse()
+    for i in order:
+        t0 = time.perf_counter()
+        subprocess.run(prefixes[i] + ["/usr/bin/python3", "-c", "pass"], check=True)
+        out[i].append((time.perf_counter() - t0) * 1000)
+print(json.dumps(out))
+"""
+SD_BURST = r"""
+import os, socket, sys, time
+host, port, n, go, end = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+print(open("/proc/self/cgroup").read().split("::", 1)[1].strip(), flush=True)
+def wait(path):
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            sys.exit("no " + path)
+        time.sleep(0.01)
+wait(go)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+s.connect((host, port))
+for _ in range(n):
+    s.send(b"x" * 18)
+    s.recv(2048)
+print("done", flush=True)
+wait(end)
+"""
 
 CONNECT_PORT = 8081
 # connect() and close, N times; prints connects per second. SO_LINGER 0
@@ -719,6 +761,116 @@ class Bench:
             proc.stop()
         return json.loads(line)
 
+    # ----- systemd's own cgroup restrictions as a peer -----
+
+    def systemd(self) -> None:
+        """A real systemd as PID 1 (tests/privileged/systemd_machine.py)
+        with the lab's links: a scope with IPAddressDeny=any and
+        IPAddressAllow= the lab's server next to a netleak session on vpn0.
+        Start: `systemd-run --scope` against `netleak-exec vpn0`, each of
+        `python3 -c pass`, timed inside the machine. Per packet: the kernel's
+        count (bpf_stats) of the programs attached to each one's cgroup over
+        the same burst of UDP datagrams to the server by vpn0. Anything in
+        the way is said in the table's rows, never a made-up figure."""
+        print("systemd's IPAddressDeny/Allow next to netleak, on a systemd host", flush=True)
+        start = ("systemd_start", "systemd peer: start, `netleak-exec vpn0 python3 -c pass` "
+                 "in a systemd machine")
+        cost = ("systemd_packet", "systemd peer: BPF time per UDP datagram sent and echoed "
+                "(every program of the cgroup, bpf_stats): netleak's session on vpn0")
+        try:
+            self._systemd(start, cost)
+        except (SystemdFailed, OSError, subprocess.SubprocessError, AssertionError,
+                ValueError) as e:
+            why = " ".join(str(e).split())[:200] or type(e).__name__
+            done = {f.key for f in self.figures}
+            for key, label in (start, cost):
+                if key not in done:
+                    self.missing(key, label, why)
+
+    def _systemd(self, start: tuple[str, str], cost: tuple[str, str]) -> None:
+        sys.path.insert(0, ROOT)
+        from tests.privileged.podman import Podman, have_podman
+        from tests.privileged.systemd_machine import SystemdMachine
+        missing = have_podman()
+        if missing:
+            raise SystemdFailed(f"needs {missing} ('make test' installs it)")
+        base = tempfile.mkdtemp(prefix="netleak-bench-podman-", dir="/var/tmp")
+        try:
+            pm = Podman(base, f"netleak-bench-podman-{os.getpid()}")
+            name = f"nlb-sd{os.getpid() % 10000}"
+            with SystemdMachine(pm, name, ROOT) as m:
+                world = lab.Lab(name, host=name)
+                try:
+                    world.build()
+                    world.start_server()
+                    self._systemd_measure(m, start, cost)
+                finally:
+                    world.close()
+        finally:
+            with contextlib.suppress(Exception):
+                Podman(base, f"netleak-bench-podman-{os.getpid()}").reset()
+            shutil.rmtree(base, ignore_errors=True)
+
+    def _systemd_measure(self, m, start: tuple[str, str], cost: tuple[str, str]) -> None:
+        gateway = lab.LINKS["vpn0"][1]
+        scope = ["systemd-run", "--scope", "--quiet", "-p", "IPAddressDeny=any",
+                 "-p", f"IPAddressAllow={lab.SERVER4}"]
+        mine = [self.exec_bin, "--via", gateway, "vpn0"]
+        r = m.exec(*mine, "true")           # the daemon up, the pins made: warm from here
+        if r.returncode != 0:
+            raise SystemdFailed(f"netleak-exec in the machine: {r.stderr.strip()}")
+        r = m.exec(sys.executable, "-c", SD_START, json.dumps([scope, mine]),
+                   str(self.plan["systemd_rounds"]), timeout=300)
+        if r.returncode != 0:
+            raise SystemdFailed(f"the start loop: {r.stderr.strip()[-200:]}")
+        sd_ms, nl_ms = json.loads(r.stdout)
+        self.add(start[0], start[1], "ms", nl_ms, sd_ms,
+                 "`systemd-run --scope -p IPAddressDeny=any -p IPAddressAllow=…` of the same",
+                 paired=True)
+        n = self.plan["systemd_packets"]
+        with bpf_stats() as counting:
+            if not counting:
+                raise SystemdFailed("kernel.bpf_stats_enabled absent")
+            per = {}
+            for who, prefix in (("systemd", scope), ("netleak", mine)):
+                per[who] = self._burst_cost(m, who, prefix, n)
+        self.add(cost[0], cost[1], "ns", [per["netleak"]], [per["systemd"]],
+                 "systemd's IPAddressDeny/Allow scope")
+
+    def _burst_cost(self, m, who: str, prefix: list[str], n: int) -> float:
+        """ns per datagram of the programs attached to the cgroup of a burst
+        of N datagrams (echoed back) run under PREFIX in the machine."""
+        go, end = f"/tmp/nlb-go-{who}", f"/tmp/nlb-end-{who}"
+        m.exec("rm", "-f", go, end)
+        p = m.popen(*prefix, sys.executable, "-c", SD_BURST, lab.SERVER4, str(lab.PORT),
+                    str(n), go, end, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            cgroup = p.stdout.readline().strip()
+            if not cgroup.startswith("/"):
+                raise SystemdFailed(f"the {who} burst did not start: {p.stderr.read()[-200:]}")
+            root = machine_cgroup_ns_root(m)
+            progs = attached_programs(root + cgroup)
+            if not progs:
+                raise SystemdFailed(f"no program attached to {who}'s cgroup {cgroup}")
+            before = {i: prog_stats_by_id(i) for i in progs}
+            m.exec("touch", go)
+            if p.stdout.readline().strip() != "done":
+                raise SystemdFailed(f"the {who} burst failed: {p.stderr.read()[-200:]}")
+            after = {i: prog_stats_by_id(i) for i in progs}
+            m.exec("touch", end)
+            p.wait(30)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stdout.close()
+            p.stderr.close()
+        delta = report.run_delta({str(k): v for k, v in before.items()},
+                                 {str(k): v for k, v in after.items()})
+        self.series.setdefault("systemd_programs", {})[who] = {
+            "programs": progs, "delta": {k: list(v) for k, v in delta.items()}, "datagrams": n}
+        return report.ns_per(delta, n)
+
     # ----- the egress program alone -----
 
     def program_cost(self) -> None:
@@ -864,6 +1016,48 @@ class Bench:
                  [rss_one], "with 1 session", goal="value <= 60")
         self.series["setup_ms"] = setup
         self.series["rss_mb"] = [(1, rss_one)] + rss
+
+
+class SystemdFailed(Exception):
+    """The systemd part cannot go on: what went wrong, in one line."""
+
+
+def machine_cgroup_ns_root(m) -> str:
+    """The host's path of the systemd machine's cgroup namespace root: its
+    PID 1's cgroup as the host sees it, less the path the machine sees."""
+    host = m.cgroup_root()
+    inside = m.exec("cat", "/proc/1/cgroup").stdout.strip().partition("::")[2]
+    if host is None or not inside.startswith("/") or not host.endswith(inside.rstrip("/")):
+        raise SystemdFailed(f"the machine's cgroup is not found ({host}, {inside})")
+    return host[: len(host) - len(inside.rstrip("/"))]
+
+
+def attached_programs(cgroup: str) -> list[int]:
+    """IDs of the BPF programs attached to the cgroup directory, any hook."""
+    from netleak_hook.kernel import bpfsys
+    fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        ids = []
+        for hook in range(0, 48):
+            with contextlib.suppress(OSError):
+                ids += bpfsys.prog_query(fd, hook)
+        return sorted(set(ids))
+    finally:
+        os.close(fd)
+
+
+def prog_stats_by_id(prog_id: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) of the program with that ID."""
+    import ctypes
+    from netleak_hook.kernel import bpfsys
+    lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
+    fd = lib.bpf_prog_get_fd_by_id(ctypes.c_uint32(prog_id))
+    if fd < 0:
+        raise OSError(-fd, f"bpf_prog_get_fd_by_id {prog_id}: {os.strerror(-fd)}")
+    try:
+        return bpfsys.prog_run_stats(fd)
+    finally:
+        os.close(fd)
 
 
 class ProxyFailed(Exception):
@@ -1032,7 +1226,7 @@ def main(argv: list[str] | None = None) -> int:
         b.servers()
         for name, section in (("start", b.start), ("traffic", b.traffic),
                               ("proxy", b.proxy), ("program", b.program_cost),
-                              ("scale", b.scale)):
+                              ("scale", b.scale), ("systemd", b.systemd)):
             if name in only:
                 section()
     os.makedirs(a.out, exist_ok=True)
