@@ -1221,6 +1221,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     info = machine()
     t0 = time.monotonic()
+    part_seconds: dict[str, float] = {}
     with Bench(plan) as b:
         b.world.start_server()
         b.servers()
@@ -1228,11 +1229,15 @@ def main(argv: list[str] | None = None) -> int:
                               ("proxy", b.proxy), ("program", b.program_cost),
                               ("scale", b.scale), ("systemd", b.systemd)):
             if name in only:
+                t = time.monotonic()
                 section()
+                part_seconds[name] = round(time.monotonic() - t, 1)
+                print(f"  ({name}: {part_seconds[name]:.0f} s)", flush=True)
     os.makedirs(a.out, exist_ok=True)
     png = os.path.join(a.out, "scale.png")
     has_plot = "setup_ms" in b.series and plot(b.series, png, plan["sessions"])
     results = {"machine": info, "plan": plan, "seconds": round(time.monotonic() - t0),
+               "part_seconds": part_seconds,
                "figures": [f.as_dict() for f in b.figures],
                "not_measured_rows": [m.as_dict() for m in b.rows
                                      if isinstance(m, report.Missing)],
