@@ -40,13 +40,15 @@ from bench import report  # noqa: E402
 from netleak_hook import lab  # noqa: E402
 
 FULL = dict(start_rounds=40, cold_rounds=5, lone_rounds=20, paused_rounds=10,
-            traffic_rounds=25, traffic_seconds=2, connects=3000, sessions=1000, scale_rounds=15, reap_rounds=5, test_runs=15,
-            proxy_rounds=10, proxy_seconds=1, proxy_connects=200, systemd_rounds=15,
-            systemd_packets=10000, systemd_bursts=5)
+            traffic_rounds=25, traffic_seconds=2, connects=3000, sessions=1000,
+            scale_rounds=15, reap_rounds=5, test_runs=15,
+            proxy_rounds=10, proxy_seconds=1, proxy_connects=200,
+            systemd_rounds=15, systemd_packets=10000, systemd_bursts=5)
 QUICK = dict(start_rounds=3, cold_rounds=1, lone_rounds=3, paused_rounds=2,
-             traffic_rounds=2, traffic_seconds=1, connects=200, sessions=20, scale_rounds=2, reap_rounds=1, test_runs=2,
-             proxy_rounds=2, proxy_seconds=1, proxy_connects=200, systemd_rounds=3,
-             systemd_packets=2000, systemd_bursts=1)
+             traffic_rounds=2, traffic_seconds=1, connects=200, sessions=20,
+             scale_rounds=2, reap_rounds=1, test_runs=2,
+             proxy_rounds=2, proxy_seconds=1, proxy_connects=200,
+             systemd_rounds=3, systemd_packets=2000, systemd_bursts=1)
 PARTS = ("start", "traffic", "proxy", "program", "scale", "systemd")
 # the traffic figures whose runs inside a session have the programs' costs
 TRAFFIC_LABELS = {"tcp_throughput": "TCP throughput", "udp_64b_rate": "UDP 64-byte",
@@ -71,9 +73,10 @@ SYSTEM_PYTHON = ["/usr/bin/python3", "-c", "pass"]
 LONE_PAUSE_SECONDS = 3.0
 
 # the systemd part (its scope allows the lab's server alone, by the default
-# route; netleak's session goes by vpn0): the start loop (runs each of two prefixes of `python3 -c pass` in turn: their
-# ms) and the burst (says its cgroup, waits for GO, sends N datagrams to the
-# lab's server, reading each echo, says "done", waits for END)
+# route; netleak's session goes by vpn0): the start loop (runs each of two
+# prefixes of `python3 -c pass` in turn: their ms) and the burst (says its
+# cgroup, waits for GO, sends N datagrams to the lab's server, reading each
+# echo, says "done", waits for END)
 SD_START = r"""
 import json, subprocess, sys, time
 prefixes, rounds = json.loads(sys.argv[1]), int(sys.argv[2])
