@@ -651,6 +651,11 @@ class Bench:
         lab.stop_daemon(self.own.run_dir)
         self._relay_mode = mode
         self._connect_ms(path, 5)       # starts the daemon with the mode's env
+        from netleak_hook.rundir.store import Store
+        pid = Store(self.own.run_dir).daemon_pid()
+        if pid is None or daemon_env(pid).get("NETLEAK_RELAY_FORWARD") != mode:
+            raise ProxyFailed(f"the daemon (pid {pid}) was not started with "
+                              f"NETLEAK_RELAY_FORWARD={mode}")
         if mode not in status:
             status[mode] = self._reported_forward()
 
@@ -1158,6 +1163,13 @@ class Proc:
             t.join(timeout=5)
         for f in (self.p.stdout, self.p.stderr):
             f.close()
+
+
+def daemon_env(pid: int) -> dict[str, str]:
+    """The environment a process was started with."""
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        pairs = f.read().split(b"\0")
+    return dict(p.decode(errors="replace").split("=", 1) for p in pairs if b"=" in p)
 
 
 def machine_busy() -> float:

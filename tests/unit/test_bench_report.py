@@ -203,3 +203,13 @@ def test_readme_section_shows_the_peer_table_when_there_is_one():
     out = report.readme_section([fig], info, None, peers="| | x |")
     assert out.endswith(f"{report.PEERS_NOTE}\n\n| | x |")
     assert report.PEERS_NOTE not in report.readme_section([fig], info, None)
+
+
+@pytest.mark.parametrize("env, linger", [
+    ({"NETLEAK_LINGER_SECONDS": "2.5"}, 2.5),
+    ({"NETLEAK_LINGER_SECONDS": "soon"}, None),
+    ({}, None),
+])
+def test_the_linger_is_read_from_the_environment_when_set(env, linger):
+    from bench import run
+    assert run.linger_seconds(env) == linger
