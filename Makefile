@@ -39,7 +39,7 @@ test: venv .stamp-test-deps
 test-unit: venv
 	$(PY) -m pytest -q tests/unit
 
-# what the benchmark adds: iperf3
+# what the benchmark adds: iperf3, microsocks, proxychains4
 .stamp-bench-deps: .stamp-deps scripts/install-deps.sh
 	sh scripts/install-deps.sh bench
 	touch $@

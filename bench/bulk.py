@@ -1,4 +1,5 @@
-"""The proxy part's traffic: a sink, a bulk sender and a connect loop.
+"""The proxy part's traffic: a sink and a source, a bulk sender, a bulk
+fetcher and a connect loop.
 
 Plain Python with nothing of netleak in it (the baseline runs it outside
 netleak, so no netleak code may be in its path). The same program runs
@@ -18,10 +19,24 @@ request once the method is chosen).
       sink's count: prints one JSON line {bytes, seconds, gbit, cpu,
       sink_cpu}, timed from the greeting to the count (everything sent
       has arrived).
+  bulk.py source ADDR PORT
+      accepts; on each connection reads one line, "SECONDS", answers one
+      line ("hi"), sends from a 1 MiB buffer for that long (0: nothing),
+      half-closes and waits for the client to close. The client speaks
+      first, as an HTTP client does (a server that greets first meets
+      Nagle's algorithm behind a proxy that writes its SOCKS5 reply and the
+      greeting apart: a delayed ACK's 40 ms in every first byte). Prints
+      "ready" once listening.
+  bulk.py fetch HOST PORT [--socks PROXY:PORT] --seconds S
+      connects (and SOCKS5), asks the source for S seconds of data, reads
+      its "hi", prints "start" and reads the rest to the end of file
+      (recv_into a 1 MiB buffer): prints one JSON line {bytes, seconds,
+      mbps, cpu}, timed from the "hi" to the end of file (MB: 10^6 bytes).
   bulk.py connects HOST PORT N [--socks PROXY:PORT]
-      N times in a row: connect (and SOCKS5), read the greeting, timed;
-      then half-close, read to the end and close, untimed. Prints one JSON
-      line {n, median_ms, p25_ms, p75_ms, min_ms, max_ms}.
+      N times in a row, with a source: connect (and SOCKS5), ask for 0
+      seconds and read the "hi", timed; then half-close, read to the end
+      and close, untimed. Prints one JSON line {n, median_ms, p25_ms,
+      p75_ms, min_ms, max_ms}.
 
 Every socket operation has a timeout (--timeout, 10 s): a stalled path
 fails with a message and exit status 1, never hangs.
@@ -93,8 +108,10 @@ def split(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def open_conn(host: str, port: int, via: str | None, timeout: float) -> socket.socket:
-    """Connected to HOST:PORT (through the SOCKS5 proxy VIA), the greeting read."""
+def open_conn(host: str, port: int, via: str | None, timeout: float,
+              ask: bytes = b"") -> socket.socket:
+    """Connected to HOST:PORT (through the SOCKS5 proxy VIA), ASK sent
+    (a source's request), the greeting read."""
     target = split(via) if via else (host, port)
     fam = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
     s = socket.socket(fam, socket.SOCK_STREAM)
@@ -103,7 +120,9 @@ def open_conn(host: str, port: int, via: str | None, timeout: float) -> socket.s
         s.connect(target)
         if via:
             socks5(s, host, port)
-        line = recv_line(s)
+        if ask:
+            s.sendall(ask)
+        line = recv_exact(s, len(GREETING))     # data may follow at once
         if line != GREETING:
             raise Failed(f"greeting {line[:60]!r}, expected {GREETING!r}")
         return s
@@ -145,7 +164,24 @@ def serve(c: socket.socket) -> None:
         c.close()
 
 
-def sink(addr: str, port: int) -> int:
+def source_serve(c: socket.socket) -> None:
+    mv = memoryview(bytearray(CHUNK))
+    try:
+        c.settimeout(120)
+        seconds = float(recv_line(c, 64))
+        c.sendall(GREETING)
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            c.send(mv)
+        c.shutdown(socket.SHUT_WR)
+        c.recv(1)               # until the client closes: nothing is cut short
+    except (OSError, ValueError, Failed):
+        pass
+    finally:
+        c.close()
+
+
+def sink(addr: str, port: int, handler=serve) -> int:
     fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
     s = socket.socket(fam, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -155,7 +191,7 @@ def sink(addr: str, port: int) -> int:
     print("ready", flush=True)
     while True:
         c, _ = s.accept()
-        threading.Thread(target=serve, args=(c,), daemon=True).start()
+        threading.Thread(target=handler, args=(c,), daemon=True).start()
 
 
 # ----- sender -----
@@ -194,11 +230,34 @@ def send(host: str, port: int, via: str | None, seconds: float | None,
             "sink_cpu": sink_cpu}
 
 
+def fetch(host: str, port: int, via: str | None, seconds: float, timeout: float) -> dict:
+    buf = bytearray(CHUNK)
+    s = open_conn(host, port, via, timeout, f"{seconds}\n".encode())
+    try:
+        t0 = time.perf_counter()
+        c0 = time.process_time()
+        print("start", flush=True)
+        s.settimeout(max(timeout, seconds + 30.0))
+        got = 0
+        while True:
+            n = s.recv_into(buf)
+            if not n:
+                break
+            got += n
+        dt = time.perf_counter() - t0
+        cpu = time.process_time() - c0
+    finally:
+        s.close()
+    if not got:
+        raise Failed("the source sent nothing")
+    return {"bytes": got, "seconds": dt, "mbps": got / dt / 1e6, "cpu": cpu}
+
+
 def connects(host: str, port: int, n: int, via: str | None, timeout: float) -> dict:
     ms = []
     for _ in range(n):
         t0 = time.perf_counter()
-        s = open_conn(host, port, via, timeout)
+        s = open_conn(host, port, via, timeout, b"0\n")
         ms.append((time.perf_counter() - t0) * 1000)
         try:
             finish(s, timeout)
@@ -212,15 +271,18 @@ def connects(host: str, port: int, n: int, via: str | None, timeout: float) -> d
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench/bulk.py")
     sub = ap.add_subparsers(dest="mode", required=True)
-    a = sub.add_parser("sink")
-    a.add_argument("addr")
-    a.add_argument("port", type=int)
-    for name in ("send", "connects"):
+    for name in ("sink", "source"):
+        a = sub.add_parser(name)
+        a.add_argument("addr")
+        a.add_argument("port", type=int)
+    for name in ("send", "fetch", "connects"):
         p = sub.add_parser(name)
         p.add_argument("host")
         p.add_argument("port", type=int)
         if name == "connects":
             p.add_argument("n", type=int)
+        elif name == "fetch":
+            p.add_argument("--seconds", type=float, required=True)
         else:
             how = p.add_mutually_exclusive_group(required=True)
             how.add_argument("--seconds", type=float)
@@ -231,8 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if o.mode == "sink":
             return sink(o.addr, o.port)
+        if o.mode == "source":
+            return sink(o.addr, o.port, source_serve)
         if o.mode == "send":
             out = send(o.host, o.port, o.socks, o.seconds, o.bytes, o.timeout)
+        elif o.mode == "fetch":
+            out = fetch(o.host, o.port, o.socks, o.seconds, o.timeout)
         else:
             out = connects(o.host, o.port, o.n, o.socks, o.timeout)
     except (OSError, Failed) as e:

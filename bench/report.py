@@ -63,6 +63,20 @@ class Figure:
         return d
 
 
+@dataclasses.dataclass(frozen=True)
+class Missing:
+    """A row of the table with no figure: not measured, and why (never a
+    made-up number)."""
+    key: str
+    label: str
+    why: str
+    goal: str = ""
+    met = None
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 def figure(key: str, label: str, unit: str, runs: list[float], base: list[float],
            baseline_label: str, goal: str = "", paired: bool = False) -> Figure:
     """A figure from repeated runs of netleak and of its baseline (PAIRED:
@@ -89,17 +103,26 @@ def _num(x: float, unit: str) -> str:
 def _goal(f: Figure) -> str:
     if not f.goal:
         return ""
-    what, op, limit = f.goal.split()
+    return f"{_goal_text(f.goal, f.unit)} {'met' if f.met else 'MISSED'}"
+
+
+def _goal_text(goal: str, unit: str) -> str:
+    what, op, limit = goal.split()
     sign = {"<=": "≤", ">=": "≥", "==": "="}[op]
-    shown = f"{sign} {limit}" + ("x" if what == "ratio" else f" {f.unit}")
-    return f"{shown} {'met' if f.met else 'MISSED'}"
+    return f"{sign} {limit}" + ("x" if what == "ratio" else f" {unit}" if unit else "")
 
 
-def table(figures: list[Figure]) -> str:
-    """The Markdown table: one row per figure."""
+def table(figures: list[Figure | Missing]) -> str:
+    """The Markdown table: one row per figure (a Missing one says why it
+    has no figure)."""
     rows = ["| figure | netleak | baseline (same run) | ratio (quartiles) | goal |",
             "|---|---|---|---|---|"]
     for f in figures:
+        if isinstance(f, Missing):
+            goal = f"{_goal_text(f.goal, '')} not measured" if f.goal else ""
+            rows.append(f"| {f.label} | not measured: {' '.join(f.why.split())} | – | – | "
+                        f"{goal} |")
+            continue
         iqr = f.ratio_iqr
         spread = f" ({iqr[0]:.2f}–{iqr[1]:.2f})" if iqr else ""
         rows.append(f"| {f.label} | {_num(f.value, f.unit)} | "
@@ -128,11 +151,14 @@ PROGRAMS_NOTE = ("Each netleak program's own time per run, as the kernel counts 
                  "runs inside sessions of each traffic figure above:")
 
 
-def readme_section(figures: list[Figure], machine: dict, plot: str | None,
-                   failures: dict[str, str] | None = None, programs: str = "") -> str:
+def readme_section(figures: list[Figure | Missing], machine: dict, plot: str | None,
+                   failures: dict[str, str] | None = None, programs: str = "",
+                   peers: str = "") -> str:
     parts = [machine_line(machine), "", table(figures)]
     if programs:
         parts += ["", PROGRAMS_NOTE, "", programs]
+    if peers:
+        parts += ["", PEERS_NOTE, "", peers]
     if failures:
         parts += ["", not_measured(failures)]
     if plot:
@@ -160,6 +186,13 @@ def per_unit(parts: list[dict[str, float]], amounts: list[float]) -> dict[str, f
     return {k: statistics.median(p.get(k, 0.0) / a for p, a in runs) for k in keys}
 
 
+def lone_pause(linger: float | None, least: float) -> float:
+    """The pause before a lone start "after a pause": LEAST, or a second
+    more than LINGER (how long an interface's set-up stays after its last
+    session, when netleak says) when that is longer."""
+    return max(least, linger + 1.0) if linger is not None else least
+
+
 def buckets(points: list[tuple[int, float]], width: int) -> list[tuple[int, float]]:
     """Median of (x, y) points per bucket of WIDTH on x: (bucket start, median)."""
     by: dict[int, list[float]] = {}
@@ -184,6 +217,11 @@ def run_delta(before: dict[str, tuple[int, int]],
         if runs > runs0:
             out[name] = (ns - ns0, runs - runs0)
     return out
+
+
+def ns_per(delta: dict[str, tuple[int, int]], n: int) -> float:
+    """The ns all programs of a run_delta spent, per one of N operations."""
+    return sum(ns for ns, _ in delta.values()) / n if n else 0.0
 
 
 def program_costs(deltas: list[tuple[str, dict[str, tuple[int, int]]]]) -> list[dict]:
@@ -228,3 +266,66 @@ def program_table(costs: list[dict], labels: dict[str, str]) -> str:
 
 def _ns(x: float) -> str:
     return f"{x:,.0f} ns" if x >= 100 else f"{x:.1f} ns"
+
+
+# ----- proxy mode against its peers -----
+
+def proxychains_conf(proxy: str, port: int) -> str:
+    """proxychains4's configuration for one SOCKS5 proxy, no other way out."""
+    return ("strict_chain\ntcp_read_time_out 15000\ntcp_connect_time_out 8000\n"
+            f"[ProxyList]\nsocks5 {proxy} {port}\n")
+
+
+def relay_forward(status: dict) -> str:
+    """The relay's forwarding mode as `netleak status --json` reports it:
+    "relay_forward" at the top, or in a "relay" object ("relay_forward",
+    "forward" or "mode"); "?" when it says nothing."""
+    if isinstance(status.get("relay_forward"), str):
+        return status["relay_forward"]
+    relay = status.get("relay")
+    if isinstance(relay, dict):
+        for k in ("relay_forward", "forward", "mode"):
+            if isinstance(relay.get(k), str):
+                return relay[k]
+    return "?"
+
+
+PEER_ROWS = (("start_ms", "start, one-connection client (ms)", "{:.1f}"),
+             ("connect_ms", "connect + first byte (ms, median)", "{:.2f}"),
+             ("mbps", "download (MB/s)", "{:,.0f}"),
+             ("relay_s_per_gb", "netleak daemon CPU (s per GB)", "{:.3f}"),
+             ("machine_s_per_gb", "machine CPU, /proc/stat (s per GB)", "{:.3f}"))
+PEER_NAMES = {"proxychains4": "proxychains4", "own": "client's own SOCKS5"}
+PEERS_NOTE = ("The proxy part's paths side by side, all through one microsocks "
+              "(medians over the rounds):")
+
+
+def peer_columns(runs: dict[str, list[dict]], forward: dict[str, str]) -> list[dict]:
+    """A column per path (in RUNS' order): its name, the mode the daemon
+    reported (netleak's paths), and the median of each PEER_ROWS value
+    over its rounds."""
+    cols = []
+    for path, rounds in runs.items():
+        mode = path.partition(":")[2]
+        name = f"netleak ({mode})" if mode else PEER_NAMES.get(path, path)
+        col = {"path": path, "name": name, "reported": forward.get(mode, "?") if mode else ""}
+        for key, _, _ in PEER_ROWS:
+            vals = [r[key] for r in rounds if key in r]
+            col[key] = statistics.median(vals) if vals else None
+        cols.append(col)
+    return cols
+
+
+def peer_table(cols: list[dict]) -> str:
+    """The Markdown table of peer_columns: a row per value, a column per
+    path. Empty without columns."""
+    if not cols:
+        return ""
+    rows = ["| | " + " | ".join(c["name"] for c in cols) + " |",
+            "|---|" + "---|" * len(cols),
+            "| forwarding mode reported | " +
+            " | ".join(c["reported"] or "–" for c in cols) + " |"]
+    for key, label, fmt in PEER_ROWS:
+        rows.append(f"| {label} | " + " | ".join(
+            "–" if c.get(key) is None else fmt.format(c[key]) for c in cols) + " |")
+    return "\n".join(rows)

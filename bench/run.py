@@ -7,9 +7,10 @@ start time, TCP and 64-byte UDP throughput and the connect() rate inside a
 session next to outside one on the same path (with what each netleak
 program spent in the runs inside, as the kernel counts it with
 kernel.bpf_stats_enabled on for them, and then back as it was), the egress
-program's own time per packet, a scale run of many concurrent sessions, and proxy mode: bulk
-TCP and connection set-up through netleak's relay next to the same
-programs doing the SOCKS5 handshake with the same proxy themselves. Writes
+program's own time per packet, a scale run of many concurrent sessions,
+proxy mode next to proxychains4 and to the client's own SOCKS5 through one
+microsocks (netleak once per relay forwarding mode), and systemd's own
+IPAddressDeny/Allow scope as a peer on a real systemd host. Writes
 bench/results.json, bench/scale.png and the table in README.md."""
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -37,22 +39,78 @@ sys.path.insert(0, ROOT)
 from bench import report  # noqa: E402
 from netleak_hook import lab  # noqa: E402
 
-FULL = dict(start_rounds=40, cold_rounds=5, traffic_rounds=25, traffic_seconds=2,
-            connects=3000, sessions=1000, scale_rounds=15, reap_rounds=5, test_runs=15,
-            proxy_rounds=15, proxy_seconds=2, proxy_connects=200)
-QUICK = dict(start_rounds=3, cold_rounds=1, traffic_rounds=2, traffic_seconds=1,
-             connects=200, sessions=20, scale_rounds=2, reap_rounds=1, test_runs=2,
-             proxy_rounds=2, proxy_seconds=1, proxy_connects=200)
-PARTS = ("start", "traffic", "proxy", "program", "scale")
+FULL = dict(start_rounds=40, cold_rounds=5, lone_rounds=20, paused_rounds=10,
+            traffic_rounds=25, traffic_seconds=2, connects=3000, sessions=1000,
+            scale_rounds=15, reap_rounds=5, test_runs=15,
+            proxy_rounds=10, proxy_seconds=1, proxy_connects=200,
+            systemd_rounds=15, systemd_packets=10000, systemd_bursts=5)
+QUICK = dict(start_rounds=3, cold_rounds=1, lone_rounds=3, paused_rounds=2,
+             traffic_rounds=2, traffic_seconds=1, connects=200, sessions=20,
+             scale_rounds=2, reap_rounds=1, test_runs=2,
+             proxy_rounds=2, proxy_seconds=1, proxy_connects=200,
+             systemd_rounds=3, systemd_packets=2000, systemd_bursts=1)
+PARTS = ("start", "traffic", "proxy", "program", "scale", "systemd")
 # the traffic figures whose runs inside a session have the programs' costs
 TRAFFIC_LABELS = {"tcp_throughput": "TCP throughput", "udp_64b_rate": "UDP 64-byte",
                   "connect_rate": "TCP connect() + close"}
 
-# proxy mode: the test proxy on an address of its own in NET, a sink by the
-# server's address; bench/bulk.py is the sender, the connect loop and the sink
-PROXY4, PROXY_PORT, SINK_PORT = "203.0.113.20", 1080, 8082
+# proxy mode: microsocks on an address of its own in NET, a source by the
+# server's address; bench/bulk.py is the source, the fetcher and the connect loop
+PROXY4, PROXY_PORT, SOURCE_PORT = "203.0.113.20", 1080, 8083
 BULK = os.path.join(ROOT, "bench", "bulk.py")
-PROXYD = os.path.join(ROOT, "tests", "proxyd.py")
+# the relay's forwarding modes, each measured with the daemon started with
+# NETLEAK_RELAY_FORWARD set to it ("auto" is one of them)
+RELAY_MODES = ("splice", "sockmap")
+# the paths through the proxy, in a round's order (reversed every other round)
+PROXY_PATHS = (*(f"netleak:{m}" for m in RELAY_MODES), "proxychains4", "own")
+PROXY_STARTS = 3        # starts of the one-connection client per path and round
+
+# the warm start's baseline, and the command under netleak-exec beside it:
+# the system's interpreter, not the venv's
+SYSTEM_PYTHON = ["/usr/bin/python3", "-c", "pass"]
+# the least pause before a lone start "after a pause"; longer when netleak
+# says how long an interface's set-up lingers after its last session
+LONE_PAUSE_SECONDS = 3.0
+
+# the systemd part (its scope allows the lab's server alone, by the default
+# route; netleak's session goes by vpn0): the start loop (runs each of two
+# prefixes of `python3 -c pass` in turn: their ms) and the burst (says its
+# cgroup, waits for GO, sends N datagrams to the lab's server, reading each
+# echo, says "done", waits for END)
+SD_START = r"""
+import json, subprocess, sys, time
+prefixes, rounds = json.loads(sys.argv[1]), int(sys.argv[2])
+out = [[] for _ in prefixes]
+for r in range(rounds):
+    order = list(range(len(prefixes)))
+    if r % 2:
+        order.reverse()
+    for i in order:
+        t0 = time.perf_counter()
+        subprocess.run(prefixes[i] + ["/usr/bin/python3", "-c", "pass"], check=True)
+        out[i].append((time.perf_counter() - t0) * 1000)
+print(json.dumps(out))
+"""
+SD_BURST = r"""
+import os, socket, sys, time
+host, port, n, go, end = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+print(open("/proc/self/cgroup").read().split("::", 1)[1].strip(), flush=True)
+def wait(path):
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            sys.exit("no " + path)
+        time.sleep(0.01)
+wait(go)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+s.connect((host, port))
+for _ in range(n):
+    s.send(b"x" * 18)
+    s.recv(2048)
+print("done", flush=True)
+wait(end)
+"""
 
 CONNECT_PORT = 8081
 # connect() and close, N times; prints connects per second. SO_LINGER 0
@@ -123,6 +181,24 @@ def prog_snapshot(bpf_dir: str) -> dict[str, tuple[int, int]]:
     return out
 
 
+def linger_seconds(env: dict) -> float | None:
+    """How long netleak keeps an interface's set-up after its last session,
+    when it says so (NETLEAK_LINGER_SECONDS, or a config attribute named
+    for it); None when it does not."""
+    raw = env.get("NETLEAK_LINGER_SECONDS")
+    if raw is None:
+        try:
+            from netleak_hook.core.config import Config
+            cfg = Config.from_env(env)
+            raw = next((getattr(cfg, a) for a in dir(cfg) if "linger" in a), None)
+        except Exception:       # any version of the config: not ours to judge here
+            raw = None
+    try:
+        return float(raw) if raw is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
 def machine() -> dict:
     def first(path: str, key: str, default: str = "?") -> str:
         try:
@@ -162,18 +238,23 @@ class Bench:
         self.own = lab.Isolated("bench")
         self.world = lab.Lab(f"nlbench{os.getpid() % 1000}")
         self.figures: list[report.Figure] = []
+        self.rows: list[report.Figure | report.Missing] = []     # the table's, in order
         self.series: dict[str, list] = {}
         self.failures: dict[str, str] = {}      # part -> why it has no figures
         # (workload, {program: (ns, runs)}) of each traffic run inside a
         # session, counted by the kernel; None while its counting is off
         self.prog_runs: list[tuple[str, dict]] | None = None
         self._proxy_pid: int | None = None
+        self._pc_dir = ""                       # proxychains4's configuration
+        self._relay_mode = ""                   # that the running daemon was started with
+        self.proxy_peers: list[dict] = []
         self.program_costs: list[dict] = []
 
     def __enter__(self) -> "Bench":
         self.own.__enter__()
         try:
             self.world.__enter__()
+            self.idle_rules = self.rules()      # no session yet: the lab's own
         except BaseException:
             self.own.__exit__(None, None, None)
             raise
@@ -192,9 +273,15 @@ class Bench:
     def add(self, *args, **kw) -> report.Figure:
         f = report.figure(*args, **kw)
         self.figures.append(f)
+        self.rows.append(f)
         print(f"  {f.label}: {f.value:,.3f} {f.unit} vs {f.baseline:,.3f} "
               f"({f.baseline_label}), ratio {f.ratio:.3f}", flush=True)
         return f
+
+    def missing(self, key: str, label: str, why: str, goal: str = "") -> None:
+        """A row of the table that has no figure: not measured, and why."""
+        self.rows.append(report.Missing(key, label, why, goal))
+        print(f"  {label}: not measured ({why})", flush=True)
 
     def timed(self, argv: list[str], pythonpath: str = "") -> float:
         env = dict(self.env, PYTHONPATH=pythonpath) if pythonpath else self.env
@@ -241,30 +328,86 @@ class Bench:
             lab.stop_daemon(self.own.run_dir)
             programs.remove_pins(self.own.bpf_dir)
             cold.append(self.timed([self.exec_bin, "vpn0", "true"]))
-        holder, _ = self.hold()      # warm: the daemon is up and vpn0 bound
         other = self.plan.get("compare")
         # byte code written first, so neither tree is timed compiling
         for tree in (ROOT, other) if other else (ROOT,):
             compileall.compile_dir(os.path.join(tree, "netleak_hook"), quiet=1)
-        warm, py, before = [], [], []
-        for _ in range(p["start_rounds"]):
+        self._start_lone()
+        holder, _ = self.hold()      # warm: the daemon is up and vpn0 bound
+        warm, py, before, held, held_py = [], [], [], [], []
+        for r in range(p["start_rounds"]):
             warm.append(self.timed([self.exec_bin, "vpn0", "true"]))
             py.append(self.timed([sys.executable, "-c", "pass"]))
+            for mine in ((True, False) if r % 2 == 0 else (False, True)):
+                (held if mine else held_py).append(
+                    self.timed(([self.exec_bin, "vpn0"] if mine else []) + SYSTEM_PYTHON))
             if other:
                 before.append(self.timed([sys.executable, os.path.join(
                     other, "bin", "netleak-exec"), "vpn0", "true"], pythonpath=other))
         holder.kill()
         holder.wait()
         ms = [x * 1000 for x in warm]
-        self.add("warm_start", "warm start: `netleak-exec vpn0 true`", "ms", ms,
-                 [x * 1000 for x in py], "`python3 -c pass`", goal="ratio <= 3", paired=True)
+        self.add("warm_start_held", "warm start beside a holder session on vpn0: "
+                 "`netleak-exec vpn0 python3 -c pass`", "ms", [x * 1000 for x in held],
+                 [x * 1000 for x in held_py], "`python3 -c pass`", goal="ratio <= 3",
+                 paired=True)
+        self.add("warm_start", "warm start, the kinder case (a holder session on vpn0, "
+                 "`true` against a Python): `netleak-exec vpn0 true`", "ms", ms,
+                 [x * 1000 for x in py], "`python3 -c pass`", paired=True)
         if other:
-            self.add("warm_start_compare", "warm start, this tree vs --compare's", "ms", ms,
-                     [x * 1000 for x in before], os.path.basename(other.rstrip("/")),
-                     paired=True)
+            self.add("warm_start_compare", "warm start beside a holder, this tree vs "
+                     "--compare's", "ms", ms, [x * 1000 for x in before],
+                     os.path.basename(other.rstrip("/")), paired=True)
         self.add("cold_start", "cold start (no pins, no daemon)", "ms",
-                 [x * 1000 for x in cold], ms, "warm start")
+                 [x * 1000 for x in cold], ms, "warm start beside a holder")
         self.wait_sessions(0)
+
+    def _start_lone(self) -> None:
+        """Warm start alone on vpn0: the daemon up and the pins there, no
+        other session on the interface. Back to back: each round once the
+        last one's session is reaped (a linger may still hold vpn0's set-up).
+        After a pause: also once its rules are gone, and a pause longer than
+        any linger (as one command at a time meets it)."""
+        p = self.plan
+        pause = report.lone_pause(linger_seconds(self.env), LONE_PAUSE_SECONDS)
+        print(f"  lone starts: back to back, and after a {pause:.1f} s pause", flush=True)
+        b2b, b2b_py, paused, paused_py = [], [], [], []
+        for paused_round, rounds in ((False, p["lone_rounds"]), (True, p["paused_rounds"])):
+            mine_runs, base_runs = (paused, paused_py) if paused_round else (b2b, b2b_py)
+            for r in range(rounds):
+                self.wait_sessions(0, timeout=60)
+                self.ensure_daemon_up()         # before the pause: its session is reaped too
+                if paused_round:
+                    time.sleep(pause)
+                    self.wait_rules(self.idle_rules, timeout=60)
+                for mine in ((True, False) if r % 2 == 0 else (False, True)):
+                    (mine_runs if mine else base_runs).append(1000 * self.timed(
+                        ([self.exec_bin, "vpn0"] if mine else []) + SYSTEM_PYTHON))
+        self.wait_sessions(0, timeout=60)
+        self.add("warm_start_lone_paused", f"warm start alone on vpn0, after a {pause:.0f} s "
+                 "pause (no session, no rules): `netleak-exec vpn0 python3 -c pass`", "ms",
+                 paused, paused_py, "`python3 -c pass`", goal="ratio <= 3", paired=True)
+        self.add("warm_start_lone", "warm start alone on vpn0, back to back (the last "
+                 "session just reaped)", "ms", b2b, b2b_py, "`python3 -c pass`", paired=True)
+        self.series["lone_pause_seconds"] = pause
+
+    def ensure_daemon_up(self) -> None:
+        """The daemon running (it leaves after a minute without sessions):
+        started by an untimed session if it is not."""
+        from netleak_hook.rundir.store import Store
+        if Store(self.own.run_dir).daemon_pid() is None:
+            print("  (the daemon was not running: started by an untimed session)", flush=True)
+            self.timed([self.exec_bin, "vpn0", "true"])
+            self.wait_sessions(0, timeout=60)
+
+    def wait_rules(self, n: int, timeout: float) -> None:
+        """Until HOST has N routing rules (netleak's of the last session gone)."""
+        deadline = time.monotonic() + timeout
+        while self.rules() != n:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"bench: {self.rules()} routing rules {timeout:.0f} s after "
+                                 f"the last session, expected {n}")
+            time.sleep(0.02)
 
     # ----- traffic on one path, inside a session and outside -----
 
@@ -374,33 +517,51 @@ class Bench:
                  "outside", goal="ratio >= 0.97", paired=True)
         self.add("connect_rate", "TCP connect() + close", "conn/s", conn_in, conn_out,
                  "outside", goal="ratio >= 0.95", paired=True)
+        self._connect_share(conn_out)
 
-    # ----- proxy mode: through the relay, and without it -----
+    def _connect_share(self, conn_out: list[float]) -> None:
+        """netleak's programs' ns per connect in each connect loop inside
+        (the kernel's count, all programs summed) against the ns a connect
+        takes outside in the same round."""
+        label = "connect share: netleak's programs' time per connect (bpf_stats)"
+        goal = "ratio <= 0.05"
+        if self.prog_runs is None:
+            self.missing("connect_share", label, "kernel.bpf_stats_enabled absent", goal)
+            return
+        ns = [report.ns_per(d, self.plan["connects"]) for w, d in self.prog_runs
+              if w == "connect_rate"]
+        self.add("connect_share", label, "ns", ns, [1e9 / x for x in conn_out],
+                 "a connect() + close outside", goal=goal, paired=True)
+
+    # ----- proxy mode against its peers, through the same proxy -----
 
     def proxy(self) -> None:
-        """Bulk TCP and connection set-up through the proxy: the sender
-        and connect loop of bench/bulk.py under `netleak-exec --proxy`
-        (their connect() goes to the relay, which does the SOCKS5
-        handshake) next to the same programs outside netleak doing the
-        handshake themselves, with the same proxy and sink. The proxy's own
-        cost is in both; the difference is the relay. A failure is
+        """The same programs of bench/bulk.py (a trivial client, a connect
+        loop, a bulk download) through the same microsocks, four ways:
+        under `netleak-exec --proxy` with the daemon started in each relay
+        forwarding mode, under proxychains4, and doing the SOCKS5 handshake
+        themselves. Each round runs every path once, the order reversed
+        every other round (one daemon restart a round). A failure is
         reported (and the part left out of the table), never waited on."""
         p = self.plan
-        print("proxy mode: through the relay, and the client's own SOCKS5", flush=True)
+        print("proxy mode: netleak by relay mode, proxychains4 and the client's own "
+              "SOCKS5, through one microsocks", flush=True)
         started: list[Proc] = []
+        runs: dict[str, list[dict]] = {path: [] for path in PROXY_PATHS}
+        status: dict[str, str] = {}
         try:
+            for tool in ("microsocks", "proxychains4"):
+                if shutil.which(tool) is None:
+                    raise ProxyFailed(f"{tool} is missing: 'make bench' installs it")
             self._proxy_servers(started)
-            for relay in (True, False):     # warm-up (the relay starts), and a check
-                self._bulk(relay, seconds=0.2)
-                self._connect_ms(relay, 5)
-            bulk = {True: [], False: []}
-            setup = {True: [], False: []}
+            for path in PROXY_PATHS:
+                self._path_ready(path, status)
+            order = list(PROXY_PATHS)
             for r in range(p["proxy_rounds"]):
-                order = (True, False) if r % 2 == 0 else (False, True)
-                for relay in order:
-                    bulk[relay].append(self._bulk(relay, p["proxy_seconds"]))
-                for relay in order:
-                    setup[relay].append(self._connect_ms(relay, p["proxy_connects"]))
+                for path in order:
+                    self._path_ready(path, status)
+                    runs[path].append(self._proxy_round(path))
+                order.reverse()
         except (ProxyFailed, OSError, subprocess.SubprocessError, ValueError) as e:
             return self._proxy_failed(e)
         except SystemExit as e:
@@ -409,31 +570,43 @@ class Bench:
             return self._proxy_failed(e.code)
         finally:
             self._proxy_cleanup(started)
-        gbit = {k: [x["gbit"] for x in v] for k, v in bulk.items()}
-        self.add("proxy_throughput", "TCP throughput through the proxy: "
-                 "`netleak-exec --proxy socks5://…` (relay)", "Gbit/s", gbit[True],
-                 gbit[False], "client's own SOCKS5, same proxy", goal="ratio >= 0.8",
-                 paired=True)
-        ms = {k: [x["median_ms"] for x in v] for k, v in setup.items()}
-        self.add("proxy_connect", f"connect + first byte through the proxy "
-                 f"({p['proxy_connects']} in a row, median)", "ms", ms[True],
-                 ms[False], "client's own SOCKS5, same proxy", paired=True)
-        # where the CPU goes: seconds per GB moved, each part (median of runs)
-        cpu = {}
-        for relay, runs in bulk.items():
-            cpu["relay" if relay else "direct"] = report.per_unit(
-                [x["cpu"] for x in runs], [x["bytes"] / 1e9 for x in runs])
-        for relay, k in ((True, "relay"), (False, "direct")):
-            busy = statistics.median(x["busy"] for x in bulk[relay])
-            print(f"  CPU ms per GB, {k}: " +
-                  ", ".join(f"{part} {sec * 1000:.0f}" for part, sec in cpu[k].items()) +
-                  f"; machine {busy:.0%} busy", flush=True)
-        self.series["proxy_bulk"] = [dict(x, relay=k) for k, v in bulk.items() for x in v]
-        self.series["proxy_connect"] = [dict(x, relay=k) for k, v in setup.items()
-                                        for x in v]
-        self.series["proxy_cpu_ms_per_gb"] = [
-            {"path": k, **{part: round(sec * 1000, 1) for part, sec in v.items()}}
-            for k, v in cpu.items()]
+        self._proxy_figures(runs, status)
+
+    def _proxy_figures(self, runs: dict[str, list[dict]], status: dict[str, str]) -> None:
+        p = self.plan
+
+        def col(path: str, what: str) -> list[float]:
+            return [x[what] for x in runs[path]]
+
+        own, pc = "own", "proxychains4"
+        for mode in RELAY_MODES:
+            path = f"netleak:{mode}"
+            name = f"`netleak-exec --proxy` ({mode})"
+            self.add(f"proxy_bulk_{mode}", f"proxy download: {name}", "MB/s",
+                     col(path, "mbps"), col(own, "mbps"), "client's own SOCKS5",
+                     goal="ratio >= 0.97", paired=True)
+            self.add(f"proxy_connect_{mode}", f"proxy connect + first byte, median of "
+                     f"{p['proxy_connects']}: {name}", "ms", col(path, "connect_ms"),
+                     col(pc, "connect_ms"), "proxychains4", goal="ratio <= 1.2", paired=True)
+            self.add(f"proxy_start_{mode}", f"proxy start, a one-connection client: {name}",
+                     "ms", col(path, "start_ms"), col(pc, "start_ms"), "proxychains4",
+                     paired=True)
+            self.add(f"proxy_machine_cpu_{mode}", f"proxy download, machine CPU per GB: "
+                     f"{name}", "s/GB", col(path, "machine_s_per_gb"),
+                     col(own, "machine_s_per_gb"), "client's own SOCKS5", paired=True)
+        self.add("proxy_bulk_proxychains4", "proxy download: proxychains4", "MB/s",
+                 col(pc, "mbps"), col(own, "mbps"), "client's own SOCKS5", paired=True)
+        if "sockmap" in RELAY_MODES and "splice" in RELAY_MODES:
+            self.add("relay_cpu_sockmap", "relay (daemon) CPU per GB: sockmap mode", "s/GB",
+                     col("netleak:sockmap", "relay_s_per_gb"),
+                     col("netleak:splice", "relay_s_per_gb"), "splice mode",
+                     goal="ratio <= 0.1", paired=True)
+        self.proxy_peers = report.peer_columns(
+            {path: runs[path] for path in PROXY_PATHS}, status)
+        print(report.peer_table(self.proxy_peers), flush=True)
+        self.series["proxy_runs"] = [dict(x, path=path) for path in PROXY_PATHS
+                                     for x in runs[path]]
+        self.series["relay_forward"] = status
 
     def _proxy_failed(self, why: object) -> None:
         why = " ".join(str(why).split()) or "failed"
@@ -443,35 +616,105 @@ class Bench:
     def _proxy_servers(self, started: list) -> None:
         w = self.world
         w.ip(w.net, "addr", "add", f"{PROXY4}/32", "dev", "lo")
-        for name, argv in (
-                ("proxy", [sys.executable, PROXYD, "--kind", "socks5", "--listen",
-                           f"{PROXY4}:{PROXY_PORT}", "--source", PROXY4]),
-                ("sink", [sys.executable, BULK, "sink", lab.SERVER4, str(SINK_PORT)])):
-            proc = Proc(name, w.nsenter(w.net) + argv)
-            started.append(proc)
-            line = proc.line(10)
-            if not line.startswith("ready"):
-                raise ProxyFailed(f"the {name} did not start: {proc.tail()}")
-            proc.drain()    # the proxy prints a line per tunnel: read and dropped
-            if name == "proxy":
-                self._proxy_pid = proc.pid
+        self._pc_dir = tempfile.mkdtemp(prefix="netleak-bench-pc-")
+        with open(os.path.join(self._pc_dir, "proxychains.conf"), "w") as f:
+            f.write(report.proxychains_conf(PROXY4, PROXY_PORT))
+        source = Proc("source", w.nsenter(w.net) + [
+            sys.executable, BULK, "source", lab.SERVER4, str(SOURCE_PORT)])
+        started.append(source)
+        if not source.line(10).startswith("ready"):
+            raise ProxyFailed(f"the source did not start: {source.tail()}")
+        # microsocks says nothing when ready (a line per client on stderr,
+        # kept by Proc): ready once the client's own SOCKS5 gets through
+        proxy = Proc("microsocks", w.nsenter(w.net) + [
+            "microsocks", "-i", PROXY4, "-p", str(PROXY_PORT), "-b", PROXY4])
+        started.append(proxy)
+        self._proxy_pid = proxy.pid
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self._connect_ms("own", 1)
+                break
+            except ProxyFailed:
+                if proxy.p.poll() is not None or time.monotonic() > deadline:
+                    raise ProxyFailed(f"microsocks did not start: {proxy.tail()}") from None
+                time.sleep(0.1)
+
+    def _path_ready(self, path: str, status: dict[str, str]) -> None:
+        """For netleak's paths, the daemon running in the path's relay mode
+        (restarted when it runs another), the relay warmed up by a few
+        untimed connections, and the mode the daemon reports kept."""
+        mode = path.partition(":")[2]
+        if not mode or self._relay_mode == mode:
+            return
+        self.wait_sessions(0, timeout=30)
+        lab.stop_daemon(self.own.run_dir)
+        self._relay_mode = mode
+        self._connect_ms(path, 5)       # starts the daemon with the mode's env
+        from netleak_hook.rundir.store import Store
+        pid = Store(self.own.run_dir).daemon_pid()
+        if pid is None or daemon_env(pid).get("NETLEAK_RELAY_FORWARD") != mode:
+            raise ProxyFailed(f"the daemon (pid {pid}) was not started with "
+                              f"NETLEAK_RELAY_FORWARD={mode}")
+        if mode not in status:
+            status[mode] = self._reported_forward()
+
+    def _reported_forward(self) -> str:
+        """The forwarding mode `netleak status --json` reports ("?" if none)."""
+        netleak = os.path.join(os.path.dirname(self.exec_bin), "netleak")
+        r = self.world.run([netleak, "status", "--json"], env=self.env, timeout=30)
+        try:
+            return report.relay_forward(json.loads(r.stdout))
+        except ValueError:
+            return "?"
 
     def _proxy_cleanup(self, started: list) -> None:
         for proc in started:
             proc.stop()
         self._proxy_pid = None
+        if self._pc_dir:
+            shutil.rmtree(self._pc_dir, ignore_errors=True)
+            self._pc_dir = ""
         self.world.ip(self.world.net, "addr", "del", f"{PROXY4}/32", "dev", "lo",
                       check=False)
         try:
             self.wait_sessions(0, timeout=30)
         except SystemExit as e:
             print(f"  proxy mode: {e.code}", flush=True)
+        if self._relay_mode:        # later parts start a daemon of the default mode
+            lab.stop_daemon(self.own.run_dir)
+            self._relay_mode = ""
 
-    def _client(self, relay: bool, args: list[str]) -> list[str]:
-        if relay:
-            return [self.exec_bin, "--proxy", f"socks5://{PROXY4}:{PROXY_PORT}",
-                    sys.executable, BULK, *args]
-        return [sys.executable, BULK, *args, "--socks", f"{PROXY4}:{PROXY_PORT}"]
+    def _client(self, path: str, args: list[str]) -> tuple[list[str], dict]:
+        """(argv, env) of bench/bulk.py ARGS on PATH, in HOST."""
+        py = [sys.executable, BULK, *args]
+        env = self.env
+        if path.startswith("netleak:"):
+            argv = [self.exec_bin, "--proxy", f"socks5://{PROXY4}:{PROXY_PORT}", *py]
+            env = dict(env, NETLEAK_RELAY_FORWARD=path.partition(":")[2])
+        elif path == "proxychains4":
+            argv = ["proxychains4", "-q", "-f",
+                    os.path.join(self._pc_dir, "proxychains.conf"), *py]
+        else:
+            argv = [*py, "--socks", f"{PROXY4}:{PROXY_PORT}"]
+        return self.world.nsenter(self.world.host) + argv, env
+
+    def _proxy_round(self, path: str) -> dict:
+        """One round of PATH: starts of a one-connection client, the
+        connect loop, a download."""
+        p = self.plan
+        starts = []
+        for _ in range(PROXY_STARTS):
+            t0 = time.perf_counter()
+            self._connect_ms(path, 1)
+            starts.append((time.perf_counter() - t0) * 1000)
+        setup = self._connect_ms(path, p["proxy_connects"])
+        out = self._fetch(path, p["proxy_seconds"])
+        gb = out["bytes"] / 1e9
+        return {"start_ms": statistics.median(starts), "connect_ms": setup["median_ms"],
+                "mbps": out["mbps"], "relay_s_per_gb": out["cpu"].get("relay", 0.0) / gb,
+                "machine_s_per_gb": out["cpu"]["machine"] / gb, "connect": setup,
+                "fetch": out}
 
     def _cpu(self) -> dict[str, float]:
         """CPU seconds so far of the daemon (its relay), of the proxy and
@@ -481,16 +724,17 @@ class Bench:
         for part, pid in (("relay", Store(self.own.run_dir).daemon_pid()),
                           ("proxy", self._proxy_pid)):
             if pid is not None:
-                out[part] = cpu_seconds(pid)
+                with contextlib.suppress(OSError):
+                    out[part] = cpu_seconds(pid)
         return out
 
-    def _bulk(self, relay: bool, seconds: float) -> dict:
-        """One bulk run: Gbit/s, bytes and seconds, and CPU seconds of each
-        part over the transfer (sender, relay, proxy, sink)."""
-        argv = self._client(relay, ["send", lab.SERVER4, str(SINK_PORT),
-                                    "--seconds", str(seconds)])
-        name = f"bulk sender ({'relay' if relay else 'direct'})"
-        proc = Proc(name, self.world.nsenter(self.world.host) + argv, env=self.env)
+    def _fetch(self, path: str, seconds: float) -> dict:
+        """One download: MB/s, bytes and seconds, and CPU seconds of each
+        part over it (fetcher, relay, proxy, the machine)."""
+        argv, env = self._client(path, ["fetch", lab.SERVER4, str(SOURCE_PORT),
+                                        "--seconds", str(seconds)])
+        name = f"download ({path})"
+        proc = Proc(name, argv, env=env)
         try:
             line = proc.line(30)        # the session's start and the tunnel
             if line != "start":
@@ -503,24 +747,20 @@ class Bench:
         finally:
             proc.stop()
         out = json.loads(line)
-        out["cpu"] = {"sender": out.pop("cpu"), "sink": out.pop("sink_cpu"),
+        out["cpu"] = {"fetcher": out.pop("cpu"),
                       **{k: after[k] - before[k] for k in after if k in before}}
-        # what no process of the run was charged with: softirq (the TCP
-        # receive path), kernel threads, and any other process of the machine
-        out["cpu"]["other"] = max(0.0, out["cpu"]["machine"] - sum(
-            v for k, v in out["cpu"].items() if k not in ("machine", "wall")))
         # how busy the machine was over the transfer (1.0: every CPU all along)
         out["busy"] = out["cpu"]["machine"] / (after["wall"] - before["wall"]) \
             / (os.cpu_count() or 1)
         del out["cpu"]["wall"]
         return out
 
-    def _connect_ms(self, relay: bool, n: int) -> dict:
+    def _connect_ms(self, path: str, n: int) -> dict:
         """N connections in a row, each timed from connect() to the first
         byte back: their median ms (and quartiles, min, max)."""
-        argv = self._client(relay, ["connects", lab.SERVER4, str(SINK_PORT), str(n)])
-        name = f"connect loop ({'relay' if relay else 'direct'})"
-        proc = Proc(name, self.world.nsenter(self.world.host) + argv, env=self.env)
+        argv, env = self._client(path, ["connects", lab.SERVER4, str(SOURCE_PORT), str(n)])
+        name = f"connect loop ({path})"
+        proc = Proc(name, argv, env=env)
         try:
             line = proc.line(30 + n * 0.5)
             if proc.wait(10) != 0 or not line.startswith("{"):
@@ -528,6 +768,138 @@ class Bench:
         finally:
             proc.stop()
         return json.loads(line)
+
+    # ----- systemd's own cgroup restrictions as a peer -----
+
+    def systemd(self) -> None:
+        """A real systemd as PID 1 (tests/privileged/systemd_machine.py)
+        with the lab's links: a scope with IPAddressDeny=any and
+        IPAddressAllow= the lab's server next to a netleak session on vpn0.
+        Start: `systemd-run --scope` against `netleak-exec vpn0`, each of
+        `python3 -c pass`, timed inside the machine. Per packet: the kernel's
+        count (bpf_stats) of the programs attached to each one's cgroup over
+        the same burst of UDP datagrams to the server by vpn0. Anything in
+        the way is said in the table's rows, never a made-up figure."""
+        print("systemd's IPAddressDeny/Allow next to netleak, on a systemd host", flush=True)
+        start = ("systemd_start", "systemd peer: start, `netleak-exec vpn0 python3 -c pass` "
+                 "in a systemd machine")
+        cost = ("systemd_packet", "systemd peer: BPF time per UDP datagram sent and echoed "
+                "(every program of the cgroup, bpf_stats): netleak's session on vpn0")
+        ifaces = ("systemd_packet_ifaces", "systemd peer: BPF time per UDP datagram, "
+                  "netleak vs a RestrictNetworkInterfaces=up0 scope")
+        try:
+            self._systemd(start, cost, ifaces)
+        except (SystemdFailed, OSError, subprocess.SubprocessError, AssertionError,
+                ValueError) as e:
+            why = " ".join(str(e).split())[:200] or type(e).__name__
+            done = {f.key for f in self.figures}
+            for key, label in (start, cost, ifaces):
+                if key not in done and not any(r.key == key for r in self.rows):
+                    self.missing(key, label, why)
+
+    def _systemd(self, start: tuple[str, str], cost: tuple[str, str],
+                 ifaces: tuple[str, str]) -> None:
+        sys.path.insert(0, ROOT)
+        from tests.privileged.podman import Podman, have_podman
+        from tests.privileged.systemd_machine import SystemdMachine
+        missing = have_podman()
+        if missing:
+            raise SystemdFailed(f"needs {missing} ('make test' installs it)")
+        base = tempfile.mkdtemp(prefix="netleak-bench-podman-", dir="/var/tmp")
+        try:
+            pm = Podman(base, f"netleak-bench-podman-{os.getpid()}")
+            name = f"nlb-sd{os.getpid() % 10000}"
+            with SystemdMachine(pm, name, ROOT) as m:
+                world = lab.Lab(name, host=name)
+                try:
+                    world.build()
+                    world.start_server()
+                    self._systemd_measure(m, start, cost, ifaces)
+                finally:
+                    world.close()
+        finally:
+            with contextlib.suppress(Exception):
+                Podman(base, f"netleak-bench-podman-{os.getpid()}").reset()
+            shutil.rmtree(base, ignore_errors=True)
+
+    def _systemd_measure(self, m, start: tuple[str, str], cost: tuple[str, str],
+                         ifaces: tuple[str, str]) -> None:
+        gateway = lab.LINKS["vpn0"][1]
+        scope = ["systemd-run", "--scope", "--quiet", "-p", "IPAddressDeny=any",
+                 "-p", f"IPAddressAllow={lab.SERVER4}"]
+        mine = [self.exec_bin, "--via", gateway, "vpn0"]
+        r = m.exec(*mine, "true")           # the daemon up, the pins made: warm from here
+        if r.returncode != 0:
+            raise SystemdFailed(f"netleak-exec in the machine: {r.stderr.strip()}")
+        r = m.exec(sys.executable, "-c", SD_START, json.dumps([scope, mine]),
+                   str(self.plan["systemd_rounds"]), timeout=300)
+        if r.returncode != 0:
+            raise SystemdFailed(f"the start loop: {r.stderr.strip()[-200:]}")
+        sd_ms, nl_ms = json.loads(r.stdout)
+        self.add(start[0], start[1], "ms", nl_ms, sd_ms,
+                 "`systemd-run --scope -p IPAddressDeny=any -p IPAddressAllow=…` of the same",
+                 paired=True)
+        n = self.plan["systemd_packets"]
+        whos = {"systemd": scope, "netleak": mine}
+        # RestrictNetworkInterfaces= needs systemd built with its BPF framework
+        version = m.exec("systemctl", "--version").stdout
+        ifaces_why = "" if "+BPF_FRAMEWORK" in version else \
+            "this systemd is built without BPF_FRAMEWORK (`systemctl --version`)"
+        if not ifaces_why:
+            whos["systemd_ifaces"] = ["systemd-run", "--scope", "--quiet",
+                                      "-p", "RestrictNetworkInterfaces=up0"]
+        per: dict[str, list[float]] = {who: [] for who in whos}
+        with bpf_stats() as counting:
+            if not counting:
+                raise SystemdFailed("kernel.bpf_stats_enabled absent")
+            order = list(whos)
+            for _ in range(self.plan["systemd_bursts"]):
+                for who in order:
+                    per[who].append(self._burst_cost(m, who, whos[who], n))
+                order.reverse()
+        self.add(cost[0], cost[1], "ns", per["netleak"], per["systemd"],
+                 "systemd's IPAddressDeny/Allow scope", paired=True)
+        key, label = ifaces
+        if ifaces_why:
+            self.missing(key, label, ifaces_why)
+        else:
+            self.add(key, label, "ns", per["netleak"], per["systemd_ifaces"],
+                     "systemd's RestrictNetworkInterfaces= scope", paired=True)
+
+    def _burst_cost(self, m, who: str, prefix: list[str], n: int) -> float:
+        """ns per datagram of the programs attached to the cgroup of a burst
+        of N datagrams (echoed back) run under PREFIX in the machine."""
+        go, end = f"/tmp/nlb-go-{who}", f"/tmp/nlb-end-{who}"
+        m.exec("rm", "-f", go, end)
+        p = m.popen(*prefix, sys.executable, "-c", SD_BURST, lab.SERVER4, str(lab.PORT),
+                    str(n), go, end, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            cgroup = p.stdout.readline().strip()
+            if not cgroup.startswith("/"):
+                raise SystemdFailed(f"the {who} burst did not start: {p.stderr.read()[-200:]}")
+            root = machine_cgroup_ns_root(m)
+            progs = attached_programs(root + cgroup)
+            if not progs:
+                raise SystemdFailed(f"no program attached to {who}'s cgroup {cgroup}")
+            before = {i: prog_stats_by_id(i) for i in progs}
+            m.exec("touch", go)
+            if p.stdout.readline().strip() != "done":
+                raise SystemdFailed(f"the {who} burst failed: {p.stderr.read()[-200:]}")
+            after = {i: prog_stats_by_id(i) for i in progs}
+            m.exec("touch", end)
+            p.wait(30)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stdout.close()
+            p.stderr.close()
+        delta = report.run_delta({str(k): v for k, v in before.items()},
+                                 {str(k): v for k, v in after.items()})
+        self.series.setdefault("systemd_programs", []).append({
+            "who": who, "programs": progs, "delta": {k: list(v) for k, v in delta.items()},
+            "datagrams": n})
+        return report.ns_per(delta, n)
 
     # ----- the egress program alone -----
 
@@ -622,6 +994,7 @@ class Bench:
     # ----- many sessions at once -----
 
     def rules(self) -> int:
+        """Routing rules of HOST, both families."""
         return sum(len(self.world.ip(self.world.host, fam, "rule").stdout.splitlines())
                    for fam in ("-4", "-6"))
 
@@ -685,6 +1058,48 @@ class Bench:
                  [rss_one], "with 1 session", goal="value <= 60")
         self.series["setup_ms"] = setup
         self.series["rss_mb"] = [(1, rss_one)] + rss
+
+
+class SystemdFailed(Exception):
+    """The systemd part cannot go on: what went wrong, in one line."""
+
+
+def machine_cgroup_ns_root(m) -> str:
+    """The host's path of the systemd machine's cgroup namespace root: its
+    PID 1's cgroup as the host sees it, less the path the machine sees."""
+    host = m.cgroup_root()
+    inside = m.exec("cat", "/proc/1/cgroup").stdout.strip().partition("::")[2]
+    if host is None or not inside.startswith("/") or not host.endswith(inside.rstrip("/")):
+        raise SystemdFailed(f"the machine's cgroup is not found ({host}, {inside})")
+    return host[: len(host) - len(inside.rstrip("/"))]
+
+
+def attached_programs(cgroup: str) -> list[int]:
+    """IDs of the BPF programs attached to the cgroup directory, any hook."""
+    from netleak_hook.kernel import bpfsys
+    fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        ids = []
+        for hook in range(0, 48):
+            with contextlib.suppress(OSError):
+                ids += bpfsys.prog_query(fd, hook)
+        return sorted(set(ids))
+    finally:
+        os.close(fd)
+
+
+def prog_stats_by_id(prog_id: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) of the program with that ID."""
+    import ctypes
+    from netleak_hook.kernel import bpfsys
+    lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
+    fd = lib.bpf_prog_get_fd_by_id(ctypes.c_uint32(prog_id))
+    if fd < 0:
+        raise OSError(-fd, f"bpf_prog_get_fd_by_id {prog_id}: {os.strerror(-fd)}")
+    try:
+        return bpfsys.prog_run_stats(fd)
+    finally:
+        os.close(fd)
 
 
 class ProxyFailed(Exception):
@@ -760,6 +1175,13 @@ class Proc:
             t.join(timeout=5)
         for f in (self.p.stdout, self.p.stderr):
             f.close()
+
+
+def daemon_env(pid: int) -> dict[str, str]:
+    """The environment a process was started with."""
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        pairs = f.read().split(b"\0")
+    return dict(p.decode(errors="replace").split("=", 1) for p in pairs if b"=" in p)
 
 
 def machine_busy() -> float:
@@ -848,30 +1270,41 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     info = machine()
     t0 = time.monotonic()
+    part_seconds: dict[str, float] = {}
     with Bench(plan) as b:
         b.world.start_server()
         b.servers()
         for name, section in (("start", b.start), ("traffic", b.traffic),
                               ("proxy", b.proxy), ("program", b.program_cost),
-                              ("scale", b.scale)):
+                              ("scale", b.scale), ("systemd", b.systemd)):
             if name in only:
+                t = time.monotonic()
                 section()
+                part_seconds[name] = round(time.monotonic() - t, 1)
+                print(f"  ({name}: {part_seconds[name]:.0f} s)", flush=True)
     os.makedirs(a.out, exist_ok=True)
     png = os.path.join(a.out, "scale.png")
     has_plot = "setup_ms" in b.series and plot(b.series, png, plan["sessions"])
     results = {"machine": info, "plan": plan, "seconds": round(time.monotonic() - t0),
+               "part_seconds": part_seconds,
                "figures": [f.as_dict() for f in b.figures],
-               "program_costs": b.program_costs, "series": b.series,
+               "not_measured_rows": [m.as_dict() for m in b.rows
+                                     if isinstance(m, report.Missing)],
+               "program_costs": b.program_costs, "proxy_peers": b.proxy_peers,
+               "series": b.series,
                "not_measured": b.failures}
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
         f.write("\n")
     print()
     print(report.machine_line(info))
-    print(report.table(b.figures))
+    print(report.table(b.rows))
     programs = report.program_table(b.program_costs, TRAFFIC_LABELS)
     if programs:
         print(f"\n{report.PROGRAMS_NOTE}\n\n{programs}")
+    peers = report.peer_table(b.proxy_peers)
+    if peers:
+        print(f"\n{report.PEERS_NOTE}\n\n{peers}")
     if b.failures:
         print(report.not_measured(b.failures))
     if a.readme:
@@ -880,8 +1313,8 @@ def main(argv: list[str] | None = None) -> int:
         rel = os.path.relpath(png, os.path.dirname(os.path.abspath(a.readme)))
         with open(a.readme, "w") as f:
             f.write(report.replace_section(
-                text, report.readme_section(b.figures, info, rel if has_plot else None,
-                                            b.failures, programs)))
+                text, report.readme_section(b.rows, info, rel if has_plot else None,
+                                            b.failures, programs, peers)))
     missed = [f.key for f in b.figures if f.met is False]
     print(f"\ngoals missed: {', '.join(missed)}" if missed else
           "\nevery goal met" + (" of the parts measured" if b.failures else ""))

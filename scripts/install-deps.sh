@@ -7,7 +7,8 @@
 # the suite runs netleak with: wireguard-go and wireguard-tools (userspace
 # WireGuard, wg, wg-quick), openvpn and openssl (a TLS tunnel with
 # certificates of its own) and microsocks (a SOCKS5 server); "install-deps.sh bench" adds
-# iperf3 (the benchmark's traffic).
+# iperf3 (the benchmark's traffic), microsocks (the proxy of its proxy part) and
+# proxychains4 (the LD_PRELOAD peer it is measured against).
 set -eu
 
 say() { echo "deps: $*"; }
@@ -26,7 +27,7 @@ if [ "${1:-}" = test ]; then
     # nft is not there (recommended only, and recommends are not installed)
     want="$want wireguard-go wireguard-tools iptables openvpn openssl microsocks"
 elif [ "${1:-}" = bench ]; then
-    want="$want iperf3"
+    want="$want iperf3 microsocks proxychains4"
 fi
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
 missing=""

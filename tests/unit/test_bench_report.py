@@ -128,3 +128,88 @@ def test_readme_section_shows_the_program_table_when_there_is_one():
     out = report.readme_section([fig], info, None, programs="| program | x |")
     assert out.endswith(f"{report.PROGRAMS_NOTE}\n\n| program | x |")
     assert report.PROGRAMS_NOTE not in report.readme_section([fig], info, None)
+
+
+def test_a_row_not_measured_says_why_and_its_goal_and_is_never_met_or_missed():
+    fig = report.figure("a", "start", "ms", [40], [20], "python", goal="ratio <= 3")
+    gone = report.Missing("sd", "systemd scope start", "no podman\nhere", "ratio <= 1.5")
+    rows = report.table([gone, fig]).splitlines()
+    assert rows[2] == ("| systemd scope start | not measured: no podman here | – | – | "
+                       "≤ 1.5x not measured |")
+    assert "≤ 3x met" in rows[3]
+    assert gone.met is None and gone.as_dict()["why"] == "no podman\nhere"
+    assert report.table([report.Missing("k", "l", "why")]).splitlines()[2].endswith("| – |  |")
+
+
+def test_ns_per_sums_every_program_over_the_operations():
+    assert report.ns_per({"connect4": (3000, 10), "egress": (7000, 40)}, 10) == 1000
+    assert report.ns_per({}, 10) == 0 and report.ns_per({"egress": (5, 1)}, 0) == 0
+
+
+@pytest.mark.parametrize("linger, pause", [(None, 3.0), (0.5, 3.0), (2.0, 3.0), (5.0, 6.0)])
+def test_the_lone_pause_outlasts_any_linger(linger, pause):
+    assert report.lone_pause(linger, 3.0) == pause
+
+
+@pytest.mark.parametrize("status, mode", [
+    ({"relay_forward": "sockmap"}, "sockmap"),
+    ({"relay": {"relay_forward": "splice"}}, "splice"),
+    ({"relay": {"forward": "sockmap"}}, "sockmap"),
+    ({"relay": {"mode": "splice"}}, "splice"),
+    ({"relay": "up"}, "?"),
+    ({"relay_forward": None, "sessions": []}, "?"),
+    ({}, "?"),
+])
+def test_relay_forward_is_read_where_status_may_put_it(status, mode):
+    assert report.relay_forward(status) == mode
+
+
+def test_proxychains_conf_is_strict_with_the_one_socks5_proxy():
+    conf = report.proxychains_conf("203.0.113.20", 1080).splitlines()
+    assert conf[0] == "strict_chain"
+    assert conf[-2:] == ["[ProxyList]", "socks5 203.0.113.20 1080"]
+    assert not any(line.startswith(("dynamic_chain", "random_chain", "proxy_dns"))
+                   for line in conf)
+
+
+def test_peer_columns_take_medians_and_the_reported_mode_of_netleaks_paths():
+    runs = {"netleak:sockmap": [{"mbps": 10.0, "start_ms": 5.0}, {"mbps": 30.0, "start_ms": 7.0},
+                                {"mbps": 20.0, "start_ms": 6.0}],
+            "own": [{"mbps": 40.0}]}
+    cols = report.peer_columns(runs, {"sockmap": "splice"})
+    assert [c["name"] for c in cols] == ["netleak (sockmap)", "client's own SOCKS5"]
+    assert cols[0]["mbps"] == 20.0 and cols[0]["start_ms"] == 6.0
+    assert cols[0]["reported"] == "splice" and cols[1]["reported"] == ""
+    assert cols[1]["start_ms"] is None
+    assert report.peer_columns({"netleak:splice": []}, {})[0]["reported"] == "?"
+
+
+def test_peer_table_has_a_column_per_path_and_a_row_per_value():
+    cols = report.peer_columns({"netleak:splice": [{"mbps": 1234.0, "connect_ms": 0.5}],
+                                "proxychains4": [{"mbps": 1000.0, "connect_ms": 0.4}]}, {})
+    rows = report.peer_table(cols).splitlines()
+    assert rows[0] == "| | netleak (splice) | proxychains4 |"
+    assert rows[2] == "| forwarding mode reported | ? | – |"
+    assert len(rows) == 3 + len(report.PEER_ROWS)
+    assert "| download (MB/s) | 1,234 | 1,000 |" in rows
+    assert "| start, one-connection client (ms) | – | – |" in rows
+    assert report.peer_table([]) == ""
+
+
+def test_readme_section_shows_the_peer_table_when_there_is_one():
+    fig = report.figure("a", "start", "ms", [40], [20], "python")
+    info = {"date": "d", "cpu": "c", "cpus": 2, "memory_gb": 1.0, "os": "o",
+            "kernel": "k", "python": "p"}
+    out = report.readme_section([fig], info, None, peers="| | x |")
+    assert out.endswith(f"{report.PEERS_NOTE}\n\n| | x |")
+    assert report.PEERS_NOTE not in report.readme_section([fig], info, None)
+
+
+@pytest.mark.parametrize("env, linger", [
+    ({"NETLEAK_LINGER_SECONDS": "2.5"}, 2.5),
+    ({"NETLEAK_LINGER_SECONDS": "soon"}, None),
+    ({}, None),
+])
+def test_the_linger_is_read_from_the_environment_when_set(env, linger):
+    from bench import run
+    assert run.linger_seconds(env) == linger
