@@ -208,7 +208,7 @@ def test_readme_section_shows_the_peer_table_when_there_is_one():
 @pytest.mark.parametrize("env, linger", [
     ({"NETLEAK_LINGER_SECONDS": "2.5"}, 2.5),
     ({"NETLEAK_LINGER_SECONDS": "soon"}, None),
-    ({}, None),
+    ({}, 5.0),                  # the configuration's default
 ])
 def test_the_linger_is_read_from_the_environment_when_set(env, linger):
     from bench import run

@@ -148,9 +148,9 @@ def test_a_session_within_the_linger_reuses_the_set_up_as_it_is():
     assert made(w) == [] and not w.journal.of("probe")      # no rule, route, nor lookup
     assert w.state.lingering == {} and w.store.saved[-1].lingering == {}
     s2 = w.state.sessions["s2"]
-    assert w.policy(s2.cgroup_id) == Policy(ifindex=5, mark=B.mark, killed=False,
-                                            netns=w.holder.netns,
-                                            event_rate=w.cfg.event_rate)
+    pol = w.policy(s2.cgroup_id)
+    assert pol == Policy(ifindex=5, mark=B.mark, killed=False, netns=w.holder.netns,
+                         event_rate=w.cfg.event_rate, stats_slot=pol.stats_slot)
     assert (reply["mark"], reply["table"], reply["killed"]) == (B.mark, B.table, False)
 
 
