@@ -8,7 +8,9 @@ diagnostics, which no process can make lie), reads that record, opens a
 connection to the session's proxy (bound to the session's interface, if
 it has one), does the proxy's handshake for the original destination, and
 then moves bytes both ways with splice(2) (the data stays in the kernel),
-one thread per connection.
+one thread per open tunnel. Accepting, asking the kernel, connecting to
+the proxy and its handshake are one event loop's work: no thread waits on
+a proxy that is slow to answer.
 
 DNS of such sessions comes here too (UDP to one of two answerers, TCP to
 the relay like any connection), told apart the same way: with a proxy
@@ -21,15 +23,18 @@ addresses only, every query is refused.
 Whatever the relay has no record for (another local program that found
 its ports) gets nothing: the relay is no open proxy, and no oracle.
 
-Here: the listeners, the accept loop, the limits, whom DNS is answered
+Here: the listeners, the event loop, the limits, whom DNS is answered
 for, the relay's own events. Its parts: records.py (the record of a
-socket, whose it is, the session's route), tunnel.py (the connection to
-the proxy, the bytes both ways), answerer.py (what DNS is answered).
+socket, whose it is, the session's route), opening.py (the connection to
+the proxy, opened without blocking), tunnel.py (the bytes both ways),
+answerer.py (what DNS is answered).
 """
 from __future__ import annotations
 
 import contextlib
 import errno
+import heapq
+import itertools
 import logging
 import os
 import queue
@@ -43,9 +48,10 @@ from ..core.errors import NetleakError
 from ..kernel import bpfsys
 from .answerer import Answerer
 from .handshake import ProxyError
+from .opening import Opening
 from .records import (REDIRECT_SIZE, Redirect, Route, cookie_key, kernel_identify, same_addr,
                       unpack_redirect)
-from .tunnel import CONNECT_TIMEOUT, open_tunnel, reset, splice_both, why
+from .tunnel import CONNECT_TIMEOUT, open_tunnel, reset, splice_both, why  # noqa: F401
 # found here too, as they were before the relay had parts
 from .records import destination
 from .tunnel import SO_BINDTODEVICE, SO_MARK
@@ -53,16 +59,18 @@ from .tunnel import SO_BINDTODEVICE, SO_MARK
 log = logging.getLogger("netleak.relay")
 
 EVENTS_PER_SECOND = 20      # the relay's own events, all sessions together
-MAX_CONNECTIONS = 4096      # relayed at once (each: a thread, 2 sockets, 2 pipes)
+MAX_CONNECTIONS = 4096      # relayed at once (each open one: a thread, 2 sockets, 2 pipes)
 SESSION_CONNECTIONS = 1024  # ... of them one session's: no session takes them all
 DNS_TCP_SECONDS = 60.0      # a DNS-over-TCP connection's whole life
 DNS_TCP_QUERIES = 1000      # ... and the queries it may ask
+IN, OUT, RDHUP = select.EPOLLIN, select.EPOLLOUT, select.EPOLLRDHUP
+ERR, HUP = select.EPOLLERR, select.EPOLLHUP     # reported whatever is asked
 
 
 class Relay:
-    """The listeners and their threads. `lookup(cgroup_id)` gives the Route
-    of a session (None: not a proxy-mode session); events go to EVENTS as
-    dicts of the event log's form."""
+    """The listeners and the event loop. `lookup(cgroup_id)` gives the
+    Route of a session (None: not a proxy-mode session); events go to
+    EVENTS as dicts of the event log's form."""
 
     def __init__(self, redirect_fd: int, lookup: Callable[[int], Route | None],
                  events: "queue.SimpleQueue[dict]", port: int = 0, netns: int = 0,
@@ -96,6 +104,11 @@ class Relay:
         self.active = 0             # connections being served now
         self.per_session: dict[int, int] = {}   # cgroup id -> its connections now
         self._count = threading.Lock()
+        # the loop's own (its thread alone touches them)
+        self._poll: Poller | None = None
+        self._timers: list = []     # heap of (when, n, fn)
+        self._n = itertools.count()
+        self._openings: set["_Pending"] = set()
 
     # ---------- listeners ----------
 
@@ -116,6 +129,7 @@ class Relay:
         self.refuse_port = self.dns_refuse[0].getsockname()[1]
         for s in socks:
             s.setblocking(False)
+        self._poll = Poller()       # here: a descriptor short fails start
         threading.stack_size(512 * 1024)
         self._thread = threading.Thread(target=self._loop, name="relay", daemon=True)
         self._thread.start()
@@ -138,49 +152,69 @@ class Relay:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
+    # ---------- the loop ----------
+
     def _loop(self) -> None:
-        poller = select.poll()
-        by_fd = {}
+        poll = self._poll
         for s in self.tcp + self.dns_names + self.dns_refuse:
-            poller.register(s.fileno(), select.POLLIN)
-            by_fd[s.fileno()] = s
-        poller.register(self._wake_r, select.POLLIN)
-        while not self._stopping:
+            poll.add(s, IN, self._listener_ready, s)
+        poll.add(self._wake_r, IN, self._woken, None)
+        try:
+            while not self._stopping:
+                for fn, arg, ev in poll.wait(self._timeout()):
+                    try:
+                        fn(arg, ev)
+                    except Exception:
+                        log.exception("relay")
+                self._due()
+        finally:
+            for p in list(self._openings):
+                p.close()
+            poll.close()
+
+    def later(self, seconds: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._timers, (time.monotonic() + seconds, next(self._n), fn))
+
+    def _timeout(self) -> float | None:
+        return max(0.0, self._timers[0][0] - time.monotonic()) if self._timers else None
+
+    def _due(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, fn = heapq.heappop(self._timers)
             try:
-                ready = poller.poll()
-            except InterruptedError:
-                continue
-            for fd, _ in ready:
-                s = by_fd.get(fd)
-                if s is None:
-                    continue
-                try:
-                    if s.type == socket.SOCK_STREAM:
-                        conn, _ = s.accept()
-                        conn.setblocking(True)
-                        if self.active >= MAX_CONNECTIONS:
-                            reset(conn)
-                            conn.close()
-                            self._event("proxy-failed", None, "tcp", "", 0,
-                                        f"more than {MAX_CONNECTIONS} connections through "
-                                        f"the relay at once: this one was reset")
-                            continue
-                        with self._count:
-                            self.active += 1
-                        threading.Thread(target=self._serve, args=(conn,),
-                                         name="relay-conn", daemon=True).start()
-                    else:
-                        self._answer_udp(s, names=s in self.dns_names)
-                except OSError as e:
-                    if e.errno in (errno.EMFILE, errno.ENFILE):
-                        # the connection waits in the backlog: let descriptors
-                        # free up rather than spin on it
-                        log.warning("relay: %s", e.strerror)
-                        time.sleep(0.05)
-                    elif e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EINTR):
-                        log.warning("relay: %s", e)
-                except Exception:
-                    log.exception("relay")
+                fn()
+            except Exception:
+                log.exception("relay timer")
+
+    def _woken(self, _arg, _ev) -> None:
+        with contextlib.suppress(OSError):
+            os.read(self._wake_r, 64)
+
+    def _listener_ready(self, s: socket.socket, _ev) -> None:
+        try:
+            if s.type == socket.SOCK_STREAM:
+                conn, _ = s.accept()
+                if self.active >= MAX_CONNECTIONS:
+                    reset(conn)
+                    conn.close()
+                    self._event("proxy-failed", None, "tcp", "", 0,
+                                f"more than {MAX_CONNECTIONS} connections through "
+                                f"the relay at once: this one was reset")
+                    return
+                with self._count:
+                    self.active += 1
+                self._begin(conn)
+            else:
+                self._answer_udp(s, names=s in self.dns_names)
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                # the connection waits in the backlog: let descriptors
+                # free up rather than spin on it
+                log.warning("relay: %s", e.strerror)
+                time.sleep(0.05)
+            elif e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EINTR):
+                log.warning("relay: %s", e)
 
     # ---------- DNS ----------
 
@@ -215,17 +249,18 @@ class Relay:
 
     # ---------- connections ----------
 
-    def _serve(self, conn: socket.socket) -> None:
-        upstream = None
-        counted = None      # the session whose connection this is, once counted
+    def _begin(self, conn: socket.socket) -> None:
+        """A connection accepted: whose it is, then the way to its proxy
+        (or DNS over TCP, in a thread of its own)."""
+        counted = None
         try:
             r = self._entry(socket.IPPROTO_TCP, conn.getpeername(), conn.getsockname())
             if r is None:
-                return      # not from a proxy-mode session: no open proxy here
+                raise _Drop      # not from a proxy-mode session: no open proxy here
             addr, port = r.orig_addr, r.orig_port
             route = self.lookup(r.cgroup)
             if route is None:
-                return
+                raise _Drop
             with self._count:
                 held = self.per_session.get(r.cgroup, 0)
                 if held < SESSION_CONNECTIONS:
@@ -235,44 +270,101 @@ class Relay:
                             f"the session has {SESSION_CONNECTIONS} connections through the "
                             f"relay at once: this one was reset")
                 reset(conn)
-                return
+                raise _Drop
             counted = r.cgroup
             if port == 53:
-                self.answers.tcp(conn, r, route, DNS_TCP_SECONDS, DNS_TCP_QUERIES,
-                                 CONNECT_TIMEOUT)
+                threading.Thread(target=self._dns_tcp, args=(conn, r, route), name="relay-dns",
+                                 daemon=True).start()
                 return
             host, refused = self.answers.destination(addr, port, route)
             if host is None:
                 self._event("proxy-failed", route, "tcp", addr, port, refused)
                 reset(conn)
+                raise _Drop
+            p = _Pending(self, conn, route, host, port, r.cgroup, addr)
+        except (_Drop, OSError) as e:
+            if isinstance(e, OSError):
+                log.debug("relay connection: %s", e)
+            conn.close()
+            self.release(counted)
+            return
+        try:
+            p.opening = Opening(route, host, port)
+        except OSError as e:
+            p.failed(e)
+            return
+        self._openings.add(p)
+        self._poll.add(p.opening.sock, OUT, self._opening_ready, p)
+        self.later(CONNECT_TIMEOUT, p.timed_out)
+
+    def _opening_ready(self, p: "_Pending", ev: int) -> None:
+        if p.over:
+            return
+        trouble = bool(ev & (ERR | HUP))    # step finds out what
+        try:
+            if not p.opening.step(bool(ev & IN) or trouble, bool(ev & OUT) or trouble):
+                self._poll.change(p.opening.sock, IN | (OUT if p.opening.wants_write() else 0))
                 return
-            try:
-                upstream, leftover = open_tunnel(route, host, port)
-            except (OSError, ProxyError) as e:
-                self._event("proxy-failed", route, "tcp", addr, port,
-                            f"{host}:{port} through {route.scheme}://{route.addr}:"
-                            f"{route.port}: {why(e)}")
-                reset(conn)
-                return
+        except (OSError, ProxyError) as e:
+            p.failed(e)
+            return
+        self._poll.drop(p.opening.sock)
+        p.over = True               # open: no longer the deadline's
+        self._openings.discard(p)
+        self._carry(p)
+
+    def _carry(self, p: "_Pending") -> None:
+        """The tunnel is open: a thread of its own moves its bytes."""
+        conn, up, leftover = p.conn, p.opening.sock, p.opening.leftover
+        try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if leftover:
-                conn.sendall(leftover)
-            self.served += 1
-            splice_both(conn, upstream)
+        except OSError as e:
+            log.debug("relay connection: %s", e)
+            reset(up)
+            p.close()
+            self.release(p.cgroup)
+            return
+        self.served += 1
+        # the destination's first bytes go first, from that thread: a
+        # client that takes not even those never holds up the loop
+        threading.Thread(target=self._splice, args=(conn, up, p.cgroup, leftover),
+                         name="relay-conn", daemon=True).start()
+
+    def _splice(self, conn: socket.socket, up: socket.socket, cgroup: int,
+                first: bytes = b"") -> None:
+        """FIRST: bytes for CONN before the rest."""
+        try:
+            if first:
+                conn.settimeout(CONNECT_TIMEOUT)
+                conn.sendall(first)
+            splice_both(conn, up)
         except OSError as e:
             log.debug("relay connection: %s", e)
         finally:
             conn.close()
-            if upstream is not None:
-                upstream.close()
-            with self._count:
-                self.active -= 1
-                if counted is not None:
-                    left = self.per_session.get(counted, 1) - 1
-                    if left > 0:
-                        self.per_session[counted] = left
-                    else:
-                        self.per_session.pop(counted, None)
+            up.close()
+            self.release(cgroup)
+
+    def _dns_tcp(self, conn: socket.socket, r: Redirect, route: Route) -> None:
+        try:
+            conn.setblocking(True)
+            self.answers.tcp(conn, r, route, DNS_TCP_SECONDS, DNS_TCP_QUERIES, CONNECT_TIMEOUT)
+        except OSError as e:
+            log.debug("relay connection: %s", e)
+        finally:
+            conn.close()
+            self.release(r.cgroup)
+
+    def release(self, cgroup: int | None) -> None:
+        """A connection ended: its place goes back."""
+        with self._count:
+            self.active -= 1
+            if cgroup is not None:
+                left = self.per_session.get(cgroup, 1) - 1
+                if left > 0:
+                    self.per_session[cgroup] = left
+                else:
+                    self.per_session.pop(cgroup, None)
 
     # ---------- events ----------
 
@@ -295,6 +387,92 @@ class Relay:
             "pid": None, "comm": None, "family": fam, "protocol": proto,
             "daddr": daddr or None, "dport": dport or None, "reason": reason,
             "hook": "relay", "suppressed": 0, "detail": detail})
+
+
+class _Drop(Exception):
+    """A connection the relay closes at once."""
+
+
+class _Pending:
+    """An accepted connection whose way to the proxy is being opened."""
+
+    def __init__(self, relay: Relay, conn: socket.socket, route: Route, host: str,
+                 port: int, cgroup: int, addr: str) -> None:
+        self.relay = relay
+        self.addr = addr            # where the program was going (for events)
+        self.conn = conn
+        self.route = route
+        self.host = host
+        self.port = port
+        self.cgroup = cgroup
+        self.opening: Opening | None = None
+        self.over = False
+
+    def failed(self, e: BaseException) -> None:
+        r = self.route
+        self.relay._event("proxy-failed", r, "tcp", self.addr, self.port,
+                          f"{self.host}:{self.port} through {r.scheme}://{r.addr}:{r.port}: "
+                          f"{why(e)}")
+        reset(self.conn)
+        self.end()
+
+    def timed_out(self) -> None:
+        if not self.over and self.opening is not None:
+            self.failed(socket.timeout())
+
+    def end(self) -> None:
+        if self.over:
+            return
+        self.close()
+        self.relay.release(self.cgroup)
+
+    def close(self) -> None:
+        self.over = True
+        self.relay._openings.discard(self)
+        if self.opening is not None:
+            self.relay._poll.drop(self.opening.sock)
+            self.opening.sock.close()
+        self.conn.close()
+
+
+class Poller:
+    """epoll, each descriptor with its handler: FN(ARG, events). A mask of
+    0 still reports errors and hang-ups (what a side that ended or waits
+    is watched for)."""
+
+    def __init__(self) -> None:
+        self.ep = select.epoll()
+        self.handlers: dict[int, tuple] = {}
+
+    @staticmethod
+    def _fd(f) -> int:
+        return f if isinstance(f, int) else f.fileno()
+
+    def add(self, f, mask: int, fn, arg) -> None:
+        fd = self._fd(f)
+        self.ep.register(fd, mask)
+        self.handlers[fd] = (fn, arg)
+
+    def change(self, f, mask: int) -> None:
+        fd = self._fd(f)
+        if fd in self.handlers:
+            self.ep.modify(fd, mask)
+
+    def drop(self, f) -> None:
+        fd = self._fd(f)
+        if self.handlers.pop(fd, None) is not None:
+            with contextlib.suppress(OSError):
+                self.ep.unregister(fd)
+
+    def wait(self, timeout: float | None) -> list[tuple]:
+        try:
+            ready = self.ep.poll(-1 if timeout is None else timeout)
+        except InterruptedError:
+            return []
+        return [(*self.handlers[fd], ev) for fd, ev in ready if fd in self.handlers]
+
+    def close(self) -> None:
+        self.ep.close()
 
 
 def listeners(port: int = 0) -> list[socket.socket]:

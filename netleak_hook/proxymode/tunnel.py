@@ -23,9 +23,8 @@ SO_BINDTODEVICE = 25
 F_SETPIPE_SZ = 1031
 
 
-def open_tunnel(route: Route, host: str, port: int) -> tuple[socket.socket, bytes]:
-    """A connection through ROUTE's proxy to HOST:PORT, and the first bytes
-    of the destination that came with the proxy's answer."""
+def upstream_socket(route: Route) -> socket.socket:
+    """A socket for the connection to ROUTE's proxy (not connected)."""
     fam = socket.AF_INET6 if ":" in route.addr else socket.AF_INET
     s = socket.socket(fam, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
@@ -35,6 +34,17 @@ def open_tunnel(route: Route, host: str, port: int) -> tuple[socket.socket, byte
             s.setsockopt(socket.SOL_SOCKET, SO_MARK, route.mark)
             s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, route.iface.encode())
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def open_tunnel(route: Route, host: str, port: int) -> tuple[socket.socket, bytes]:
+    """A connection through ROUTE's proxy to HOST:PORT, and the first bytes
+    of the destination that came with the proxy's answer (blocking)."""
+    s = upstream_socket(route)
+    try:
         s.settimeout(CONNECT_TIMEOUT)
         s.connect((route.addr, route.port))
         hs = Handshake(route.scheme, host, port, route.user, route.password)

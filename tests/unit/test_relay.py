@@ -437,6 +437,9 @@ def lab(monkeypatch):
     lab = Lab(monkeypatch)
     yield lab
     lab.close()
+    # every connection's place given back, once
+    assert wait_until(lambda: lab.relay.active == 0 and not lab.relay.per_session), \
+        (lab.relay.active, lab.relay.per_session)
     # the map was used as the programs' layouts say, on the given descriptor
     for call in lab.bpf.calls:
         assert call == ("lookup", -1, call[2], 56) and len(call[2]) == 8, call
@@ -535,15 +538,19 @@ def test_bytes_sent_before_the_tunnel_is_up_arrive_in_order(lab, proxies, server
                                                             scheme, monkeypatch):
     """The client writes (and even half-closes) while the relay is still
     talking to the proxy: nothing is lost or reordered."""
-    real = relay.open_tunnel
     started = threading.Event()
 
-    def slow(route, host, port):
-        started.set()
-        time.sleep(0.2)            # the client's bytes are all in by now
-        return real(route, host, port)
+    class Slow(relay.Opening):
+        def step(self, readable, writable):
+            if not started.is_set():
+                self.t0 = time.monotonic()
+                started.set()
+            if time.monotonic() - self.t0 < 0.2:    # the client's bytes are all in by then
+                time.sleep(0.01)
+                return False
+            return super().step(readable, writable)
 
-    monkeypatch.setattr(relay, "open_tunnel", slow)
+    monkeypatch.setattr(relay, "Opening", Slow)
     lab.via(proxies, scheme)
     first = b"GET / HTTP/1.1\r\n\r\n" + os.urandom(100_000)
     s = lab.client("127.0.0.1", servers.echo.port)
@@ -791,7 +798,7 @@ def test_proxy_down(lab, closed_port):
 
 
 def test_proxy_that_never_answers(lab, silent, monkeypatch):
-    monkeypatch.setattr(tunnel, "CONNECT_TIMEOUT", 0.3)
+    monkeypatch.setattr(relay, "CONNECT_TIMEOUT", 0.3)
     lab.route("socks5", silent.getsockname()[1])
     s = lab.client("192.0.2.7", 443)
     assert ended(s) == "reset"
@@ -1035,6 +1042,95 @@ def test_open_tunnel_without_interface_sets_no_mark_nor_device(proxies, servers)
         assert read_exactly(s, 6) == b"direct"
     finally:
         s.close()
+
+
+# ================================================================ 6b. long and late
+
+def one_server(handle) -> tuple[socket.socket, threading.Thread]:
+    """A listener on loopback whose one connection HANDLE(conn) serves, in
+    a thread."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    srv.settimeout(T)
+
+    def run():
+        c, _ = srv.accept()
+        c.settimeout(T)
+        with c:
+            handle(c)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return srv, t
+
+
+def test_a_tunnel_outlives_the_set_up_deadline(lab, proxies, servers, monkeypatch):
+    monkeypatch.setattr(relay, "CONNECT_TIMEOUT", 0.3)
+    lab.via(proxies, "socks5")
+    s = lab.client("127.0.0.1", servers.echo.port)
+    s.sendall(b"one")
+    assert s.recv(3) == b"one"
+    time.sleep(0.8)
+    s.sendall(b"two")
+    assert s.recv(3) == b"two"
+    s.shutdown(socket.SHUT_WR)
+    assert read_all(s) == b""
+    lab.no_event()
+
+
+def test_a_client_gone_after_its_half_close_stops_the_servers_stream(lab, proxies):
+    """The client half-closes, then closes while the server streams to it:
+    the server learns of it (a reset, a broken pipe) at once."""
+    result: list = []
+
+    def stream(c):
+        c.recv(1)
+        block = b"x" * 65536
+        try:
+            for _ in range(4000):       # 256 MiB at most
+                c.sendall(block)
+            result.append("all sent")
+        except OSError as e:
+            result.append(type(e).__name__)
+
+    srv, t = one_server(stream)
+    try:
+        lab.via(proxies, "socks5")
+        s = lab.client("127.0.0.1", srv.getsockname()[1])
+        s.sendall(b"x")
+        s.shutdown(socket.SHUT_WR)
+        time.sleep(0.2)
+        s.close()
+        t.join(T)
+        assert result in (["ConnectionResetError"], ["BrokenPipeError"]), result
+    finally:
+        srv.close()
+
+
+def test_every_byte_arrives_after_a_half_close_and_a_pause(lab, proxies):
+    """The client sends its request, half-closes and reads nothing for a
+    while; the server answers 12 MiB and closes: all of it arrives, in order."""
+    data = os.urandom(12 << 20)
+
+    def answer(c):
+        got = b""
+        while not got.endswith(b"\n"):
+            got += c.recv(100)
+        c.sendall(data)
+
+    srv, t = one_server(answer)
+    try:
+        lab.via(proxies, "socks5")
+        s = lab.client("127.0.0.1", srv.getsockname()[1], timeout=T_BULK)
+        s.sendall(b"GET\n")
+        s.shutdown(socket.SHUT_WR)
+        time.sleep(2.0)
+        got = read_all(s)
+        assert (len(got), hashlib.sha256(got).digest()) == (len(data),
+                                                             hashlib.sha256(data).digest())
+    finally:
+        srv.close()
 
 
 # ================================================================ 7. close
