@@ -278,8 +278,10 @@ def test_daemon_log_records_transitions_and_reaps(world):
     assert wait_until(lambda: world.states() == ["routed"])
     proc.kill()
     proc.wait()
-    # the set-up lingers a moment after its session (the suite's LINGER)
-    assert wait_until(lambda: world.sessions() == 0 and not world.our_rules())
+    # the set-up lingers a moment after its session (the suite's LINGER); its
+    # release is logged once its routes are gone too
+    assert wait_until(lambda: world.sessions() == 0 and not world.our_rules() and
+                      any(r.get("event") == "release" for r in _log(world)))
     recs = [r for r in _log(world) if r.get("event")]
     ev = [r["event"] for r in recs]
     print("\n".join(f"{r['time']} {r['event']}" for r in recs))
