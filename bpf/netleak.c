@@ -52,10 +52,16 @@ enum nl_verdict { V_PASS, V_LOOPBACK, V_KILL, V_DEVICE, V_NOPOLICY, V_NETNS,
  * whose verdict it counts. Slot 0 is never given: "no slot". */
 BPF_PERCPU_ARRAY(counters, struct nl_stats, NL_MAX_ENTRIES);
 
-/* Who holds each slot (slot -> cgroup id): userspace claims one with
- * BPF_NOEXIST, so daemons of different network namespaces sharing these
- * maps never take the same; the programs never read it. */
-BPF_HASH(slots, u32, u64, NL_MAX_ENTRIES);
+/* Who holds each slot: the session's cgroup id, and the netns cookie of the
+ * daemon that claimed it (so that no daemon gives back, or moves, another
+ * namespace's). Userspace claims one with BPF_NOEXIST, so daemons of
+ * different network namespaces sharing these maps never take the same; the
+ * programs never read it. */
+struct nl_slot_owner {
+    u64 cgroup;
+    u64 netns;
+};
+BPF_HASH(slots, u32, struct nl_slot_owner, NL_MAX_ENTRIES);
 
 /* Counters by cgroup id, for a verdict with no policy entry (or an entry
  * with no slot): the socket's own cgroup id. The cold path. */

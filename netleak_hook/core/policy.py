@@ -158,7 +158,8 @@ def free_slots(used, limit: int = abi.MAX_ENTRIES):
     return (slot for slot in range(1, min(limit, MAX_SLOT + 1)) if slot not in used)
 
 
-SLOT_KEY_SIZE = 4               # the map `slots`: slot (u32) -> cgroup id (u64)
+SLOT_KEY_SIZE = 4               # the map `slots`: slot (u32) -> its owner
+SLOT_OWNER = struct.Struct("<QQ")   # struct nl_slot_owner: cgroup id, the claimer's netns
 
 
 def pack_slot(slot: int) -> bytes:

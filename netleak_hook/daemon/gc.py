@@ -9,7 +9,8 @@ import os
 from ..core import lifecycle, plan
 from ..core.errors import NetleakError
 from ..core.lifecycle import new_session_id
-from ..core.policy import KEY_SIZE, POLICY_SIZE, SLOT_KEY_SIZE, Policy, pack_key, unpack_key
+from ..core.policy import (KEY_SIZE, POLICY_SIZE, SLOT_KEY_SIZE, SLOT_OWNER, Policy,
+                           pack_key, unpack_key)
 from ..core.state import Session
 from ..proxymode.relay import REDIRECT_SIZE, unpack_redirect
 from .notes import log, note, step
@@ -182,19 +183,25 @@ class Collector:
         return stale
 
     def slots(self, maps, claimed: set[int]) -> int:
-        """Give back counter slots held by cgroups that are gone and no
-        session of this daemon claims (a daemon that crashed between the
-        claim and its record). Another daemon's live sessions keep theirs:
-        their cgroups are there."""
-        keys = self.bpf.map_keys(maps.slots, SLOT_KEY_SIZE)
-        if not keys:
+        """Give back this namespace's counter slots held by cgroups that are
+        gone and no session of this daemon claims (a daemon that crashed
+        between the claim and its record). Other namespaces' are their
+        daemons' to give back (a pinned service between two cgroups holds
+        one with no cgroup)."""
+        here = self.holder.netns
+        owners = {}
+        for key in self.bpf.map_keys(maps.slots, SLOT_KEY_SIZE):
+            raw = self.bpf.map_lookup(maps.slots, key, SLOT_OWNER.size)
+            if raw is not None:
+                owners[key] = SLOT_OWNER.unpack(raw)
+        mine = {k: cid for k, (cid, netns) in owners.items()
+                if netns == here and cid not in claimed}
+        if not mine:
             return 0
-        alive = self.cgroups.index_ids()
-        stale = 0
-        for key in keys:
-            raw = self.bpf.map_lookup(maps.slots, key, KEY_SIZE)
-            cid = unpack_key(raw) if raw is not None else 0
-            if raw is not None and cid not in claimed and cid not in alive:
+        alive = self.cgroups.index_ids()    # after the owners were read: a claim
+        stale = 0                           # made since names a cgroup in it
+        for key, cid in mine.items():
+            if cid not in alive:
                 self.bpf.map_delete(maps.slots, key)
                 stale += 1
         return stale

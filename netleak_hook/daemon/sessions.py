@@ -184,7 +184,7 @@ class Sessions(UnitSessions):
         if maps is None:
             return s
         used = {o.stats_slot for o in self.state.sessions.values() if o.pinset == s.pinset}
-        slot = maps.claim_slot(s.cgroup_id, used)
+        slot = maps.claim_slot(s.cgroup_id, used, self.holder.netns)
         return dataclasses.replace(s, stats_slot=slot) if slot else s
 
     def own_guards(self, s: Session, binding: plan.Binding) -> Session:
@@ -304,7 +304,8 @@ class Sessions(UnitSessions):
             step("policy entry", self.bpf.map_delete, maps.policy, key)
             step("stats entry", self.bpf.map_delete, maps.stats, key)
             # after the entry that names it: the next claim zeroes it
-            step("counters slot", maps.release_slot, s.stats_slot)
+            step("counters slot", maps.release_slot, s.stats_slot, s.cgroup_id,
+                 self.holder.netns)
             if maps.redirect_n >= 0:    # its sockets' entries went with them
                 step("redirect count", self.bpf.map_delete, maps.redirect_n, key)
         self.relays.forget(s.cgroup_id)

@@ -111,6 +111,14 @@ class UnitSessions:
         attached, the old entries gone."""
         new = dataclasses.replace(s, cgroup_id=cgroup_id, cgroup=cgroup or s.cgroup,
                                   committed=True)
+        maps = self.pins.maps_for(s.pinset)
+        if maps is not None and s.stats_slot:
+            # its counters go on in its slot, which its new cgroup holds now
+            # (unless it was given back meanwhile: counted by cgroup id then)
+            moved = step("counters slot", maps.move_slot, s.stats_slot, s.cgroup_id,
+                         cgroup_id, self.holder.netns)
+            if not moved:
+                new = dataclasses.replace(new, stats_slot=0)
         self.holder.state = self.state.with_session(new)
         self.holder.save()
         links = self.links
@@ -120,10 +128,7 @@ class UnitSessions:
         progs = self.pins.progs_for(new.pinset)
         if progs is not None:
             progs.attach(self.cgroups.path(new.cgroup))
-        maps = self.pins.maps_for(s.pinset)
         if maps is not None:
-            # its counters go on in its slot, which its new cgroup holds now
-            step("counters slot", maps.move_slot, s.stats_slot, cgroup_id)
             for fd in (maps.policy, maps.stats):
                 step("old entry", self.bpf.map_delete, fd, pack_key(s.cgroup_id))
         note("unit-repinned", "session %s: %s has a new cgroup (id %d): pinned again",

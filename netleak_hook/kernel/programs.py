@@ -152,15 +152,16 @@ class Maps:
                 total = total + Stats.unpack_percpu(raw, self.ncpus, self.stats_size)
         return total
 
-    def claim_slot(self, cgroup_id: int, used) -> int:
+    def claim_slot(self, cgroup_id: int, used, netns: int = 0) -> int:
         """A slot of the map `counters` for the session of CGROUP_ID, its
-        counters zeroed; 0 when every one is taken (or this pin set has
-        none): the session is then counted by cgroup id. USED: slots known
-        taken. The kernel arbitrates (BPF_NOEXIST) between daemons."""
-        from ..core.policy import free_slots, pack_slot
+        counters zeroed, held in the name of the daemon of NETNS; 0 when
+        every one is taken (or this pin set has none): the session is then
+        counted by cgroup id. USED: slots known taken. The kernel arbitrates
+        (BPF_NOEXIST) between daemons."""
+        from ..core.policy import SLOT_OWNER, free_slots, pack_slot
         if self.slots < 0:
             return 0
-        owner = cgroup_id.to_bytes(8, "little")
+        owner = SLOT_OWNER.pack(cgroup_id, netns)
         for slot in free_slots(used):
             try:
                 bpfsys.map_update(self.slots, pack_slot(slot), owner, bpfsys.BPF_NOEXIST)
@@ -170,24 +171,38 @@ class Maps:
                 if e.errno == errno.E2BIG:      # the map is full
                     return 0
                 raise
-            self.zero_slot(slot)
+            try:
+                self.zero_slot(slot)
+            except OSError:
+                self.release_slot(slot, cgroup_id, netns)
+                raise
             return slot
         return 0
+
+    def slot_owner(self, slot: int) -> tuple[int, int] | None:
+        """(cgroup id, netns cookie) holding SLOT; None when it is free."""
+        from ..core.policy import SLOT_OWNER, pack_slot
+        raw = bpfsys.map_lookup(self.slots, pack_slot(slot), SLOT_OWNER.size)
+        return SLOT_OWNER.unpack(raw) if raw is not None else None
 
     def zero_slot(self, slot: int) -> None:
         from ..core.policy import pack_slot
         bpfsys.map_update(self.counters, pack_slot(slot), bytes(self.stats_size * self.ncpus))
 
-    def move_slot(self, slot: int, cgroup_id: int) -> None:
-        """SLOT is now held by CGROUP_ID (a pinned unit's new cgroup)."""
-        from ..core.policy import pack_slot
-        if slot and self.slots >= 0:
-            bpfsys.map_update(self.slots, pack_slot(slot), cgroup_id.to_bytes(8, "little"))
+    def move_slot(self, slot: int, old: int, new: int, netns: int) -> bool:
+        """SLOT is now held by cgroup NEW (a pinned unit's new cgroup), if
+        OLD of NETNS held it; False when it did not (it was given back)."""
+        from ..core.policy import SLOT_OWNER, pack_slot
+        if not slot or self.slots < 0 or self.slot_owner(slot) != (old, netns):
+            return False
+        bpfsys.map_update(self.slots, pack_slot(slot), SLOT_OWNER.pack(new, netns))
+        return True
 
-    def release_slot(self, slot: int) -> None:
-        """Give SLOT back ("already free" is done)."""
+    def release_slot(self, slot: int, cgroup_id: int, netns: int) -> None:
+        """Give SLOT back if CGROUP_ID of NETNS holds it ("already free",
+        or another's now, is done)."""
         from ..core.policy import pack_slot
-        if slot and self.slots >= 0:
+        if slot and self.slots >= 0 and self.slot_owner(slot) == (cgroup_id, netns):
             bpfsys.map_delete(self.slots, pack_slot(slot))
 
     def open_ring(self, netns: int) -> int:

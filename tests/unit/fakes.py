@@ -9,7 +9,7 @@ import socket
 from netleak_hook.core.config import Config
 from netleak_hook.core.errors import NetleakError
 from netleak_hook.core.plan import Link
-from netleak_hook.core.policy import Policy, Stats, free_slots, pack_key, pack_slot
+from netleak_hook.core.policy import SLOT_OWNER, Policy, Stats, free_slots, pack_key, pack_slot
 from netleak_hook.core.state import State
 from netleak_hook.daemon.loop import wire
 
@@ -234,20 +234,26 @@ class FakeMaps:
         in_slot = slot and pack_slot(slot) in self.bpf.maps.get(self.counters, {})
         return Stats(passed_packets=3 * (by_id + bool(in_slot)))
 
-    def claim_slot(self, cgroup_id, used):
+    def claim_slot(self, cgroup_id, used, netns=0):
         held = self.bpf.maps.setdefault(self.slots, {})
         for slot in free_slots(used):
             if pack_slot(slot) not in held:
-                held[pack_slot(slot)] = pack_key(cgroup_id)
+                held[pack_slot(slot)] = SLOT_OWNER.pack(cgroup_id, netns)
                 return slot
         return 0
 
-    def move_slot(self, slot, cgroup_id):
-        if slot:
-            self.bpf.maps.setdefault(self.slots, {})[pack_slot(slot)] = pack_key(cgroup_id)
+    def slot_owner(self, slot):
+        raw = self.bpf.maps.get(self.slots, {}).get(pack_slot(slot))
+        return SLOT_OWNER.unpack(raw) if raw is not None else None
 
-    def release_slot(self, slot):
-        if slot:
+    def move_slot(self, slot, old, new, netns):
+        if not slot or self.slot_owner(slot) != (old, netns):
+            return False
+        self.bpf.maps.setdefault(self.slots, {})[pack_slot(slot)] = SLOT_OWNER.pack(new, netns)
+        return True
+
+    def release_slot(self, slot, cgroup_id, netns):
+        if slot and self.slot_owner(slot) == (cgroup_id, netns):
             self.bpf.maps.get(self.slots, {}).pop(pack_slot(slot), None)
 
     def open_ring(self, netns):

@@ -10,6 +10,7 @@ from netleak_hook.core import lifecycle
 from netleak_hook.core.policy import Policy, pack_key
 from netleak_hook.core.state import Session, State
 from netleak_hook.proxymode.relay import REDIRECT_SIZE
+from netleak_hook.core.policy import SLOT_OWNER
 from tests.unit.fakes import NETNS, PINS, World
 
 
@@ -528,14 +529,14 @@ def test_each_session_claims_its_own_slot_named_in_its_entry_and_freed_at_reap()
 
 def test_a_slot_another_daemon_holds_is_skipped():
     w = world()
-    w.bpf.maps[w.maps.slots] = {(1).to_bytes(4, "little"): pack_key(999)}
+    w.bpf.maps[w.maps.slots] = {(1).to_bytes(4, "little"): SLOT_OWNER.pack(999, NETNS + 1)}
     w.open("s1", populated=True)
     assert w.state.sessions["s1"].stats_slot == 2
 
 
 def test_no_slot_free_the_session_is_counted_by_cgroup_id():
     w = world()
-    w.maps.claim_slot = lambda cgroup_id, used: 0
+    w.maps.claim_slot = lambda cgroup_id, used, netns=0: 0
     w.open("s1", populated=True)
     s = w.state.sessions["s1"]
     assert s.stats_slot == 0 and w.policy(s.cgroup_id).stats_slot == 0
@@ -546,9 +547,31 @@ def test_slots_of_gone_cgroups_nobody_claims_are_given_back():
     w.open("s1", populated=True)
     live = w.state.sessions["s1"]
     held = w.bpf.maps[w.maps.slots]
-    held[(7).to_bytes(4, "little")] = pack_key(4001)        # a crash's: cgroup gone
+    held[(7).to_bytes(4, "little")] = SLOT_OWNER.pack(4001, NETNS)   # a crash's: cgroup gone
     w.gc.entries()
     assert set(held) == {live.stats_slot.to_bytes(4, "little")}
+
+
+def test_another_namespaces_slots_are_its_daemons_to_give_back():
+    """A pinned service of another namespace between two cgroups holds a
+    slot with no cgroup: this daemon's gc leaves it."""
+    w = world()
+    held = w.bpf.maps.setdefault(w.maps.slots, {})
+    held[(7).to_bytes(4, "little")] = SLOT_OWNER.pack(4001, NETNS + 1)
+    w.gc.entries()
+    assert (7).to_bytes(4, "little") in held
+
+
+def test_a_slot_is_given_back_only_by_its_holder():
+    w = world()
+    w.open("s1", populated=True)
+    s = w.state.sessions["s1"]
+    key = s.stats_slot.to_bytes(4, "little")
+    w.bpf.maps[w.maps.slots][key] = SLOT_OWNER.pack(4242, NETNS + 1)   # another's now
+    committed(w, "s1")
+    empty(w, "s1")
+    assert w.reaper.reap() == ["s1"]
+    assert w.bpf.maps[w.maps.slots][key] == SLOT_OWNER.pack(4242, NETNS + 1)
 
 
 def test_the_counters_read_at_reap_are_the_slots_and_the_cgroup_ids(caplog):

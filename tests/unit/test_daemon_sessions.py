@@ -11,6 +11,7 @@ import pytest
 
 from netleak_hook.core.errors import NetleakError
 from netleak_hook.core.policy import pack_key
+from netleak_hook.core.policy import SLOT_OWNER
 from tests.unit.fakes import Conn, FakeRelay, Listener, World
 
 
@@ -594,9 +595,24 @@ def test_a_pinned_service_keeps_its_counters_slot_in_its_new_cgroup():
     assert w.state.sessions["p1"].stats_slot == slot != 0
     assert w.policy(again["cgroup_id"]).stats_slot == slot
     # its new cgroup holds the claim, so gc does not take it for a crash's
-    assert w.bpf.maps[w.maps.slots] == {slot.to_bytes(4, "little"): pack_key(again["cgroup_id"])}
+    assert w.bpf.maps[w.maps.slots] == {
+        slot.to_bytes(4, "little"): SLOT_OWNER.pack(again["cgroup_id"], w.holder.netns)}
     w.gc.entries()
     assert slot.to_bytes(4, "little") in w.bpf.maps[w.maps.slots]
+
+
+def test_a_pinned_service_whose_slot_was_given_back_is_counted_by_cgroup_id():
+    w = world()
+    w.sessions.open(pin_request(w))
+    slot = w.state.sessions["p1"].stats_slot
+    key = slot.to_bytes(4, "little")
+    w.bpf.maps[w.maps.slots][key] = SLOT_OWNER.pack(4242, w.holder.netns + 1)  # another's
+    w.cgroups.tree.pop("system.slice/web.service")
+    again = pin_request(w, "p2")
+    w.sessions.open(again)
+    assert w.state.sessions["p1"].stats_slot == 0
+    assert w.policy(again["cgroup_id"]).stats_slot == 0
+    assert w.bpf.maps[w.maps.slots][key] == SLOT_OWNER.pack(4242, w.holder.netns + 1)
 
 
 def test_a_pinned_service_outlives_its_cgroup_and_follows_the_next():
