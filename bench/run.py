@@ -940,7 +940,7 @@ class Bench:
                 maps = programs.Maps(pins)
                 # a session's counters slot, as the daemon claims one (the
                 # variant without counters ignores it)
-                slots[name] = slot = maps.claim_slot(cgroupfs.cgroup_id(path), set())
+                slots[name] = slot = maps.claim_slot(cgroupfs.cgroup_id(path), set(), netns)
                 bpfsys.map_update(maps.policy, pack_key(cgroupfs.cgroup_id(path)),
                                   Policy(ifindex=ifindex, mark=0, killed=False,
                                          netns=netns, stats_slot=slot).pack())
@@ -976,7 +976,7 @@ class Bench:
                 if name == "counters":
                     counted = maps.read_stats(cgroupfs.cgroup_id(path),
                                               slots.get(name, 0)).passed_packets
-                maps.release_slot(slots.get(name, 0))
+                maps.release_slot(slots.get(name, 0), cgroupfs.cgroup_id(path), netns)
                 for m, k in ((maps.locals, source),
                              (maps.policy, pack_key(cgroupfs.cgroup_id(path)))):
                     try:
