@@ -38,7 +38,6 @@ import itertools
 import logging
 import os
 import queue
-import select
 import socket
 import threading
 import time
@@ -51,7 +50,8 @@ from .handshake import ProxyError
 from .opening import Opening
 from .records import (REDIRECT_SIZE, Redirect, Route, cookie_key, kernel_identify, same_addr,
                       unpack_redirect)
-from .tunnel import CONNECT_TIMEOUT, open_tunnel, reset, splice_both, why  # noqa: F401
+from .poller import ERR, HUP, IN, OUT, Poller
+from .tunnel import CONNECT_TIMEOUT, reset, splice_both, why
 # found here too, as they were before the relay had parts
 from .records import destination
 from .tunnel import SO_BINDTODEVICE, SO_MARK
@@ -63,8 +63,6 @@ MAX_CONNECTIONS = 4096      # relayed at once (each open one: a thread, 2 socket
 SESSION_CONNECTIONS = 1024  # ... of them one session's: no session takes them all
 DNS_TCP_SECONDS = 60.0      # a DNS-over-TCP connection's whole life
 DNS_TCP_QUERIES = 1000      # ... and the queries it may ask
-IN, OUT, RDHUP = select.EPOLLIN, select.EPOLLOUT, select.EPOLLRDHUP
-ERR, HUP = select.EPOLLERR, select.EPOLLHUP     # reported whatever is asked
 
 
 class Relay:
@@ -433,46 +431,6 @@ class _Pending:
             self.relay._poll.drop(self.opening.sock)
             self.opening.sock.close()
         self.conn.close()
-
-
-class Poller:
-    """epoll, each descriptor with its handler: FN(ARG, events). A mask of
-    0 still reports errors and hang-ups (what a side that ended or waits
-    is watched for)."""
-
-    def __init__(self) -> None:
-        self.ep = select.epoll()
-        self.handlers: dict[int, tuple] = {}
-
-    @staticmethod
-    def _fd(f) -> int:
-        return f if isinstance(f, int) else f.fileno()
-
-    def add(self, f, mask: int, fn, arg) -> None:
-        fd = self._fd(f)
-        self.ep.register(fd, mask)
-        self.handlers[fd] = (fn, arg)
-
-    def change(self, f, mask: int) -> None:
-        fd = self._fd(f)
-        if fd in self.handlers:
-            self.ep.modify(fd, mask)
-
-    def drop(self, f) -> None:
-        fd = self._fd(f)
-        if self.handlers.pop(fd, None) is not None:
-            with contextlib.suppress(OSError):
-                self.ep.unregister(fd)
-
-    def wait(self, timeout: float | None) -> list[tuple]:
-        try:
-            ready = self.ep.poll(-1 if timeout is None else timeout)
-        except InterruptedError:
-            return []
-        return [(*self.handlers[fd], ev) for fd, ev in ready if fd in self.handlers]
-
-    def close(self) -> None:
-        self.ep.close()
 
 
 def listeners(port: int = 0) -> list[socket.socket]:

@@ -10,9 +10,8 @@ import os
 import select
 import socket
 import struct
-import time
 
-from .handshake import Handshake, ProxyError
+from .handshake import ProxyError
 from .records import Route
 
 CONNECT_TIMEOUT = 10.0      # to the proxy, and its handshake
@@ -38,28 +37,6 @@ def upstream_socket(route: Route) -> socket.socket:
         s.close()
         raise
     return s
-
-
-def open_tunnel(route: Route, host: str, port: int) -> tuple[socket.socket, bytes]:
-    """A connection through ROUTE's proxy to HOST:PORT, and the first bytes
-    of the destination that came with the proxy's answer (blocking)."""
-    s = upstream_socket(route)
-    try:
-        s.settimeout(CONNECT_TIMEOUT)
-        s.connect((route.addr, route.port))
-        hs = Handshake(route.scheme, host, port, route.user, route.password)
-        s.sendall(hs.start())
-        deadline = time.monotonic() + CONNECT_TIMEOUT
-        while not hs.done:
-            s.settimeout(max(0.1, deadline - time.monotonic()))
-            out = hs.feed(s.recv(4096))
-            if out:
-                s.sendall(out)
-        s.settimeout(None)
-        return s, hs.leftover
-    except BaseException:
-        s.close()
-        raise
 
 
 def splice_both(a: socket.socket, b: socket.socket) -> None:

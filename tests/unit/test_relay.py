@@ -1026,13 +1026,20 @@ def test_refused_tcp_query_to_a_loopback_resolver_names_the_session_and_the_reso
 
 # ================================================================ 6. Route(iface="")
 
-def test_open_tunnel_without_interface_sets_no_mark_nor_device(proxies, servers):
+def test_a_way_to_the_proxy_without_interface_sets_no_mark_nor_device(proxies, servers):
     """iface "": routing decides; neither SO_MARK nor SO_BINDTODEVICE is set
     (so no privilege is needed), even with a mark in the route."""
     route = relay.Route(scheme="socks5", addr="127.0.0.1", port=proxies.socks5.port,
                         iface="", mark=0x77)
-    s, leftover = relay.open_tunnel(route, "127.0.0.1", servers.echo.port)
+    op = relay.Opening(route, "127.0.0.1", servers.echo.port)
+    s = op.sock
     try:
+        done = False
+        while not done:
+            r, w, _ = select.select([s], [s] if op.wants_write() else [], [], T)
+            assert r or w, "the proxy did not answer"
+            done = op.step(bool(r), bool(w))
+        leftover = op.leftover
         s.settimeout(T)
         assert s.getpeername() == ("127.0.0.1", proxies.socks5.port)
         assert s.getsockopt(socket.SOL_SOCKET, relay.SO_MARK) == 0
