@@ -226,11 +226,13 @@ def _read_report(fd: int, timeout: float) -> str:
     """The daemon's one line about its start ("ready", "busy": another one
     runs, or why it cannot start); "" if it said nothing in time."""
     import select
+    poll = select.poll()  # not select(): the pipe's number may be past 1023
+    poll.register(fd, select.POLLIN)
     buf = b""
     deadline = time.monotonic() + timeout
     while not buf.endswith(b"\n"):
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
+        if left <= 0 or not poll.poll(left * 1000):
             break
         chunk = os.read(fd, 4096)
         if not chunk:

@@ -752,9 +752,11 @@ def _load(tmp_path_factory, raw: bytes) -> State:
     d = tmp_path_factory.mktemp("store")
     with open(d / "state.json", "wb") as f:
         f.write(raw)
+    store = Store(str(d))
     try:
-        return Store(str(d)).load()
+        return store.load()
     finally:
+        store.close()
         assert os.listdir(d) == ["state.json"] and (d / "state.json").read_bytes() == raw
 
 
