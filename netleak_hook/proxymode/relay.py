@@ -167,7 +167,7 @@ class Relay:
                 self._due()
         finally:
             for p in list(self._openings):
-                p.close()
+                p.end()             # its place goes back too
             poll.close()
 
     def later(self, seconds: float, fn: Callable[[], None]) -> None:
