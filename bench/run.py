@@ -59,8 +59,8 @@ TRAFFIC_LABELS = {"tcp_throughput": "TCP throughput", "udp_64b_rate": "UDP 64-by
 PROXY4, PROXY_PORT, SOURCE_PORT = "203.0.113.20", 1080, 8083
 BULK = os.path.join(ROOT, "bench", "bulk.py")
 # the relay's forwarding modes, each measured with the daemon started with
-# NETLEAK_RELAY_FORWARD set to it; splice alone until the relay forwards in
-# the kernel (sockmap), whose row says so meanwhile
+# NETLEAK_RELAY_FORWARD set to it: splice alone, as the relay does not
+# forward in the kernel (sockmap; README: Limits), whose row says so
 RELAY_MODES = ("splice",)
 # the paths through the proxy, in a round's order (reversed every other round)
 PROXY_PATHS = (*(f"netleak:{m}" for m in RELAY_MODES), "proxychains4", "own")
@@ -604,7 +604,7 @@ class Bench:
                      goal="ratio <= 0.1", paired=True)
         else:
             self.missing("relay_cpu_sockmap", "relay (daemon) CPU per GB: sockmap mode",
-                         "the relay does not forward in the kernel yet", goal="ratio <= 0.1")
+                         "the relay does not forward in the kernel (README: Limits)", goal="ratio <= 0.1")
         self.proxy_peers = report.peer_columns(
             {path: runs[path] for path in PROXY_PATHS}, status)
         print(report.peer_table(self.proxy_peers), flush=True)

@@ -212,9 +212,20 @@ class Lab:
                 p.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
+            close_pipes(p)
         self.procs = []
         for ns in (self.host, self.net):
             sh("ip", "netns", "del", ns, check=False)
+
+
+def close_pipes(p: subprocess.Popen) -> None:
+    """P's ends of its pipes, closed (waiting does not close them)."""
+    for f in (p.stdin, p.stdout, p.stderr):
+        if f is not None:
+            try:
+                f.close()
+            except OSError:
+                pass
 
 
 class Capture:
@@ -259,6 +270,8 @@ class Capture:
             if not line and self.proc.poll() is not None:
                 break
         self.proc.kill()
+        self.proc.wait()
+        close_pipes(self.proc)
         raise RuntimeError(f"tcpdump did not start on {self.iface}")
 
     def _read(self) -> None:
@@ -288,6 +301,7 @@ class Capture:
         self.proc.wait(timeout=10)
         assert self.reader is not None
         self.reader.join(timeout=10)
+        close_pipes(self.proc)
         tail = f"> {self.peer}.{self.MARKER_PORT}:"
         self.lines = [ln.strip() for ln in self.raw
                       if ln.strip() and not (self.peer and tail in ln)]
