@@ -81,6 +81,15 @@ class Store:
             os.close(self._fd)
             self._fd = None
 
+    def __del__(self) -> None:
+        # a Store made for one look (Store(path).load()) keeps no descriptor
+        fd, self._fd = getattr(self, "_fd", None), None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
     def open(self, name: str, flags: int, mode: int = 0o600) -> int:
         """NAME in the run directory (never through a link)."""
         return safedir.open_file(self.dir_fd(create=bool(flags & os.O_CREAT)), name,

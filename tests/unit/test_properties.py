@@ -1285,3 +1285,14 @@ def test_unknown_command_or_option_is_a_usage_error(sandbox, command, known, opt
     assert "No such command" in r1.stderr
     assert_refused(r2, 2)
     assert f"No such option '{option}'" in r2.stderr
+
+
+def test_a_store_made_for_one_look_keeps_no_descriptor(tmp_path):
+    """Store(path).load(), as a watcher polls it: the run directory's
+    descriptor goes with the Store (a long run made thousands)."""
+    Store(str(tmp_path)).load()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        Store(str(tmp_path)).load()
+        Store(str(tmp_path)).daemon_pid()
+    assert len(os.listdir("/proc/self/fd")) == before
