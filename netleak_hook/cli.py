@@ -60,6 +60,38 @@ def doctor(env: Env, as_json: bool) -> None:
 
 @main.command()
 @click.pass_obj
+def prepare(env: Env) -> None:
+    """Compile the BPF programs for this kernel and pin them now, ahead of
+    the first session (which would do it, taking a few seconds)."""
+    from .kernel import programs
+    try:
+        _need_root()
+        cfg = env.config()
+        programs.ensure_bpffs(cfg.bpf_dir)
+        pins = programs.ensure_pinned(cfg.bpf_dir)
+    except NetleakError as e:
+        _fail(e)
+    click.echo(f"netleak: programs pinned in {pins.path}")
+
+
+@main.command()
+@click.pass_obj
+def cleanup(env: Env) -> None:
+    """Remove what netleak keeps between sessions (daemons, pinned
+    programs, run directories, its cgroup, rules and routes), once no
+    session runs; refused while one does."""
+    from . import cleanup as cl
+    try:
+        _need_root()
+        done = cl.cleanup(env.config(), env.environ)
+    except NetleakError as e:
+        _fail(e)
+    for line in done or ["nothing to remove"]:
+        click.echo(f"netleak: {line}")
+
+
+@main.command()
+@click.pass_obj
 def demo(env: Env) -> None:
     """Show netleak at work in throwaway network namespaces."""
     from . import demo as dm

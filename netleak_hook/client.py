@@ -202,6 +202,7 @@ def ensure_daemon(store: Store, idle_exit: float = 60.0, home: str | None = None
     if ping(store):
         return
     store.ensure_dir()
+    compile_notice()
     r, w = os.pipe2(os.O_CLOEXEC)
     try:
         _spawn(store, idle_exit, home, w)
@@ -220,6 +221,27 @@ def ensure_daemon(store: Store, idle_exit: float = 60.0, home: str | None = None
             return
         time.sleep(0.02)
     raise NetleakError(f"the netleak daemon did not start: see {store.log_file}")
+
+
+def compile_notice(err=None, environ=None) -> bool:
+    """On a terminal, a line before a daemon's start that compiles the BPF
+    programs (the first on this kernel takes a few seconds); whether it was
+    said. Nothing when ERR (stderr) is no terminal, or the pins are there."""
+    err = err or sys.stderr
+    try:
+        if not err.isatty():
+            return False
+        from .core.config import Config
+        from .kernel import programs
+        cfg = Config.from_env(os.environ if environ is None else environ)
+        pins = programs.Pinset(os.path.join(cfg.bpf_dir, programs.pinset_name()))
+        if pins.check() and pins.complete():
+            return False
+    except (OSError, ValueError, NetleakError):
+        return False
+    err.write("netleak: compiling the BPF programs for this kernel (once, a few seconds)\n")
+    err.flush()
+    return True
 
 
 def _read_report(fd: int, timeout: float) -> str:

@@ -23,6 +23,37 @@ from .rundir.store import Store, netns_id, run_dir
 
 PROG = "netleak-hook"
 
+HELP = f"""\
+usage: {PROG} [STAGE]
+
+The OCI hook of netleak for podman and CRI-O: a container annotated with
+io.netleak.interface (or io.netleak.proxy) is put under netleak's control
+before its first instruction runs, or the engine aborts its start. The
+engine runs the hook as hooks.d/netleak.json says, with the container's
+state on standard input; every outcome is also logged in the run
+directory's hook.log.
+
+stages:
+  createRuntime    put the container's cgroup under control (prestart
+                   too, for runtimes without createRuntime)
+  poststop         a hint to the reaper, which ends the session anyway
+                   once the cgroup is empty
+
+annotations:
+  io.netleak.interface=IFACE  everything leaves through IFACE or is dropped
+  io.netleak.dns=ADDR,...     resolvers for loopback DNS, through IFACE
+  io.netleak.allow=CIDR,...   destinations that may use the main table
+  io.netleak.proxy=URL        every TCP connection through this proxy
+                   (socks5://, socks5h://, http://); IFACE then optional
+
+options:
+  -h, --help       this help
+
+examples:
+  podman run --annotation io.netleak.interface=wg0 IMAGE CMD
+  podman run --annotation io.netleak.proxy=socks5h://127.0.0.1:9050 IMAGE CMD
+"""
+
 
 def protect(store: Store, st: oci.ContainerState, iface: str, autostart: bool,
             guards: dict | None = None) -> dict:
@@ -88,6 +119,9 @@ def _log(environ: dict, line: str) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] in (["-h"], ["--help"]):
+        sys.stdout.write(HELP)      # before stdin, which an engine fills
+        sys.exit(0)
     environ = dict(os.environ)
     try:
         raw = sys.stdin.buffer.read(oci.MAX_STATE_BYTES + 1)

@@ -1,0 +1,188 @@
+"""`netleak cleanup`: remove what netleak keeps on this machine between
+sessions, once none runs (what a package's removal runs, and what an admin
+runs before taking netleak off by hand).
+
+Between sessions netleak keeps: a daemon per network namespace that has
+had one (on demand it exits after a minute without sessions), the pinned
+programs and maps (so the next start needs no compile), the run
+directories, its parent cgroup, and an interface's rules and routes for
+NETLEAK_LINGER_SECONDS after its last session. All of it goes: this
+namespace's leftovers are collected first (`netleak gc`, by its daemon),
+every daemon is stopped (a clean stop gives lingering rules back), then
+the pins, the run directories and the parent cgroup are removed. Refused
+while any namespace has a session (a pinned service counts): ending them
+is the user's call, and their kill switch needs the pins' programs.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+from .core.errors import NetleakError
+from .kernel.systemd import SLICE
+
+SERVICE = "netleak-daemon.service"
+STOP_SECONDS = 5.0
+
+
+def run_dirs(root: str, configured: str | None) -> list[str]:
+    """Every namespace's run directory under ROOT (net-*), and CONFIGURED
+    (NETLEAK_RUN_DIR) when set."""
+    found = []
+    try:
+        found = sorted(os.path.join(root, n) for n in os.listdir(root) if n.startswith("net-"))
+    except OSError:
+        pass
+    if configured and configured not in found and os.path.isdir(configured):
+        found.append(configured)
+    return found
+
+
+def sessions_of(stores) -> dict[str, int]:
+    """Run directory -> its sessions, of those that have any."""
+    busy = {}
+    for store in stores:
+        n = len(store.load().sessions)
+        if n:
+            busy[store.path] = n
+    return busy
+
+
+def refusal(busy: dict[str, int]) -> str:
+    """The one line that says why cleanup does nothing (BUSY: sessions_of's)."""
+    total = sum(busy.values())
+    where = ", ".join(sorted(busy))
+    return (f"{total} session{'s' if total != 1 else ''} still run{'' if total != 1 else 's'} "
+            f"({where}): end them (netleak status, netleak detach), then run "
+            f"'netleak cleanup' again")
+
+
+def service_active(systemctl=shutil.which("systemctl")) -> bool:
+    """Whether the daemon's systemd service runs (it would restart a daemon
+    stopped here)."""
+    if not systemctl or not os.path.isdir("/run/systemd/system"):
+        return False
+    r = subprocess.run([systemctl, "is-active", "--quiet", SERVICE],
+                       capture_output=True, timeout=10)
+    return r.returncode == 0
+
+
+def stop_daemon(store) -> bool:
+    """Stop STORE's daemon (SIGTERM, then SIGKILL after STOP_SECONDS);
+    whether one ran."""
+    pid = store.daemon_pid()
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_SECONDS
+        while time.monotonic() < deadline:
+            os.kill(pid, 0)
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return True
+
+
+def stop_slice(systemctl=shutil.which("systemctl")) -> bool:
+    """Stop the slice of sessions' and on-demand daemons' scopes (systemd
+    keeps an empty slice active); whether it was active. Only once no
+    session runs: stopping it stops what is in it."""
+    if not systemctl or not os.path.isdir("/run/systemd/system"):
+        return False
+    r = subprocess.run([systemctl, "is-active", "--quiet", SLICE], capture_output=True,
+                       timeout=10)
+    if r.returncode != 0:
+        return False
+    subprocess.run([systemctl, "stop", SLICE], capture_output=True, timeout=60)
+    return True
+
+
+def remove_dropins(top: str = "/run/systemd/system") -> list[str]:
+    """The drop-ins netleak wrote to pin services by name (left by a service
+    pinned when its state went); the paths removed."""
+    from .daemon.units import DROPIN_HEAD
+    gone = []
+    try:
+        names = os.listdir(top)
+    except OSError:
+        return gone
+    for d in names:
+        path = os.path.join(top, d, "netleak.conf")
+        try:
+            with open(path) as f:
+                mine = f.readline().startswith(DROPIN_HEAD)
+        except OSError:
+            continue
+        if mine:
+            os.unlink(path)
+            gone.append(path)
+            try:
+                os.rmdir(os.path.dirname(path))
+            except OSError:
+                pass
+    return gone
+
+
+def cleanup(cfg, environ) -> list[str]:
+    """Everything netleak keeps, removed (see the module's text); what was
+    done, a line each. NetleakError when a session runs or the service
+    would bring a daemon back."""
+    from . import client
+    from .kernel import cgroupfs, programs
+    from .rundir.store import DEFAULT_RUN_ROOT, Store, run_dir
+    if service_active():
+        raise NetleakError(f"{SERVICE} runs: stop it first (systemctl stop {SERVICE})")
+    here = run_dir(cfg)
+    dirs = run_dirs(DEFAULT_RUN_ROOT, cfg.run_dir)
+    if here not in dirs and os.path.isdir(here):
+        dirs.append(here)
+    stores = [Store(d) for d in dirs]
+    try:
+        for s in stores:
+            s.check()               # a run directory others may write: refused
+        busy = sessions_of(stores)
+        if busy:
+            raise NetleakError(refusal(busy))
+        done = []
+        for s in stores:
+            if s.path == here and client.ping(s):
+                client.request(s, {"op": "gc"})
+                done.append("this namespace's leftovers collected")
+            if stop_daemon(s):
+                done.append(f"daemon of {s.path} stopped")
+    finally:
+        for s in stores:
+            s.close()
+    if stop_slice():
+        done.append(f"{SLICE} stopped")
+    dropins = remove_dropins()
+    if dropins:
+        done.append(f"{len(dropins)} drop-ins of pinned services removed")
+        if os.path.isdir("/run/systemd/system") and shutil.which("systemctl"):
+            subprocess.run(["systemctl", "daemon-reload"], capture_output=True, timeout=60)
+    if os.path.isdir(cfg.bpf_dir):
+        programs.remove_pins(cfg.bpf_dir)
+        done.append(f"pinned programs in {cfg.bpf_dir} removed")
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+        done.append(f"run directory {d} removed")
+    if cfg.run_dir is None:
+        try:
+            os.rmdir(DEFAULT_RUN_ROOT)
+        except OSError:
+            pass
+    try:
+        parent = cgroupfs.abspath(cgroupfs.find_cgroup2(), cfg.cgroup_parent)
+    except (OSError, NetleakError):
+        parent = ""
+    if parent and os.path.isdir(parent):
+        if cgroupfs.remove_tree(parent):
+            done.append(f"cgroup {parent} removed")
+        else:
+            done.append(f"cgroup {parent} kept: a process still runs in it")
+    return done

@@ -1,0 +1,131 @@
+"""What a package's removal runs (`netleak cleanup`), `netleak prepare`, the
+hook's help, and the line a first start says while the programs compile."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+
+from netleak_hook import cleanup, client, hook
+from netleak_hook.core import plan
+from netleak_hook.core.state import State
+from netleak_hook.daemon.units import dropin
+from netleak_hook.rundir.store import Store
+from tests.helpers import make_session
+
+
+def _store_with(tmp_path, name: str, sessions: int) -> Store:
+    st = State().with_binding(plan.Binding(iface="wg0", slot=0, mark=0x6E6C0001, table=28200))
+    for i in range(sessions):
+        st = st.with_session(make_session(id=f"s{i}", cgroup=f"netleak/exec-s{i}-1",
+                                          cgroup_id=50 + i, pid=100 + i))
+    store = Store(str(tmp_path / name))
+    store.save(st)
+    return store
+
+
+def test_run_dirs_are_every_namespaces_and_the_configured_one(tmp_path):
+    for n in ("net-1", "net-2", "other"):
+        (tmp_path / n).mkdir()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    assert cleanup.run_dirs(str(tmp_path), str(mine)) == [
+        str(tmp_path / "net-1"), str(tmp_path / "net-2"), str(mine)]
+    assert cleanup.run_dirs(str(tmp_path / "none"), None) == []
+
+
+def test_sessions_of_names_the_busy_run_directories(tmp_path):
+    idle, busy = _store_with(tmp_path, "a", 0), _store_with(tmp_path, "b", 2)
+    assert cleanup.sessions_of([idle, busy]) == {busy.path: 2}
+    line = cleanup.refusal({busy.path: 2})
+    assert line.startswith("2 sessions still run (") and "netleak cleanup" in line
+    assert "\n" not in line
+    assert cleanup.refusal({busy.path: 1}).startswith("1 session still runs (")
+
+
+def test_only_netleaks_own_drop_ins_go(tmp_path):
+    ours = tmp_path / "web.service.d"
+    theirs = tmp_path / "db.service.d"
+    ours.mkdir()
+    theirs.mkdir()
+    (ours / "netleak.conf").write_text(dropin(["/usr/bin/netleak", "attach", "wg0", "%n"]))
+    (theirs / "netleak.conf").write_text("[Service]\nExecStartPre=/bin/true\n")
+    (theirs / "other.conf").write_text("[Service]\n")
+    assert cleanup.remove_dropins(str(tmp_path)) == [str(ours / "netleak.conf")]
+    assert not ours.exists()
+    assert (theirs / "netleak.conf").exists()
+    assert cleanup.remove_dropins(str(tmp_path / "missing")) == []
+
+
+def test_cleanup_refused_while_a_session_runs_and_nothing_removed(tmp_path, monkeypatch):
+    from netleak_hook.core.config import Config
+    busy = _store_with(tmp_path, "net-9", 1)
+    bpf = tmp_path / "bpf"
+    bpf.mkdir()
+    monkeypatch.setattr("netleak_hook.rundir.store.DEFAULT_RUN_ROOT", str(tmp_path))
+    monkeypatch.setattr(cleanup, "service_active", lambda: False)
+    cfg = Config(run_dir=busy.path, bpf_dir=str(bpf))
+    with pytest.raises(cleanup.NetleakError, match="1 session still runs"):
+        cleanup.cleanup(cfg, {})
+    assert os.path.exists(busy.state_file) and bpf.is_dir()
+
+
+def test_cleanup_refused_while_the_service_runs(monkeypatch):
+    from netleak_hook.core.config import Config
+    monkeypatch.setattr(cleanup, "service_active", lambda: True)
+    with pytest.raises(cleanup.NetleakError, match="systemctl stop netleak-daemon.service"):
+        cleanup.cleanup(Config(), {})
+
+
+def test_prepare_and_cleanup_need_root_as_nobody():
+    if os.geteuid() != 0:
+        pytest.skip("run as root: drops to nobody")
+    for command in ("prepare", "cleanup"):
+        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                            sys.executable, "-m", "netleak_hook.cli", command],
+                           capture_output=True, text=True, timeout=60,
+                           cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+        assert r.returncode == 125, r.stderr
+        assert r.stderr.strip().splitlines() == [
+            "netleak: needs root (cgroups, BPF, routing): run it with sudo"]
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_start_that_compiles_says_so_on_a_terminal_only(tmp_path):
+    env = {"NETLEAK_BPF_DIR": str(tmp_path)}
+    err = Tty()
+    assert client.compile_notice(err, env)
+    assert err.getvalue() == ("netleak: compiling the BPF programs for this kernel "
+                              "(once, a few seconds)\n")
+    quiet = io.StringIO()
+    assert not client.compile_notice(quiet, env) and quiet.getvalue() == ""
+
+
+def test_no_notice_once_the_programs_are_pinned(tmp_path):
+    from netleak_hook.kernel import programs
+    pins = tmp_path / programs.pinset_name()
+    pins.mkdir(mode=0o700)
+    for name in programs.PINS:
+        (pins / name).touch()
+    err = Tty()
+    assert not client.compile_notice(err, {"NETLEAK_BPF_DIR": str(tmp_path)})
+    assert err.getvalue() == ""
+
+
+def test_the_hooks_help_reads_no_state(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["netleak-hook", "--help"])
+    monkeypatch.setattr(sys, "stdin", None)      # read, it would fail
+    with pytest.raises(SystemExit) as e:
+        hook.main()
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: netleak-hook [STAGE]\n")
+    for word in ("createRuntime", "poststop", "io.netleak.interface", "io.netleak.proxy"):
+        assert word in out
