@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from . import __version__
+from . import __version__, completion
 from .core.config import Config
 from .core.errors import Exit, NetleakError
 
@@ -252,7 +252,8 @@ def metrics(env: Env, output: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
 @click.option("--follow", "-f", is_flag=True,
               help="print events as they happen (from now on) until interrupted")
-@click.option("--session", "session", metavar="ID", help="only this session (an id or "
+@click.option("--session", "session", metavar="ID", shell_complete=completion.complete_session,
+              help="only this session (an id or "
               "its start, as 'netleak status' shows it)")
 @click.pass_obj
 def events(env: Env, as_json: bool, follow: bool, session: str | None) -> None:
@@ -315,7 +316,8 @@ def _target(env: Env, cgroup: str | None, pid: int | None, unit: str | None) -> 
 
 
 def _target_options(f):
-    f = click.option("--unit", metavar="UNIT", help="a running systemd unit")(f)
+    f = click.option("--unit", metavar="UNIT", help="a running systemd unit",
+                     shell_complete=completion.complete_unit)(f)
     f = click.option("--pid", type=int, metavar="PID", help="a process in the cgroup")(f)
     f = click.option("--cgroup", "cgroup", metavar="PATH", help="the cgroup's path")(f)
     return f
@@ -335,7 +337,7 @@ def _need_root() -> None:
 
 
 @main.command(epilog=_TARGET_HELP)
-@click.argument("iface", required=False)
+@click.argument("iface", required=False, shell_complete=completion.complete_iface)
 @_target_options
 @click.option("--via", multiple=True, metavar="ADDR",
               help="gateway on IFACE, once per IP family (as for netleak-exec)")
@@ -393,7 +395,8 @@ def attach(env: Env, iface: str | None, cgroup: str | None, pid: int | None,
 
 @main.command(epilog=_TARGET_HELP)
 @_target_options
-@click.option("--id", "sid", metavar="ID", help="a session id from 'netleak status'")
+@click.option("--id", "sid", metavar="ID", help="a session id from 'netleak status'",
+              shell_complete=completion.complete_detachable)
 @click.pass_obj
 def detach(env: Env, cgroup: str | None, pid: int | None, unit: str | None,
            sid: str | None) -> None:
