@@ -8,7 +8,7 @@ OPT ?= /opt/netleak
 HOOKS_DIR ?= /usr/share/containers/oci/hooks.d
 UNIT_DIR ?= /etc/systemd/system
 
-.PHONY: deps venv demo test test-unit test-privileged bench soak install uninstall clean
+.PHONY: deps venv demo test test-unit test-privileged bench soak deb install uninstall clean
 
 deps: .stamp-deps
 .stamp-deps: scripts/install-deps.sh
@@ -56,6 +56,30 @@ bench: venv .stamp-bench-deps $(VENV)/.stamp-bench
 soak: venv
 	$(PY) tests/soak.py
 
+# what building the Debian package takes: debhelper, dh-python, lintian
+.stamp-deb-deps: .stamp-deps scripts/install-deps.sh
+	sh scripts/install-deps.sh deb
+	touch $@
+
+# The Debian package, built from a copy of the tree under build/deb (the
+# tree itself stays clean), into dist/; lintian checks it.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+DEB := dist/netleak_$(VERSION)_all.deb
+deb: $(DEB)
+$(DEB): .stamp-deb-deps pyproject.toml debian/* bpf/* hooks/* examples/* bin/* \
+		$(shell find netleak_hook -name '*.py')
+	rm -rf build/deb && mkdir -p build/deb/src dist
+	tar -cf - --exclude=./.venv --exclude=./.git --exclude=./build --exclude=./dist \
+		--exclude='*.egg-info' --exclude=__pycache__ --exclude='./.stamp-*' . \
+		| tar -xf - -C build/deb/src
+	# the distribution's python3 and tools, not an interpreter earlier on PATH
+	cd build/deb/src && env PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+		dpkg-buildpackage -b -us -uc >../build.log 2>&1 \
+		|| { tail -30 ../build.log; exit 1; }
+	cp build/deb/netleak_$(VERSION)_all.deb $@
+	env PATH=/usr/sbin:/usr/bin:/sbin:/bin lintian --fail-on error $@
+	@echo "built: $@"
+
 # System-wide: a venv under $(OPT), its commands linked into $(PREFIX)/bin.
 install: deps
 	[ -x $(OPT)/venv/bin/python ] || $(SYSPY) -m venv --system-site-packages $(OPT)/venv
@@ -86,4 +110,4 @@ uninstall:
 	rm -rf $(OPT)
 
 clean:
-	rm -rf $(VENV) .stamp-deps .stamp-test-deps .stamp-bench-deps .pytest_cache build *.egg-info
+	rm -rf $(VENV) .stamp-deps .stamp-test-deps .stamp-bench-deps .stamp-deb-deps .pytest_cache build dist *.egg-info

@@ -6,7 +6,9 @@
 # a static busybox (a minimal container rootfs), and the real VPN software
 # the suite runs netleak with: wireguard-go and wireguard-tools (userspace
 # WireGuard, wg, wg-quick), openvpn and openssl (a TLS tunnel with
-# certificates of its own) and microsocks (a SOCKS5 server); "install-deps.sh bench" adds
+# certificates of its own) and microsocks (a SOCKS5 server), and what the
+# Debian package's build needs ("install-deps.sh deb" too: debhelper,
+# dh-python, lintian, and the package's dependencies); "install-deps.sh bench" adds
 # iperf3 (the benchmark's traffic), microsocks (the proxy of its proxy part) and
 # proxychains4 (the LD_PRELOAD peer it is measured against).
 set -eu
@@ -28,6 +30,12 @@ if [ "${1:-}" = test ]; then
     want="$want wireguard-go wireguard-tools iptables openvpn openssl microsocks"
 elif [ "${1:-}" = bench ]; then
     want="$want iperf3 microsocks proxychains4"
+fi
+# the Debian package's build (debhelper, pybuild, lintian) and what it
+# depends on as the distribution's packages (the test suite installs it)
+if [ "${1:-}" = deb ] || [ "${1:-}" = test ]; then
+    want="$want debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools"
+    want="$want dpkg-dev fakeroot lintian python3-click python3-pyroute2 python3-jeepney"
 fi
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
 missing=""
