@@ -128,12 +128,77 @@ def remove_dropins(top: str = "/run/systemd/system") -> list[str]:
     return gone
 
 
+def is_pinset(name: str) -> bool:
+    """Whether NAME is one of netleak's pin sets (v1-<12 hex digits>, or
+    the -new folder a compile fills before its rename)."""
+    stem = name[:-4] if name.endswith("-new") else name
+    version, dash, digest = stem.partition("-")
+    return (dash == "-" and version[:1] == "v" and version[1:].isdigit()
+            and len(digest) == 12 and all(c in "0123456789abcdef" for c in digest))
+
+
+def remove_pinsets(bpf_dir: str, remove) -> int:
+    """netleak's pin sets in BPF_DIR removed (whatever else a NETLEAK_BPF_DIR
+    set by hand holds stays), and BPF_DIR once empty; how many. Programs
+    stay attached to live cgroups: only their names go."""
+    try:
+        names = [n for n in os.listdir(bpf_dir) if is_pinset(n)]
+    except OSError:
+        return 0
+    for n in names:
+        remove(os.path.join(bpf_dir, n))
+    try:
+        os.rmdir(bpf_dir)
+    except OSError:
+        pass
+    return len(names)
+
+
+def netleaks_file(name: str) -> bool:
+    """Whether NAME is a file netleak makes in a run directory (the state,
+    the daemon's socket, lock, pid and log, the hook's and the events' logs
+    with their turned-over halves, a crash's temporary state)."""
+    from .rundir.eventlog import LOG_NAME
+    from .rundir.store import Store
+    base = name[:-2] if name.endswith(".1") else name
+    if base in (Store.STATE, Store.SOCKET, Store.LOCK, Store.PID, Store.LOG, "hook.log",
+                LOG_NAME):
+        return True
+    parts = name.split(".")
+    return len(parts) == 4 and parts[0] == "" and parts[2].isdigit() and parts[3] == "tmp"
+
+
+def clear_run_dir(path: str, ours: bool) -> bool:
+    """PATH's netleak files removed, and PATH with them when nothing else is
+    in it; whether it is gone. OURS: a directory netleak made below its own
+    run root (net-*), removed whole. A NETLEAK_RUN_DIR set by hand may hold
+    other files: those stay, and so does the directory."""
+    if ours:
+        shutil.rmtree(path, ignore_errors=True)
+        return not os.path.exists(path)
+    try:
+        names = os.listdir(path)
+    except FileNotFoundError:
+        return True
+    for name in names:
+        if netleaks_file(name):
+            try:
+                os.unlink(os.path.join(path, name))
+            except FileNotFoundError:
+                pass
+    try:
+        os.rmdir(path)
+    except OSError:
+        return False
+    return True
+
+
 def cleanup(cfg, environ) -> list[str]:
     """Everything netleak keeps, removed (see the module's text); what was
     done, a line each. NetleakError when a session runs or the service
     would bring a daemon back."""
     from . import client
-    from .kernel import cgroupfs, programs
+    from .kernel import cgroupfs, pinning
     from .rundir.store import DEFAULT_RUN_ROOT, Store, run_dir
     if service_active():
         raise NetleakError(f"{SERVICE} runs: stop it first (systemctl stop {SERVICE})")
@@ -165,12 +230,15 @@ def cleanup(cfg, environ) -> list[str]:
         done.append(f"{len(dropins)} drop-ins of pinned services removed")
         if os.path.isdir("/run/systemd/system") and shutil.which("systemctl"):
             subprocess.run(["systemctl", "daemon-reload"], capture_output=True, timeout=60)
-    if os.path.isdir(cfg.bpf_dir):
-        programs.remove_pins(cfg.bpf_dir)
-        done.append(f"pinned programs in {cfg.bpf_dir} removed")
+    gone = remove_pinsets(cfg.bpf_dir, pinning.remove_pins_set)
+    if gone:
+        done.append(f"{gone} pin sets in {cfg.bpf_dir} removed")
     for d in dirs:
-        shutil.rmtree(d, ignore_errors=True)
-        done.append(f"run directory {d} removed")
+        ours = os.path.dirname(d) == DEFAULT_RUN_ROOT
+        if clear_run_dir(d, ours):
+            done.append(f"run directory {d} removed")
+        else:
+            done.append(f"run directory {d} kept: files netleak did not make are in it")
     if cfg.run_dir is None:
         try:
             os.rmdir(DEFAULT_RUN_ROOT)

@@ -269,6 +269,12 @@ def remove_pins(bpf_dir: str) -> None:
         os.rmdir(bpf_dir)
 
 
+def remove_pins_set(path: str) -> None:
+    """One pin set's folder and its pins (the programs stay attached where
+    they are)."""
+    _remove_dir(path)
+
+
 def _remove_dir(path: str) -> None:
     if not os.path.isdir(path):
         return

@@ -129,3 +129,45 @@ def test_the_hooks_help_reads_no_state(monkeypatch, capsys):
     assert out.startswith("usage: netleak-hook [STAGE]\n")
     for word in ("createRuntime", "poststop", "io.netleak.interface", "io.netleak.proxy"):
         assert word in out
+
+
+def test_a_run_directory_set_by_hand_loses_netleaks_files_only(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    for name in ("state.json", "daemon.sock", "daemon.lock", "daemon.pid", "daemon.log",
+                 "daemon.log.1", "hook.log", "events.jsonl", "events.jsonl.1",
+                 ".state.123.tmp"):
+        (d / name).touch()
+    (d / "notes.txt").write_text("the admin's")
+    assert not cleanup.clear_run_dir(str(d), ours=False)
+    assert sorted(os.listdir(d)) == ["notes.txt"]
+    (d / "notes.txt").unlink()
+    (d / "state.json").touch()
+    assert cleanup.clear_run_dir(str(d), ours=False) and not d.exists()
+    assert cleanup.clear_run_dir(str(d), ours=False)        # gone already
+
+
+@pytest.mark.parametrize("name, mine", [("state.json", True), (".relay.77.tmp", True),
+                                        ("state.json.2", False), ("passwd", False),
+                                        (".state.x.tmp", False), ("state", False)])
+def test_netleaks_files(name, mine):
+    assert cleanup.netleaks_file(name) == mine
+
+
+@pytest.mark.parametrize("name, mine", [("v1-252ecd1db236", True), ("v1-252ecd1db236-new", True),
+                                        ("v12-0123456789ab", True), ("tc", False),
+                                        ("v1-252ecd1db23", False), ("v1-252ECD1DB236", False),
+                                        ("x1-252ecd1db236", False), ("globals", False)])
+def test_pinsets_told_apart_from_other_tools_pins(name, mine):
+    assert cleanup.is_pinset(name) == mine
+
+
+def test_only_pin_sets_go_from_a_shared_folder(tmp_path):
+    for n in ("v1-252ecd1db236", "v1-0123456789ab-new", "tc"):
+        (tmp_path / n).mkdir()
+    removed = []
+    assert cleanup.remove_pinsets(str(tmp_path), removed.append) == 2
+    assert sorted(os.path.basename(p) for p in removed) == ["v1-0123456789ab-new",
+                                                            "v1-252ecd1db236"]
+    assert (tmp_path / "tc").is_dir()
+    assert cleanup.remove_pinsets(str(tmp_path / "none"), removed.append) == 0
