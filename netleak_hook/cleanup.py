@@ -25,7 +25,7 @@ from .core.errors import NetleakError
 from .kernel.systemd import SLICE
 
 SERVICE = "netleak-daemon.service"
-STOP_SECONDS = 5.0
+STOP_SECONDS = 15.0    # a clean stop gives lingering rules back
 
 
 def run_dirs(root: str, configured: str | None) -> list[str]:
@@ -41,14 +41,24 @@ def run_dirs(root: str, configured: str | None) -> list[str]:
     return found
 
 
-def sessions_of(stores) -> dict[str, int]:
-    """Run directory -> its sessions, of those that have any."""
+def sessions_of(stores, root: str = "") -> dict[str, int]:
+    """Run directory -> its sessions that still stand, of those that have
+    any: a service pinned by name stands while stopped; another session
+    once its cgroup is gone does not (a daemon that died left it; ROOT:
+    the cgroup2 mount, "" to count every session)."""
     busy = {}
     for store in stores:
-        n = len(store.load().sessions)
+        n = sum(1 for sess in store.load().sessions.values()
+                if standing(sess, root))
         if n:
             busy[store.path] = n
     return busy
+
+
+def standing(sess, root: str) -> bool:
+    if sess.pinned or not root:
+        return True
+    return os.path.isdir(os.path.join(root, sess.cgroup.lstrip("/")))
 
 
 def refusal(busy: dict[str, int]) -> str:
@@ -60,21 +70,34 @@ def refusal(busy: dict[str, int]) -> str:
             f"'netleak cleanup' again")
 
 
-def service_active(systemctl=shutil.which("systemctl")) -> bool:
-    """Whether the daemon's systemd service runs (it would restart a daemon
-    stopped here)."""
+def service_state(systemctl=shutil.which("systemctl")) -> str:
+    """The daemon's systemd service's ActiveState ("" without systemd): a
+    service that runs, or is about to (activating, a restart due), would
+    bring a daemon back while cleanup works."""
     if not systemctl or not os.path.isdir("/run/systemd/system"):
+        return ""
+    r = subprocess.run([systemctl, "show", "--property=ActiveState", "--value", SERVICE],
+                       capture_output=True, text=True, timeout=10)
+    return r.stdout.strip() if r.returncode == 0 else ""
+
+
+def is_daemon(pid: int) -> bool:
+    """Whether PID runs netleak's daemon (a pid file written in another
+    PID namespace names someone else here)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
         return False
-    r = subprocess.run([systemctl, "is-active", "--quiet", SERVICE],
-                       capture_output=True, timeout=10)
-    return r.returncode == 0
+    return b"netleak_hook.daemon" in argv or (
+        any(a.endswith(b"netleak") for a in argv[:2]) and b"daemon" in argv)
 
 
 def stop_daemon(store) -> bool:
-    """Stop STORE's daemon (SIGTERM, then SIGKILL after STOP_SECONDS);
-    whether one ran."""
+    """Stop STORE's daemon (SIGTERM; SIGKILL if it has not gone after
+    STOP_SECONDS); whether one ran."""
     pid = store.daemon_pid()
-    if pid is None:
+    if pid is None or not is_daemon(pid):
         return False
     try:
         os.kill(pid, signal.SIGTERM)
@@ -137,6 +160,13 @@ def is_pinset(name: str) -> bool:
             and len(digest) == 12 and all(c in "0123456789abcdef" for c in digest))
 
 
+def has_pinsets(bpf_dir: str) -> bool:
+    try:
+        return any(is_pinset(n) for n in os.listdir(bpf_dir))
+    except OSError:
+        return False
+
+
 def remove_pinsets(bpf_dir: str, remove) -> int:
     """netleak's pin sets in BPF_DIR removed (whatever else a NETLEAK_BPF_DIR
     set by hand holds stays), and BPF_DIR once empty; how many. Programs
@@ -193,64 +223,108 @@ def clear_run_dir(path: str, ours: bool) -> bool:
     return True
 
 
+def _stores(cfg):
+    """(this namespace's run directory, every Store cleanup looks at)."""
+    from .rundir.store import DEFAULT_RUN_ROOT, Store, run_dir
+    here = run_dir(cfg)
+    dirs = run_dirs(DEFAULT_RUN_ROOT, cfg.run_dir)
+    if here not in dirs and os.path.isdir(here):
+        dirs.append(here)
+    return here, [Store(d) for d in dirs]
+
+
+def check(cfg) -> None:
+    """NetleakError when cleanup would be refused: a session runs in some
+    namespace (what a package's removal asks before it stops anything)."""
+    _, stores = _stores(cfg)
+    try:
+        for s in stores:
+            s.check()               # a run directory others may write: refused
+        busy = sessions_of(stores, cgroup_root())
+    finally:
+        for s in stores:
+            s.close()
+    if busy:
+        raise NetleakError(refusal(busy))
+
+
 def cleanup(cfg, environ) -> list[str]:
     """Everything netleak keeps, removed (see the module's text); what was
     done, a line each. NetleakError when a session runs or the service
     would bring a daemon back."""
     from . import client
     from .kernel import cgroupfs, pinning
-    from .rundir.store import DEFAULT_RUN_ROOT, Store, run_dir
-    if service_active():
-        raise NetleakError(f"{SERVICE} runs: stop it first (systemctl stop {SERVICE})")
-    here = run_dir(cfg)
-    dirs = run_dirs(DEFAULT_RUN_ROOT, cfg.run_dir)
-    if here not in dirs and os.path.isdir(here):
-        dirs.append(here)
-    stores = [Store(d) for d in dirs]
+    from .rundir.store import DEFAULT_RUN_ROOT
+    state = service_state()
+    if state not in ("", "inactive", "failed"):
+        raise NetleakError(f"{SERVICE} is {state}: stop it first (systemctl stop {SERVICE})")
+    check(cfg)
+    here, stores = _stores(cfg)
+    done: list[str] = []
+    locks: list[int] = []
     try:
+        # this namespace's leftovers, collected by its daemon (one is started
+        # for it if none runs), before every daemon stops
+        mine = [s for s in stores if s.path == here]
+        if mine and (client.ping(mine[0]) or has_pinsets(cfg.bpf_dir)):
+            report = client.request_starting_daemon(mine[0], {"op": "gc"})["report"]
+            done.append("this namespace's leftovers collected")
+            if report.get("sessions"):
+                raise NetleakError(refusal({here: report["sessions"]}))
         for s in stores:
-            s.check()               # a run directory others may write: refused
-        busy = sessions_of(stores)
-        if busy:
-            raise NetleakError(refusal(busy))
-        done = []
-        for s in stores:
-            if s.path == here and client.ping(s):
-                client.request(s, {"op": "gc"})
-                done.append("this namespace's leftovers collected")
             if stop_daemon(s):
                 done.append(f"daemon of {s.path} stopped")
+            # held to the end: a daemon started meanwhile says "busy"
+            fd = s.take_lock()
+            if fd is not None:
+                locks.append(fd)
+        populated = cgroupfs.populated(os.path.join(cgroup_root() or "/nonexistent", SLICE))
+        if populated is False and stop_slice():
+            done.append(f"{SLICE} stopped")
+        dropins = remove_dropins()
+        if dropins:
+            done.append(f"{len(dropins)} drop-ins of pinned services removed")
+            if os.path.isdir("/run/systemd/system") and shutil.which("systemctl"):
+                subprocess.run(["systemctl", "daemon-reload"], capture_output=True, timeout=60)
+        if os.path.isdir(cfg.bpf_dir):
+            with pinning.compile_lock(cfg.bpf_dir):     # no compile halfway through
+                gone = remove_pinsets(cfg.bpf_dir, pinning.remove_pins_set)
+            if gone:
+                done.append(f"{gone} pin sets in {cfg.bpf_dir} removed")
+            try:
+                os.rmdir(cfg.bpf_dir)
+            except OSError:
+                pass
     finally:
+        for fd in locks:
+            os.close(fd)
         for s in stores:
             s.close()
-    if stop_slice():
-        done.append(f"{SLICE} stopped")
-    dropins = remove_dropins()
-    if dropins:
-        done.append(f"{len(dropins)} drop-ins of pinned services removed")
-        if os.path.isdir("/run/systemd/system") and shutil.which("systemctl"):
-            subprocess.run(["systemctl", "daemon-reload"], capture_output=True, timeout=60)
-    gone = remove_pinsets(cfg.bpf_dir, pinning.remove_pins_set)
-    if gone:
-        done.append(f"{gone} pin sets in {cfg.bpf_dir} removed")
-    for d in dirs:
-        ours = os.path.dirname(d) == DEFAULT_RUN_ROOT
-        if clear_run_dir(d, ours):
-            done.append(f"run directory {d} removed")
+    for s in stores:
+        ours = os.path.dirname(s.path) == DEFAULT_RUN_ROOT
+        if clear_run_dir(s.path, ours):
+            done.append(f"run directory {s.path} removed")
         else:
-            done.append(f"run directory {d} kept: files netleak did not make are in it")
+            done.append(f"run directory {s.path} kept: files netleak did not make are in it")
     if cfg.run_dir is None:
         try:
             os.rmdir(DEFAULT_RUN_ROOT)
         except OSError:
             pass
-    try:
-        parent = cgroupfs.abspath(cgroupfs.find_cgroup2(), cfg.cgroup_parent)
-    except (OSError, NetleakError):
-        parent = ""
+    root = cgroup_root()
+    parent = cgroupfs.abspath(root, cfg.cgroup_parent) if root else ""
     if parent and os.path.isdir(parent):
         if cgroupfs.remove_tree(parent):
             done.append(f"cgroup {parent} removed")
         else:
             done.append(f"cgroup {parent} kept: a process still runs in it")
     return done
+
+
+def cgroup_root() -> str:
+    """The cgroup2 mount ("" when there is none)."""
+    from .kernel import cgroupfs
+    try:
+        return cgroupfs.find_cgroup2()
+    except (OSError, NetleakError):
+        return ""

@@ -75,14 +75,20 @@ def prepare(env: Env) -> None:
 
 
 @main.command()
+@click.option("--check", is_flag=True,
+              help="only say whether it would be refused (exit 125 if so), removing nothing")
 @click.pass_obj
-def cleanup(env: Env) -> None:
+def cleanup(env: Env, check: bool) -> None:
     """Remove what netleak keeps between sessions (daemons, pinned
     programs, run directories, its cgroup, rules and routes), once no
-    session runs; refused while one does."""
+    session runs; refused while one does, or while netleak-daemon.service
+    runs (it would start a daemon again)."""
     from . import cleanup as cl
     try:
         _need_root()
+        if check:
+            cl.check(env.config())
+            return
         done = cl.cleanup(env.config(), env.environ)
     except NetleakError as e:
         _fail(e)

@@ -126,7 +126,27 @@ def click_script(shell: str) -> str:
     classes = {"bash": BashComplete, "zsh": ZshComplete}
     if shell not in classes:
         raise ValueError(f"no completion for shell {shell!r}: {' or '.join(SHELLS)}")
-    return classes[shell](cli.main, {}, "netleak", "_NETLEAK_COMPLETE").source()
+    text = classes[shell](cli.main, {}, "netleak", "_NETLEAK_COMPLETE").source()
+    if shell == "zsh":
+        text = _autoloadable(text)
+    return text
+
+
+ZSH_REGISTER = "compdef _netleak_completion netleak;"
+
+
+def _autoloadable(text: str) -> str:
+    """Click 8.1's zsh script (Debian 12's) only registers its function
+    when run, so loaded from the fpath the first TAB completes nothing;
+    later clicks end as below already."""
+    if ZSH_REGISTER not in text:
+        return text
+    return text.replace(ZSH_REGISTER, (
+        "if [[ ${zsh_eval_context[-1]} == loadautofunc ]]; then\n"
+        "    _netleak_completion \"$@\"\n"
+        "else\n"
+        "    compdef _netleak_completion netleak\n"
+        "fi"))
 
 
 # ---------- netleak-exec: scripts from execcmd's tables ----------

@@ -34,3 +34,14 @@ def alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def cli_runner():
+    """click's CliRunner with stdout and stderr apart, on the click of
+    Debian 12 (8.1: mix_stderr=False asks for it) and on later ones (which
+    keep them apart and took the argument away)."""
+    from click.testing import CliRunner
+    try:
+        return CliRunner(mix_stderr=False)
+    except TypeError:
+        return CliRunner()

@@ -157,7 +157,7 @@ def _fs_magic(path: str) -> int:
 
 
 @contextlib.contextmanager
-def _compile_lock(bpf_dir: str) -> Iterator[None]:
+def compile_lock(bpf_dir: str) -> Iterator[None]:
     """Serialize compiles into BPF_DIR between daemons of all namespaces.
     The lock is on the directory itself: bpffs holds no regular files, and
     a lock file elsewhere would be one more thing left on the machine."""
@@ -175,7 +175,7 @@ def ensure_pinned(bpf_dir: str, extra: tuple[str, ...] = ()) -> Pinset:
     pins = Pinset(os.path.join(bpf_dir, pinset_name(extra)))
     if pins.check() and pins.complete():
         return pins
-    with _compile_lock(bpf_dir):
+    with compile_lock(bpf_dir):
         if not (pins.check() and pins.complete()):
             _compile_in_child(pins, extra)
     return pins

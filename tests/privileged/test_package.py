@@ -64,7 +64,12 @@ def host(podman_env, deb):
 
 
 def _rules(m) -> str:
-    return "".join(m.exec("ip", fam, "rule", "show").stdout for fam in ("-4", "-6"))
+    out = []
+    for fam in ("-4", "-6"):
+        r = m.exec("ip", fam, "rule", "show")
+        assert r.returncode == 0, r.stderr
+        out.append(r.stdout)
+    return "".join(out)
 
 
 def _routes(m) -> str:
@@ -77,9 +82,14 @@ def _ours(m) -> list[str]:
     left = []
     for path in ("/sys/fs/bpf/netleak", "/run/netleak", "/sys/fs/cgroup/netleak",
                  "/sys/fs/cgroup/netleak.slice", "/etc/systemd/system/netleak-daemon.service",
-                 "/etc/systemd/system/multi-user.target.wants/netleak-daemon.service"):
+                 "/etc/systemd/system/multi-user.target.wants/netleak-daemon.service",
+                 "/var/lib/systemd/deb-systemd-helper-enabled/netleak-daemon.service.dsh-also",
+                 "/usr/lib/python3/dist-packages/netleak_hook"):
         if m.exec("test", "-e", path).returncode == 0:
             left.append(path)
+    dropins = m.exec("sh", "-c", "ls /run/systemd/system/*.d/netleak.conf 2>/dev/null").stdout
+    if dropins.strip():
+        left.append(f"drop-ins: {dropins.strip()}")
     units = m.exec("systemctl", "list-units", "--all", "--plain", "--no-legend",
                    "netleak-*.service", "netleak-*.scope", "netleak.slice").stdout.strip()
     if units:
@@ -102,8 +112,14 @@ def test_installed_routed_run_by_systemd_and_purged_without_a_trace(host, deb):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     for path in FILES:
         assert m.exec("test", "-f", path).returncode == 0, f"{path} not installed"
-    # the programs were compiled and pinned at install
+    # the package's own commands, on its own Python package
+    assert m.exec("sh", "-c", "command -v netleak-exec").stdout.strip() == "/usr/bin/netleak-exec"
+    where = m.exec("/usr/bin/python3", "-c", "import netleak_hook; print(netleak_hook.__file__)")
+    assert where.stdout.startswith("/usr/lib/python3/dist-packages/netleak_hook/"), where
+    # the programs were compiled and pinned at install (by netleak prepare:
+    # the daemon, started after it, found them there and compiled nothing)
     assert m.exec("sh", "-c", "ls /sys/fs/bpf/netleak/v1-*/prog_egress").returncode == 0
+    assert m.exec("systemctl", "is-enabled", "netleak-daemon").stdout.strip() == "enabled"
 
     doctor = m.exec("netleak", "doctor")
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
@@ -122,6 +138,27 @@ def test_installed_routed_run_by_systemd_and_purged_without_a_trace(host, deb):
         assert cap.stop() > 0
     status = m.exec("netleak", "status")
     assert status.returncode == 0, status.stderr
+    log = m.exec("sh", "-c", "journalctl -u netleak-daemon --no-pager; cat /run/netleak/*/daemon.log")
+    assert "compiling BPF programs" not in log.stdout, log.stdout[-2000:]
+
+    # removal is refused while a session runs, and changes nothing
+    p = m.popen("netleak-exec", "--via", gateway, "vpn0", "sleep", "60")
+    try:
+        assert wait_until(lambda: "routed" in m.exec("netleak", "status").stdout, timeout=30)
+        # the slice the check after the purge looks for: there now
+        assert m.exec("test", "-d", "/sys/fs/cgroup/netleak.slice").returncode == 0
+        r = m.exec("apt-get", "remove", "-y", "netleak", timeout=300)
+        assert r.returncode != 0, r.stdout[-2000:]
+        said = r.stdout + r.stderr          # dpkg passes the script's lines on
+        assert "1 session still runs" in said and "netleak: not removed" in said, said[-2000:]
+        assert m.exec("dpkg-query", "-W", "-f=${Status}", "netleak").stdout == \
+            "install ok installed"
+        assert m.exec("systemctl", "is-active", "netleak-daemon").stdout.strip() == "active"
+        assert "routed" in m.exec("netleak", "status").stdout
+    finally:
+        p.kill()
+        p.wait()
+        m.exec("pkill", "-f", "^sleep 60$")
     assert m.exec("man", "-w", "netleak-exec").returncode == 0
     # what the check after the purge looks for is there now
     there = _ours(m)

@@ -66,18 +66,40 @@ def test_cleanup_refused_while_a_session_runs_and_nothing_removed(tmp_path, monk
     bpf = tmp_path / "bpf"
     bpf.mkdir()
     monkeypatch.setattr("netleak_hook.rundir.store.DEFAULT_RUN_ROOT", str(tmp_path))
-    monkeypatch.setattr(cleanup, "service_active", lambda: False)
+    monkeypatch.setattr(cleanup, "service_state", lambda: "inactive")
+    root = tmp_path / "cg"
+    (root / "netleak" / "exec-s0-1").mkdir(parents=True)     # the session's cgroup stands
+    monkeypatch.setattr(cleanup, "cgroup_root", lambda: str(root))
     cfg = Config(run_dir=busy.path, bpf_dir=str(bpf))
     with pytest.raises(cleanup.NetleakError, match="1 session still runs"):
         cleanup.cleanup(cfg, {})
     assert os.path.exists(busy.state_file) and bpf.is_dir()
 
 
-def test_cleanup_refused_while_the_service_runs(monkeypatch):
+@pytest.mark.parametrize("state", ["active", "activating", "reloading", "deactivating"])
+def test_cleanup_refused_while_the_service_runs_or_is_about_to(monkeypatch, state):
     from netleak_hook.core.config import Config
-    monkeypatch.setattr(cleanup, "service_active", lambda: True)
-    with pytest.raises(cleanup.NetleakError, match="systemctl stop netleak-daemon.service"):
+    monkeypatch.setattr(cleanup, "service_state", lambda: state)
+    with pytest.raises(cleanup.NetleakError,
+                       match=f"is {state}: stop it first .systemctl stop netleak-daemon"):
         cleanup.cleanup(Config(), {})
+
+
+def test_a_session_whose_cgroup_went_is_not_standing_a_pinned_service_is(tmp_path):
+    root = tmp_path / "cg"
+    (root / "netleak" / "exec-a").mkdir(parents=True)
+    alive = make_session(id="a", cgroup="netleak/exec-a", cgroup_id=1)
+    gone = make_session(id="b", cgroup="netleak/exec-b", cgroup_id=2)
+    pinned = make_session(id="c", cgroup="system.slice/web.service", cgroup_id=3,
+                          unit="web.service", pinned=True, owned=False)
+    assert cleanup.standing(alive, str(root)) and not cleanup.standing(gone, str(root))
+    assert cleanup.standing(pinned, str(root))
+    assert cleanup.standing(gone, "")           # no cgroup2 found: every one counts
+
+
+def test_the_daemon_is_told_by_its_command_line(tmp_path):
+    assert not cleanup.is_daemon(os.getpid())   # pytest
+    assert not cleanup.is_daemon(2 ** 22 + 12345)   # no such process
 
 
 def test_prepare_and_cleanup_need_root_as_nobody():

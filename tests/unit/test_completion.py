@@ -373,3 +373,12 @@ def test_cli_prints_scripts():
     assert "_NETLEAK_COMPLETE" in out
     bad = subprocess.run([*run, "tcsh", "netleak"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stdout == "" and len(bad.stderr.splitlines()) == 1
+
+
+def test_netleaks_zsh_script_completes_from_the_first_tab_when_autoloaded():
+    """Loaded from the fpath (vendor-completions), the script is the
+    completion function's body: it must complete then, not only register
+    itself (what click 8.1's script did)."""
+    text = completion.click_script("zsh")
+    assert "loadautofunc" in text and "_netleak_completion \"$@\"" in text
+    assert completion.ZSH_REGISTER not in text

@@ -24,7 +24,7 @@ import sys
 from unittest import mock
 
 import pytest
-from click.testing import CliRunner
+from tests.helpers import cli_runner
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -1079,7 +1079,7 @@ def test_exec_refusal_is_one_line_whatever_the_words(option, command):
 # ---------- netleak (click) ----------
 
 def invoke(sandbox, args, env=None):
-    return CliRunner().invoke(cli.main, args, obj=cli.Env(env or sandbox.env),
+    return cli_runner().invoke(cli.main, args, obj=cli.Env(env or sandbox.env),
                               catch_exceptions=False)
 
 
@@ -1284,7 +1284,8 @@ def test_unknown_command_or_option_is_a_usage_error(sandbox, command, known, opt
     assert_refused(r1, 2)
     assert "No such command" in r1.stderr
     assert_refused(r2, 2)
-    assert f"No such option '{option}'" in r2.stderr
+    # click 8.1 (Debian 12) says "No such option: --x", later ones "... '--x'"
+    assert "No such option" in r2.stderr and option in r2.stderr
 
 
 def test_a_store_made_for_one_look_keeps_no_descriptor(tmp_path):
