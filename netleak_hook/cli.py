@@ -68,6 +68,8 @@ def prepare(env: Env) -> None:
         _need_root()
         cfg = env.config()
         programs.ensure_bpffs(cfg.bpf_dir)
+        from .client import compile_notice
+        compile_notice(environ=env.environ)     # on a terminal, while it compiles
         pins = programs.ensure_pinned(cfg.bpf_dir)
     except NetleakError as e:
         _fail(e)
