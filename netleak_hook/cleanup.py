@@ -99,11 +99,13 @@ def stop_daemon(store) -> bool:
     pid = store.daemon_pid()
     if pid is None or not is_daemon(pid):
         return False
+    from .kernel.proc import running
     try:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_SECONDS
         while time.monotonic() < deadline:
-            os.kill(pid, 0)
+            if not running(pid):
+                return True
             time.sleep(0.05)
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:

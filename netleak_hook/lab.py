@@ -324,10 +324,9 @@ def stop_daemon(run_dir: str) -> None:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
+    from .kernel.proc import running
     for _ in range(100):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not running(pid):        # a zombie counts as gone: init reaps it
             return
         time.sleep(0.05)
     try:

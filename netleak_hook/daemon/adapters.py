@@ -201,15 +201,8 @@ class Procs:
 
     @staticmethod
     def alive(pid: int) -> bool:
-        if pid <= 0:
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        from ..kernel.proc import running
+        return running(pid)
 
     @staticmethod
     def netns_of(pid: int) -> int | None:

@@ -193,3 +193,18 @@ def test_only_pin_sets_go_from_a_shared_folder(tmp_path):
                                                             "v1-252ecd1db236"]
     assert (tmp_path / "tc").is_dir()
     assert cleanup.remove_pinsets(str(tmp_path / "none"), removed.append) == 0
+
+
+def test_a_zombie_does_not_run_though_kill_finds_it():
+    from netleak_hook.kernel.proc import running
+    assert running(os.getpid())
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        from tests.helpers import wait_until
+        assert wait_until(lambda: not running(pid), timeout=5)
+        os.kill(pid, 0)             # still there for kill(2): a zombie
+    finally:
+        os.waitpid(pid, 0)
+    assert not running(pid) and not running(0) and not running(-1)
