@@ -6,7 +6,8 @@
 # a static busybox (a minimal container rootfs), and the real VPN software
 # the suite runs netleak with: wireguard-go and wireguard-tools (userspace
 # WireGuard, wg, wg-quick), openvpn and openssl (a TLS tunnel with
-# certificates of its own) and microsocks (a SOCKS5 server), and what the
+# certificates of its own) and microsocks (a SOCKS5 server), bash-completion
+# and zsh (the completion scripts run in real shells), and what the
 # Debian package's build needs ("install-deps.sh deb" too: debhelper,
 # dh-python, lintian, and the package's dependencies); "install-deps.sh bench" adds
 # iperf3 (the benchmark's traffic), microsocks (the proxy of its proxy part) and
@@ -28,6 +29,8 @@ if [ "${1:-}" = test ]; then
     # iptables: wg-quick's full tunnel writes its filter rules with it when
     # nft is not there (recommended only, and recommends are not installed)
     want="$want wireguard-go wireguard-tools iptables openvpn openssl microsocks"
+    # the completion scripts' tests run them in real shells
+    want="$want bash-completion zsh"
 elif [ "${1:-}" = bench ]; then
     want="$want iperf3 microsocks proxychains4"
 fi
