@@ -1,6 +1,6 @@
 /* netleak: mark every socket of a controlled cgroup and drop every packet of
- * it that would leave by anything but its interface or loopback (or an
- * --allow prefix); send its loopback DNS to the session's resolvers, and
+ * it that would leave by anything but its interface or loopback (or by an
+ * --allow rule), and everything a --deny rule holds; send its loopback DNS to the session's resolvers, and
  * in proxy mode its TCP and DNS to netleak's relay; drop
  * what arrives by another interface; count each verdict, and report
  * blocked attempts through a ring buffer.
@@ -39,7 +39,7 @@ enum nl_verdict { V_PASS, V_LOOPBACK, V_KILL, V_DEVICE, V_NOPOLICY, V_NETNS,
                   V_SUPPRESSED, V_LOST, V_ALLOWED, V_BLOCK, V_INBOUND, V_REFUSED_DNS,
                   V_REFUSED_BLOCK, V_DNS, V_PROXIED, V_REFUSED_PROXY, V_PROXY, V_SOURCE,
                   V_REFUSED_SOURCE, V_REFUSED_MPTCP, V_REFUSED_LIMIT, V_REFUSED_KILL_CONNECT,
-                  V_REFUSED_KILL_SENDMSG };
+                  V_REFUSED_KILL_SENDMSG, V_DENY, V_REFUSED_DENY };
 
 /* Counters of the sessions, by the slot their policy entry names
  * (nl_policy.stats_slot): a per-CPU array, whose lookup the verifier
@@ -118,6 +118,7 @@ static __always_inline void count(const struct nl_policy *p, u64 cgid, enum nl_v
     case V_INBOUND:  c = &s->drop_inbound; break;
     case V_PROXY:    c = &s->drop_proxy; break;
     case V_SOURCE:   c = &s->drop_source; break;
+    case V_DENY:     c = &s->drop_deny; break;
     case V_NETNS:    s->refused_netns++; return;
     case V_SUPPRESSED: s->events_suppressed++; return;
     case V_REFUSED_DNS: s->refused_dns++; return;
@@ -130,6 +131,7 @@ static __always_inline void count(const struct nl_policy *p, u64 cgid, enum nl_v
     case V_REFUSED_LIMIT: s->refused_limit++; return;
     case V_REFUSED_KILL_CONNECT: s->refused_kill_connect++; return;
     case V_REFUSED_KILL_SENDMSG: s->refused_kill_sendmsg++; return;
+    case V_REFUSED_DENY: s->refused_deny++; return;
     default:         s->events_lost++; return;
     }
     c->packets++;
@@ -257,19 +259,64 @@ static __always_inline int is_loopback(const struct nl_addr *a)
            (a->w[3] == bpf_htonl(1) || a->w[3] == 0);
 }
 
-/* Whether A lies in one of the session's --allow prefixes. */
-static __always_inline int allowed(const struct nl_policy *p, const struct nl_addr *a)
+/* ---------- --allow and --deny rules ---------- */
+
+/* A flow's protocol when extension headers (or a raw socket's own IP
+ * header) hide it. */
+#define NL_P_UNKNOWN 255
+
+/* Whether rule R holds a flow whose far end is A, of protocol PROTO
+ * (IPPROTO_*, or NL_P_UNKNOWN) and far port PORT (host order; 0 when not
+ * known: a later fragment, a raw socket). What is not known is held by a
+ * DENY rule that asks for it (fail closed), and by no allow rule. */
+static __always_inline int rule_holds(const struct nl_rule *r, const struct nl_addr *a,
+                                      u8 proto, u16 port, int deny)
+{
+    if ((a->w[0] & r->net.mask.w[0]) != r->net.addr.w[0] ||
+        (a->w[1] & r->net.mask.w[1]) != r->net.addr.w[1] ||
+        (a->w[2] & r->net.mask.w[2]) != r->net.addr.w[2] ||
+        (a->w[3] & r->net.mask.w[3]) != r->net.addr.w[3])
+        return 0;
+    if (r->family && (r->family == 4) != is_mapped(a))
+        return 0;
+    if (!r->proto && !r->port_hi)
+        return 1;           /* addresses only */
+    if (proto == NL_P_UNKNOWN)
+        return deny;
+    if (r->proto ? proto != r->proto : (proto != IPPROTO_TCP && proto != IPPROTO_UDP))
+        return 0;
+    if (!r->port_hi)
+        return 1;
+    if (!port)
+        return deny;
+    return port >= r->port_lo && port <= r->port_hi;
+}
+
+/* Whether one of the session's --allow rules holds the flow. */
+static __always_inline int allowed(const struct nl_policy *p, const struct nl_addr *a,
+                                   u8 proto, u16 port)
 {
 #pragma unroll
     for (int i = 0; i < NL_MAX_ALLOW; i++) {
-        const struct nl_prefix *x = &p->allow[i];
         if (i >= p->allow_n)
             break;
-        if ((a->w[0] & x->mask.w[0]) == x->addr.w[0] &&
-            (a->w[1] & x->mask.w[1]) == x->addr.w[1] &&
-            (a->w[2] & x->mask.w[2]) == x->addr.w[2] &&
-            (a->w[3] & x->mask.w[3]) == x->addr.w[3])
+        if (rule_holds(&p->allow[i], a, proto, port, 0))
             return 1;
+    }
+    return 0;
+}
+
+/* 1 + the index of the first of the session's --deny rules that holds the
+ * flow; 0 when none does. */
+static __always_inline int denied(const struct nl_policy *p, const struct nl_addr *a,
+                                  u8 proto, u16 port)
+{
+#pragma unroll
+    for (int i = 0; i < NL_MAX_DENY; i++) {
+        if (i >= p->deny_n)
+            break;
+        if (rule_holds(&p->deny[i], a, proto, port, 1))
+            return i + 1;
     }
     return 0;
 }
@@ -289,11 +336,52 @@ static __always_inline int skb_addr(struct __sk_buff *skb, int src, struct nl_ad
     return 0;
 }
 
-static __always_inline int skb_allowed(struct __sk_buff *skb, struct nl_policy *p, int src)
-{
-    struct nl_addr a = {};
+/* A packet's far end as the rules see it. */
+struct nl_flow {
+    struct nl_addr a;
+    u16 port;       /* host order; 0 when not known */
+    u8 proto;       /* IPPROTO_*; NL_P_UNKNOWN behind extension headers */
+    u8 pad;
+};
 
-    return p->allow_n && skb_addr(skb, src, &a) && allowed(p, &a);
+/* Whether an IPv6 next-header value is an extension header (or ESP),
+ * which hides the protocol that follows. */
+static __always_inline int ext_header(u8 h)
+{
+    return h == 0 || h == 43 || h == 44 || h == 50 || h == 51 || h == 60 ||
+           h == 135 || h == 139 || h == 140 || h == 253 || h == 254;
+}
+
+/* The far end of a packet: its destination (SRC 0: egress) or its source
+ * (SRC 1: ingress), with protocol and port. 0 when it is not IP. */
+static __always_inline int skb_flow(struct __sk_buff *skb, int src, struct nl_flow *f)
+{
+    u8 buf[40] = {};
+    u32 l4 = 0;
+    u16 port = 0;
+
+    if (skb->protocol == bpf_htons(ETH_P_IP)) {
+        u32 v4;
+        if (bpf_skb_load_bytes(skb, 0, buf, 20) != 0)
+            return 0;
+        __builtin_memcpy(&v4, src ? &buf[12] : &buf[16], 4);
+        mapped4(&f->a, v4);
+        f->proto = buf[9];
+        if (!((buf[6] & 0x1f) || buf[7]))
+            l4 = (buf[0] & 0xf) * 4;    /* not a later fragment */
+    } else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+        if (bpf_skb_load_bytes(skb, 0, buf, 40) != 0)
+            return 0;
+        __builtin_memcpy(&f->a, src ? &buf[8] : &buf[24], 16);
+        f->proto = ext_header(buf[6]) ? NL_P_UNKNOWN : buf[6];
+        l4 = 40;
+    } else {
+        return 0;
+    }
+    if ((f->proto == IPPROTO_TCP || f->proto == IPPROTO_UDP) && l4 >= 20 && l4 <= 60 &&
+        bpf_skb_load_bytes(skb, l4 + (src ? 0 : 2), &port, 2) == 0)
+        f->port = bpf_ntohs(port);
+    return 1;
 }
 
 /* Destination of an egress packet: skb data starts at the network header. */
@@ -409,8 +497,8 @@ static __always_inline struct nl_policy *lookup_task(u64 *key)
     return 0;
 }
 
-static __always_inline int drop(struct __sk_buff *skb, struct nl_policy *p, u64 key,
-                                u64 self, enum nl_verdict v, u8 reason)
+static __always_inline int drop_rule(struct __sk_buff *skb, struct nl_policy *p, u64 key,
+                                     u64 self, enum nl_verdict v, u8 reason, u16 rule)
 {
     struct nl_event e = {};
     u64 netns;
@@ -430,9 +518,16 @@ static __always_inline int drop(struct __sk_buff *skb, struct nl_policy *p, u64 
     e.sock_cgroup = self;
     e.reason = reason;
     e.hook = NL_H_EGRESS;
+    e.rule = rule;
     packet_dest(skb, &e);
     report(&e, p, netns, 1);
     return 0;
+}
+
+static __always_inline int drop(struct __sk_buff *skb, struct nl_policy *p, u64 key,
+                                u64 self, enum nl_verdict v, u8 reason)
+{
+    return drop_rule(skb, p, key, self, v, reason, 0);
 }
 
 /* Egress: key on the packet's *socket* cgroup, not the current task's:
@@ -444,6 +539,8 @@ int nl_egress(struct __sk_buff *skb)
     u64 self = bpf_skb_cgroup_id(skb);
     u64 key;
     struct nl_policy *p = lookup_skb(skb, self, &key);
+    struct nl_flow f = {};
+    int known = 0, d = 0;
 
     if (!p) {
         /* This program only runs for cgroups we attached to (and their
@@ -453,6 +550,15 @@ int nl_egress(struct __sk_buff *skb)
     }
     if (!source_ok(skb, p))
         return drop(skb, p, key, self, V_SOURCE, NL_R_SOURCE);
+    if (p->allow_n || p->deny_n)
+        known = skb_flow(skb, 0, &f);
+    /* --deny holds on every device; but in proxy mode what goes to the
+     * relay on loopback was judged at connect, by where it was going */
+    if (known && p->deny_n &&
+        !(skb->ifindex == LOOPBACK_IFINDEX && (p->flags & NL_FLAG_PROXY)))
+        d = denied(p, &f.a, f.proto, f.port);
+    if (d)
+        return drop_rule(skb, p, key, self, V_DENY, NL_R_DENY, d - 1);
     if (skb->ifindex == LOOPBACK_IFINDEX) {
         /* loopback never leaves the machine: local IPC keeps working. But
          * DNS that reached it unrewritten (a socket connected before the
@@ -463,8 +569,8 @@ int nl_egress(struct __sk_buff *skb)
         count(p, key, V_LOOPBACK, skb->len);
         return 1;
     }
-    if (skb_allowed(skb, p, 0)) {
-        /* an --allow prefix: the main table chose the device */
+    if (known && p->allow_n && allowed(p, &f.a, f.proto, f.port)) {
+        /* an --allow rule: the main table chose the device */
         count(p, key, V_ALLOWED, skb->len);
         return 1;
     }
@@ -531,21 +637,30 @@ int nl_sock_create(struct bpf_sock *sk)
 }
 
 /* Ingress: a controlled cgroup's sockets hear only from loopback, their
- * interface and --allow prefixes (in proxy mode, not from the interface:
- * the relay hears for them); a server inside is not reachable from the
- * LAN. The device is the one the packet arrived by. */
+ * interface and --allow rules (in proxy mode, not from the interface:
+ * the relay hears for them), and never from what a --deny rule holds; a
+ * server inside is not reachable from the LAN. The device is the one the
+ * packet arrived by. */
 int nl_ingress(struct __sk_buff *skb)
 {
     u64 self = bpf_skb_cgroup_id(skb);
     u64 key;
     struct nl_policy *p = lookup_skb(skb, self, &key);
     u32 dev = skb->ingress_ifindex;
+    struct nl_flow f = {};
+    int known = 0;
 
     if (dev == LOOPBACK_IFINDEX)
         return 1;
+    if (p && (p->allow_n || p->deny_n))
+        known = skb_flow(skb, 1, &f);
+    if (known && p->deny_n && denied(p, &f.a, f.proto, f.port)) {
+        count(p, key, V_DENY, skb->len);
+        return 0;
+    }
     if (p && !(p->flags & (NL_FLAG_BLOCK | NL_FLAG_PROXY)) && dev == p->ifindex)
         return 1;
-    if (p && skb_allowed(skb, p, 1))
+    if (known && p->allow_n && allowed(p, &f.a, f.proto, f.port))
         return 1;
     count(p, key, V_INBOUND, skb->len);
     return 0;
@@ -582,7 +697,7 @@ static __always_inline void set_ctx_addr(struct bpf_sock_addr *ctx, int v6,
 /* Report an attempt on a socket call (task context). */
 static __always_inline void call_event(struct bpf_sock_addr *ctx, struct nl_policy *p, u64 key,
                                        const struct nl_addr *a, u32 port, u8 hook, u8 reason,
-                                       int v6)
+                                       int v6, u16 rule)
 {
     struct nl_event e = {};
 
@@ -594,6 +709,7 @@ static __always_inline void call_event(struct bpf_sock_addr *ctx, struct nl_poli
     e.family = v6 ? 10 : 2;
     e.protocol = ctx->protocol;
     e.dport = bpf_ntohs((u16)port);
+    e.rule = rule;
     if (!v6)
         __builtin_memcpy(e.daddr, &a->w[3], 4);
     else
@@ -708,7 +824,7 @@ static __always_inline int over_limit(struct bpf_sock_addr *ctx, struct nl_polic
                                       const struct nl_addr *a, u32 port, u8 hook, int v6)
 {
     count(p, key, V_REFUSED_LIMIT, 0);
-    call_event(ctx, p, key, a, port, hook, NL_R_LIMIT, v6);
+    call_event(ctx, p, key, a, port, hook, NL_R_LIMIT, v6, 0);
     return 0;
 }
 
@@ -727,21 +843,22 @@ static __always_inline void mark_relayed(struct bpf_sock *sk, u32 port)
 
 /* Proxy mode: TCP, and DNS (port 53, UDP or TCP, to any address), go to
  * the relay on loopback; the rest of what would leave the machine is
- * refused (EPERM, at once). Loopback and --allow prefixes go on. */
+ * refused (EPERM, at once). Loopback and --allow rules go on. */
 static __always_inline int to_relay(struct bpf_sock_addr *ctx, struct nl_policy *p, u64 key,
-                                    const struct nl_addr *a, u32 port, u8 hook, int v6)
+                                    const struct nl_addr *a, u32 port, u8 hook, int v6,
+                                    u8 proto, u16 hport)
 {
     int dns = port == bpf_htons(DNS_PORT);
     int tcp = ctx->type == SOCK_STREAM && ctx->protocol == IPPROTO_TCP;
     struct nl_redirect r = {};
     u64 cookie;
 
-    if (!dns && (is_loopback(a) || (p->allow_n && allowed(p, a))))
+    if (!dns && (is_loopback(a) || (p->allow_n && allowed(p, a, proto, hport))))
         return 1;
     if (!p->relay_port || !p->dns_port ||
         !(tcp || (dns && ctx->type == SOCK_DGRAM && ctx->protocol == IPPROTO_UDP))) {
         count(p, key, V_REFUSED_PROXY, 0);
-        call_event(ctx, p, key, a, port, hook, NL_R_PROXY, v6);
+        call_event(ctx, p, key, a, port, hook, NL_R_PROXY, v6, 0);
         return 0;
     }
     if (!v6 || is_mapped(a))
@@ -784,7 +901,9 @@ static __always_inline int local_dest(struct bpf_sock_addr *ctx, const struct nl
  *   forward the query by the default route. It is sent to one of the
  *   session's resolvers instead (replies are made to look as if they came
  *   from where the app asked), or refused when it has none of that family.
- * - --allow prefixes go on (routing sends them to the main table).
+ * - First, what a --deny rule holds is refused (EPERM), as the app
+ *   asked for it (in proxy mode too: before it goes to the relay).
+ * - --allow rules go on (routing sends them to the main table).
  * - In no-network mode, everything else is refused (EPERM, at once).
  * - While the kill switch is on, everything else but this machine's own
  *   addresses is refused, whatever device the socket is bound to and
@@ -805,15 +924,27 @@ static __always_inline int sock_addr(struct bpf_sock_addr *ctx, u8 hook, int v6)
     struct nl_redirect o = {};
     u32 port = ctx->user_port;
     u64 cookie = 0;
-    int dns = 0;
+    int dns = 0, d = 0;
     enum nl_verdict v;
     u8 reason;
+    /* as the rules see the call: a raw socket has no port (and with
+     * IPPROTO_RAW, its own IP header hides the protocol) */
+    u8 proto = ctx->protocol > 255 ? NL_P_UNKNOWN : ctx->protocol;
+    u16 hport = (ctx->type == SOCK_STREAM || ctx->type == SOCK_DGRAM) ?
+                bpf_ntohs((u16)port) : 0;
 
     if (!p || !sk)
         return 1;
     ctx_addr(ctx, v6, &a);
+    if (p->deny_n)
+        d = denied(p, &a, proto, hport);
+    if (d) {
+        v = V_REFUSED_DENY;
+        reason = NL_R_DENY;
+        goto refuse;
+    }
     if (p->flags & NL_FLAG_PROXY)
-        return to_relay(ctx, p, key, &a, port, hook, v6);
+        return to_relay(ctx, p, key, &a, port, hook, v6, proto, hport);
     if (is_loopback(&a)) {
         if (port != bpf_htons(DNS_PORT))
             return 1;
@@ -827,7 +958,7 @@ static __always_inline int sock_addr(struct bpf_sock_addr *ctx, u8 hook, int v6)
         o.orig = a;     /* what the app asked for */
         a = o.server;
     }
-    if (!(p->allow_n && allowed(p, &a))) {
+    if (!(p->allow_n && allowed(p, &a, proto, hport))) {
         if (p->flags & NL_FLAG_BLOCK) {
             v = V_REFUSED_BLOCK;
             reason = NL_R_BLOCK;
@@ -855,7 +986,7 @@ static __always_inline int sock_addr(struct bpf_sock_addr *ctx, u8 hook, int v6)
     return 1;
 refuse:
     count(p, key, v, 0);
-    call_event(ctx, p, key, &a, port, hook, reason, v6);
+    call_event(ctx, p, key, &a, port, hook, reason, v6, d ? d - 1 : 0);
 #ifdef NL_SET_RETVAL
     if (reason == NL_R_KILL)
         bpf_set_retval(-NL_EHOSTUNREACH);

@@ -10,7 +10,7 @@
 /* Kill switch: drop everything except loopback. Set by the daemon while the
  * target interface is down, absent or being restored. */
 #define NL_FLAG_KILL 0x1
-/* No-network mode: loopback only (and --allow prefixes); no interface. */
+/* No-network mode: loopback only (and --allow rules); no interface. */
 #define NL_FLAG_BLOCK 0x2
 /* Proxy mode: TCP goes to the relay (netleak's, on loopback), which carries
  * it through the proxy; DNS goes to the relay's answerer; nothing else
@@ -21,7 +21,10 @@
 #define NL_MAX_DNS 4        /* resolvers per session */
 #endif
 #ifndef NL_MAX_ALLOW
-#define NL_MAX_ALLOW 8      /* --allow prefixes per session */
+#define NL_MAX_ALLOW 8      /* --allow rules per session */
+#endif
+#ifndef NL_MAX_DENY
+#define NL_MAX_DENY 8       /* --deny rules per session */
 #endif
 
 /* An address as the sock_addr context holds an IPv6 one: four words in
@@ -35,6 +38,20 @@ struct nl_addr {
 struct nl_prefix {
     struct nl_addr addr;
     struct nl_addr mask;
+};
+
+/* An --allow or --deny rule: the far end of a flow (a session's packet's
+ * destination, or the source of one it receives). It holds an address in
+ * NET of FAMILY (0: both; 4: IPv4-mapped ones only; 6: the others) and,
+ * unless both are 0, a PROTO (IPPROTO_TCP or _UDP; 0: either) and ports
+ * PORT_LO..PORT_HI (host order; 0, 0: any). */
+struct nl_rule {
+    struct nl_prefix net;
+    u16 port_lo;
+    u16 port_hi;
+    u8 proto;
+    u8 family;
+    u8 pad[2];
 };
 
 /* Policy of one controlled cgroup, keyed by its cgroup id (the inode of its
@@ -54,9 +71,9 @@ struct nl_policy {
     /* Leak guards beyond routing (userspace writes them). */
     u32 dns_n;          /* resolvers in dns[]: loopback port-53 traffic goes
                          * to one of them; 0: it is refused */
-    u32 allow_n;        /* prefixes in allow[]: may use the main table */
+    u32 allow_n;        /* rules in allow[]: may use the main table */
     struct nl_addr dns[NL_MAX_DNS];
-    struct nl_prefix allow[NL_MAX_ALLOW];
+    struct nl_rule allow[NL_MAX_ALLOW];
     u16 relay_port;     /* proxy mode: the relay's TCP port on 127.0.0.1 and
                          * ::1, network order */
     u16 stats_slot;     /* the session's element of the map `counters` (0:
@@ -69,6 +86,9 @@ struct nl_policy {
                          * slot". */
     u32 dns_port;       /* proxy mode: its DNS answerer's UDP port (one that
                          * answers from the proxy, or one that refuses) */
+    u32 deny_n;         /* rules in deny[]: refused and dropped, whatever
+                         * else would let them through */
+    struct nl_rule deny[NL_MAX_DENY];
 };
 
 /* about one second */
@@ -106,6 +126,8 @@ struct nl_stats {
     u64 refused_limit;              /* over NL_SESSION_REDIRECTS: refused */
     u64 refused_kill_connect;       /* connect() refused: kill switch on */
     u64 refused_kill_sendmsg;       /* sendmsg() with an address refused: kill switch on */
+    struct nl_count drop_deny;      /* held by a --deny rule: dropped (out or in) */
+    u64 refused_deny;               /* connect/sendmsg refused by a --deny rule */
 };
 
 /* Why an attempt was blocked (struct nl_event.reason). */
@@ -125,6 +147,8 @@ enum nl_reason {
     NL_R_MPTCP = 9,     /* an MPTCP socket: refused */
     NL_R_LIMIT = 10,    /* more than NL_SESSION_REDIRECTS of the session's sockets
                          * sent elsewhere at once: refused */
+    NL_R_DENY = 11,     /* held by a --deny rule (nl_event.rule): refused or
+                         * dropped */
 };
 
 /* Where the attempt was seen (struct nl_event.hook). */
@@ -137,7 +161,7 @@ enum nl_hook {
 };
 
 /* One blocked attempt, sent through the ring of the session's network
- * namespace. Userspace mirrors it in netleak_hook/events.py. */
+ * namespace. Userspace mirrors it in netleak_hook/core/abi.py. */
 struct nl_event {
     u64 time_ns;        /* bpf_ktime_get_boot_ns() */
     u64 cgroup;         /* the session's cgroup id (the policy key) */
@@ -149,7 +173,7 @@ struct nl_event {
     u8 family;          /* AF_INET, AF_INET6 */
     u8 protocol;        /* IPPROTO_*; 0 when unknown */
     u16 dport;          /* destination port, host order; 0 when none */
-    u16 pad;
+    u16 rule;           /* NL_R_DENY: which of the session's deny rules */
     u8 daddr[16];       /* IPv4 in the first 4 bytes */
     char comm[16];      /* empty when not in task context */
 };

@@ -351,13 +351,16 @@ def _need_root() -> None:
               help="gateway on IFACE, once per IP family (as for netleak-exec)")
 @click.option("--dns", multiple=True, metavar="ADDR",
               help="resolver for the cgroup's loopback DNS, through IFACE (repeatable)")
-@click.option("--allow", multiple=True, metavar="CIDR",
-              help="destinations that may use the main routing table (repeatable)")
+@click.option("--allow", multiple=True, metavar="RULE",
+              help="destinations that may use the main routing table: "
+                   "[CIDR][:PORT[-PORT]][/tcp|/udp] (repeatable)")
+@click.option("--deny", multiple=True, metavar="RULE",
+              help="refused and dropped, even through IFACE: same syntax (repeatable)")
 @click.option("--block", is_flag=True, help="no network: loopback only (no IFACE)")
 @click.pass_obj
 def attach(env: Env, iface: str | None, cgroup: str | None, pid: int | None,
            unit: str | None, via: tuple[str, ...], dns: tuple[str, ...],
-           allow: tuple[str, ...], block: bool) -> None:
+           allow: tuple[str, ...], deny: tuple[str, ...], block: bool) -> None:
     """Put an existing cgroup's traffic on IFACE (or drop it), or with
     --block cut it off the network.
 
@@ -373,7 +376,8 @@ def attach(env: Env, iface: str | None, cgroup: str | None, pid: int | None,
             raise NetleakError("give an IFACE or --block (not both)")
         name = "" if block else validate.interface_name(iface or "")
         via4, via6 = validate.gateways(list(via))
-        guards = validate.guard_request(list(dns), list(allow), block, list(via))
+        guards = validate.guard_request(list(dns), list(allow), block, list(via),
+                                        list(deny))
         rel = _target(env, cgroup, pid, unit)
         _need_root()
         path = cgroupfs.abspath(cgroupfs.find_cgroup2(), rel)

@@ -122,6 +122,9 @@ def check_guards(msg: dict, reply: dict) -> None:
     if msg.get("proxy") and "proxy" not in reply:
         raise NetleakError("the running netleak daemon is older than --proxy, and ignored "
                            "it: stop it ('netleak gc' starts a new one) and retry")
+    if msg.get("deny") and "deny" not in reply:
+        raise NetleakError("the running netleak daemon is older than --deny, and ignored "
+                           "it: stop it ('netleak gc' starts a new one) and retry")
 
 
 def opened_state(reply: dict) -> str:

@@ -36,7 +36,7 @@ USAGE = (f"usage: python3 -m netleak_hook.completion {'|'.join(SHELLS)} "
 # with no value completion): how values complete, which options repeat, which
 # stand alone, which are hidden, and the options that change what IFACE is.
 VALUE_ACTIONS = {"user": ("-u", "_users"), "proxy-file": ("-f", "_files")}  # compgen, zsh
-REPEATABLE = ("via", "dns", "allow")
+REPEATABLE = ("via", "dns", "allow", "deny")
 STANDALONE = ("help", "version", "dump-bpf")
 HIDDEN = ("dump-bpf",)
 NO_IFACE = ("block",)                     # no IFACE at all

@@ -37,8 +37,11 @@ options:
   --dns ADDR       send DNS for loopback resolvers (127.0.0.53, ::1 ...) to ADDR
                    through IFACE instead; repeatable (default: IFACE's servers
                    as systemd-resolved knows them, or else such DNS is refused)
-  --allow CIDR     destinations that may use the main routing table (a printer
-                   on the LAN); repeatable, at most 8
+  --allow RULE     destinations that may use the main routing table (a printer
+                   on the LAN): [CIDR][:PORT[-PORT]][/tcp|/udp], e.g.
+                   192.168.1.0/24:631/tcp; repeatable, at most 8
+  --deny RULE      refused and dropped, even through IFACE (same syntax, e.g.
+                   :25/tcp or 10.0.0.0/8); repeatable, at most 8
   --block          no network at all: loopback only (and --allow); no IFACE
   --proxy URL      carry every TCP connection through this proxy, made in the
                    kernel (static binaries too): socks5://[USER:PASS@]HOST:PORT,
@@ -63,7 +66,8 @@ examples:
   netleak-exec -u alice tun0 firefox           as alice, through tun0
   netleak-exec --via 192.0.2.1 eth1 -- ping -c1 203.0.113.5
   netleak-exec --dns 10.64.0.1 wg0 getent hosts example.org
-  netleak-exec --allow 192.168.1.0/24 wg0 firefox   the LAN printer stays local
+  netleak-exec --allow 192.168.1.0/24:631/tcp wg0 firefox   the LAN printer only
+  netleak-exec --deny :25/tcp wg0 ./job         no mail, not even through wg0
   netleak-exec --block make test                no network for the build
   netleak-exec --proxy socks5h://127.0.0.1:9050 curl https://example.org
   netleak-exec wg0 --proxy http://192.0.2.8:3128 ./static-go-binary
@@ -81,6 +85,7 @@ class Args:
         self.via: list[str] = []
         self.dns: list[str] = []
         self.allow: list[str] = []
+        self.deny: list[str] = []
         self.block = False
         self.proxy: str | None = None
         self.proxy_file: str | None = None
@@ -151,7 +156,8 @@ def _take_proxy(a: Args, opt: str, value: str) -> None:
 
 
 SHORT_OPTIONS = "hu:"
-LONG_OPTIONS = ("help", "user=", "via=", "version", "dump-bpf", "dns=", "allow=", "block",
+LONG_OPTIONS = ("help", "user=", "via=", "version", "dump-bpf", "dns=", "allow=", "deny=",
+                "block",
                 "proxy=", "proxy-file=", "keep-fds")
 
 
@@ -237,6 +243,8 @@ def _options(a: Args, argv: list[str]) -> tuple[list[str], bool]:
             a.dns.append(val)
         elif opt == "--allow":
             a.allow.append(val)
+        elif opt == "--deny":
+            a.deny.append(val)
         elif opt == "--block":
             a.block = True
         elif opt in ("--proxy", "--proxy-file"):
@@ -330,8 +338,8 @@ def checked(a: Args, url: str | None) -> tuple[str, str | None, str | None, dict
     iface = "" if no_iface else validate.interface_name(a.iface)
     via4, via6 = validate.gateways(a.via) if a.via else (None, None)
     guards: dict = {}
-    if a.dns or a.allow or a.block:
-        guards = validate.guard_request(a.dns, a.allow, a.block, a.via)
+    if a.dns or a.allow or a.block or a.deny:
+        guards = validate.guard_request(a.dns, a.allow, a.block, a.via, a.deny)
     if url is not None:
         guards = {**guards, **validate.proxy_request(url, a.block, a.dns, iface, a.via)}
     return iface, via4, via6, guards

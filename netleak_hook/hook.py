@@ -42,7 +42,9 @@ stages:
 annotations:
   io.netleak.interface=IFACE  everything leaves through IFACE or is dropped
   io.netleak.dns=ADDR,...     resolvers for loopback DNS, through IFACE
-  io.netleak.allow=CIDR,...   destinations that may use the main table
+  io.netleak.allow=RULE,...   destinations that may use the main table:
+                   [CIDR][:PORT[-PORT]][/tcp|/udp], e.g. 192.168.1.0/24:631/tcp
+  io.netleak.deny=RULE,...    refused and dropped, even through IFACE
   io.netleak.proxy=URL        every TCP connection through this proxy
                    (socks5://, socks5h://, http://); IFACE then optional
 

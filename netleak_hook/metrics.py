@@ -8,7 +8,7 @@ from .status import STATES
 
 # packet verdicts, as the counters name them (<verdict>_packets, _bytes)
 VERDICTS = ("passed", "loopback", "allowed", "drop_kill", "drop_device", "drop_nopolicy",
-            "drop_block", "drop_inbound", "drop_proxy", "drop_source")
+            "drop_block", "drop_inbound", "drop_proxy", "drop_source", "drop_deny")
 # socket calls refused: REFUSALS (core/policy.py), refused_<reason>; the
 # kill switch's are counted by call (refused_kill_connect, _sendmsg)
 KILL_CALLS = ("connect", "sendmsg")
@@ -34,11 +34,12 @@ def render(data: dict) -> str:
         out.append(f"netleak_sessions{_labels(state=state)} {n}")
     series = (
         ("netleak_packets_total", "Packets of a session, by verdict: passed (left by "
-         "its interface), loopback, allowed (to an --allow prefix), drop_kill (kill "
+         "its interface), loopback, allowed (for an --allow rule), drop_kill (kill "
          "switch on), drop_device (would have left by another interface), drop_nopolicy "
          "(no policy entry: fail closed), drop_block (no-network mode), drop_inbound "
          "(arrived by another interface), drop_proxy (proxy mode: would have left "
-         "directly), drop_source (on loopback from an address not this machine's).",
+         "directly), drop_source (on loopback from an address not this machine's), "
+         "drop_deny (held by a --deny rule, out or in).",
          "packets"),
         ("netleak_bytes_total", "Bytes of a session, by verdict (as netleak_packets_total).",
          "bytes"),
@@ -50,21 +51,23 @@ def render(data: dict) -> str:
             if not c:
                 continue
             for v in VERDICTS:
-                out.append(f"{name}{_labels(**_ids(s), verdict=v)} {c[f'{v}_{unit}']}")
+                out.append(f"{name}{_labels(**_ids(s), verdict=v)} "
+                           f"{c.get(f'{v}_{unit}', 0)}")
     out += ["# HELP netleak_sockets_refused_total Socket calls of a session refused: "
             "kill (connect or sendmsg while the kill switch is on), "
             "netns (socket opened in another network namespace), dns (loopback DNS with "
             "no resolver to send it to), block (connect or sendmsg in no-network mode), "
             "proxy (proxy mode: neither TCP nor DNS), source (setsockopt for a source "
             "address not this machine's), mptcp (MPTCP sockets), limit (more sockets "
-            "sent to a resolver or the relay at once than a session may hold).",
+            "sent to a resolver or the relay at once than a session may hold), deny "
+            "(connect or sendmsg held by a --deny rule).",
             "# TYPE netleak_sockets_refused_total counter"]
     for s in sessions:
         c = s.get("counters")
         if c:
             for why in REFUSALS:
                 n = (sum(c[f"refused_kill_{call}"] for call in KILL_CALLS) if why == "kill"
-                     else c[f"refused_{why}"])
+                     else c.get(f"refused_{why}", 0))
                 out.append(f"netleak_sockets_refused_total{_labels(**_ids(s), reason=why)} {n}")
     out += ["# HELP netleak_kill_switch_refused_total Socket calls of a session refused "
             "while the kill switch is on, by call: connect (TCP or UDP), sendmsg (UDP "

@@ -23,7 +23,7 @@ STATES = {
     "waiting": "waiting for the interface: none of that name exists; everything but "
                "loopback is dropped until it appears",
     "starting": "being set up: the workload has not entered the cgroup yet",
-    "no-network": "no-network mode: only loopback (and --allow prefixes) may be used",
+    "no-network": "no-network mode: only loopback (and --allow rules) may be used",
     "proxied": "proxy mode: TCP goes through the proxy, DNS is answered by netleak or "
                "refused, the rest is refused",
     "no-policy": "no policy entry: everything is dropped (fail closed); run 'netleak gc'",
@@ -94,7 +94,8 @@ def rows(state: State, facts: dict[str, Facts], now: float) -> list[dict]:
             "dropped": f.stats.dropped if f.stats else None,
             "refused": f.stats.refusals() if f.stats else None,
             "refused_calls": f.stats.refused if f.stats else None,
-            "block": s.block, "allow": list(s.allow), "dns": list(s.dns),
+            "block": s.block, "allow": list(s.allow), "deny": list(s.deny),
+            "dns": list(s.dns),
             "dns_from": s.dns_from or None, "guards": guards_text(s),
             "proxy": _proxy_shown(s.proxy) or None,
             "shadowed_by": f.shadowed_by if st == "shadowed" else None,
@@ -116,15 +117,17 @@ def guards_text(s) -> str:
         parts = [f"proxy {_proxy_shown(s.proxy)}",
                  "dns answered with stand-in addresses" if s.takes_names
                  else "dns refused (socks5)"]
-        return "; ".join(parts + [f"allow {','.join(s.allow)}"] * bool(s.allow))
+        return "; ".join(parts + _rules_text(s))
     if s.dns:
         dns = f"dns {','.join(s.dns)} ({'--dns' if s.dns_from == 'user' else 'the interface'})"
     else:
         dns = "loopback dns refused (no --dns)"
-    parts = [dns]
-    if s.allow:
-        parts.append(f"allow {','.join(s.allow)}")
-    return "; ".join(parts)
+    return "; ".join([dns] + _rules_text(s))
+
+
+def _rules_text(s) -> list[str]:
+    return ([f"allow {','.join(s.allow)}"] * bool(s.allow) +
+            [f"deny {','.join(s.deny)}"] * bool(s.deny))
 
 
 def age_text(seconds: float) -> str:
@@ -182,7 +185,7 @@ def _render(table: list[dict], width: int) -> str:
                      f"{count_text(c.get('passed_packets')):>5} "
                      f"{count_text(r['dropped']):>5} {count_text(r.get('refused_calls')):>7}  "
                      f"{_fit(one_line(r['cgroup']), room)}")
-        if r.get("dns") or r.get("allow") or r.get("proxy"):
+        if r.get("dns") or r.get("allow") or r.get("deny") or r.get("proxy"):
             lines.append(f"{'':<10} {_fit(r['guards'], width - 11)}")
         if r.get("shadowed_by"):
             lines.append(f"{'':<10} {_fit('shadowed by ' + r['shadowed_by'], width - 11)}")

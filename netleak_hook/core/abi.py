@@ -19,7 +19,8 @@ FLAG_KILL = 0x1             # NL_FLAG_KILL: the kill switch is on
 FLAG_BLOCK = 0x2            # NL_FLAG_BLOCK: no-network mode
 FLAG_PROXY = 0x4            # NL_FLAG_PROXY: proxy mode
 MAX_DNS = 4                 # NL_MAX_DNS: resolvers per session
-MAX_ALLOW = 8               # NL_MAX_ALLOW: --allow prefixes per session
+MAX_ALLOW = 8               # NL_MAX_ALLOW: --allow rules per session
+MAX_DENY = 8                # NL_MAX_DENY: --deny rules per session
 WINDOW_SHIFT = 30           # NL_WINDOW_SHIFT: the event limiter's window, ns >> it
 LOOPBACK_IFINDEX = 1
 DNS_PORT = 53
@@ -148,14 +149,21 @@ ADDR = Layout("nl_addr", (("w", "u32", 4),), opaque=True)
 # a prefix: ADDR & MASK == ADDR for its addresses (prefix16, prefix_text)
 PREFIX = Layout("nl_prefix", (("addr", ADDR), ("mask", ADDR)), opaque=True)
 
+# an --allow or --deny rule: a prefix, ports in host order (0, 0: any), an
+# IPPROTO_* (0: any) and a family (0: both, 4, 6)
+RULE = Layout("nl_rule", (
+    ("net", PREFIX), ("port_lo", "u16"), ("port_hi", "u16"), ("proto", "u8"),
+    ("family", "u8"), ("pad", "u8", 2)))
+
 # the map `policy`, by cgroup id; ev_* are the programs' (userspace writes 0)
 POLICY = Layout("nl_policy", (
     ("ifindex", "u32"), ("mark", "u32"), ("flags", "u32"), ("event_rate", "u32"),
     ("netns", "u64"), ("ev_window", "u64"), ("ev_sent", "u64"), ("ev_suppressed", "u64"),
     ("dns_n", "u32"), ("allow_n", "u32"),
-    ("dns", ADDR, MAX_DNS), ("allow", PREFIX, MAX_ALLOW),
+    ("dns", ADDR, MAX_DNS), ("allow", RULE, MAX_ALLOW),
     # ports in network order (net_port); the slot of the map `counters`
-    ("relay_port", "u16"), ("stats_slot", "u16"), ("dns_port", "u32")))
+    ("relay_port", "u16"), ("stats_slot", "u16"), ("dns_port", "u32"),
+    ("deny_n", "u32"), ("deny", RULE, MAX_DENY)))
 
 COUNT = Layout("nl_count", (("packets", "u64"), ("bytes", "u64")))
 
@@ -169,13 +177,13 @@ STATS = Layout("nl_stats", (
     ("dns_redirected", "u64"), ("proxied", "u64"), ("refused_proxy", "u64"),
     ("drop_proxy", COUNT), ("drop_source", COUNT), ("refused_source", "u64"),
     ("refused_mptcp", "u64"), ("refused_limit", "u64"), ("refused_kill_connect", "u64"),
-    ("refused_kill_sendmsg", "u64")))
+    ("refused_kill_sendmsg", "u64"), ("drop_deny", COUNT), ("refused_deny", "u64")))
 
 # one blocked attempt, from an event ring
 EVENT = Layout("nl_event", (
     ("time_ns", "u64"), ("cgroup", "u64"), ("sock_cgroup", "u64"), ("pid", "u32"),
     ("suppressed", "u32"), ("reason", "u8"), ("hook", "u8"), ("family", "u8"),
-    ("protocol", "u8"), ("dport", "u16"), ("pad", "u16"), ("daddr", "u8", 16),
+    ("protocol", "u8"), ("dport", "u16"), ("rule", "u16"), ("daddr", "u8", 16),
     ("comm", "char", 16)))
 
 # the map `redirect`, by socket cookie: where a socket was going, and where
@@ -187,7 +195,7 @@ REDIRECT = Layout("nl_redirect", (
 # the map `locals`' key: one of this machine's addresses in a namespace
 LOCAL_KEY = Layout("nl_local_key", (("netns", "u64"), ("addr", ADDR)))
 
-LAYOUTS = (ADDR, PREFIX, POLICY, COUNT, STATS, EVENT, REDIRECT, LOCAL_KEY)
+LAYOUTS = (ADDR, PREFIX, RULE, POLICY, COUNT, STATS, EVENT, REDIRECT, LOCAL_KEY)
 
 
 # ---------- codes (enum) ----------
@@ -213,7 +221,9 @@ REASON = Codes("nl_reason", (
     ("NL_R_NOPOLICY", 3, "no-policy"), ("NL_R_NETNS", 4, "netns"),
     ("NL_R_DNS", 5, "no-dns"), ("NL_R_BLOCK", 6, "no-network"),
     ("NL_R_PROXY", 7, "proxy"), ("NL_R_SOURCE", 8, "source"),
-    ("NL_R_MPTCP", 9, "mptcp"), ("NL_R_LIMIT", 10, "limit")))
+    ("NL_R_MPTCP", 9, "mptcp"), ("NL_R_LIMIT", 10, "limit"), ("NL_R_DENY", 11, "deny")))
+
+REASON_DENY = 11             # NL_R_DENY: nl_event.rule names the deny rule
 
 # where it was seen (struct nl_event.hook)
 HOOK = Codes("nl_hook", (

@@ -31,6 +31,8 @@ REASON_TEXT = {
              "routing); programs fall back to TCP",
     "limit": "the session holds as many sockets sent to a resolver or the relay as it "
              f"may at once ({abi.SESSION_REDIRECTS:,}): refused until some close",
+    "deny": "held by one of the session's --deny rules (io.netleak.deny): refused at "
+            "connect or sendmsg, dropped otherwise",
 }
 HOOKS = abi.HOOK.names          # enum nl_hook
 FAMILIES = {2: "ipv4", 10: "ipv6"}
@@ -59,6 +61,7 @@ def decode(raw: bytes) -> dict:
         "family": FAMILIES.get(family, str(family) if family else None),
         "protocol": PROTOCOLS.get(proto, str(proto) if proto else None),
         "daddr": addr, "dport": e["dport"] or None, "suppressed": e["suppressed"],
+        "rule_index": e["rule"] if e["reason"] == abi.REASON_DENY else None,
     }
 
 
@@ -78,6 +81,7 @@ def enrich(ev: dict, offset: float, session: dict | None) -> dict:
     knows of the session (SESSION: id, container, cgroup, iface)."""
     ts = ev["boot_ns"] / 1e9 + offset
     s = session or {}
+    rules, at = s.get("deny") or (), ev.get("rule_index")
     return {
         "time": iso(ts), "ts": round(ts, 6),
         "session": s.get("id"), "container": s.get("container") or None,
@@ -86,6 +90,8 @@ def enrich(ev: dict, offset: float, session: dict | None) -> dict:
         "family": ev["family"], "protocol": ev["protocol"],
         "daddr": ev["daddr"], "dport": ev["dport"],
         "reason": ev["reason"], "hook": ev["hook"], "suppressed": ev["suppressed"],
+        # the --deny rule that held it, as the session keeps it
+        "rule": rules[at] if at is not None and at < len(rules) else None,
     }
 
 
@@ -113,7 +119,8 @@ def line(ev: dict) -> str:
     comm = one_line(ev.get("comm") or "-")
     return (f"{clock:<8} {one_line(ev.get('session') or '-'):<8.8} {ev.get('pid') or '-':>7} "
             f"{comm:<10.10} {one_line(str(ev['reason'])):<12.12} {proto:<5.5} "
-            f"{one_line(dest_text(ev))}")
+            f"{one_line(dest_text(ev))}" +
+            (f" ({one_line(ev['rule'])})" if ev.get("rule") else ""))
 
 
 def held_back(ev: dict) -> str | None:

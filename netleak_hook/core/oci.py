@@ -6,11 +6,12 @@ import json
 import re
 
 from .errors import NetleakError
-from .validate import allow_prefixes, dns_servers, interface_name
+from .validate import allow_rules, deny_rules, dns_servers, interface_name
 
 ANNOTATION_IFACE = "io.netleak.interface"
 ANNOTATION_DNS = "io.netleak.dns"        # resolvers, comma-separated (as --dns)
-ANNOTATION_ALLOW = "io.netleak.allow"    # prefixes, comma-separated (as --allow)
+ANNOTATION_ALLOW = "io.netleak.allow"    # rules, comma-separated (as --allow)
+ANNOTATION_DENY = "io.netleak.deny"      # rules, comma-separated (as --deny)
 ANNOTATION_PROXY = "io.netleak.proxy"    # a proxy URL (as --proxy)
 MAX_STATE_BYTES = 1 << 20      # a state with huge annotations is refused
 MAX_PID = 1 << 22              # the kernel's PID_MAX_LIMIT
@@ -54,10 +55,11 @@ class ContainerState:
         return name
 
     def guards(self) -> dict:
-        """The validated resolvers and prefixes the container asks for."""
+        """The validated resolvers and rules the container asks for."""
         out: dict = {}
         for key, name, check in ((ANNOTATION_DNS, "dns", dns_servers),
-                                 (ANNOTATION_ALLOW, "allow", allow_prefixes)):
+                                 (ANNOTATION_ALLOW, "allow", allow_rules),
+                                 (ANNOTATION_DENY, "deny", deny_rules)):
             value = self.annotations.get(key)
             if value is None:
                 continue

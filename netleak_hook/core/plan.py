@@ -12,7 +12,7 @@ UNREACHABLE_METRIC = 0xFFFFFFFF
 ROUTE_METRIC = 100
 FWMASK = 0xFFFFFFFF
 MAIN_TABLE = 254
-# Sessions with --allow prefixes get a mark of their own (the interface's
+# Sessions with --allow rules get a mark of their own (the interface's
 # marks are MARK_BASE + 1 + slot): MARK_BASE + SESSION_MARKS + n.
 SESSION_MARKS = 0x8000
 
@@ -62,7 +62,9 @@ class Rule:
     table: int
     fwmark: int | None = None
     src: str | None = None   # host address, no prefix
-    dst: str | None = None   # a prefix (CIDR)
+    dst: str | None = None   # a prefix (CIDR; never a /0: that is no selector)
+    ipproto: int | None = None       # IPPROTO_* (ipproto): an --allow rule's
+    dport: tuple[int, int] | None = None  # destination ports, first and last (dport)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,13 +102,20 @@ def rules_for(binding: Binding, priority: int, link: Link | None) -> set[Rule]:
 
 
 def allow_rules(mark: int, table: int, allow: tuple[str, ...], priority: int) -> set[Rule]:
-    """Rules of a session with --allow prefixes and a mark of its own: its
-    prefixes look up the main table (one priority earlier), the rest the
-    interface's table."""
+    """Rules of a session with --allow rules and a mark of its own: what
+    they hold looks up the main table (one priority earlier), the rest the
+    interface's table. A rule with a port but no protocol takes one routing
+    rule for TCP and one for UDP; one of both families, one for each."""
+    from . import netrules
     rules = {Rule(fam, priority, table, fwmark=mark) for fam in (4, 6)}
-    for cidr in allow:
-        net = ipaddress.ip_network(cidr)
-        rules.add(Rule(net.version, priority - 1, MAIN_TABLE, fwmark=mark, dst=str(net)))
+    for r in netrules.rules(allow):
+        net = ipaddress.ip_network(r.net) if r.net else None
+        dst = str(net) if net is not None and net.prefixlen else None
+        dport = (r.port_lo, r.port_hi) if r.has_ports else None
+        for fam in r.families:
+            for proto in r.protocols or ("",):
+                rules.add(Rule(fam, priority - 1, MAIN_TABLE, fwmark=mark, dst=dst,
+                               ipproto=netrules.PROTOCOLS.get(proto), dport=dport))
     return rules
 
 
@@ -119,8 +128,9 @@ def is_ours(rule: Rule, tables: set[int], mark_base: int) -> bool:
     """Rules netleak made, at whatever priority they were moved to: into
     one of its tables, or into main for a session mark of its own."""
     if rule.table in tables:
-        return True
-    return (rule.table == MAIN_TABLE and rule.fwmark is not None and rule.dst is not None
+        return rule.ipproto is None and rule.dport is None
+    return (rule.table == MAIN_TABLE and rule.fwmark is not None and
+            (rule.dst is not None or rule.ipproto is not None)
             and mark_base + SESSION_MARKS <= rule.fwmark <= mark_base + 0xFFFF)
 
 

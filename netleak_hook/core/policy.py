@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import struct
 
-from . import abi
-from .abi import FLAG_BLOCK, FLAG_KILL, FLAG_PROXY, MAX_ALLOW, MAX_DNS
+from . import abi, netrules
+from .abi import FLAG_BLOCK, FLAG_KILL, FLAG_PROXY, MAX_ALLOW, MAX_DENY, MAX_DNS
 
 _KEY = struct.Struct("<Q")      # a cgroup id (the maps policy and stats)
 
@@ -26,11 +26,12 @@ class Policy:
     event_rate: int = 0  # blocked-attempt events per second at most
     block: bool = False  # no-network mode: loopback (and ALLOW) only
     dns: tuple[str, ...] = ()    # resolvers for loopback DNS (addresses)
-    allow: tuple[str, ...] = ()  # prefixes that may use the main table (CIDRs)
+    allow: tuple[str, ...] = ()  # rules that may use the main table (netrules' texts)
     proxy: bool = False  # proxy mode: TCP and DNS to the relay, nothing else leaves
     relay_port: int = 0  # the relay's TCP port on loopback (proxy mode)
     dns_port: int = 0    # its DNS answerer's UDP port (proxy mode)
     stats_slot: int = 0  # the session's element of the map `counters` (0: none)
+    deny: tuple[str, ...] = ()   # rules refused and dropped (netrules' texts)
 
     def pack(self) -> bytes:
         flags = (FLAG_KILL if self.killed else 0) | (FLAG_BLOCK if self.block else 0) | \
@@ -41,31 +42,50 @@ class Policy:
             netns=self.netns, dns_n=min(len(self.dns), MAX_DNS),
             allow_n=min(len(self.allow), MAX_ALLOW),
             dns=tuple(abi.addr16(a) for a in self.dns[:MAX_DNS]),
-            allow=tuple(abi.prefix16(c) for c in self.allow[:MAX_ALLOW]),
+            allow=tuple(rule_bytes(r) for r in self.allow[:MAX_ALLOW]),
             relay_port=abi.net_port(self.relay_port), dns_port=abi.net_port(self.dns_port),
-            stats_slot=self.stats_slot)
+            stats_slot=self.stats_slot, deny_n=min(len(self.deny), MAX_DENY),
+            deny=tuple(rule_bytes(r) for r in self.deny[:MAX_DENY]))
 
     @classmethod
     def unpack(cls, raw: bytes) -> "Policy":
         """Also an older version's shorter entry (it has neither resolvers
-        nor prefixes)."""
+        nor rules)."""
         v = abi.POLICY.unpack(raw.ljust(POLICY_SIZE, b"\0"))
         flags = v["flags"]
         return cls(ifindex=v["ifindex"], mark=v["mark"], killed=bool(flags & FLAG_KILL),
                    netns=v["netns"], event_rate=v["event_rate"],
                    block=bool(flags & FLAG_BLOCK),
                    dns=tuple(abi.addr_text(a) for a in v["dns"][:v["dns_n"]]),
-                   allow=tuple(abi.prefix_text(p) for p in v["allow"][:v["allow_n"]]),
+                   allow=tuple(rule_text(r) for r in v["allow"][:v["allow_n"]]),
                    proxy=bool(flags & FLAG_PROXY), relay_port=abi.net_port(v["relay_port"]),
-                   dns_port=abi.net_port(v["dns_port"]), stats_slot=v["stats_slot"])
+                   dns_port=abi.net_port(v["dns_port"]), stats_slot=v["stats_slot"],
+                   deny=tuple(rule_text(r) for r in v["deny"][:v["deny_n"]]))
+
+
+def rule_bytes(text: str) -> bytes:
+    """A rule's canonical text (netrules) as a struct nl_rule."""
+    r = netrules.parse(text)
+    return abi.RULE.pack(net=abi.prefix16(r.net or "::/0"), port_lo=r.port_lo,
+                         port_hi=r.port_hi, proto=netrules.PROTOCOLS.get(r.proto, 0),
+                         family=r.family)
+
+
+def rule_text(raw: bytes) -> str:
+    """A struct nl_rule as its canonical text."""
+    v = abi.RULE.unpack(raw)
+    net = None if v["family"] == 0 else abi.prefix_text(v["net"])
+    proto = {n: name for name, n in netrules.PROTOCOLS.items()}.get(v["proto"], "")
+    return netrules.NetRule(net=net, port_lo=v["port_lo"], port_hi=v["port_hi"],
+                            proto=proto).text()
 
 
 # why socket calls were refused, as the counters name them (refused_<reason>):
 # kill (kill switch on: connect and sendmsg), netns (socket in another network
 # namespace), dns (loopback DNS, no resolver), block (no-network mode), proxy
 # (proxy mode: neither TCP nor DNS), source (setsockopt for a foreign source),
-# mptcp (MPTCP socket), limit (too many redirected sockets)
-REFUSALS = ("kill", "netns", "dns", "block", "proxy", "source", "mptcp", "limit")
+# mptcp (MPTCP socket), limit (too many redirected sockets), deny (a --deny rule)
+REFUSALS = ("kill", "netns", "dns", "block", "proxy", "source", "mptcp", "limit", "deny")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +106,7 @@ class Stats:
     refused_netns: int = 0          # sockets opened in another network namespace
     events_suppressed: int = 0      # blocked-attempt events held back by the rate limit
     events_lost: int = 0            # events with no reader, or its ring full
-    allowed_packets: int = 0        # left for an --allow prefix
+    allowed_packets: int = 0        # left for an --allow rule
     allowed_bytes: int = 0
     drop_block_packets: int = 0     # no-network mode
     drop_block_bytes: int = 0
@@ -106,6 +126,9 @@ class Stats:
     refused_limit: int = 0          # over the redirected sockets a session may hold
     refused_kill_connect: int = 0   # connect() refused: kill switch on
     refused_kill_sendmsg: int = 0   # sendmsg() with an address refused: kill switch on
+    drop_deny_packets: int = 0      # held by a --deny rule: dropped (out or in)
+    drop_deny_bytes: int = 0
+    refused_deny: int = 0           # connect/sendmsg refused by a --deny rule
 
     @property
     def refused_kill(self) -> int:
@@ -126,7 +149,8 @@ class Stats:
         """Outgoing packets dropped, whatever the reason."""
         return (self.drop_kill_packets + self.drop_device_packets +
                 self.drop_nopolicy_packets + self.drop_block_packets +
-                self.drop_proxy_packets + self.drop_source_packets)
+                self.drop_proxy_packets + self.drop_source_packets +
+                self.drop_deny_packets)
 
     def __add__(self, other: "Stats") -> "Stats":
         return Stats(*(a + b for a, b in zip(dataclasses.astuple(self),

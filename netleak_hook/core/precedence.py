@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 
 from .plan import Binding, Link, routes_for
 
-# netleak's rules sit at P and P-1 (--allow prefixes); both stay after the
+# netleak's rules sit at P and P-1 (--allow rules); both stay after the
 # local table's rule at 0
 MIN_PRIORITY = 2
 
@@ -101,7 +101,8 @@ def table_name(table: int) -> str:
 def rule_text(priority: int, *, invert: bool = False, src: str | None = None,
               dst: str | None = None, fwmark: int | None = None, fwmask: int | None = None,
               iif: str | None = None, oif: str | None = None, action: str = "lookup",
-              table: int | None = None, suppress: int | None = None) -> str:
+              table: int | None = None, suppress: int | None = None,
+              ipproto: int | None = None, dport: tuple[int, int] | None = None) -> str:
     """A rule as `ip rule` prints it (the selectors netleak can tell)."""
     parts = [f"{priority}:"] + ["not"] * invert + ["from", src or "all"]
     if dst:
@@ -113,6 +114,10 @@ def rule_text(priority: int, *, invert: bool = False, src: str | None = None,
         parts += ["iif", iif]
     if oif:
         parts += ["oif", oif]
+    if ipproto is not None:
+        parts += ["ipproto", {6: "tcp", 17: "udp"}.get(ipproto, str(ipproto))]
+    if dport is not None:
+        parts += ["dport", str(dport[0]) if dport[0] == dport[1] else f"{dport[0]}-{dport[1]}"]
     if action == "lookup":
         parts += ["lookup", table_name(table or 0)]
     else:

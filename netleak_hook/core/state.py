@@ -28,13 +28,14 @@ class Session:
     block: bool = False    # no-network mode (iface is "")
     dns: tuple[str, ...] = ()    # resolvers its loopback DNS goes to
     dns_from: str = ""     # "user" (--dns, annotation) or "interface"
-    allow: tuple[str, ...] = ()  # prefixes that may use the main table
+    allow: tuple[str, ...] = ()  # rules that may use the main table (netrules' texts)
     mark: int = 0          # a mark of its own (with --allow); 0: the interface's
     proxy: str = ""        # proxy mode: the proxy's URL (with its password)
     proxy_addr: str = ""   # the proxy's address, resolved when the session began
     unit: str = ""         # the systemd unit whose cgroup this is (systemd owns it)
     pinned: bool = False   # the unit pinned by name (attach --unit): kept across its restarts
     stats_slot: int = 0    # its counters' slot in its pin set's map `counters` (0: none)
+    deny: tuple[str, ...] = ()   # rules refused and dropped, even by the interface
 
     @property
     def takes_names(self) -> bool:
@@ -65,7 +66,8 @@ def policy_for(s: Session, base: Policy, relay: tuple[int, int, int] = (0, 0, 0)
     proxy = bool(s.proxy)
     tcp, names, refused = relay if proxy else (0, 0, 0)
     return dataclasses.replace(base, mark=s.mark or base.mark, block=s.block,
-                               dns=s.dns, allow=s.allow, proxy=proxy, relay_port=tcp,
+                               dns=s.dns, allow=s.allow, deny=s.deny, proxy=proxy,
+                               relay_port=tcp,
                                dns_port=names if s.takes_names else refused,
                                stats_slot=s.stats_slot)
 

@@ -97,56 +97,57 @@ def dns_servers(values: tuple[str, ...] | list[str], what: str = "--dns") -> tup
     return tuple(out)
 
 
-def allow_prefixes(values: tuple[str, ...] | list[str],
-                   what: str = "--allow") -> tuple[str, ...]:
-    """--allow values: CIDRs (an address alone is a host), at most MAX_ALLOW.
+def allow_rules(values: tuple[str, ...] | list[str],
+                what: str = "--allow") -> tuple[str, ...]:
+    """--allow values: rules (core/netrules.py: [CIDR][:PORT[-PORT]][/tcp|/udp];
+    an address alone is a host) as their canonical texts, at most MAX_ALLOW.
     IPv4-mapped IPv6 prefixes are taken as the IPv4 ones they are."""
-    import ipaddress
+    from . import netrules
     from .abi import MAX_ALLOW
-    mapped = ipaddress.ip_network("::ffff:0:0/96")
-    out: list[str] = []
-    for raw in values:
-        _no_zone(raw, what)
-        try:
-            net = ipaddress.ip_network(raw.strip(), strict=False)
-        except ValueError:
-            raise NetleakError(f"{what} {raw[:40]!r} is not an address or prefix: give "
-                               f"one such as 192.168.1.0/24 or 2001:db8::/64") from None
-        if net.version == 6:
-            if net.subnet_of(mapped):      # as the kernel sees it: IPv4
-                net = ipaddress.ip_network(
-                    f"{net.network_address.ipv4_mapped}/{net.prefixlen - 96}")
-            elif net.supernet_of(mapped):
-                raise NetleakError(f"{what} {net} covers all of IPv4 (as ::ffff:0:0/96): "
-                                   f"name an IPv4 prefix for IPv4 destinations")
-        if net.prefixlen == 0:
-            raise NetleakError(f"{what} {net} allows everything: that is no "
-                               f"protection; name the LAN's prefix (e.g. 192.168.1.0/24)")
-        if str(net) not in out:
-            out.append(str(net))
-    if len(out) > MAX_ALLOW:
-        raise NetleakError(f"{what} gives {len(out)} prefixes: at most {MAX_ALLOW} "
-                           f"(use a wider one)")
-    return tuple(out)
+    out = netrules.parse_all(values, what, MAX_ALLOW)
+    for text in out:
+        r = netrules.parse(text, what)
+        if r.address_only and r.net.endswith("/0"):
+            raise NetleakError(f"{what} {text} allows everything: that is no protection; "
+                               f"name a prefix, e.g. 192.168.1.0/24[:631/tcp]")
+    return out
 
 
-def guard_request(dns: list[str], allow: list[str], block: bool, via: list[str]) -> dict:
-    """--dns, --allow, --block (and --via) of netleak-exec and netleak
-    attach, checked: what the daemon's open request carries."""
+def deny_rules(values: tuple[str, ...] | list[str],
+               what: str = "--deny") -> tuple[str, ...]:
+    """--deny values: rules as for --allow (any prefix, 0 included), at most
+    MAX_DENY."""
+    from . import netrules
+    from .abi import MAX_DENY
+    return netrules.parse_all(values, what, MAX_DENY)
+
+
+def guard_request(dns: list[str], allow: list[str], block: bool, via: list[str],
+                  deny: list[str] = ()) -> dict:
+    """--dns, --allow, --deny, --block (and --via) of netleak-exec and
+    netleak attach, checked: what the daemon's open request carries."""
     if block and via:
         raise NetleakError("--via goes with an interface, not with --block")
-    d, a = dns_servers(dns), allow_prefixes(allow)
-    guards(d, a, block)
-    return {"dns": list(d), "allow": list(a), "block": block}
+    d, a, n = dns_servers(dns), allow_rules(allow), deny_rules(deny)
+    guards(d, a, block, n)
+    out = {"dns": list(d), "allow": list(a), "block": block}
+    if n:
+        out["deny"] = list(n)
+    return out
 
 
-def guards(dns: tuple[str, ...], allow: tuple[str, ...], block: bool) -> None:
+def guards(dns: tuple[str, ...], allow: tuple[str, ...], block: bool,
+           deny: tuple[str, ...] = ()) -> None:
     """Refuse combinations that cannot work."""
+    from . import netrules
+    for d in dns:
+        held = netrules.first_holding(deny, d, 53, "udp", deny=True)
+        if held is not None:
+            raise NetleakError(f"--dns {d} is refused by --deny {deny[held]}: drop one "
+                               f"of them")
     if block and dns:
-        import ipaddress
         for d in dns:
-            a = ipaddress.ip_address(d)
-            if not any(a in ipaddress.ip_network(p) for p in allow):
+            if not netrules.covers(allow, d, 53):
                 raise NetleakError(f"--dns {d} with --block: nothing leaves in no-network "
                                    f"mode; --allow {d} too, or drop --dns")
 

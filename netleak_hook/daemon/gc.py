@@ -233,7 +233,7 @@ class Collector:
                     pinset=self.pins.path, owned=owned, created=self.clock(),
                     committed=bool(self.cgroups.populated(self.cgroups.path(rel))),
                     block=block, dns=pol.dns, dns_from="user" if pol.dns else "",
-                    allow=pol.allow, stats_slot=pol.stats_slot,
+                    allow=pol.allow, deny=pol.deny, stats_slot=pol.stats_slot,
                     mark=pol.mark if binding and pol.allow and
                     plan.session_mark(set(), self.cfg.mark_base) <= pol.mark <=
                     self.cfg.mark_base + 0xFFFF else 0)

@@ -71,7 +71,7 @@ class Ring:
             ev = events.decode(raw)
             s = by_id.get(ev["cgroup_id"]) or self.holder.recent.get(ev["cgroup_id"])
             info = ({"id": s.id, "container": s.container, "cgroup": "/" + s.cgroup,
-                     "iface": s.iface} if s else None)
+                     "iface": s.iface, "deny": s.deny} if s else None)
             out.append(events.enrich(ev, offset, info))
         self.log(out)
 

@@ -20,8 +20,9 @@ def requested_session(msg: dict, pinset: str, now: float) -> tuple[Session, obje
     block = bool(msg.get("block"))
     iface = "" if block else str(msg["iface"])
     dns = validate.dns_servers(list(msg.get("dns") or ()))
-    allow = validate.allow_prefixes(list(msg.get("allow") or ()))
-    validate.guards(dns, allow, block)
+    allow = validate.allow_rules(list(msg.get("allow") or ()))
+    deny = validate.deny_rules(list(msg.get("deny") or ()))
+    validate.guards(dns, allow, block, deny)
     spec = proxyspec.parse(str(msg["proxy"])) if msg.get("proxy") else None
     if spec is not None and block:
         raise NetleakError("--proxy and --block exclude each other: choose one")
@@ -41,7 +42,8 @@ def requested_session(msg: dict, pinset: str, now: float) -> tuple[Session, obje
                 cgroup_id=int(msg["cgroup_id"]), pinset=pinset, owned=owned,
                 pid=int(msg.get("peer_pid") or 0), created=now,
                 container=str(msg.get("container") or ""), block=block, dns=dns,
-                dns_from="user" if dns else "", allow=allow, unit=unit, pinned=pinned)
+                dns_from="user" if dns else "", allow=allow, deny=deny, unit=unit,
+                pinned=pinned)
     return s, spec
 
 
@@ -169,12 +171,12 @@ class Sessions(UnitSessions):
              killed=pol.killed, waiting=waiting, block=s.block or None,
              dns=",".join(s.dns) or None,
              dns_from=s.dns_from or None, allow=",".join(s.allow) or None,
-             proxy=spec.url() if spec else None)
+             deny=",".join(s.deny) or None, proxy=spec.url() if spec else None)
         return {"ok": True, "id": s.id, "cgroup": s.cgroup, "mark": mark, "table": table,
                 "ifindex": pol.ifindex, "killed": pol.killed, "waiting": waiting,
                 "block": s.block,
                 "dns": list(s.dns), "dns_from": s.dns_from, "allow": list(s.allow),
-                "proxy": spec.url() if spec else None, "proxy_addr": s.proxy_addr or None}
+                "deny": list(s.deny), "proxy": spec.url() if spec else None, "proxy_addr": s.proxy_addr or None}
 
     def with_stats_slot(self, s: Session) -> Session:
         """S with a slot of its pin set's map `counters` claimed for it
@@ -189,8 +191,8 @@ class Sessions(UnitSessions):
 
     def own_guards(self, s: Session, binding: plan.Binding) -> Session:
         """S with the interface's resolvers when it was given none, and a
-        mark of its own when it has --allow prefixes (they need rules of
-        their own)."""
+        mark of its own when it has --allow rules (they need routing rules
+        of their own)."""
         if not s.dns:
             # the ifindex the events keep current; read only for a new binding
             index = self.links.current_index(binding.iface)

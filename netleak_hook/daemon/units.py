@@ -66,6 +66,8 @@ class UnitSessions:
             argv += ["--dns", d]
         for a in s.allow:
             argv += ["--allow", a]
+        for a in s.deny:
+            argv += ["--deny", a]
         return argv + ["--unit", "%n"]
 
     def pinned(self, unit: str) -> Session | None:
@@ -96,7 +98,8 @@ class UnitSessions:
 
     def _pin_again(self, o: Session, s: Session, spec) -> dict:
         """An attach of a unit pinned already: the same terms, its cgroup now."""
-        same = (o.iface, o.block, o.allow, o.proxy) == (s.iface, s.block, s.allow, s.proxy) \
+        same = (o.iface, o.block, o.allow, o.deny, o.proxy) == \
+            (s.iface, s.block, s.allow, s.deny, s.proxy) \
             and (not s.dns or s.dns == o.dns)
         if not same:
             raise NetleakError(f"{o.unit} is pinned already (session {o.id} on {o.what}): "

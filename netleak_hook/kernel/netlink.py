@@ -124,7 +124,9 @@ def list_rules(ipr: IPRoute, ours) -> list[tuple[Rule, Listed]]:
             src = r.get_attr("FRA_SRC") if r["src_len"] else None
             dst = f"{r.get_attr('FRA_DST')}/{r['dst_len']}" if r["dst_len"] else None
             fwmark = r.get_attr("FRA_FWMARK")
-            rule = Rule(_fam(af), prio, table, fwmark=fwmark, src=src, dst=dst)
+            ipproto, dport = r.get_attr("FRA_IP_PROTO"), _ports(r.get_attr("FRA_DPORT_RANGE"))
+            rule = Rule(_fam(af), prio, table, fwmark=fwmark, src=src, dst=dst,
+                        ipproto=ipproto or None, dport=dport)
             action = RULE_ACTIONS.get(r["action"], "?")
             invert = bool(r["flags"] & FIB_RULE_INVERT)
             fwmask, suppress = r.get_attr("FRA_FWMASK"), _suppress(
@@ -141,15 +143,23 @@ def list_rules(ipr: IPRoute, ours) -> list[tuple[Rule, Listed]]:
             text = rule_text(
                 prio, invert=invert, src=f"{src}/{r['src_len']}" if src else None, dst=dst,
                 fwmark=fwmark, fwmask=fwmask, iif=iif, oif=oif, action=action,
-                table=table, suppress=suppress)
+                table=table, suppress=suppress, ipproto=ipproto or None, dport=dport)
             out.append((rule, Listed(_fam(af), prio, table, mine, fwmark, text, action,
                                      l3mdev)))
     return out
 
 
-# selectors netleak's own rules never have
-_OTHER_SELECTORS = ("FRA_UID_RANGE", "FRA_IP_PROTO", "FRA_SPORT_RANGE", "FRA_DPORT_RANGE",
-                    "FRA_TUN_ID", "FRA_GOTO")
+# selectors netleak's own rules never have (ipproto and dport only its
+# --allow rules into main have: is_ours judges those)
+_OTHER_SELECTORS = ("FRA_UID_RANGE", "FRA_SPORT_RANGE", "FRA_TUN_ID", "FRA_GOTO")
+
+
+def _ports(value) -> tuple[int, int] | None:
+    """FRA_DPORT_RANGE as pyroute2 gives it ("first:last")."""
+    if not value:
+        return None
+    first, _, last = str(value).partition(":")
+    return int(first), int(last or first)
 
 
 def _suppress(value) -> int | None:
@@ -179,6 +189,10 @@ def _rule_kw(rule: Rule) -> dict:
     if rule.dst is not None:
         addr, plen = rule.dst.split("/")
         kw.update(dst=addr, dst_len=int(plen))
+    if rule.ipproto is not None:
+        kw.update(ip_proto=rule.ipproto)
+    if rule.dport is not None:
+        kw.update(dport_range=f"{rule.dport[0]}:{rule.dport[1]}")
     return kw
 
 

@@ -86,6 +86,10 @@ def test_ethernet_without_gateway(world):
     (["--dns", "resolver", "vpn0"], "not an IP address"),
     (["--allow", "0.0.0.0/0", "vpn0"], "allows everything"),
     (["--allow", "192.168.1.0/33", "vpn0"], "not an address or prefix"),
+    (["--allow", "192.168.1.0/24:631/icmp", "vpn0"], "tcp or udp"),
+    (["--deny", ":100-50", "vpn0"], "runs backwards"),
+    (["--deny", "10.0.0.0/8:99999", "vpn0"], "1 to 65535"),
+    (["--dns", "192.0.2.53", "--deny", ":53/udp", "vpn0"], "refused by --deny :53/udp"),
     (["--block", "--dns", "192.0.2.53"], "--allow 192.0.2.53"),
     (["--block", "--via", "192.0.2.1"], "--via"),
 ])
@@ -101,3 +105,6 @@ def test_bad_guards_on_attach(world):
     assert r.returncode == 125 and "not both" in r.stderr, r.stderr
     r = world.cli("attach", "--pid", str(os.getpid()))
     assert r.returncode == 125 and "IFACE or --block" in r.stderr, r.stderr
+    r = world.cli("attach", "vpn0", "--deny", "[2001:db8::/64]:", "--pid", str(os.getpid()))
+    assert r.returncode == 125 and "port after ':' is missing" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and world.sessions() == 0

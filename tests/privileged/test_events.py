@@ -25,7 +25,8 @@ from tests.privileged.probes import ESCAPE, UNSHARE_SOCKET
 pytestmark = pytest.mark.privileged
 
 FIELDS = {"time", "ts", "session", "container", "cgroup", "cgroup_id", "iface", "pid",
-          "comm", "family", "protocol", "daddr", "dport", "reason", "hook", "suppressed"}
+          "comm", "family", "protocol", "daddr", "dport", "reason", "hook", "suppressed",
+          "rule"}
 
 # UDP datagrams to ARGV[1]:8080 through up0 (SO_BINDTODEVICE), as fast as
 # the loop goes; after a pause one more, which reports the suppressed ones.

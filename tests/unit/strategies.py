@@ -139,7 +139,7 @@ not_prefixes = st.one_of(
     st.sampled_from(["", "lan", "192.168.1.0/33", "2001:db8::/129", "192.168.1.0/-1",
                      "192.168.1.0/24/8", "10.0.0.0/8.0", "/24"]),
     argv_text.filter(lambda s: "%" not in s).filter(
-        lambda s: refuses(validate.allow_prefixes, [s])),
+        lambda s: refuses(validate.allow_rules, [s])),
 )
 everything = st.sampled_from(["0.0.0.0/0", "::/0", "::/80", "::ffff:0:0/96",
                               "::ffff:1.2.3.4/96", "10.1.2.3/0"])

@@ -245,10 +245,12 @@ def test_abi_matches_the_header():
 
 def test_the_header_is_parsed_whole():
     h = parse_header(header_text())
-    assert set(h.structs) == {"nl_addr", "nl_prefix", "nl_policy", "nl_count", "nl_stats",
-                              "nl_event", "nl_redirect", "nl_local_key", "nl_relayed"}
+    assert set(h.structs) == {"nl_addr", "nl_prefix", "nl_rule", "nl_policy", "nl_count",
+                              "nl_stats", "nl_event", "nl_redirect", "nl_local_key",
+                              "nl_relayed"}
     assert {n: s.size for n, s in h.structs.items()} == {
-        "nl_addr": 16, "nl_prefix": 32, "nl_policy": 384, "nl_count": 16, "nl_stats": 264,
+        "nl_addr": 16, "nl_prefix": 32, "nl_rule": 40, "nl_policy": 776, "nl_count": 16,
+        "nl_stats": 288,
         "nl_event": 72, "nl_redirect": 56, "nl_local_key": 24, "nl_relayed": 8}
     assert set(h.enums) == {"nl_reason", "nl_hook"}
     assert h.defines["NL_MAX_REDIRECTS"] == 1048576 and h.defines["NL_FLAG_PROXY"] == 4
@@ -258,7 +260,7 @@ def test_the_header_is_parsed_whole():
 # a header edit, and what the comparison must then name
 EDITS = [
     ("u16 dport;", "u32 dport;", "struct nl_event"),               # a field widened
-    ("    u16 pad;\n", "", "struct nl_event"),                     # same size, moved fields
+    ("    u16 rule;", "", "struct nl_event"),                      # same size, moved fields
     ("u8 daddr[16];", "u8 daddr[20];", "struct nl_event"),        # an array grown
     ("u32 dns_port;", "u32 answer_port;", "struct nl_policy"),    # a field renamed
     ("u64 refused_limit;", "u64 refused_limit;\n    u64 refused_more;", "struct nl_stats"),
@@ -347,7 +349,7 @@ def test_layout_pack_and_unpack():
 
 def test_inline_struct_members_are_named_after_both():
     assert abi.STATS.names[:3] == ("passed_packets", "passed_bytes", "loopback_packets")
-    assert abi.STATS.format == "<" + "Q" * 33
+    assert abi.STATS.format == "<" + "Q" * 36
 
 
 def test_addresses_and_ports():

@@ -233,9 +233,9 @@ def test_bash_script_parses(bash_script):
     (["--u"], ["--user"]),
     (["--pro"], ["--proxy", "--proxy-file"]),
     (["--b"], ["--block"]),
-    (["--d"], ["--dns"]),             # --dump-bpf is hidden
+    (["--d"], ["--dns", "--deny"]),   # --dump-bpf is hidden
     (["-"], ["-h", "-u", "--help", "--user", "--via", "--version", "--dns", "--allow",
-             "--block", "--proxy", "--proxy-file", "--keep-fds"]),
+             "--deny", "--block", "--proxy", "--proxy-file", "--keep-fds"]),
     (["--via", ""], []),              # addresses: nothing to offer
     (["--dns", "1.1.1.1", "--allow", ""], []),
     ([""], ["eth9", "wg0", "wg1"]),   # IFACE, not lo

@@ -44,7 +44,8 @@ def test_reason_and_hook_numbers_match_the_c_enums():
     c_reasons = {int(v): k for k, v in re.findall(r"NL_R_(\w+) = (\d+)", header)}
     assert {n: events.REASONS[n] for n in c_reasons} == {
         1: "kill-switch", 2: "wrong-device", 3: "no-policy", 4: "netns", 5: "no-dns",
-        6: "no-network", 7: "proxy", 8: "source", 9: "mptcp", 10: "limit"}
+        6: "no-network", 7: "proxy", 8: "source", 9: "mptcp", 10: "limit",
+        11: "deny"}
     assert set(c_reasons) == set(events.REASONS)
     c_hooks = {int(v) for _, v in re.findall(r"NL_H_(\w+) = (\d+)", header)}
     assert c_hooks == set(events.HOOKS)
@@ -56,7 +57,7 @@ def test_decode_ipv4_udp():
     assert ev == {"boot_ns": 5_000_000_000, "cgroup_id": 77, "sock_cgroup_id": 78,
                   "pid": 4242, "comm": "curl", "reason": "wrong-device", "hook": "egress",
                   "family": "ipv4", "protocol": "udp", "daddr": "203.0.113.10",
-                  "dport": 8080, "suppressed": 0}
+                  "dport": 8080, "suppressed": 0, "rule_index": None}
 
 
 def test_decode_ipv6_and_mapped():

@@ -41,25 +41,25 @@ def test_dns_servers_at_most_four():
 
 # ---------- --allow ----------
 
-def test_allow_prefixes_take_hosts_and_loose_prefixes():
-    assert validate.allow_prefixes(["192.168.1.7/24", "192.0.2.9", "2001:db8::/32"]) == (
+def test_allow_rules_take_hosts_and_loose_prefixes():
+    assert validate.allow_rules(["192.168.1.7/24", "192.0.2.9", "2001:db8::/32"]) == (
         "192.168.1.0/24", "192.0.2.9/32", "2001:db8::/32")
 
 
 @pytest.mark.parametrize("value,words", [
     ("lan", "not an address or prefix"), ("0.0.0.0/0", "allows everything"),
-    ("::/0", "covers all of IPv4"), ("::ffff:0:0/96", "allows everything"),
+    ("::/0", "allows everything"), ("::/0:53", "give"), ("::ffff:0:0/96", "allows everything"),
     ("::/80", "covers all of IPv4"), ("192.168.1.0/33", "not an address or prefix")])
-def test_allow_prefixes_refused_with_one_line(value, words):
+def test_allow_rules_refused_with_one_line(value, words):
     with pytest.raises(NetleakError) as e:
-        validate.allow_prefixes([value])
+        validate.allow_rules([value])
     assert words in e.value.message and "\n" not in e.value.message
 
 
-def test_allow_prefixes_at_most_eight():
-    validate.allow_prefixes([f"10.{i}.0.0/16" for i in range(8)])
+def test_allow_rules_at_most_eight():
+    validate.allow_rules([f"10.{i}.0.0/16" for i in range(8)])
     with pytest.raises(NetleakError, match="at most 8"):
-        validate.allow_prefixes([f"10.{i}.0.0/16" for i in range(9)])
+        validate.allow_rules([f"10.{i}.0.0/16" for i in range(9)])
 
 
 def test_block_with_dns_needs_the_resolver_allowed():
@@ -93,7 +93,7 @@ def test_exec_block_and_guard_mistakes(argv, words):
 
 
 def test_allow_mapped_prefixes_are_the_ipv4_ones_they_are():
-    assert validate.allow_prefixes(["::ffff:192.168.1.0/120", "::ffff:10.1.2.3"]) == (
+    assert validate.allow_rules(["::ffff:192.168.1.0/120", "::ffff:10.1.2.3"]) == (
         "192.168.1.0/24", "10.1.2.3/32")
 
 
@@ -126,9 +126,17 @@ def test_annotations_give_dns_and_allow_lists():
     assert _state().guards() == {}
 
 
+def test_annotations_give_port_rules():
+    st = _state(**{"io.netleak.allow": "192.168.1.0/24:631/tcp, [2001:db8::/64]:53",
+                   "io.netleak.deny": ":25/tcp,10.0.0.0/8"})
+    assert st.guards() == {"allow": ["192.168.1.0/24:631/tcp", "[2001:db8::/64]:53"],
+                           "deny": [":25/tcp", "10.0.0.0/8"]}
+
+
 @pytest.mark.parametrize("key,value", [
     ("io.netleak.dns", "127.0.0.53"), ("io.netleak.dns", "x" * 500),
-    ("io.netleak.allow", "0.0.0.0/0"), ("io.netleak.allow", "a,b")])
+    ("io.netleak.allow", "0.0.0.0/0"), ("io.netleak.allow", "a,b"),
+    ("io.netleak.deny", ":0"), ("io.netleak.deny", ",".join(f":{p}" for p in range(1, 10)))])
 def test_bad_annotations_refused_naming_the_annotation(key, value):
     with pytest.raises(NetleakError) as e:
         _state(**{key: value}).guards()

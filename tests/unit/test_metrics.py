@@ -56,7 +56,7 @@ def test_values_by_verdict():
     assert s[f'netleak_sockets_refused_total{{{ids},reason="kill"}}'] == "27"
     assert s[f'netleak_kill_switch_refused_total{{{ids},call="connect"}}'] == "13"
     assert s[f'netleak_kill_switch_refused_total{{{ids},call="sendmsg"}}'] == "14"
-    assert len([k for k in s if k.startswith("netleak_sockets_refused_total{")]) == 8
+    assert len([k for k in s if k.startswith("netleak_sockets_refused_total{")]) == 9
     assert s['netleak_sessions{state="routed"}'] == "1"
     assert s['netleak_sessions{state="kill-switch"}'] == "0"
 

@@ -152,7 +152,7 @@ def test_annotation_guards_mean_what_the_options_mean(data, dns, allow):
     ann = {oci.ANNOTATION_DNS: _annotation_list(data.draw, dns),
            oci.ANNOTATION_ALLOW: _annotation_list(data.draw, allow)}
     assert annotated(ann).guards() == {"dns": list(validate.dns_servers(dns)),
-                                       "allow": list(validate.allow_prefixes(allow))}
+                                       "allow": list(validate.allow_rules(allow))}
 
 
 _BAD_ANNOTATION_ITEMS = {
@@ -430,18 +430,18 @@ def test_dns_servers_refuse_what_is_no_resolver(good, bad, at, what):
 
 @PROPS
 @given(st.lists(S.allow_pairs, max_size=10), st.sampled_from(["--allow", "annotation y"]))
-def test_allow_prefixes_canonical_deduplicated_at_most_eight(pairs, what):
+def test_allow_rules_canonical_deduplicated_at_most_eight(pairs, what):
     """--allow values come back as canonical prefixes (host bits cleared,
     v4-mapped as IPv4), without repeats, in order; more than eight are
     refused; the result is taken again unchanged."""
     values = [p[0] for p in pairs]
     want = dedupe(p[1] for p in pairs)
     if len(want) > validate.MAX_ALLOW:
-        assert "at most" in refused(validate.allow_prefixes, values, what).message
+        assert "at most" in refused(validate.allow_rules, values, what).message
         return
-    got = validate.allow_prefixes(values, what)
+    got = validate.allow_rules(values, what)
     assert list(got) == want
-    assert validate.allow_prefixes(list(got), what) == got
+    assert validate.allow_rules(list(got), what) == got
     for text, prefix in pairs:
         addr = ipaddress.ip_address(text.split("/")[0])
         assert (addr.ipv4_mapped or addr if addr.version == 6 else addr) in \
@@ -451,12 +451,12 @@ def test_allow_prefixes_canonical_deduplicated_at_most_eight(pairs, what):
 @PROPS
 @given(st.lists(S.allow_text, max_size=2), st.one_of(S.not_prefixes, S.everything),
        st.integers(0, 2), st.sampled_from(["--allow", "annotation io.netleak.allow"]))
-def test_allow_prefixes_refuse_garbage_and_everything(good, bad, at, what):
+def test_allow_rules_refuse_garbage_and_everything(good, bad, at, what):
     """A value that is no prefix, or that covers everything (or all of IPv4
     as ::ffff:0:0/96), is refused in one line that names the option."""
     values = list(good)
     values.insert(min(at, len(values)), bad)
-    assert refused(validate.allow_prefixes, values, what).message.startswith(what + " ")
+    assert refused(validate.allow_rules, values, what).message.startswith(what + " ")
 
 
 def _covered(dns, allow) -> bool:
@@ -470,7 +470,7 @@ def _covered(dns, allow) -> bool:
 def test_guard_request_is_the_checked_options(dns, allow, block, via):
     """netleak-exec's and attach's guards are --dns and --allow as checked;
     --block refuses --via, and --dns unless --allow covers it."""
-    d, a = validate.dns_servers(dns), validate.allow_prefixes(allow)
+    d, a = validate.dns_servers(dns), validate.allow_rules(allow)
     if block and via:
         assert "--via" in refused(validate.guard_request, dns, allow, block, via).message
     elif block and not _covered(d, a):
@@ -490,7 +490,7 @@ def test_addresses_with_a_zone_are_one_line_values(addr, zone, which):
     with no whitespace or control characters in it."""
     text = f"{addr}%{zone}"
     check = {"dns": validate.dns_servers, "via": validate.gateways,
-             "allow": validate.allow_prefixes}[which]
+             "allow": validate.allow_rules}[which]
     if which == "allow":
         text += "/64"
     try:
@@ -919,7 +919,7 @@ def exec_case(draw, sandbox_env):
         want = _guard_message(dns, allow, block, via)
     elif fault == "block-dns":
         block, via, dns = True, [], [draw(S.unicast_text)]
-        if _covered(validate.dns_servers(dns), validate.allow_prefixes(allow)):
+        if _covered(validate.dns_servers(dns), validate.allow_rules(allow)):
             allow = []
         want = _guard_message(dns, allow, block, via)
     elif fault == "not-found":
@@ -1189,7 +1189,7 @@ def attach_case(draw):
         block, iface, via = True, None, [draw(S.v4_unicast.map(str))]
     elif fault == "block-dns":
         block, iface, via, dns = True, None, [], [draw(S.unicast_text)]
-        if _covered(validate.dns_servers(dns), validate.allow_prefixes(allow)):
+        if _covered(validate.dns_servers(dns), validate.allow_rules(allow)):
             allow = []
     elif fault == "target":
         target, status, want = draw(target_fault())

@@ -130,32 +130,34 @@ def test_cgroup2_mount_prefers_sys_fs_cgroup_over_earlier_ones():
 # ---------- policy ----------
 
 def test_sizes():
-    assert policy.POLICY_SIZE == 384
+    assert policy.POLICY_SIZE == 776
     assert policy.KEY_SIZE == 8
-    assert policy.STATS_SIZE == 264
+    assert policy.STATS_SIZE == 288
 
 
 def test_policy_layout_matches_the_c_struct():
     """struct nl_policy: 4 u32, 4 u64, 2 u32, then the resolvers and the
-    prefixes (16 and 32 bytes each), two u16 and a u32."""
+    allow rules (16 and 40 bytes each), two u16, two u32 and the deny rules."""
     with open(os.path.join(os.path.dirname(__file__), "..", "..", "bpf", "netleak.h")) as f:
         header = f.read()
     body = header[header.index("struct nl_policy {"):]
     body = body[:body.index("};")]
     n_dns = int(re.search(r"#define NL_MAX_DNS (\d+)", header).group(1))
     n_allow = int(re.search(r"#define NL_MAX_ALLOW (\d+)", header).group(1))
-    assert (n_dns, n_allow) == (policy.MAX_DNS, policy.MAX_ALLOW)
+    n_deny = int(re.search(r"#define NL_MAX_DENY (\d+)", header).group(1))
+    assert (n_dns, n_allow, n_deny) == (policy.MAX_DNS, policy.MAX_ALLOW, policy.MAX_DENY)
     words = len(re.findall(r"^\s+u32 ", body, re.M)) * 4 + \
         len(re.findall(r"^\s+u64 ", body, re.M)) * 8 + \
         len(re.findall(r"^\s+u16 ", body, re.M)) * 2
-    assert policy.POLICY_SIZE == words + 16 * n_dns + 32 * n_allow
+    members = words + 16 * n_dns + 40 * (n_allow + n_deny)
+    assert policy.POLICY_SIZE == members + -members % 8     # padded to its u64s
 
 
 @pytest.mark.parametrize("killed", [False, True])
 def test_policy_round_trip(killed):
     p = Policy(ifindex=7, mark=0x6E6C0001, killed=killed, netns=2**40 + 3)
     raw = p.pack()
-    assert len(raw) == 384
+    assert len(raw) == 776
     assert Policy.unpack(raw) == p
 
 
@@ -166,6 +168,26 @@ def test_policy_round_trip_with_guards():
     assert Policy.unpack(p.pack()) == p
 
 
+def test_policy_round_trip_with_port_rules():
+    p = Policy(ifindex=3, mark=9, killed=False,
+               allow=("192.168.1.0/24:631/tcp", "[2001:db8::/64]:53", ":8000-8100", "/udp",
+                      "0.0.0.0/0:443/tcp", "::/0/udp"),
+               deny=("203.0.113.0/24:25", ":53/udp", "2001:db8::1/128"))
+    assert Policy.unpack(p.pack()) == p
+
+
+def test_a_rule_as_the_programs_see_it():
+    """struct nl_rule: the prefix (IPv4 mapped), ports in host order, the
+    IPPROTO_* number and the family."""
+    raw = policy.rule_bytes("192.168.1.0/24:631-632/tcp")
+    assert raw[:16] == bytes(10) + b"\xff\xff" + bytes([192, 168, 1, 0])
+    assert raw[16:32] == b"\xff" * 15 + bytes(1)      # /96 + 24
+    assert struct.unpack_from("<HHBB", raw, 32) == (631, 632, 6, 4)
+    anyaddr = policy.rule_bytes(":53")
+    assert anyaddr[:32] == bytes(32) and struct.unpack_from("<HHBB", anyaddr, 32) == (53, 53, 0, 0)
+    assert struct.unpack_from("<HHBB", policy.rule_bytes("::/0/udp"), 32) == (0, 0, 17, 6)
+
+
 def test_policy_layout():
     raw = Policy(ifindex=0x01020304, mark=0xAABBCCDD, killed=True, netns=9,
                  event_rate=50, dns=("192.0.2.53",), allow=("192.168.0.0/16",)).pack()
@@ -173,7 +195,7 @@ def test_policy_layout():
                                    1, 1)
     # addresses as the programs compare them: IPv4 mapped, network order
     assert raw[56:72] == bytes(10) + b"\xff\xff" + bytes([192, 0, 2, 53])
-    prefix = raw[56 + 4 * 16:56 + 4 * 16 + 32]
+    prefix = raw[56 + 4 * 16:56 + 4 * 16 + 32]     # the first rule's prefix
     assert prefix[:16] == bytes(10) + b"\xff\xff" + bytes([192, 168, 0, 0])
     assert prefix[16:] == b"\xff" * 14 + bytes(2)       # /96 + 16
     assert Policy(ifindex=1, mark=2, killed=False).pack()[8:12] == b"\0\0\0\0"
@@ -194,9 +216,9 @@ def test_policy_unpack_ignores_trailing_bytes():
 
 
 def test_stats_unpack_percpu_sums():
-    cpu0 = struct.pack("<33Q", *range(1, 34))
-    cpu1 = struct.pack("<33Q", *[10 * i for i in range(1, 11)], 2**40, 5, 6, *[0] * 18, 100,
-                       200)
+    cpu0 = struct.pack("<36Q", *range(1, 37))
+    cpu1 = struct.pack("<36Q", *[10 * i for i in range(1, 11)], 2**40, 5, 6, *[0] * 18, 100,
+                       200, 0, 0, 4)
     s = Stats.unpack_percpu(cpu0 + cpu1, 2)
     assert s == Stats(passed_packets=11, passed_bytes=22, loopback_packets=33,
                       loopback_bytes=44, drop_kill_packets=55, drop_kill_bytes=66,
@@ -209,12 +231,13 @@ def test_stats_unpack_percpu_sums():
                       refused_proxy=24, drop_proxy_packets=25, drop_proxy_bytes=26,
                       drop_source_packets=27, drop_source_bytes=28, refused_source=29,
                       refused_mptcp=30, refused_limit=31, refused_kill_connect=132,
-                      refused_kill_sendmsg=233)
-    assert s.dropped == 55 + 77 + 99 + 16 + 25 + 27
+                      refused_kill_sendmsg=233, drop_deny_packets=34, drop_deny_bytes=35,
+                      refused_deny=40)
+    assert s.dropped == 55 + 77 + 99 + 16 + 25 + 27 + 34
     assert s.refused_kill == 132 + 233
     assert s.refusals() == {"kill": 365, "netns": 11 + 2**40, "dns": 20, "block": 21,
-                            "proxy": 24, "source": 29, "mptcp": 30, "limit": 31}
-    assert s.refused == 365 + 11 + 2**40 + 20 + 21 + 24 + 29 + 30 + 31
+                            "proxy": 24, "source": 29, "mptcp": 30, "limit": 31, "deny": 40}
+    assert s.refused == 365 + 11 + 2**40 + 20 + 21 + 24 + 29 + 30 + 31 + 40
 
 
 def test_stats_of_an_older_layout_read_with_its_stride():
@@ -239,8 +262,8 @@ def test_pinset_usable_with_an_older_versions_pins(tmp_path):
 
 
 def test_stats_unpack_percpu_only_ncpus():
-    raw = struct.pack("<33Q", *range(33)) + struct.pack("<33Q", *range(100, 133))
-    assert Stats.unpack_percpu(raw, 1) == Stats(*range(33))
+    raw = struct.pack("<36Q", *range(36)) + struct.pack("<36Q", *range(100, 136))
+    assert Stats.unpack_percpu(raw, 1) == Stats(*range(36))
     assert Stats.unpack_percpu(b"", 0) == Stats()
 
 
@@ -252,7 +275,7 @@ def test_stats_layout_matches_the_c_struct():
     body = body[:body.index("};")]
     pairs = body.count("struct nl_count ")
     singles = body.count("u64 ")
-    assert policy.STATS_SIZE == (2 * pairs + singles) * 8 == 264
+    assert policy.STATS_SIZE == (2 * pairs + singles) * 8 == 288
 
 
 def test_stats_defaults():

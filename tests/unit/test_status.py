@@ -69,7 +69,7 @@ def test_rows_count_refused_calls_by_reason():
                                             refused_dns=1, drop_kill_packets=9))}
     (row,) = status.rows(world(1), facts, T0)
     assert row["refused"] == {"kill": 7, "netns": 0, "dns": 1, "block": 0, "proxy": 0,
-                              "source": 0, "mptcp": 0, "limit": 0}
+                              "source": 0, "mptcp": 0, "limit": 0, "deny": 0}
     assert row["refused_calls"] == 8 and row["dropped"] == 9
     assert row["counters"]["refused_kill_connect"] == 3
     assert row["counters"]["refused_kill_sendmsg"] == 4
