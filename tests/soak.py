@@ -209,6 +209,9 @@ def attempt(p, seq):
             if kind == "dns-udp":
                 s.sendto(q, dest)
             else:
+                # closed with a reset: no TIME_WAIT of its fixed port, whose
+                # four-tuple the next round's connect would find taken
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 s.connect(dest)
                 s.sendall(struct.pack("!H", len(q)) + q)
             return "ok answer" if s.recv(512)[-4:] == A_ANSWER else "ok empty"
