@@ -21,7 +21,8 @@ class Figure:
     baseline: float
     baseline_label: str
     runs: int
-    goal: str = ""          # "ratio <= 3", "ratio >= 0.97", "value <= 60", "ratio == 1"
+    goal: str = ""          # "ratio <= 3", "ratio >= 0.97", "value <= 60", "ratio == 1",
+                            # "delta <= 10" (netleak's less the baseline's, in UNIT)
     spread: float = 0.0     # (max - min) / median of netleak's runs
     samples: tuple = ()     # netleak's runs, then the baseline's, as measured
     base_samples: tuple = ()
@@ -48,18 +49,26 @@ class Figure:
         return q[0], q[2]
 
     @property
+    def delta(self) -> float:
+        """Netleak's less the baseline's: paired runs, the median of the
+        per-round differences; otherwise of the two medians."""
+        if self.paired and self.samples and self.base_samples:
+            return statistics.median(a - b for a, b in zip(self.samples, self.base_samples))
+        return self.value - self.baseline
+
+    @property
     def met(self) -> bool | None:
         """Whether the goal is met; None without a goal."""
         if not self.goal:
             return None
         what, op, limit = self.goal.split()
-        x = self.ratio if what == "ratio" else self.value
+        x = {"ratio": self.ratio, "delta": self.delta}.get(what, self.value)
         return {"<=": x <= float(limit), ">=": x >= float(limit),
                 "==": abs(x - float(limit)) < 1e-9}[op]
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d.update(ratio=self.ratio, ratio_iqr=self.ratio_iqr, met=self.met)
+        d.update(ratio=self.ratio, ratio_iqr=self.ratio_iqr, met=self.met, delta=self.delta)
         return d
 
 
@@ -109,6 +118,8 @@ def _goal(f: Figure) -> str:
 def _goal_text(goal: str, unit: str) -> str:
     what, op, limit = goal.split()
     sign = {"<=": "≤", ">=": "≥", "==": "="}[op]
+    if what == "delta":
+        return f"{sign} +{limit}" + (f" {unit}" if unit else "") + " over it"
     return f"{sign} {limit}" + ("x" if what == "ratio" else f" {unit}" if unit else "")
 
 

@@ -923,8 +923,12 @@ class Bench:
         ctx = struct.pack("<11I", *([0] * 10 + [ifindex]))   # __sk_buff up to ifindex
         own = self.own
         programs.ensure_bpffs(own.bpf_dir)
+        # the test run's socket is a stand-in of no protocol: the flows
+        # variant counts it as a UDP socket's packet is counted
         variants = {"counters": programs.ensure_pinned(own.bpf_dir),
-                    "no counters": programs.ensure_pinned(own.bpf_dir, ("-DNL_NO_STATS",))}
+                    "no counters": programs.ensure_pinned(own.bpf_dir, ("-DNL_NO_STATS",)),
+                    "flows": programs.ensure_pinned(own.bpf_dir, ("-DNL_FLOWS_ANY_PROTO",)),
+                    "no flows": programs.ensure_pinned(own.bpf_dir, ("-DNL_NO_FLOWS",))}
         path = os.path.join(cgroupfs.abspath(cgroupfs.find_cgroup2(), own.parent),
                             "test-run")
         cgroupfs.make(path)
@@ -994,6 +998,13 @@ class Bench:
         self.add("egress_program", "egress program per packet (BPF_PROG_TEST_RUN)", "ns",
                  res["counters"], res["no counters"], "same program without counters",
                  goal="ratio <= 1.1", paired=True)
+        self.add("flow_accounting", "egress program per UDP packet with per-connection "
+                 "accounting (BPF_PROG_TEST_RUN)", "ns", res["flows"], res["no flows"],
+                 "same program without it", goal="delta <= 10", paired=True)
+        self.add("flow_accounting_tcp", "egress program per TCP packet (its counters are "
+                 "the kernel's; BPF_PROG_TEST_RUN)", "ns", res["counters"], res["no flows"],
+                 "same program without per-connection accounting", goal="delta <= 10",
+                 paired=True)
 
     # ----- many sessions at once -----
 

@@ -418,6 +418,76 @@ static __always_inline void packet_dest(struct __sk_buff *skb, struct nl_event *
 
 BPF_F_TABLE("hash", struct nl_local_key, u32, locals, NL_MAX_LOCALS, BPF_F_NO_PREALLOC);
 
+/* ---------- per-connection counters ---------- */
+
+/* Per socket, so it goes with the socket and needs no key, no lookup and
+ * no bound of its own; read by socket diagnostics, never by events. */
+BPF_SK_STORAGE(flows, struct nl_flowstat);
+
+/* Count a packet of session KEY's UDP socket (IN: arriving) in its
+ * storage. TCP is counted by the kernel already (tcp_info). */
+static __always_inline void flow_count(struct __sk_buff *skb, u64 key, int in)
+{
+#ifndef NL_NO_FLOWS
+    struct bpf_sock *sk = skb->sk;
+    struct nl_flowstat *f;
+    u32 hdr = 48;       /* IPv6 and UDP headers */
+    u8 vihl;
+
+    if (!sk)
+        return;
+    sk = bpf_sk_fullsock(sk);
+    if (!sk)
+        return;
+#ifndef NL_FLOWS_ANY_PROTO      /* the bench's: a test run's socket has none */
+    if (sk->protocol != IPPROTO_UDP)
+        return;
+#endif
+    f = flows.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+    if (!f)
+        return;
+    if (!f->session) {
+        f->session = key;
+        f->first_ns = bpf_ktime_get_boot_ns();
+    }
+    if (skb->protocol == bpf_htons(ETH_P_IP)) {
+        if (bpf_skb_load_bytes(skb, 0, &vihl, 1) != 0)
+            return;
+        hdr = (vihl & 0xf) * 4 + 8;
+    }
+    if (skb->len < hdr)
+        return;
+    if (in) {
+        __sync_fetch_and_add(&f->rx_packets, 1);
+        __sync_fetch_and_add(&f->rx_bytes, skb->len - hdr);
+    } else {
+        __sync_fetch_and_add(&f->tx_packets, 1);
+        __sync_fetch_and_add(&f->tx_bytes, skb->len - hdr);
+    }
+#endif
+}
+
+/* A socket call of session KEY: who made it, and since when it is seen. */
+static __always_inline void flow_owner(struct bpf_sock *sk, u64 key)
+{
+#ifndef NL_NO_FLOWS
+    struct nl_flowstat *f;
+
+    if (!sk)
+        return;
+    f = flows.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+    if (!f)
+        return;
+#ifdef NL_TASK_SOCK     /* else the daemon finds the owner by the inode */
+    f->pid = bpf_get_current_pid_tgid() >> 32;
+#endif
+    if (!f->session) {
+        f->session = key;
+        f->first_ns = bpf_ktime_get_boot_ns();
+    }
+#endif
+}
+
 /* Whether a packet's source is this machine's: a loopback address, or one
  * of the addresses of its namespace (the daemon keeps them in `locals`,
  * before any session starts, and as they come and go). A socket given
@@ -567,11 +637,13 @@ int nl_egress(struct __sk_buff *skb)
         if (loopback_dns(skb))
             return drop(skb, p, key, self, V_REFUSED_DNS, NL_R_DNS);
         count(p, key, V_LOOPBACK, skb->len);
+        flow_count(skb, key, 0);
         return 1;
     }
     if (known && p->allow_n && allowed(p, &f.a, f.proto, f.port)) {
         /* an --allow rule: the main table chose the device */
         count(p, key, V_ALLOWED, skb->len);
+        flow_count(skb, key, 0);
         return 1;
     }
     if (p->flags & NL_FLAG_BLOCK)
@@ -583,6 +655,7 @@ int nl_egress(struct __sk_buff *skb)
     if (skb->ifindex != p->ifindex)
         return drop(skb, p, key, self, V_DEVICE, NL_R_DEVICE);
     count(p, key, V_PASS, skb->len);
+    flow_count(skb, key, 0);
     return 1;
 }
 
@@ -650,18 +723,22 @@ int nl_ingress(struct __sk_buff *skb)
     struct nl_flow f = {};
     int known = 0;
 
-    if (dev == LOOPBACK_IFINDEX)
+    if (dev == LOOPBACK_IFINDEX) {
+        if (p)
+            flow_count(skb, key, 1);
         return 1;
+    }
     if (p && (p->allow_n || p->deny_n))
         known = skb_flow(skb, 1, &f);
     if (known && p->deny_n && denied(p, &f.a, f.proto, f.port)) {
         count(p, key, V_DENY, skb->len);
         return 0;
     }
-    if (p && !(p->flags & (NL_FLAG_BLOCK | NL_FLAG_PROXY)) && dev == p->ifindex)
+    if ((p && !(p->flags & (NL_FLAG_BLOCK | NL_FLAG_PROXY)) && dev == p->ifindex) ||
+        (known && p->allow_n && allowed(p, &f.a, f.proto, f.port))) {
+        flow_count(skb, key, 1);
         return 1;
-    if (known && p->allow_n && allowed(p, &f.a, f.proto, f.port))
-        return 1;
+    }
     count(p, key, V_INBOUND, skb->len);
     return 0;
 }
@@ -943,11 +1020,17 @@ static __always_inline int sock_addr(struct bpf_sock_addr *ctx, u8 hook, int v6)
         reason = NL_R_DENY;
         goto refuse;
     }
-    if (p->flags & NL_FLAG_PROXY)
-        return to_relay(ctx, p, key, &a, port, hook, v6, proto, hport);
+    if (p->flags & NL_FLAG_PROXY) {
+        if (!to_relay(ctx, p, key, &a, port, hook, v6, proto, hport))
+            return 0;
+        flow_owner(sk, key);
+        return 1;
+    }
     if (is_loopback(&a)) {
-        if (port != bpf_htons(DNS_PORT))
+        if (port != bpf_htons(DNS_PORT)) {
+            flow_owner(sk, key);
             return 1;
+        }
         cookie = bpf_get_socket_cookie(ctx);
         if (!dns_pick(p, &a, cookie, &o.server)) {
             v = V_REFUSED_DNS;
@@ -983,6 +1066,7 @@ static __always_inline int sock_addr(struct bpf_sock_addr *ctx, u8 hook, int v6)
         set_ctx_addr(ctx, v6, &o.server, port);
         count(p, key, V_DNS, 0);
     }
+    flow_owner(sk, key);
     return 1;
 refuse:
     count(p, key, v, 0);

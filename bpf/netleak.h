@@ -226,6 +226,21 @@ struct nl_relayed {
     u32 pad;
 };
 
+/* Kept on each UDP socket of a session (socket storage), and on each
+ * socket that connect() or sendmsg() saw: what `netleak connections`
+ * reads by socket diagnostics (TCP's bytes and segments it takes from the
+ * kernel's own tcp_info). Bytes are UDP payload. */
+struct nl_flowstat {
+    u64 session;        /* the session's cgroup id (policy key) */
+    u64 first_ns;       /* bpf_ktime_get_boot_ns() when first seen */
+    u32 pid;            /* tgid of the task that connected or sent (0: none seen) */
+    u32 pad;
+    u64 tx_packets;
+    u64 tx_bytes;
+    u64 rx_packets;
+    u64 rx_bytes;
+};
+
 #ifndef NL_MAX_DEPTH
 /* How many cgroup levels the ancestor walk covers. */
 #define NL_MAX_DEPTH 16

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
 
 import click
@@ -240,11 +241,15 @@ def status(env: Env, as_json: bool) -> None:
 def metrics(env: Env, output: str | None) -> None:
     """Counters in the Prometheus text format: sessions by state, packets and
     bytes by verdict, refused sockets."""
+    from . import client
     from . import metrics as mt
     from . import status as st
     try:
         _need_root()
-        text = mt.render(st.gather(env.config()))
+        data = st.gather(env.config())
+        if data.get("sessions"):
+            data["connections"] = client.connections(_store(env))
+        text = mt.render(data)
         if output:
             try:
                 mt.write(output, text)
@@ -305,6 +310,71 @@ def events(env: Env, as_json: bool, follow: bool, session: str | None) -> None:
         pass
     except BrokenPipeError:
         # the reader went away (| head): nothing left to say to anyone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+@main.command()
+@click.option("--session", "session", metavar="ID", shell_complete=completion.complete_session,
+              help="only this session (an id or its start, as 'netleak status' shows it)")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+@click.option("--follow", "-f", is_flag=True,
+              help="the current connections, then opens, updates and closes as they "
+                   "happen, until interrupted")
+@click.option("--watch", "-w", is_flag=True, help="refresh the table in place, as top does")
+@click.option("--interval", type=click.FloatRange(0.1, 60), default=1.0, show_default=True,
+              metavar="SECONDS", help="how often --follow and --watch look")
+@click.pass_obj
+def connections(env: Env, session: str | None, as_json: bool, follow: bool, watch: bool,
+                interval: float) -> None:
+    """Every connection (and UDP flow) of the controlled sessions, allowed
+    ones included: process, protocol, far end (in proxy mode the real
+    destination and the name asked for), bytes and packets each way, age,
+    state. Busiest first.
+
+    \b
+    The kernel keeps the figures per socket (TCP's own counters, and for UDP
+    a socket storage of netleak's): no event per packet. Listening sockets
+    and traffic of no socket (ICMP errors the kernel sends) are not shown.
+    """
+    import time
+    from . import client
+    from .core import connections as conn
+    try:
+        _need_root()
+        if follow and watch:
+            raise NetleakError("--follow or --watch, not both")
+        store = _store(env)
+        rows = client.connections(store, session)
+    except NetleakError as e:
+        _fail(e)
+    try:
+        if follow:
+            stream = conn.Follow()
+            while True:
+                for e in stream.step(rows, time.monotonic()):
+                    click.echo(json.dumps(e, sort_keys=True) if as_json else
+                               f"{e['event']:<7} " + conn.table([e], 72).splitlines()[1])
+                sys.stdout.flush()
+                time.sleep(interval)
+                rows = client.connections(store, session)
+        while True:
+            if as_json:
+                for r in rows:
+                    click.echo(json.dumps(r, sort_keys=True))
+            else:
+                width = shutil.get_terminal_size((80, 24)).columns if watch else 80
+                text = conn.table(rows, width)
+                click.echo("\x1b[H\x1b[2J" + text if watch else text)
+            if not watch:
+                return
+            sys.stdout.flush()
+            time.sleep(interval)
+            rows = client.connections(store, session)
+    except NetleakError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 

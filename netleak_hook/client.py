@@ -112,6 +112,22 @@ def request_starting_daemon(store: Store, msg: dict, autostart: bool = True,
     return request(store, msg)
 
 
+def connections(store: Store, session: str | None = None) -> list[dict]:
+    """The sessions' connections (daemon/connview.py); none when no daemon
+    runs (then no session does)."""
+    try:
+        reply = _request(store, {"op": "connections", "session": session})
+    except NO_DAEMON:
+        return []
+    except NetleakError as e:
+        if "unknown request" in e.message:
+            raise NetleakError("the running netleak daemon is older than 'netleak "
+                               "connections': stop it ('netleak gc' starts a new one) "
+                               "and retry") from None
+        raise
+    return list(reply.get("connections") or ())
+
+
 def check_guards(msg: dict, reply: dict) -> None:
     """A daemon older than --dns/--allow/--block ignores them and replies
     ok: never let a session run believing it has guards it lacks."""

@@ -97,6 +97,16 @@ def render(data: dict) -> str:
             for fate in ("suppressed", "lost"):
                 out.append(f"netleak_events_undelivered_total{_labels(**_ids(s), reason=fate)} "
                            f"{c[f'events_{fate}']}")
+    out += ["# HELP netleak_connections Open connections and UDP flows of a session, "
+            "by protocol (as 'netleak connections' shows them).",
+            "# TYPE netleak_connections gauge"]
+    if "connections" in data:
+        from .core.connections import counts
+        n = counts(data["connections"])
+        for s in sessions:
+            for proto in ("tcp", "udp"):
+                out.append(f"netleak_connections{_labels(**_ids(s), proto=proto)} "
+                           f"{n.get((s['id'], proto), 0)}")
     return "\n".join(out) + "\n"
 
 

@@ -195,7 +195,13 @@ REDIRECT = Layout("nl_redirect", (
 # the map `locals`' key: one of this machine's addresses in a namespace
 LOCAL_KEY = Layout("nl_local_key", (("netns", "u64"), ("addr", ADDR)))
 
-LAYOUTS = (ADDR, PREFIX, RULE, POLICY, COUNT, STATS, EVENT, REDIRECT, LOCAL_KEY)
+# the socket storage `flows`: a session's UDP socket's counters (and who
+# connected or sent on any of its sockets, since when)
+FLOWSTAT = Layout("nl_flowstat", (
+    ("session", "u64"), ("first_ns", "u64"), ("pid", "u32"), ("pad", "u32"),
+    ("tx_packets", "u64"), ("tx_bytes", "u64"), ("rx_packets", "u64"), ("rx_bytes", "u64")))
+
+LAYOUTS = (ADDR, PREFIX, RULE, FLOWSTAT, POLICY, COUNT, STATS, EVENT, REDIRECT, LOCAL_KEY)
 
 
 # ---------- codes (enum) ----------

@@ -15,6 +15,7 @@ from ..kernel.cgroupwatch import CgroupWatch
 from ..rundir import eventlog
 from ..rundir.store import netns_id
 from .adapters import Cgroups, Net, Pins, Procs
+from .connview import ConnectionView
 from .gc import Collector
 from .holder import Holder
 from .links import Links
@@ -229,7 +230,8 @@ def wire(cfg, store, *, net, cgroups, bpf, pins, procs, clock, watch, event_log,
     reaper = Reaper(holder, sessions, cgroups, watch, procs, clock, units)
     collector = Collector(cfg, holder, reaper, links, relays, cgroups, bpf, pins, procs,
                           clock, parent)
-    requests = Requests(holder, sessions, reaper, collector, store.log_file)
+    view = ConnectionView(holder, pins, relays, cgroups)
+    requests = Requests(holder, sessions, reaper, collector, store.log_file, view)
     return Roles(holder=holder, parent=parent, cgroups=cgroups, pins=pins, ring=ring,
                  relays=relays, links=links, sessions=sessions, reaper=reaper,
                  collector=collector, requests=requests)

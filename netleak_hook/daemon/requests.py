@@ -46,7 +46,8 @@ def read_line(conn: socket.socket) -> bytes:
 class Requests:
     """OPS maps each request's "op" to what answers it."""
 
-    def __init__(self, holder, sessions, reaper, collector, log_file: str) -> None:
+    def __init__(self, holder, sessions, reaper, collector, log_file: str,
+                 connections=None) -> None:
         self.holder = holder
         self.log_file = log_file
         self.ops = {
@@ -58,6 +59,8 @@ class Requests:
             "reap": lambda msg: {"ok": True, "reaped": reaper.reap()},
             "gc": lambda msg: {"ok": True, "report": collector.report()},
         }
+        if connections is not None:
+            self.ops["connections"] = connections.answer
 
     def accept(self, listener: socket.socket) -> None:
         """Answer one request, then save what it changed (the commit of a

@@ -58,7 +58,8 @@ TYPED = ("CGROUP_SOCK_ADDR", "CGROUP_SOCKOPT", "CGROUP_SOCK")
 OWN_PROGRAMS = (
     ("relay_in", "CGROUP_SKB", bpfsys.BPF_CGROUP_INET_INGRESS),
 )
-MAPS = ("policy", "stats", "rings", "redirect", "redirect_n", "locals", "counters", "slots")
+MAPS = ("policy", "stats", "rings", "redirect", "redirect_n", "locals", "counters", "slots",
+        "flows")
 PINS = tuple(f"prog_{n}" for n, _, _ in PROGRAMS + OWN_PROGRAMS) + \
     tuple(f"map_{m}" for m in MAPS)
 # what older netleak versions pinned too: enough to manage their sessions

@@ -126,12 +126,15 @@ class Maps:
                          if os.path.exists(pins.pin("map_counters")) else -1)
         self.slots = (bpfsys.obj_get(pins.pin("map_slots"))
                       if self.counters >= 0 and os.path.exists(pins.pin("map_slots")) else -1)
+        # socket storage of each UDP socket of a session (netleak connections)
+        self.flows = (bpfsys.obj_get(pins.pin("map_flows"))
+                      if os.path.exists(pins.pin("map_flows")) else -1)
         self.stats_size = bpfsys.map_value_size(self.stats)
         self.ncpus = bpfsys.possible_cpus()
 
     def close(self) -> None:
         for fd in (self.policy, self.stats, self.rings, self.redirect, self.redirect_n,
-                   self.locals, self.counters, self.slots):
+                   self.locals, self.counters, self.slots, self.flows):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)

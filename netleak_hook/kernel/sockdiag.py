@@ -92,3 +92,143 @@ def lookup(protocol: int, local: tuple[str, int], remote: tuple[str, int]) -> Fo
         s.settimeout(2.0)
         s.send(request(protocol, local, remote))
         return parse(s.recv(65536))
+
+
+# ---------- every socket: the dump `netleak connections` reads ----------
+
+NLM_F_DUMP = 0x300
+NLMSG_DONE = 3
+NLA_F_NESTED = 0x8000
+INET_DIAG_INFO = 2                   # struct tcp_info (TCP)
+INET_DIAG_SK_BPF_STORAGES = 20       # the storages asked for (nested)
+INET_DIAG_REQ_SK_BPF_STORAGES = 2    # in the request: which maps (nested)
+SK_DIAG_BPF_STORAGE_REQ_MAP_FD = 1
+SK_DIAG_BPF_STORAGE = 1
+SK_DIAG_BPF_STORAGE_MAP_VALUE = 3
+TCP_LISTEN = 10
+_MSG_TAIL = struct.Struct("<IIIII")  # expires, rqueue, wqueue, uid, inode
+# struct tcp_info: bytes_acked, bytes_received (u64), segs_out, segs_in (u32)
+_TCP_COUNTS = struct.Struct("<QQII")
+TCP_COUNTS_AT = 120
+
+
+@dataclasses.dataclass(frozen=True)
+class Diag:
+    """One socket as the dump tells it."""
+    family: int
+    protocol: int
+    state: int              # TCP_* (UDP: 1 connected, 7 not)
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    cookie: int
+    uid: int
+    inode: int
+    cgroup_id: int = 0
+    tcp: tuple[int, int, int, int] | None = None    # bytes acked, received; segs out, in
+    storage: bytes | None = None                    # the first map's value (TCP only)
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    out = struct.pack("<HH", 4 + len(payload), kind) + payload
+    return out + b"\0" * (-len(out) % 4)
+
+
+def dump_request(family: int, protocol: int, storage_fds=(), seq: int = 1) -> bytes:
+    """The query for every socket of FAMILY and PROTOCOL (but TIME_WAIT's),
+    with tcp_info and the value of each socket storage map in STORAGE_FDS."""
+    body = (_REQ.pack(family, protocol, 1 << (INET_DIAG_INFO - 1), 0,
+                      0xFFFFFFFF & ~(1 << 6)) +
+            _ID.pack(0, 0, b"\0" * 16, b"\0" * 16) + _ID_TAIL.pack(0, NO_COOKIE, NO_COOKIE))
+    if storage_fds:
+        fds = b"".join(_attr(SK_DIAG_BPF_STORAGE_REQ_MAP_FD, struct.pack("<I", fd))
+                       for fd in storage_fds)
+        body += _attr(INET_DIAG_REQ_SK_BPF_STORAGES | NLA_F_NESTED, fds)
+    return _NLMSG.pack(_NLMSG.size + len(body), SOCK_DIAG_BY_FAMILY,
+                       NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
+
+
+def _attrs(buf: bytes, at: int, end: int):
+    while at + 4 <= end:
+        alen, atype = struct.unpack_from("<HH", buf, at)
+        if alen < 4 or at + alen > end:
+            return
+        yield atype & 0x3FFF, at + 4, at + alen
+        at += (alen + 3) & ~3
+
+
+def _addr(family: int, raw: bytes) -> str:
+    if family == socket.AF_INET:
+        return str(ipaddress.IPv4Address(raw[:4]))
+    a = ipaddress.IPv6Address(raw)
+    return str(a.ipv4_mapped or a) if a.ipv4_mapped else str(a)
+
+
+def parse_dump(buf: bytes, protocol: int) -> tuple[list[Diag], bool]:
+    """The sockets in one read of a dump, and whether it is over."""
+    out: list[Diag] = []
+    at = 0
+    while at + _NLMSG.size <= len(buf):
+        length, kind, _, _, _ = _NLMSG.unpack_from(buf, at)
+        if length < _NLMSG.size or at + length > len(buf):
+            break
+        if kind == NLMSG_DONE:
+            return out, True
+        if kind == NLMSG_ERROR:
+            (err,) = struct.unpack_from("<i", buf, at + _NLMSG.size)
+            raise OSError(-err, os_strerror(-err))
+        if kind == SOCK_DIAG_BY_FAMILY and length >= _NLMSG.size + MSG_SIZE:
+            out.append(_diag(buf, at + _NLMSG.size, at + length, protocol))
+        at += (length + 3) & ~3
+    return out, False
+
+
+def os_strerror(code: int) -> str:
+    import os
+    return os.strerror(code)
+
+
+def _diag(buf: bytes, at: int, end: int, protocol: int) -> Diag:
+    family, state, _, _ = _MSG_HEAD.unpack_from(buf, at)
+    sport, dport, src, dst = _ID.unpack_from(buf, at + _MSG_HEAD.size)
+    _, lo, hi = _ID_TAIL.unpack_from(buf, at + _MSG_HEAD.size + _ID.size)
+    _, _, _, uid, inode = _MSG_TAIL.unpack_from(buf, at + _MSG_HEAD.size + _ID.size +
+                                                _ID_TAIL.size)
+    cgroup, tcp, storage = 0, None, None
+    for kind, a, b in _attrs(buf, at + MSG_SIZE, end):
+        if kind == INET_DIAG_CGROUP_ID and b - a >= 8:
+            (cgroup,) = struct.unpack_from("<Q", buf, a)
+        elif kind == INET_DIAG_INFO and b - a >= TCP_COUNTS_AT + _TCP_COUNTS.size:
+            tcp = _TCP_COUNTS.unpack_from(buf, a + TCP_COUNTS_AT)
+        elif kind == INET_DIAG_SK_BPF_STORAGES and storage is None:
+            for k2, a2, b2 in _attrs(buf, a, b):
+                if k2 != SK_DIAG_BPF_STORAGE:
+                    continue
+                for k3, a3, b3 in _attrs(buf, a2, b2):
+                    if k3 == SK_DIAG_BPF_STORAGE_MAP_VALUE and storage is None:
+                        storage = bytes(buf[a3:b3])
+    return Diag(family=family, protocol=protocol, state=state, src=_addr(family, src),
+                sport=sport, dst=_addr(family, dst), dport=dport, cookie=lo | hi << 32,
+                uid=uid, inode=inode, cgroup_id=cgroup, tcp=tcp, storage=storage)
+
+
+def dump(storage_fds=()) -> list[Diag]:
+    """Every TCP and UDP socket of this network namespace (both families,
+    listening ones left out), with what STORAGE_FDS' maps keep for them
+    (the kernel tells those of TCP sockets only)."""
+    out: list[Diag] = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
+                       NETLINK_SOCK_DIAG) as s:
+        s.settimeout(2.0)
+        seq = 0
+        for protocol in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
+            for family in (socket.AF_INET, socket.AF_INET6):
+                seq += 1
+                s.send(dump_request(family, protocol, storage_fds, seq))
+                done = False
+                while not done:
+                    got, done = parse_dump(s.recv(1 << 20), protocol)
+                    out += [d for d in got
+                            if not (protocol == socket.IPPROTO_TCP and d.state == TCP_LISTEN)]
+    return out

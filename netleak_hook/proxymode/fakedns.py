@@ -179,6 +179,12 @@ class FakePool:
                 return addr
         raise AssertionError("no free address below capacity")
 
+    def peek(self, addr: str) -> str | None:
+        """The name ADDR was handed out to, or None; its use is not
+        renewed (one dict read: safe from another thread than the relay's)."""
+        a = _ipv4(addr)
+        return self._by_addr.get(int(a)) if a is not None else None
+
     def name_for(self, addr: str, now: float | None = None) -> str | None:
         """The name ADDR was handed out to (now most recently used), or None."""
         a = _ipv4(addr)

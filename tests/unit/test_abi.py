@@ -247,11 +247,12 @@ def test_the_header_is_parsed_whole():
     h = parse_header(header_text())
     assert set(h.structs) == {"nl_addr", "nl_prefix", "nl_rule", "nl_policy", "nl_count",
                               "nl_stats", "nl_event", "nl_redirect", "nl_local_key",
-                              "nl_relayed"}
+                              "nl_relayed", "nl_flowstat"}
     assert {n: s.size for n, s in h.structs.items()} == {
         "nl_addr": 16, "nl_prefix": 32, "nl_rule": 40, "nl_policy": 776, "nl_count": 16,
         "nl_stats": 288,
-        "nl_event": 72, "nl_redirect": 56, "nl_local_key": 24, "nl_relayed": 8}
+        "nl_event": 72, "nl_redirect": 56, "nl_local_key": 24, "nl_relayed": 8,
+        "nl_flowstat": 56}
     assert set(h.enums) == {"nl_reason", "nl_hook"}
     assert h.defines["NL_MAX_REDIRECTS"] == 1048576 and h.defines["NL_FLAG_PROXY"] == 4
     assert "NETLEAK_H" not in h.defines       # the include guard has no value

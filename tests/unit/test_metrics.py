@@ -39,7 +39,7 @@ def test_every_line_is_valid_exposition_text():
     assert names == ["netleak_sessions", "netleak_packets_total", "netleak_bytes_total",
                      "netleak_sockets_refused_total", "netleak_kill_switch_refused_total",
                      "netleak_dns_redirected_total",
-                     "netleak_events_undelivered_total"]
+                     "netleak_events_undelivered_total", "netleak_connections"]
 
 
 def test_values_by_verdict():
@@ -111,3 +111,18 @@ def test_write_never_changes_a_file_swapped_in_by_link(tmp_path, monkeypatch):
     metrics.write(str(prom / "netleak.prom"), "x 1\n")
     assert os.stat(victim).st_mode & 0o777 == 0o600
     assert victim.read_text() == "secret\n"
+
+
+def test_connections_by_session_and_protocol():
+    data = {"sessions": [_session("s0"), _session("s1", cgroup="/netleak/exec-s1-1")],
+            "connections": [{"session": "s0", "proto": "tcp"}, {"session": "s0", "proto": "tcp"},
+                            {"session": "s1", "proto": "udp"}]}
+    s = _series(metrics.render(data))
+    ids0 = 'session="s0",iface="wg0",cgroup="/netleak/exec-s0-1",container=""'
+    ids1 = 'session="s1",iface="wg0",cgroup="/netleak/exec-s1-1",container=""'
+    assert s[f'netleak_connections{{{ids0},proto="tcp"}}'] == "2"
+    assert s[f'netleak_connections{{{ids0},proto="udp"}}'] == "0"
+    assert s[f'netleak_connections{{{ids1},proto="udp"}}'] == "1"
+    # without the daemon's answer, no figures (not zeros that would lie)
+    assert not [k for k in _series(metrics.render({"sessions": [_session()]}))
+                if k.startswith("netleak_connections{")]

@@ -1267,7 +1267,7 @@ def test_commands_refuse_bad_settings(sandbox, case, args):
 
 
 _COMMANDS = {"attach", "detach", "status", "gc", "doctor", "demo", "daemon", "metrics",
-             "events", "install-hook", "agent", "prepare", "cleanup"}
+             "events", "install-hook", "agent", "prepare", "cleanup", "connections"}
 
 
 @FEW
