@@ -425,24 +425,33 @@ BPF_F_TABLE("hash", struct nl_local_key, u32, locals, NL_MAX_LOCALS, BPF_F_NO_PR
 BPF_SK_STORAGE(flows, struct nl_flowstat);
 
 /* Count a packet of session KEY's UDP socket (IN: arriving) in its
- * storage. TCP is counted by the kernel already (tcp_info). */
+ * storage. TCP is counted by the kernel already (tcp_info). UDP is told by
+ * the packet's own header, read in place: the socket's protocol would cost
+ * a full-socket lookup, and the storage helper takes the socket as it is
+ * (none for a request or time-wait socket). */
 static __always_inline void flow_count(struct __sk_buff *skb, u64 key, int in)
 {
 #ifndef NL_NO_FLOWS
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
     struct bpf_sock *sk = skb->sk;
     struct nl_flowstat *f;
-    u32 hdr = 48;       /* IPv6 and UDP headers */
-    u8 vihl;
+    u8 *h = data;
+    u32 hdr;
 
-    if (!sk)
+    if (!sk || data + 10 > end)
         return;
-    sk = bpf_sk_fullsock(sk);
-    if (!sk)
+    if (skb->protocol == bpf_htons(ETH_P_IP)) {
+        if (h[9] != IPPROTO_UDP)
+            return;
+        hdr = (h[0] & 0xf) * 4 + 8;
+    } else {
+        if (h[6] != IPPROTO_UDP)
+            return;
+        hdr = 48;       /* IPv6 and UDP headers */
+    }
+    if (skb->len < hdr)
         return;
-#ifndef NL_FLOWS_ANY_PROTO      /* the bench's: a test run's socket has none */
-    if (sk->protocol != IPPROTO_UDP)
-        return;
-#endif
     f = flows.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
     if (!f)
         return;
@@ -450,13 +459,6 @@ static __always_inline void flow_count(struct __sk_buff *skb, u64 key, int in)
         f->session = key;
         f->first_ns = bpf_ktime_get_boot_ns();
     }
-    if (skb->protocol == bpf_htons(ETH_P_IP)) {
-        if (bpf_skb_load_bytes(skb, 0, &vihl, 1) != 0)
-            return;
-        hdr = (vihl & 0xf) * 4 + 8;
-    }
-    if (skb->len < hdr)
-        return;
     if (in) {
         __sync_fetch_and_add(&f->rx_packets, 1);
         __sync_fetch_and_add(&f->rx_bytes, skb->len - hdr);
